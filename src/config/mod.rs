@@ -1,0 +1,195 @@
+//! The configuration file (`handover.toml`, SPEC §2): parsing, validation and defaults.
+//!
+//! [`load`] turns a file into a validated [`Config`]: durations parsed, the worker program
+//! resolved to an absolute path, the control socket path decided. Every error is a
+//! [`ConfigError`] that names the file, line, column and key, so `handover check` and a
+//! failed reload can point at the mistake. Loading has no side effects: a reload with an
+//! invalid file changes nothing that is running.
+
+mod raw;
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size, parse_signal};
+
+/// A validated configuration, as the supervisor uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this configuration was read from (absolute when given absolute).
+    pub path: PathBuf,
+    /// The application's name: used in logs, `status`, `STATUS=`. Default: the file stem.
+    pub name: String,
+    /// Where the daemon listens for control requests and where the CLI connects.
+    pub control_socket: PathBuf,
+    /// Optional pid file written at start and removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// The `[[listen]]` entries in file order. Empty: pass every inherited socket through.
+    pub listen: Vec<Listen>,
+    /// The `[workers]` table.
+    pub workers: Workers,
+    /// The `[reload]` table.
+    pub reload: Reload,
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Matched against LISTEN_FDNAMES; also the FDNAME in systemd's fd store.
+    pub name: String,
+    /// Where to bind when systemd passed no socket of this name.
+    pub address: ListenAddress,
+    /// `listen(2)` backlog for sockets handover binds itself.
+    pub backlog: u32,
+}
+
+/// The address of a listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddress {
+    /// A TCP socket (`"127.0.0.1:8000"`, `"[::]:8000"`).
+    Tcp(SocketAddr),
+    /// A unix stream socket (`"unix:/run/app/app.sock"`).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddress::Tcp(a) => write!(f, "{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The `[workers]` table: what to run and how to judge it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workers {
+    /// The argv as written (`command[0]` unresolved).
+    pub command: Vec<String>,
+    /// `command[0]` resolved to an absolute path at load time (PATH search done here, never
+    /// after fork).
+    pub program: PathBuf,
+    /// How many workers a generation has.
+    pub count: usize,
+    /// The directory workers start in; `None`: handover's own.
+    pub working_directory: Option<PathBuf>,
+    /// Variables added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// When a spawned worker counts as ready.
+    pub ready: ReadyMode,
+    /// Spawn to ready, else the worker has failed.
+    pub boot_timeout: Duration,
+    /// A worker that sent `WATCHDOG=1` once must ping within this interval.
+    pub watchdog: Option<Duration>,
+    /// The signal that asks a worker to drain and exit (a signal number).
+    pub stop_signal: i32,
+    /// stop_signal to SIGKILL of the worker's process group.
+    pub graceful_timeout: Duration,
+    /// Recycle a worker after this long (jittered by up to 10 %).
+    pub max_lifetime: Option<Duration>,
+    /// Recycle a worker whose RSS, with its children, passes this many bytes.
+    pub max_memory: Option<u64>,
+}
+
+/// When a spawned worker counts as ready (`workers.ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// It sends `READY=1` to handover's NOTIFY_SOCKET.
+    Notify,
+    /// As soon as it has been spawned.
+    Spawn,
+    /// When it has stayed alive this long.
+    Delay(Duration),
+}
+
+/// The `[reload]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload {
+    /// How a new generation replaces the old one.
+    pub strategy: Strategy,
+    /// With `Rolling`: how many new workers may boot at once.
+    pub max_surge: usize,
+}
+
+/// `reload.strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Start the whole new generation; retire the old one once all are ready.
+    AllAtOnce,
+    /// Start `max_surge` new workers at a time; retire one old worker per new ready one.
+    Rolling,
+}
+
+/// A configuration error, pointing at the file, line, column and key.
+///
+/// Displayed as `file:line:col: key: why` (line and column 1-based); `line`/`col` are 0 when
+/// the error is about the file as a whole (unreadable, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{col}: {key}: {message}", file.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line, 0 if none applies.
+    pub line: usize,
+    /// 1-based column, 0 if none applies.
+    pub col: usize,
+    /// The dotted key (`workers.count`, `listen[1].address`), or `(file)`/`(syntax)`.
+    pub key: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// What the environment contributes to defaults; a snapshot so that loading is pure.
+#[derive(Debug, Clone, Default)]
+pub struct LoadEnv {
+    /// `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`).
+    pub runtime_directory: Option<PathBuf>,
+    /// `$XDG_RUNTIME_DIR`.
+    pub xdg_runtime_dir: Option<PathBuf>,
+    /// Whether we run as root (uid 0).
+    pub is_root: bool,
+    /// `$PATH`, for resolving `workers.command[0]`.
+    pub path: Option<std::ffi::OsString>,
+}
+
+impl LoadEnv {
+    /// Reads the snapshot from this process's environment.
+    pub fn from_process() -> LoadEnv {
+        LoadEnv {
+            runtime_directory: std::env::var_os("RUNTIME_DIRECTORY")
+                // systemd joins several RuntimeDirectory= entries with ':'; the first is ours.
+                .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from)),
+            xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+            is_root: nix::unistd::geteuid().is_root(),
+            path: std::env::var_os("PATH"),
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text, env)
+}
+
+/// Validates `text` as the contents of the config file `path`.
+pub fn parse(path: &Path, text: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
+    raw::parse(path, text, env)
+}
+
+/// The control socket path for the config at `path`, read leniently: only `name` and
+/// `control_socket` are looked at, so a client can still reach the daemon while the file
+/// has an error elsewhere (the daemon keeps running the last good config).
+pub fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<PathBuf, ConfigError> {
+    raw::control_socket_of(path, env)
+}

@@ -1,0 +1,2 @@
+//! handover: a systemd-native master for pre-forked workers.
+pub mod config;
