@@ -1,2 +1,53 @@
 //! handover: a systemd-native master for pre-forked workers.
+//!
+//! `systemctl reload app` rolls a new generation of workers in and returns only once it
+//! serves (or rolls it back and fails); `systemctl restart app` refuses no connection.
+//! handover is never in the data path: workers accept on the listening sockets directly.
+//!
+//! # Layout
+//! ```text
+//!   main.rs ── cli ── app (run / check / reload / status / scale / demo)
+//!                      │
+//!   systemd ──(LISTEN_FDS, NOTIFY_SOCKET)──┐
+//!   config ──(Config)──────────────────────┤
+//!   sockets ──(Sockets: passed, bound, fd store)
+//!                      │
+//!                 supervisor::run (one event loop, the executor)
+//!                   │        ▲ events: signals, SIGCHLD, worker notify, control, timer
+//!                   ▼        │
+//!             supervisor::machine::Machine  (sans-io state machine: Event → Effect)
+//!                   │ effects
+//!      ┌────────────┼──────────────┬───────────────┬──────────────┐
+//!   worker::spawn  signals to   systemd::notify   control replies  logging
+//!   (fork/exec)    workers      (READY, RELOADING…)                (journald fields)
+//! ```
+//!
+//! Process ownership: the handover process (systemd's MAINPID) is the parent of every
+//! worker; each worker leads its own process group. handover reaps its children itself
+//! (SIGCHLD → `waitpid`), and nothing else in the process spawns children.
+//!
+//! # Modules
+//! - [`config`]: the TOML file → validated [`config::Config`], errors with file:line:col.
+//! - [`systemd`]: the protocol boundary with PID 1 (sd_listen_fds, sd_notify, fd store).
+//! - [`sockets`]: which listening sockets workers get, and where they came from.
+//! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
+//! - [`supervisor`]: the state machine and its executor.
+//! - [`control`]: the control socket protocol, server and client.
+//! - [`signals`], [`logging`], [`cli`], [`app`]: the edges.
+//! - [`demo`], [`loadgen`]: the built-in demo app and a bounded load generator used by the
+//!   demo, the tests and the benchmarks.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod demo;
+pub mod loadgen;
+pub mod logging;
+pub mod signals;
+pub mod sockets;
+pub mod supervisor;
+pub mod systemd;
+pub mod worker;

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use units::{parse_duration, parse_size, parse_signal};
+pub use units::{parse_duration, parse_signal, parse_size};
 
 /// A validated configuration, as the supervisor uses it.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,13 +172,7 @@ impl LoadEnv {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        col: 0,
-        key: "(file)".into(),
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = raw::read(path)?;
     parse(path, &text, env)
 }
 

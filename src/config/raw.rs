@@ -1,11 +1,1502 @@
-//! TOML → [`Config`](super::Config): serde structs that mirror the file, then validation.
-use super::{Config, ConfigError, LoadEnv};
+//! TOML → [`Config`]: serde structs that mirror the file, then validation.
+//!
+//! Parsing happens in three steps, each with its own kind of error location:
+//! 1. the text is parsed into toml's spanned document tree (`DeTable`): syntax errors;
+//! 2. the tree is deserialized into the `Raw*` structs below (unknown keys, wrong types,
+//!    missing keys): toml gives a byte span, and the dotted key is found by looking that
+//!    span up in the document tree;
+//! 3. the raw values are validated and defaults applied: the raw fields keep their spans
+//!    (`toml::Spanned`), so every error points at the offending value.
+use super::{units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers};
+use serde::{de, Deserialize};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
-pub(super) fn parse(path: &Path, _text: &str, _env: &LoadEnv) -> Result<Config, ConfigError> {
-    Err(ConfigError { file: path.into(), line: 0, col: 0, key: "(file)".into(), message: "not implemented".into() })
+/// `workers.count` when the file does not say.
+const DEFAULT_COUNT: i64 = 1;
+/// Upper bound for `workers.count`: far above any sane pre-fork pool, low enough that a
+/// typo (`40000`) is caught instead of fork-bombing the host.
+const MAX_COUNT: i64 = 4096;
+/// `listen.backlog` when the file does not say.
+const DEFAULT_BACKLOG: i64 = 1024;
+/// `workers.boot_timeout` when the file does not say.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// `workers.graceful_timeout` when the file does not say.
+const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `reload.max_surge` when the file does not say.
+const DEFAULT_MAX_SURGE: i64 = 1;
+/// The search path when the environment has no `PATH`: systemd's default for services.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+/// `sun_path` is 108 bytes, including the terminating NUL.
+const MAX_UNIX_PATH: usize = 107;
+/// systemd's limit for an FDNAME (`FDNAME_MAX`).
+const MAX_FDNAME: usize = 255;
+/// Variables handover sets for each worker; `workers.env` must not override them, or the
+/// worker would look for its sockets or its notify socket in the wrong place.
+const RESERVED_ENV: &[&str] =
+    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HANDOVER_GENERATION", "HANDOVER_WORKER_SLOT"];
+
+/// The whole file (SPEC §2).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawConfig {
+    /// Default: the file stem.
+    name: Option<Spanned<String>>,
+    /// Default: see [`control_socket_path`].
+    control_socket: Option<Spanned<String>>,
+    /// Default: none.
+    pidfile: Option<Spanned<String>>,
+    /// Default: no entries (every inherited socket is passed through).
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    /// Required.
+    workers: RawWorkers,
+    /// Default: all-at-once.
+    reload: Option<RawReload>,
 }
 
-pub(super) fn control_socket_of(path: &Path, _env: &LoadEnv) -> Result<PathBuf, ConfigError> {
-    Err(ConfigError { file: path.into(), line: 0, col: 0, key: "(file)".into(), message: "not implemented".into() })
+/// One `[[listen]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawListen {
+    /// Required: the FDNAME.
+    name: Spanned<String>,
+    /// Required: `"IP:PORT"`, `"[IPv6]:PORT"` or `"unix:/absolute/path"`.
+    address: Spanned<String>,
+    /// Default 1024, 1..=65535.
+    backlog: Option<Spanned<i64>>,
+}
+
+/// The `[workers]` table (required).
+///
+/// Defaults: `count` 1, `ready` "notify", `boot_timeout` "60s", `watchdog` off,
+/// `stop_signal` "SIGTERM", `graceful_timeout` "30s", `max_lifetime` and `max_memory` "0"
+/// (off), no `working_directory` (handover's own), no extra `env`. `command` is required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawWorkers {
+    command: Spanned<Vec<Spanned<String>>>,
+    count: Option<Spanned<i64>>,
+    working_directory: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
+    ready: Option<Spanned<String>>,
+    boot_timeout: Option<Spanned<DurationText>>,
+    watchdog: Option<Spanned<DurationText>>,
+    stop_signal: Option<Spanned<Scalar>>,
+    graceful_timeout: Option<Spanned<DurationText>>,
+    max_lifetime: Option<Spanned<DurationText>>,
+    max_memory: Option<Spanned<Scalar>>,
+}
+
+/// The `[reload]` table (optional). Defaults: `strategy` "all-at-once", `max_surge` 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawReload {
+    strategy: Option<Spanned<String>>,
+    max_surge: Option<Spanned<i64>>,
+}
+
+/// A duration as written: a string; checked later by [`units::parse_duration`].
+///
+/// Its own type so that a bare TOML number (`boot_timeout = 30`) gets a hint rather than
+/// serde's "invalid type: integer".
+struct DurationText(String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"30s\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
+                Err(number_for_duration(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Err(number_for_duration(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationText, E> {
+                Err(number_for_duration(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn number_for_duration<E: de::Error>(v: impl fmt::Display) -> E {
+    E::custom(format!("a duration is a string with a unit, e.g. \"30s\", not the number {v}"))
+}
+
+/// A value that may be written as a string or an integer (`max_memory`, `stop_signal`).
+enum Scalar {
+    Str(String),
+    Int(i64),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                i64::try_from(v).map(Scalar::Int).map_err(|_| E::custom("number too large"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Reads the config file; shared by `load` and `control_socket_of` so both report an
+/// unreadable file the same way.
+pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        key: "(file)".into(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// Parses and validates `text`, the contents of `path`; see [`super::parse`].
+pub(super) fn parse(path: &Path, text: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
+    let src = Source { file: path, text };
+    let doc = DeTable::parse(text).map_err(|e| src.syntax(&e))?;
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| src.deserialize(&e))?;
+    raw.validate(&src, env)
+}
+
+/// The control socket for the file at `path`, looking only at `name` and
+/// `control_socket`; see [`super::control_socket_of`].
+pub(super) fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<PathBuf, ConfigError> {
+    let text = read(path)?;
+    let src = Source { file: path, text: &text };
+    let doc = DeTable::parse(&text).map_err(|e| src.syntax(&e))?;
+    let name = src.string_entry(doc.get_ref(), "name")?;
+    let socket = src.string_entry(doc.get_ref(), "control_socket")?;
+    let name = name_or_stem(path, name.as_ref().map(|n| n.get_ref().as_str()));
+    control_socket_path(path, &name, socket.as_ref().map(|s| s.get_ref().as_str()), env)
+        .map_err(|why| src.maybe_at(socket.as_ref().map(Spanned::span), "control_socket", why))
+}
+
+/// The application name: `name` if the file sets it, else the file stem.
+fn name_or_stem(file: &Path, name: Option<&str>) -> String {
+    match name {
+        Some(n) => n.to_owned(),
+        None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
+/// Where the control socket is, for the daemon and the CLI alike (SPEC §2): `explicit`
+/// (relative to the file's directory), else `$RUNTIME_DIRECTORY/control.sock`, else
+/// `/run/handover/<name>/control.sock` as root, else
+/// `$XDG_RUNTIME_DIR/handover/<name>/control.sock`.
+fn control_socket_path(file: &Path, name: &str, explicit: Option<&str>, env: &LoadEnv) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        if p.is_empty() {
+            return Err("must not be empty".into());
+        }
+        return Ok(relative_to_file(file, p));
+    }
+    if let Some(dir) = &env.runtime_directory {
+        Ok(dir.join("control.sock"))
+    } else if env.is_root {
+        Ok(Path::new("/run/handover").join(name).join("control.sock"))
+    } else if let Some(dir) = &env.xdg_runtime_dir {
+        Ok(dir.join("handover").join(name).join("control.sock"))
+    } else {
+        Err("no default applies (not root, and neither $RUNTIME_DIRECTORY nor \
+             $XDG_RUNTIME_DIR is set); set control_socket"
+            .into())
+    }
+}
+
+/// The directory relative paths in the file are resolved against. Made absolute so that
+/// the daemon and the CLI agree, and so a later chdir cannot change its meaning.
+fn base_dir(file: &Path) -> PathBuf {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+fn relative_to_file(file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir(file).join(p)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, src: &Source<'_>, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let name = name_or_stem(src.file, self.name.as_ref().map(|n| n.get_ref().as_str()));
+        check_name(&name).map_err(|why| match &self.name {
+            Some(n) => src.at(n.span(), "name", why),
+            None => src.whole("name", format!("not set, and the file stem \"{name}\" cannot be used: {why}; set name")),
+        })?;
+
+        let socket_span = self.control_socket.as_ref().map(Spanned::span);
+        let control_socket =
+            control_socket_path(src.file, &name, self.control_socket.as_ref().map(|s| s.get_ref().as_str()), env)
+                .and_then(|p| check_socket_path(&p).map(|()| p))
+                .map_err(|why| src.maybe_at(socket_span, "control_socket", why))?;
+
+        let pidfile = match &self.pidfile {
+            None => None,
+            Some(p) if p.get_ref().is_empty() => return Err(src.at(p.span(), "pidfile", "must not be empty")),
+            Some(p) => {
+                no_nul(p.get_ref()).map_err(|why| src.at(p.span(), "pidfile", why))?;
+                Some(relative_to_file(src.file, p.get_ref()))
+            }
+        };
+
+        let mut listen: Vec<Listen> = Vec::with_capacity(self.listen.len());
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (i, l) in self.listen.iter().enumerate() {
+            let entry = l.validate(src, i)?;
+            if let Some(first) = names.insert(entry.name.clone(), i) {
+                return Err(src.at(
+                    l.name.span(),
+                    format!("listen[{i}].name"),
+                    format!("duplicate name \"{}\" (also listen[{first}])", entry.name),
+                ));
+            }
+            if let Some(first) = listen.iter().position(|e| e.address == entry.address) {
+                return Err(src.at(
+                    l.address.span(),
+                    format!("listen[{i}].address"),
+                    format!("duplicate address {} (also listen[{first}])", entry.address),
+                ));
+            }
+            listen.push(entry);
+        }
+
+        let workers = self.workers.validate(src, env)?;
+        let reload = match &self.reload {
+            Some(r) => r.validate(src)?,
+            None => Reload { strategy: Strategy::AllAtOnce, max_surge: 1 },
+        };
+
+        Ok(Config { path: src.file.to_path_buf(), name, control_socket, pidfile, listen, workers, reload })
+    }
+}
+
+/// The name goes into paths (`/run/handover/<name>/`), logs and `STATUS=`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("cannot be \"{name}\" (it is used in paths)"));
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))) {
+        Some(c) => Err(format!("{c:?} is not allowed; use letters, digits and . _ @ - (it is used in paths)")),
+        None => Ok(()),
+    }
+}
+
+fn check_socket_path(p: &Path) -> Result<(), String> {
+    let len = p.as_os_str().len();
+    if len > MAX_UNIX_PATH {
+        return Err(format!(
+            "{} is {len} bytes long; a unix socket path can have at most {MAX_UNIX_PATH}",
+            p.display()
+        ));
+    }
+    if p.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err("must not contain a NUL byte".into());
+    }
+    Ok(())
+}
+
+fn no_nul(s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        Err("must not contain a NUL byte".into())
+    } else {
+        Ok(())
+    }
+}
+
+impl RawListen {
+    fn validate(&self, src: &Source<'_>, i: usize) -> Result<Listen, ConfigError> {
+        let name = self.name.get_ref();
+        check_fdname(name).map_err(|why| src.at(self.name.span(), format!("listen[{i}].name"), why))?;
+        let address = parse_address(self.address.get_ref())
+            .map_err(|why| src.at(self.address.span(), format!("listen[{i}].address"), why))?;
+        let backlog = src.int_in(self.backlog.as_ref(), &format!("listen[{i}].backlog"), DEFAULT_BACKLOG, 1, 65535)?;
+        Ok(Listen {
+            name: name.clone(),
+            address,
+            // In range by the check above.
+            backlog: u32::try_from(backlog).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// A systemd FDNAME: it travels in `LISTEN_FDNAMES` (colon-separated) and `FDNAME=`.
+fn check_fdname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_FDNAME {
+        return Err(format!("is {} bytes long; at most {MAX_FDNAME} (it is a systemd FDNAME)", name.len()));
+    }
+    for c in name.chars() {
+        if !c.is_ascii() {
+            return Err("must be ASCII (it is a systemd FDNAME)".into());
+        }
+        if c == ':' {
+            return Err("must not contain ':' (it separates names in LISTEN_FDNAMES)".into());
+        }
+        if c.is_ascii_control() {
+            return Err("must not contain control characters".into());
+        }
+    }
+    Ok(())
+}
+
+fn parse_address(s: &str) -> Result<ListenAddress, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if !p.starts_with('/') {
+            return Err(format!("the unix socket path must be absolute, e.g. \"unix:/run/app/app.sock\", not \"{s}\""));
+        }
+        let path = PathBuf::from(p);
+        check_socket_path(&path)?;
+        return Ok(ListenAddress::Unix(path));
+    }
+    s.parse().map(ListenAddress::Tcp).map_err(|_| {
+        format!(
+            "cannot parse \"{s}\"; expected IP:PORT (\"127.0.0.1:8000\", \"[::]:8000\") or \
+             \"unix:/absolute/path\""
+        )
+    })
+}
+
+impl RawWorkers {
+    fn validate(&self, src: &Source<'_>, env: &LoadEnv) -> Result<Workers, ConfigError> {
+        let command: Vec<String> = self.command.get_ref().iter().map(|a| a.get_ref().clone()).collect();
+        let Some(first) = self.command.get_ref().first() else {
+            return Err(src.at(
+                self.command.span(),
+                "workers.command",
+                "must not be empty: give the program and its arguments, e.g. \
+                 [\"/usr/bin/app\", \"--port\", \"8000\"]",
+            ));
+        };
+        for arg in self.command.get_ref() {
+            no_nul(arg.get_ref()).map_err(|why| src.at(arg.span(), "workers.command", why))?;
+        }
+
+        let working_directory = match &self.working_directory {
+            None => None,
+            Some(wd) => {
+                let p = check_working_directory(wd.get_ref())
+                    .map_err(|why| src.at(wd.span(), "workers.working_directory", why))?;
+                Some(p)
+            }
+        };
+
+        let program =
+            resolve_program(first.get_ref(), working_directory.as_deref(), &base_dir(src.file), env.path.as_deref())
+                .map_err(|why| src.at(first.span(), "workers.command", why))?;
+
+        let count = src.int_in(self.count.as_ref(), "workers.count", DEFAULT_COUNT, 1, MAX_COUNT)?;
+
+        let mut vars = BTreeMap::new();
+        for (k, v) in &self.env {
+            let key = format!("workers.env.{}", k.get_ref());
+            check_env_name(k.get_ref()).map_err(|why| src.at(k.span(), key.as_str(), why))?;
+            no_nul(v.get_ref()).map_err(|why| src.at(v.span(), key.as_str(), why))?;
+            vars.insert(k.get_ref().clone(), v.get_ref().clone());
+        }
+
+        let ready = match &self.ready {
+            None => ReadyMode::Notify,
+            Some(r) => parse_ready(r.get_ref()).map_err(|why| src.at(r.span(), "workers.ready", why))?,
+        };
+
+        let boot_timeout =
+            src.positive_duration(self.boot_timeout.as_ref(), "workers.boot_timeout", DEFAULT_BOOT_TIMEOUT)?;
+        // 0 is refused rather than read as "SIGKILL at once": systemd reads a 0 timeout as
+        // "no timeout", and either reading would surprise someone.
+        let graceful_timeout = src.positive_duration(
+            self.graceful_timeout.as_ref(),
+            "workers.graceful_timeout",
+            DEFAULT_GRACEFUL_TIMEOUT,
+        )?;
+        let watchdog = src.duration(self.watchdog.as_ref(), "workers.watchdog")?.filter(|d| !d.is_zero());
+        let max_lifetime = src.duration(self.max_lifetime.as_ref(), "workers.max_lifetime")?.filter(|d| !d.is_zero());
+
+        let stop_signal = match &self.stop_signal {
+            None => libc::SIGTERM,
+            Some(s) => parse_stop_signal(s.get_ref()).map_err(|why| src.at(s.span(), "workers.stop_signal", why))?,
+        };
+
+        let max_memory = match &self.max_memory {
+            None => None,
+            Some(m) => {
+                let bytes = match m.get_ref() {
+                    Scalar::Str(s) => units::parse_size(s),
+                    Scalar::Int(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".to_string()),
+                }
+                .map_err(|why| src.at(m.span(), "workers.max_memory", why))?;
+                Some(bytes).filter(|b| *b != 0)
+            }
+        };
+
+        Ok(Workers {
+            command,
+            program,
+            // In range by the check above.
+            count: usize::try_from(count).unwrap_or(1),
+            working_directory,
+            env: vars,
+            ready,
+            boot_timeout,
+            watchdog,
+            stop_signal,
+            graceful_timeout,
+            max_lifetime,
+            max_memory,
+        })
+    }
+}
+
+fn check_working_directory(wd: &str) -> Result<PathBuf, String> {
+    no_nul(wd)?;
+    let p = Path::new(wd);
+    if !p.is_absolute() {
+        return Err(format!("must be an absolute path, not \"{wd}\""));
+    }
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(p.to_path_buf()),
+        Ok(_) => Err(format!("{wd} is not a directory")),
+        Err(e) => Err(format!("{wd}: {e}")),
+    }
+}
+
+/// Resolves `command[0]` now, so that a typo fails `handover check` and the reload instead
+/// of every worker after fork. The path is not canonicalized: a venv's `bin/python` is a
+/// symlink that must be run by its own name to find the venv.
+fn resolve_program(
+    prog: &str,
+    working_directory: Option<&Path>,
+    base_dir: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, String> {
+    if prog.is_empty() {
+        return Err("the program name (command[0]) is empty".into());
+    }
+    if prog.contains('/') {
+        let p = Path::new(prog);
+        let full = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            // Relative to where the worker starts, as the shell would see it there.
+            working_directory.unwrap_or(base_dir).join(p)
+        };
+        return match std::fs::metadata(&full) {
+            Err(e) => Err(format!("program \"{prog}\" ({}): {e}", full.display())),
+            Ok(m) if !m.is_file() => Err(format!("program \"{prog}\" ({}) is not a regular file", full.display())),
+            Ok(_) if !is_executable(&full) => Err(format!("program \"{prog}\" ({}) is not executable", full.display())),
+            Ok(_) => Ok(full),
+        };
+    }
+
+    let search = path_var.unwrap_or(OsStr::new(DEFAULT_PATH));
+    let mut not_executable = None;
+    for dir in std::env::split_paths(search) {
+        // An empty or relative PATH entry would make the result depend on the current
+        // directory of whoever loads the file; execvp would accept it, we do not.
+        if !dir.is_absolute() {
+            continue;
+        }
+        let candidate = dir.join(prog);
+        match std::fs::metadata(&candidate) {
+            Ok(m) if m.is_file() => {
+                if is_executable(&candidate) {
+                    return Ok(candidate);
+                }
+                not_executable.get_or_insert(candidate);
+            }
+            _ => {}
+        }
+    }
+    match not_executable {
+        Some(p) => Err(format!("program \"{prog}\" found at {} but it is not executable", p.display())),
+        None => Err(format!("program \"{prog}\" not found in PATH ({})", search.to_string_lossy())),
+    }
+}
+
+/// access(2) rather than mode bits: it answers for our uid (and for root, "any x bit").
+fn is_executable(p: &Path) -> bool {
+    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+fn check_env_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the variable name must not be empty".into());
+    }
+    if name.contains('=') {
+        return Err("the variable name must not contain '='".into());
+    }
+    no_nul(name)?;
+    if RESERVED_ENV.contains(&name) {
+        return Err(format!("{name} is set by handover for each worker and cannot be overridden"));
+    }
+    Ok(())
+}
+
+fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    match s {
+        "notify" => Ok(ReadyMode::Notify),
+        "spawn" => Ok(ReadyMode::Spawn),
+        _ => match s.strip_prefix("delay:") {
+            Some(d) => units::parse_duration(d).map(ReadyMode::Delay).map_err(|why| format!("in \"{s}\": {why}")),
+            None => {
+                Err(format!("expected \"notify\", \"spawn\" or \"delay:<duration>\" (e.g. \"delay:2s\"), not \"{s}\""))
+            }
+        },
+    }
+}
+
+fn parse_stop_signal(v: &Scalar) -> Result<i32, String> {
+    let sig = match v {
+        Scalar::Str(s) => units::parse_signal(s)?,
+        Scalar::Int(n) => units::parse_signal(&n.to_string())?,
+    };
+    if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        let name = if sig == libc::SIGKILL { "SIGKILL" } else { "SIGSTOP" };
+        return Err(format!("{name} cannot be caught, so no worker could drain on it; use e.g. SIGTERM"));
+    }
+    Ok(sig)
+}
+
+impl RawReload {
+    fn validate(&self, src: &Source<'_>) -> Result<Reload, ConfigError> {
+        let strategy = match &self.strategy {
+            None => Strategy::AllAtOnce,
+            Some(s) => match s.get_ref().as_str() {
+                "all-at-once" => Strategy::AllAtOnce,
+                "rolling" => Strategy::Rolling,
+                other => {
+                    return Err(src.at(
+                        s.span(),
+                        "reload.strategy",
+                        format!("expected \"all-at-once\" or \"rolling\", not \"{other}\""),
+                    ))
+                }
+            },
+        };
+        // Above workers.count is allowed: it means the whole generation at once.
+        let max_surge = src.int_in(self.max_surge.as_ref(), "reload.max_surge", DEFAULT_MAX_SURGE, 1, i64::MAX)?;
+        Ok(Reload { strategy, max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX) })
+    }
+}
+
+/// The file being parsed: turns byte spans into [`ConfigError`]s.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at the value or key at byte range `span`.
+    fn at(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError { file: self.file.to_path_buf(), line, col, key: key.into(), message: message.into() }
+    }
+
+    /// An error with no place in the text (a default that does not work, say).
+    fn whole(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.file.to_path_buf(), line: 0, col: 0, key: key.into(), message: message.into() }
+    }
+
+    fn maybe_at(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
+        match span {
+            Some(s) => self.at(s, key, message),
+            None => self.whole(key, message),
+        }
+    }
+
+    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
+        match e.span() {
+            Some(s) => self.at(s, "(syntax)", e.message()),
+            None => self.whole("(syntax)", e.message()),
+        }
+    }
+
+    /// Turns a serde error into a `ConfigError`, finding the key from toml's span.
+    fn deserialize(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        // The text parsed a moment ago; if it somehow does not now, the error still
+        // has its place, only no key.
+        let path = DeTable::parse(self.text).map(|doc| key_path_at(doc.get_ref(), &span)).unwrap_or_default();
+        let msg = e.message();
+        let (key, message) = if let Some(field) = backticked(msg, "missing field `") {
+            // The span is the table that lacks the key.
+            let key = join_key(&path, field);
+            let message = if path.is_empty() && field == "workers" {
+                "the [workers] table is required".to_string()
+            } else {
+                "required key is missing".to_string()
+            };
+            (key, message)
+        } else if let Some(field) = backticked(msg, "unknown field `") {
+            // The span is the unknown key itself, so the path normally ends with it.
+            let key = if path == field || path.ends_with(&format!(".{field}")) { path } else { join_key(&path, field) };
+            let rest = msg.split_once("`, ").map_or("", |(_, rest)| rest);
+            let message = if rest.is_empty() { "unknown key".to_string() } else { format!("unknown key, {rest}") };
+            (key, message)
+        } else {
+            let key = if path.is_empty() { "(file)".to_string() } else { path };
+            (key, polish(msg))
+        };
+        self.at(span, key, message)
+    }
+
+    fn int_in(&self, v: Option<&Spanned<i64>>, key: &str, default: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = *v.get_ref();
+        if (lo..=hi).contains(&n) {
+            return Ok(n);
+        }
+        let message = if hi == i64::MAX {
+            format!("must be at least {lo}, not {n}")
+        } else {
+            format!("must be between {lo} and {hi}, not {n}")
+        };
+        Err(self.at(v.span(), key, message))
+    }
+
+    fn duration(&self, v: Option<&Spanned<DurationText>>, key: &str) -> Result<Option<Duration>, ConfigError> {
+        v.map(|v| units::parse_duration(&v.get_ref().0).map_err(|why| self.at(v.span(), key, why))).transpose()
+    }
+
+    /// A duration that must not be zero, or `default` if not given.
+    fn positive_duration(
+        &self,
+        v: Option<&Spanned<DurationText>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match (v, self.duration(v, key)?) {
+            (Some(v), Some(d)) if d.is_zero() => Err(self.at(v.span(), key, "must be greater than 0")),
+            (_, d) => Ok(d.unwrap_or(default)),
+        }
+    }
+
+    /// A top-level string entry, read leniently (for `control_socket_of`).
+    fn string_entry(&self, doc: &DeTable<'_>, key: &str) -> Result<Option<Spanned<String>>, ConfigError> {
+        for (k, v) in doc {
+            if k.get_ref() == key {
+                return match v.get_ref() {
+                    DeValue::String(s) => Ok(Some(Spanned::new(v.span(), s.to_string()))),
+                    other => {
+                        Err(self.at(v.span(), key, format!("invalid type: {}, expected a string", other.type_str())))
+                    }
+                };
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let col = before.get(line_start..).unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+/// The text between `prefix` and the next backtick, if `msg` starts with `prefix`.
+fn backticked<'m>(msg: &'m str, prefix: &str) -> Option<&'m str> {
+    msg.strip_prefix(prefix)?.split('`').next()
+}
+
+fn join_key(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// serde's type names → TOML's.
+fn polish(msg: &str) -> String {
+    msg.replace("expected i64", "expected an integer")
+        .replace("invalid type: map", "invalid type: table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
+}
+
+/// The dotted key (`listen[1].name`) of the key or value whose span is exactly `span`;
+/// empty if none (the document root). Where an array and its first element share a span
+/// (`[[listen]]`), the element wins.
+fn key_path_at(root: &DeTable<'_>, span: &Range<usize>) -> String {
+    let mut path = Vec::new();
+    let mut best = None;
+    search_table(root, span, &mut path, &mut best);
+    best.map(|segs| render_path(&segs)).unwrap_or_default()
+}
+
+#[derive(Clone)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn consider(path: &[Segment], best: &mut Option<Vec<Segment>>) {
+    // Deeper wins a tie: visited later, so replace on `>=`.
+    if best.as_ref().map_or(true, |b| path.len() >= b.len()) {
+        *best = Some(path.to_vec());
+    }
+}
+
+fn search_table(table: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<Segment>, best: &mut Option<Vec<Segment>>) {
+    for (k, v) in table {
+        path.push(Segment::Key(k.get_ref().to_string()));
+        if k.span() == *span {
+            consider(path, best);
+        }
+        search_value(v, span, path, best);
+        path.pop();
+    }
+}
+
+fn search_value(
+    v: &Spanned<DeValue<'_>>,
+    span: &Range<usize>,
+    path: &mut Vec<Segment>,
+    best: &mut Option<Vec<Segment>>,
+) {
+    if v.span() == *span {
+        consider(path, best);
+    }
+    match v.get_ref() {
+        DeValue::Table(t) => search_table(t, span, path, best),
+        DeValue::Array(a) => {
+            for (i, e) in a.iter().enumerate() {
+                path.push(Segment::Index(i));
+                search_value(e, span, path, best);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn render_path(segs: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in segs {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Most tests parse text as if it came from this file; `parse` never reads it.
+    const FILE: &str = "/etc/handover/app.toml";
+    const MIN: &str = "[workers]\ncommand = [\"app\"]\n";
+
+    /// A temp dir with `bin/app` (executable) and `bin/noexec` (not), `bin` as PATH.
+    struct Fx {
+        dir: tempfile::TempDir,
+        env: LoadEnv,
+    }
+
+    impl Fx {
+        fn new() -> Fx {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("bin");
+            std::fs::create_dir(&bin).unwrap();
+            for (name, mode) in [("app", 0o755), ("noexec", 0o644)] {
+                let p = bin.join(name);
+                std::fs::write(&p, "#!/bin/sh\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let env = LoadEnv {
+                runtime_directory: Some("/run/handover/app".into()),
+                xdg_runtime_dir: None,
+                is_root: false,
+                path: Some(bin.clone().into_os_string()),
+            };
+            Fx { dir, env }
+        }
+
+        fn bin(&self, name: &str) -> PathBuf {
+            self.dir.path().join("bin").join(name)
+        }
+
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            parse(Path::new(FILE), text, &self.env)
+        }
+
+        fn ok(&self, text: &str) -> Config {
+            self.parse(text).unwrap()
+        }
+
+        fn err(&self, text: &str) -> ConfigError {
+            self.parse(text).unwrap_err()
+        }
+
+        /// `text` plus a working `[workers]` table.
+        fn with_min(&self, text: &str) -> Result<Config, ConfigError> {
+            self.parse(&format!("{text}\n{MIN}"))
+        }
+    }
+
+    /// (line, col, key) of an error, for terse asserts.
+    fn at(e: &ConfigError) -> (usize, usize, &str) {
+        (e.line, e.col, e.key.as_str())
+    }
+
+    #[test]
+    fn defaults() {
+        let fx = Fx::new();
+        let c = fx.ok(MIN);
+        assert_eq!(
+            c,
+            Config {
+                path: FILE.into(),
+                name: "app".into(),
+                control_socket: "/run/handover/app/control.sock".into(),
+                pidfile: None,
+                listen: vec![],
+                workers: Workers {
+                    command: vec!["app".into()],
+                    program: fx.bin("app"),
+                    count: 1,
+                    working_directory: None,
+                    env: BTreeMap::new(),
+                    ready: ReadyMode::Notify,
+                    boot_timeout: Duration::from_secs(60),
+                    watchdog: None,
+                    stop_signal: libc::SIGTERM,
+                    graceful_timeout: Duration::from_secs(30),
+                    max_lifetime: None,
+                    max_memory: None,
+                },
+                reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1 },
+            }
+        );
+        let c = fx.ok(&format!("[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8000\"\n{MIN}[reload]\n"));
+        assert_eq!(c.listen[0].backlog, 1024);
+        assert_eq!(c.reload.strategy, Strategy::AllAtOnce);
+        assert_eq!(c.reload.max_surge, 1);
+        let c = fx.ok(&format!("{MIN}[reload]\nstrategy = \"rolling\"\n"));
+        assert_eq!(c.reload.max_surge, 1);
+    }
+
+    #[test]
+    fn full_example() {
+        let fx = Fx::new();
+        let wd = fx.dir.path().display();
+        let text = format!(
+            r#"
+name = "shop"
+control_socket = "/run/shop/control.sock"
+pidfile = "/run/shop.pid"
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:8000"
+backlog = 4096
+
+[[listen]]
+name = "v6"
+address = "[::]:8000"
+
+[[listen]]
+name = "local"
+address = "unix:/run/app/app.sock"
+
+[workers]
+command = ["app", "-m", "app"]
+count = 4
+working_directory = "{wd}"
+env = {{ APP_ENV = "production", "weird.name" = "x" }}
+ready = "delay:2s"
+boot_timeout = "90s"
+watchdog = "30s"
+stop_signal = "SIGQUIT"
+graceful_timeout = "1m30s"
+max_lifetime = "1h"
+max_memory = "512M"
+
+[reload]
+strategy = "rolling"
+max_surge = 2
+"#
+        );
+        let c = fx.ok(&text);
+        assert_eq!(c.name, "shop");
+        assert_eq!(c.control_socket, Path::new("/run/shop/control.sock"));
+        assert_eq!(c.pidfile.as_deref(), Some(Path::new("/run/shop.pid")));
+        assert_eq!(
+            c.listen,
+            vec![
+                Listen {
+                    name: "http".into(),
+                    address: ListenAddress::Tcp("127.0.0.1:8000".parse().unwrap()),
+                    backlog: 4096,
+                },
+                Listen { name: "v6".into(), address: ListenAddress::Tcp("[::]:8000".parse().unwrap()), backlog: 1024 },
+                Listen {
+                    name: "local".into(),
+                    address: ListenAddress::Unix("/run/app/app.sock".into()),
+                    backlog: 1024,
+                },
+            ]
+        );
+        let w = &c.workers;
+        assert_eq!(w.command, ["app", "-m", "app"]);
+        assert_eq!(w.program, fx.bin("app"));
+        assert_eq!(w.count, 4);
+        assert_eq!(w.working_directory.as_deref(), Some(fx.dir.path()));
+        assert_eq!(w.env.len(), 2);
+        assert_eq!(w.env["APP_ENV"], "production");
+        assert_eq!(w.env["weird.name"], "x");
+        assert_eq!(w.ready, ReadyMode::Delay(Duration::from_secs(2)));
+        assert_eq!(w.boot_timeout, Duration::from_secs(90));
+        assert_eq!(w.watchdog, Some(Duration::from_secs(30)));
+        assert_eq!(w.stop_signal, libc::SIGQUIT);
+        assert_eq!(w.graceful_timeout, Duration::from_secs(90));
+        assert_eq!(w.max_lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(w.max_memory, Some(512 << 20));
+        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 2 });
+    }
+
+    #[test]
+    fn name_default_and_validation() {
+        let fx = Fx::new();
+        let c = parse(Path::new("/etc/handover/web@1.toml"), MIN, &fx.env).unwrap();
+        assert_eq!(c.name, "web@1");
+        assert_eq!(fx.with_min("name = \"a-b_c.d@1\"").unwrap().name, "a-b_c.d@1");
+
+        let e = fx.with_min("name = \"a/b\"").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:1:8: name: '/' is not allowed; use letters, digits and . _ @ - (it is used in paths)"
+        );
+        assert_eq!(at(&fx.with_min("name = \"\"").unwrap_err()), (1, 8, "name"));
+        let e = fx.with_min("name = \"..\"").unwrap_err();
+        assert_eq!(e.message, "cannot be \"..\" (it is used in paths)");
+
+        let e = parse(Path::new("/etc/handover/my app.toml"), MIN, &fx.env).unwrap_err();
+        assert_eq!(at(&e), (0, 0, "name"));
+        assert!(e.message.starts_with("not set, and the file stem \"my app\" cannot be used"));
+        // Setting the name fixes it.
+        let text = format!("name = \"app\"\n{MIN}");
+        assert!(parse(Path::new("/etc/handover/my app.toml"), &text, &fx.env).is_ok());
+    }
+
+    #[test]
+    fn control_socket_defaults() {
+        let mut fx = Fx::new();
+        let text = format!("name = \"shop\"\n{MIN}");
+        // $RUNTIME_DIRECTORY wins, whatever else is set.
+        fx.env.is_root = true;
+        fx.env.xdg_runtime_dir = Some("/run/user/1000".into());
+        assert_eq!(fx.ok(&text).control_socket, Path::new("/run/handover/app/control.sock"));
+        // Root without it.
+        fx.env.runtime_directory = None;
+        assert_eq!(fx.ok(&text).control_socket, Path::new("/run/handover/shop/control.sock"));
+        // Not root: $XDG_RUNTIME_DIR.
+        fx.env.is_root = false;
+        assert_eq!(fx.ok(&text).control_socket, Path::new("/run/user/1000/handover/shop/control.sock"));
+        // Nothing applies.
+        fx.env.xdg_runtime_dir = None;
+        let e = fx.err(&text);
+        assert_eq!(at(&e), (0, 0, "control_socket"));
+        assert!(e.message.ends_with("; set control_socket"), "{e}");
+        // Explicit: absolute as is, relative to the file's directory.
+        let c = fx.with_min("control_socket = \"/tmp/x.sock\"").unwrap();
+        assert_eq!(c.control_socket, Path::new("/tmp/x.sock"));
+        let c = fx.with_min("control_socket = \"run/x.sock\"").unwrap();
+        assert_eq!(c.control_socket, Path::new("/etc/handover/run/x.sock"));
+        assert_eq!(at(&fx.with_min("control_socket = \"\"").unwrap_err()), (1, 18, "control_socket"));
+        let long = format!("control_socket = \"/{}\"", "x".repeat(120));
+        let e = fx.with_min(&long).unwrap_err();
+        assert_eq!(at(&e), (1, 18, "control_socket"));
+        assert!(e.message.contains("at most 107"), "{e}");
+    }
+
+    #[test]
+    fn pidfile() {
+        let fx = Fx::new();
+        let c = fx.with_min("pidfile = \"app.pid\"").unwrap();
+        assert_eq!(c.pidfile.as_deref(), Some(Path::new("/etc/handover/app.pid")));
+        assert_eq!(at(&fx.with_min("pidfile = \"\"").unwrap_err()), (1, 11, "pidfile"));
+    }
+
+    #[test]
+    fn unknown_key_top_level() {
+        let fx = Fx::new();
+        let e = fx.err(&format!("name = \"x\"\nzzz = 1\n{MIN}"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:2:1: zzz: unknown key, expected one of `name`, \
+             `control_socket`, `pidfile`, `listen`, `workers`, `reload`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_workers() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"app\"]\n  cuont = 4\n");
+        assert_eq!(at(&e), (3, 3, "workers.cuont"));
+        assert!(e.message.starts_with("unknown key, expected one of `command`, `count`"));
+        // Also when written inline or dotted.
+        let e = fx.err("workers = { command = [\"app\"], x = 1 }\n");
+        assert_eq!(at(&e), (1, 32, "workers.x"));
+        let e = fx.err("workers.command = [\"app\"]\nworkers.y = 1\n");
+        assert_eq!(at(&e), (2, 9, "workers.y"));
+    }
+
+    #[test]
+    fn unknown_key_in_listen_entry() {
+        let fx = Fx::new();
+        let text = "[[listen]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\n[[listen]]\n\
+                    name = \"b\"\naddress = \"127.0.0.1:2\"\nbacklgo = 5\n";
+        let e = fx.with_min(text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:8:1: listen[1].backlgo: unknown key, expected one of \
+             `name`, `address`, `backlog`"
+        );
+        // Unknown table inside [workers] too.
+        let e = fx.err("[workers]\ncommand = [\"app\"]\n[workers.extra]\nx = 1\n");
+        assert_eq!(at(&e), (3, 10, "workers.extra"));
+    }
+
+    #[test]
+    fn syntax_error() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"app\"]\ncount = \n");
+        assert_eq!(at(&e), (3, 9, "(syntax)"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:3:9: (syntax): string values must be quoted, expected literal string"
+        );
+        let e = fx.err("[workers]\ncommand = [\"app\"]\ncommand = [\"b\"]\n");
+        assert_eq!(at(&e), (3, 1, "(syntax)"));
+        assert_eq!(e.message, "duplicate key");
+    }
+
+    #[test]
+    fn wrong_types() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"app\"]\ncount = \"four\"\n");
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:3:9: workers.count: invalid type: string \"four\", expected an integer"
+        );
+        let e = fx.err("workers = 3\n");
+        assert_eq!(at(&e), (1, 11, "workers"));
+        assert_eq!(e.message, "invalid type: integer `3`, expected a table");
+        let e = fx.err("[workers]\ncommand = \"app\"\n");
+        assert_eq!(at(&e), (2, 11, "workers.command"));
+        assert_eq!(e.message, "invalid type: string \"app\", expected an array");
+        let e = fx.err("[workers]\ncommand = [\"app\", 1]\n");
+        assert_eq!(at(&e), (2, 19, "workers.command[1]"));
+        let e = fx.with_min("listen = [{ name = \"a\", address = \"127.0.0.1:1\" }, { name = 1 }]").unwrap_err();
+        assert_eq!(at(&e), (1, 61, "listen[1].name"));
+        let e = fx.err("[workers]\ncommand = [\"app\"]\nenv = { A = 1 }\n");
+        assert_eq!(at(&e), (3, 13, "workers.env.A"));
+        let e = fx.err("[workers]\ncommand = [\"app\"]\ncount = 1.5\n");
+        assert_eq!(e.message, "invalid type: floating point `1.5`, expected an integer");
+        let e = fx.with_min("name = 3").unwrap_err();
+        assert_eq!(at(&e), (1, 8, "name"));
+        let e = fx.with_min("[listen]\nname = \"a\"").unwrap_err();
+        assert_eq!(e.message, "invalid type: table, expected an array");
+    }
+
+    #[test]
+    fn bad_duration_points_at_value() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"app\"]\nboot_timeout   =   \"30x\"\n");
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:3:20: workers.boot_timeout: unknown unit \"x\"; use us, ms, s, m, min or h"
+        );
+        let e = fx.err("[workers]\ncommand = [\"app\"]\nboot_timeout = 30\n");
+        assert_eq!(at(&e), (3, 16, "workers.boot_timeout"));
+        assert_eq!(e.message, "a duration is a string with a unit, e.g. \"30s\", not the number 30");
+        let e = fx.err("[workers]\ncommand = [\"app\"]\nwatchdog = true\n");
+        assert_eq!(at(&e), (3, 12, "workers.watchdog"));
+        let e = fx.err("[workers]\ncommand = [\"app\"]\ngraceful_timeout = \"30\"\n");
+        assert_eq!(e.message, "\"30\" has no unit; add a unit, e.g. \"30s\"");
+        for key in ["boot_timeout", "graceful_timeout"] {
+            let e = fx.err(&format!("{MIN}{key} = \"0s\"\n"));
+            assert_eq!(e.key, format!("workers.{key}"));
+            assert_eq!(e.message, "must be greater than 0");
+        }
+    }
+
+    #[test]
+    fn optional_durations_and_memory() {
+        let fx = Fx::new();
+        let w = fx.ok(&format!("{MIN}watchdog = \"0\"\nmax_lifetime = \"0\"\nmax_memory = \"0\"\n")).workers;
+        assert_eq!((w.watchdog, w.max_lifetime, w.max_memory), (None, None, None));
+        let w = fx.ok(&format!("{MIN}watchdog = \"10s\"\nmax_lifetime = \"2h\"\nmax_memory = 1048576\n")).workers;
+        assert_eq!(w.watchdog, Some(Duration::from_secs(10)));
+        assert_eq!(w.max_lifetime, Some(Duration::from_secs(7200)));
+        assert_eq!(w.max_memory, Some(1 << 20));
+        assert_eq!(fx.ok(&format!("{MIN}max_memory = \"1GiB\"\n")).workers.max_memory, Some(1 << 30));
+        assert_eq!(fx.ok(&format!("{MIN}max_memory = 0\n")).workers.max_memory, None);
+        let e = fx.err(&format!("{MIN}max_memory = -1\n"));
+        assert_eq!(at(&e), (3, 14, "workers.max_memory"));
+        assert_eq!(e.message, "a size cannot be negative");
+        let e = fx.err(&format!("{MIN}max_memory = \"lots\"\n"));
+        assert_eq!(at(&e), (3, 14, "workers.max_memory"));
+        let e = fx.err(&format!("{MIN}max_memory = 1.5\n"));
+        assert_eq!(e.message, "invalid type: floating point `1.5`, expected a string or an integer");
+    }
+
+    #[test]
+    fn missing_keys() {
+        let fx = Fx::new();
+        let e = fx.err("name = \"x\"\n\n[workers]\ncount = 2\n");
+        assert_eq!(e.to_string(), "/etc/handover/app.toml:3:1: workers.command: required key is missing");
+        let e = fx.err("name = \"x\"\n");
+        assert_eq!(e.to_string(), "/etc/handover/app.toml:1:1: workers: the [workers] table is required");
+        let e =
+            fx.with_min("[[listen]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[listen]]\nname = \"b\"").unwrap_err();
+        assert_eq!(at(&e), (4, 1, "listen[1].address"));
+        let e = fx.with_min("[[listen]]\naddress = \"127.0.0.1:1\"").unwrap_err();
+        assert_eq!(at(&e), (1, 1, "listen[0].name"));
+    }
+
+    #[test]
+    fn command() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = []\n");
+        assert_eq!(at(&e), (2, 11, "workers.command"));
+        assert!(e.message.starts_with("must not be empty"));
+        let e = fx.err("[workers]\ncommand = [\"\"]\n");
+        assert_eq!(e.message, "the program name (command[0]) is empty");
+        let e = fx.err("[workers]\ncommand = [\"app\", \"a\\u0000b\"]\n");
+        assert_eq!(at(&e), (2, 19, "workers.command"));
+    }
+
+    #[test]
+    fn program_not_found() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"nope\", \"x\"]\n");
+        assert_eq!(at(&e), (2, 12, "workers.command"));
+        assert_eq!(e.message, format!("program \"nope\" not found in PATH ({})", fx.dir.path().join("bin").display()));
+        let e = fx.err("[workers]\ncommand = [\"/nonexistent/app\"]\n");
+        assert_eq!(at(&e), (2, 12, "workers.command"));
+        assert!(e.message.starts_with("program \"/nonexistent/app\" (/nonexistent/app): "), "{e}");
+        // Without PATH, systemd's default search path is used, never the process's.
+        let mut fx = fx;
+        fx.env.path = None;
+        let e = fx.err("[workers]\ncommand = [\"app\"]\n");
+        assert!(e.message.ends_with(&format!("not found in PATH ({DEFAULT_PATH})")), "{e}");
+        assert_eq!(fx.ok("[workers]\ncommand = [\"sh\"]\n").workers.program.file_name(), Some(OsStr::new("sh")));
+    }
+
+    #[test]
+    fn program_not_executable() {
+        let fx = Fx::new();
+        let e = fx.err("[workers]\ncommand = [\"noexec\"]\n");
+        assert_eq!(at(&e), (2, 12, "workers.command"));
+        assert_eq!(
+            e.message,
+            format!("program \"noexec\" found at {} but it is not executable", fx.bin("noexec").display())
+        );
+        let p = fx.bin("noexec");
+        let e = fx.err(&format!("[workers]\ncommand = [\"{}\"]\n", p.display()));
+        assert_eq!(e.message, format!("program \"{0}\" ({0}) is not executable", p.display()));
+        let e = fx.err(&format!("[workers]\ncommand = [\"{}\"]\n", fx.dir.path().display()));
+        assert!(e.message.ends_with("is not a regular file"), "{e}");
+        // A non-executable file earlier in PATH is skipped, as execvp does.
+        let mut fx = fx;
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("app"), "").unwrap();
+        let path = std::env::join_paths([other.path(), &fx.dir.path().join("bin")]).unwrap();
+        fx.env.path = Some(path);
+        assert_eq!(fx.ok(MIN).workers.program, fx.bin("app"));
+    }
+
+    #[test]
+    fn relative_program() {
+        let fx = Fx::new();
+        let dir = fx.dir.path();
+        // Relative to the config file's directory...
+        let file = dir.join("app.toml");
+        let c = parse(&file, "[workers]\ncommand = [\"bin/app\"]\n", &fx.env).unwrap();
+        assert_eq!(c.workers.program, dir.join("bin/app"));
+        // ...or to working_directory when set.
+        let text = format!("[workers]\ncommand = [\"./app\"]\nworking_directory = \"{}\"\n", dir.join("bin").display());
+        let c = parse(Path::new(FILE), &text, &fx.env).unwrap();
+        assert_eq!(c.workers.program, dir.join("bin/./app"));
+        assert_eq!(c.workers.command[0], "./app");
+    }
+
+    #[test]
+    fn working_directory() {
+        let fx = Fx::new();
+        let e = fx.err(&format!("{MIN}working_directory = \"srv\"\n"));
+        assert_eq!(at(&e), (3, 21, "workers.working_directory"));
+        assert_eq!(e.message, "must be an absolute path, not \"srv\"");
+        let e = fx.err(&format!("{MIN}working_directory = \"/nonexistent\"\n"));
+        assert!(e.message.starts_with("/nonexistent: "), "{e}");
+        let e = fx.err(&format!("{MIN}working_directory = \"{}\"\n", fx.bin("app").display()));
+        assert!(e.message.ends_with("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let fx = Fx::new();
+        let one = |addr: &str| fx.with_min(&format!("[[listen]]\nname = \"a\"\naddress = \"{addr}\""));
+        assert_eq!(one("0.0.0.0:80").unwrap().listen[0].address, ListenAddress::Tcp("0.0.0.0:80".parse().unwrap()));
+        let e = one("localhost:8000").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:3:11: listen[0].address: cannot parse \"localhost:8000\"; \
+             expected IP:PORT (\"127.0.0.1:8000\", \"[::]:8000\") or \"unix:/absolute/path\""
+        );
+        assert_eq!(at(&one("8000").unwrap_err()), (3, 11, "listen[0].address"));
+        assert_eq!(at(&one("::1:80").unwrap_err()), (3, 11, "listen[0].address"));
+        let e = one("unix:run/app.sock").unwrap_err();
+        assert_eq!(at(&e), (3, 11, "listen[0].address"));
+        assert!(e.message.starts_with("the unix socket path must be absolute"));
+        assert!(one("unix:").is_err());
+        let e = one(&format!("unix:/{}", "x".repeat(107))).unwrap_err();
+        assert!(e.message.contains("at most 107"));
+    }
+
+    #[test]
+    fn listen_names_and_backlog() {
+        let fx = Fx::new();
+        let one = |name: &str| fx.with_min(&format!("[[listen]]\nname = \"{name}\"\naddress = \"127.0.0.1:1\""));
+        assert!(one("http-2 x").is_ok());
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("a:b", "must not contain ':' (it separates names in LISTEN_FDNAMES)"),
+            ("caf\u{e9}", "must be ASCII (it is a systemd FDNAME)"),
+            ("a\\tb", "must not contain control characters"),
+        ] {
+            let e = one(bad).unwrap_err();
+            assert_eq!((at(&e), e.message.as_str()), ((2, 8, "listen[0].name"), why));
+        }
+        assert!(one(&"n".repeat(255)).is_ok());
+        assert!(one(&"n".repeat(256)).unwrap_err().message.contains("at most 255"));
+
+        let backlog =
+            |b: &str| fx.with_min(&format!("[[listen]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nbacklog = {b}"));
+        assert_eq!(backlog("65535").unwrap().listen[0].backlog, 65535);
+        let e = backlog("0").unwrap_err();
+        assert_eq!(at(&e), (4, 11, "listen[0].backlog"));
+        assert_eq!(e.message, "must be between 1 and 65535, not 0");
+        assert!(backlog("65536").is_err());
+    }
+
+    #[test]
+    fn duplicate_listen() {
+        let fx = Fx::new();
+        let text = "[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:1\"\n\
+                    [[listen]]\nname = \"other\"\naddress = \"127.0.0.1:2\"\n\
+                    [[listen]]\nname = \"http\"\naddress = \"127.0.0.1:3\"\n";
+        let e = fx.with_min(text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:8:8: listen[2].name: duplicate name \"http\" (also listen[0])"
+        );
+        let text = "[[listen]]\nname = \"a\"\naddress = \"unix:/run/a.sock\"\n\
+                    [[listen]]\nname = \"b\"\naddress = \"unix:/run/a.sock\"\n";
+        let e = fx.with_min(text).unwrap_err();
+        assert_eq!(at(&e), (6, 11, "listen[1].address"));
+        assert_eq!(e.message, "duplicate address unix:/run/a.sock (also listen[0])");
+    }
+
+    #[test]
+    fn count() {
+        let fx = Fx::new();
+        let count = |n: &str| fx.parse(&format!("{MIN}count = {n}\n"));
+        assert_eq!(count("4096").unwrap().workers.count, 4096);
+        let e = count("0").unwrap_err();
+        assert_eq!(e.to_string(), "/etc/handover/app.toml:3:9: workers.count: must be between 1 and 4096, not 0");
+        assert!(count("4097").is_err());
+        assert!(count("-1").is_err());
+    }
+
+    #[test]
+    fn env() {
+        let fx = Fx::new();
+        let e = fx.err(&format!("{MIN}env = {{ APP = \"1\", LISTEN_FDS = \"3\" }}\n"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/handover/app.toml:3:20: workers.env.LISTEN_FDS: LISTEN_FDS is set by handover \
+             for each worker and cannot be overridden"
+        );
+        for reserved in RESERVED_ENV {
+            let e = fx.err(&format!("{MIN}[workers.env]\n{reserved} = \"x\"\n"));
+            assert_eq!(at(&e), (4, 1, format!("workers.env.{reserved}").as_str()));
+        }
+        let e = fx.err(&format!("{MIN}env = {{ \"A=B\" = \"1\" }}\n"));
+        assert_eq!(at(&e), (3, 9, "workers.env.A=B"));
+        assert_eq!(e.message, "the variable name must not contain '='");
+        let e = fx.err(&format!("{MIN}env = {{ \"\" = \"1\" }}\n"));
+        assert_eq!(e.message, "the variable name must not be empty");
+        let e = fx.err(&format!("{MIN}env = {{ A = \"\\u0000\" }}\n"));
+        assert_eq!(at(&e), (3, 13, "workers.env.A"));
+    }
+
+    #[test]
+    fn ready() {
+        let fx = Fx::new();
+        let ready = |r: &str| fx.parse(&format!("{MIN}ready = \"{r}\"\n")).map(|c| c.workers.ready);
+        assert_eq!(ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(ready("spawn"), Ok(ReadyMode::Spawn));
+        assert_eq!(ready("delay:500ms"), Ok(ReadyMode::Delay(Duration::from_millis(500))));
+        let e = ready("Notify").unwrap_err();
+        assert_eq!(at(&e), (3, 9, "workers.ready"));
+        assert!(e.message.starts_with("expected \"notify\", \"spawn\" or \"delay:<duration>\""));
+        let e = ready("delay:2").unwrap_err();
+        assert_eq!(e.message, "in \"delay:2\": \"2\" has no unit; add a unit, e.g. \"30s\"");
+    }
+
+    #[test]
+    fn stop_signal() {
+        let fx = Fx::new();
+        let sig = |s: &str| fx.parse(&format!("{MIN}stop_signal = {s}\n")).map(|c| c.workers.stop_signal);
+        assert_eq!(sig("\"SIGQUIT\""), Ok(libc::SIGQUIT));
+        assert_eq!(sig("\"int\""), Ok(libc::SIGINT));
+        assert_eq!(sig("\"10\""), Ok(10));
+        assert_eq!(sig("3"), Ok(3));
+        let e = sig("\"SIGKILL\"").unwrap_err();
+        assert_eq!(at(&e), (3, 15, "workers.stop_signal"));
+        assert_eq!(e.message, "SIGKILL cannot be caught, so no worker could drain on it; use e.g. SIGTERM");
+        assert!(sig("\"STOP\"").unwrap_err().message.starts_with("SIGSTOP cannot be caught"));
+        assert!(sig("9").is_err());
+        assert!(sig("\"SIGBOGUS\"").unwrap_err().message.starts_with("unknown signal"));
+        assert!(sig("0").unwrap_err().message.contains("out of range"));
+    }
+
+    #[test]
+    fn reload() {
+        let fx = Fx::new();
+        let c = fx.ok(&format!("{MIN}count = 2\n[reload]\nstrategy = \"rolling\"\nmax_surge = 8\n"));
+        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 8 });
+        let e = fx.err(&format!("{MIN}[reload]\nstrategy = \"blue-green\"\n"));
+        assert_eq!(at(&e), (4, 12, "reload.strategy"));
+        assert_eq!(e.message, "expected \"all-at-once\" or \"rolling\", not \"blue-green\"");
+        let e = fx.err(&format!("{MIN}[reload]\nmax_surge = 0\n"));
+        assert_eq!(at(&e), (4, 13, "reload.max_surge"));
+        assert_eq!(e.message, "must be at least 1, not 0");
+        let e = fx.err(&format!("{MIN}[reload]\nmax_sruge = 2\n"));
+        assert_eq!(at(&e), (4, 1, "reload.max_sruge"));
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("é = 1\nx", 3), (1, 3));
+        assert_eq!(line_col("ab", 99), (1, 3));
+        let fx = Fx::new();
+        let e = fx.err(&format!("name = \"x\" # é\n\"é\" = 1\n{MIN}"));
+        assert_eq!(at(&e), (2, 1, "é"));
+    }
+
+    fn write_config(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("site.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn control_socket_of_is_lenient() {
+        let fx = Fx::new();
+        let broken = "bogus = 1\n[workers]\ncount = \"four\"\nnope = true\n";
+        let p = write_config(fx.dir.path(), broken);
+        assert_eq!(control_socket_of(&p, &fx.env).unwrap(), Path::new("/run/handover/app/control.sock"));
+        let mut env = fx.env.clone();
+        env.runtime_directory = None;
+        env.is_root = true;
+        // The default uses the file stem, or `name` when set.
+        assert_eq!(control_socket_of(&p, &env).unwrap(), Path::new("/run/handover/site/control.sock"));
+        let p = write_config(fx.dir.path(), &format!("name = \"shop\"\n{broken}"));
+        assert_eq!(control_socket_of(&p, &env).unwrap(), Path::new("/run/handover/shop/control.sock"));
+        // An explicit socket, relative to the file's directory.
+        let p = write_config(fx.dir.path(), &format!("control_socket = \"c.sock\"\n{broken}"));
+        assert_eq!(control_socket_of(&p, &env).unwrap(), fx.dir.path().join("c.sock"));
+        // The same answer as a full parse gives.
+        let p = write_config(fx.dir.path(), &format!("name = \"shop\"\n{MIN}"));
+        for e in [&fx.env, &env] {
+            assert_eq!(control_socket_of(&p, e).unwrap(), super::super::load(&p, e).unwrap().control_socket);
+        }
+    }
+
+    #[test]
+    fn control_socket_of_errors() {
+        let fx = Fx::new();
+        let p = write_config(fx.dir.path(), "name = 3\n");
+        let e = control_socket_of(&p, &fx.env).unwrap_err();
+        assert_eq!(e.to_string(), format!("{}:1:8: name: invalid type: integer, expected a string", p.display()));
+        let p = write_config(fx.dir.path(), "\ncontrol_socket = [\"a\"]\n");
+        assert_eq!(at(&control_socket_of(&p, &fx.env).unwrap_err()), (2, 18, "control_socket"));
+        let p = write_config(fx.dir.path(), "name = \"x\n");
+        assert_eq!(control_socket_of(&p, &fx.env).unwrap_err().key, "(syntax)");
+        let e = control_socket_of(&fx.dir.path().join("missing.toml"), &fx.env).unwrap_err();
+        assert_eq!(at(&e), (0, 0, "(file)"));
+        assert!(e.message.starts_with("cannot read: "));
+        let mut env = fx.env.clone();
+        env.runtime_directory = None;
+        let p = write_config(fx.dir.path(), "");
+        assert_eq!(at(&control_socket_of(&p, &env).unwrap_err()), (0, 0, "control_socket"));
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let fx = Fx::new();
+        let p = write_config(fx.dir.path(), MIN);
+        let c = super::super::load(&p, &fx.env).unwrap();
+        assert_eq!(c.path, p);
+        assert_eq!(c.name, "site");
+        let e = super::super::load(&fx.dir.path().join("nope.toml"), &fx.env).unwrap_err();
+        assert_eq!(at(&e), (0, 0, "(file)"));
+    }
 }

@@ -1,0 +1,144 @@
+//! The command line (SPEC §1). `man/handover.1` documents the same surface; a test checks
+//! that every subcommand appears there.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default config file when neither `-c` nor `$HANDOVER_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/handover/handover.toml";
+
+/// handover: a systemd-native master for pre-forked workers.
+///
+/// `systemctl reload` rolls a new generation of workers in and returns only once it serves,
+/// or rolls it back and fails; `systemctl restart` refuses no connection.
+#[derive(Debug, Parser)]
+#[command(name = "handover", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Exit codes: 0 ok; 1 operation failed (reload rolled back, daemon said no); \
+2 bad usage or bad config; 3 daemon unreachable.\nSee handover(1) and handover.toml(5).")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (use as ExecStart=).
+    Run(ConfigArg),
+    /// Validate a config file; exit 0, or 2 with file:line:col: key: why.
+    Check(ConfigArg),
+    /// Ask the running daemon to reload; wait until the new generation serves (exit 0) or
+    /// was rolled back (exit 1). Usable as ExecReload=.
+    Reload(ReloadArgs),
+    /// Show generations, workers and sockets.
+    Status(StatusArgs),
+    /// Change the worker count of the serving generation at runtime.
+    Scale(ScaleArgs),
+    /// Re-exec the handover binary in place (not available in this version).
+    Upgrade(Target),
+    /// The quick start: serve a demo app on 127.0.0.1:8080 with 4 workers and reload it
+    /// under load.
+    Demo(DemoArgs),
+    /// The built-in demo worker (spawned by `handover demo`; not for direct use).
+    #[command(hide = true)]
+    DemoWorker(crate::demo::worker::DemoWorkerArgs),
+}
+
+/// `-c FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file [env: HANDOVER_CONFIG] [default: /etc/handover/handover.toml]
+    #[arg(short = 'c', long = "config", value_name = "FILE", env = "HANDOVER_CONFIG", hide_env = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    /// The config path: `-c`, else `$HANDOVER_CONFIG`, else the default.
+    pub fn path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+}
+
+/// How a client command finds the daemon.
+#[derive(Debug, Args)]
+pub struct Target {
+    #[command(flatten)]
+    /// The config whose control socket to use.
+    pub config: ConfigArg,
+    /// Talk to this control socket instead of the config's.
+    #[arg(long = "control", value_name = "SOCK", conflicts_with = "config")]
+    pub control: Option<PathBuf>,
+}
+
+/// `handover reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    /// Which daemon.
+    pub target: Target,
+    /// Give up waiting after this long (e.g. "90s"); the reload itself goes on. Exit 1.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+    /// Return as soon as the daemon has the request.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `handover status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    /// Which daemon.
+    pub target: Target,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `handover scale N`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The new worker count.
+    #[arg(value_name = "N")]
+    pub count: usize,
+    #[command(flatten)]
+    /// Which daemon.
+    pub target: Target,
+}
+
+/// `handover demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo app listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// How many workers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Simulated import time of the demo app, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub boot_ms: u64,
+    /// Run the scripted tour (load + reloads) and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub tour_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn control_and_config_conflict() {
+        let r = Cli::try_parse_from(["handover", "status", "-c", "a.toml", "--control", "/x.sock"]);
+        assert!(r.is_err());
+        let r = Cli::try_parse_from(["handover", "scale", "3", "--control", "/x.sock"]).expect("parse");
+        assert!(matches!(r.command, Command::Scale(ScaleArgs { count: 3, .. })));
+    }
+}

@@ -1,0 +1,183 @@
+//! The control protocol (SPEC §7): one JSON request per line, one or more JSON replies per
+//! line. Shared by the daemon's server and the CLI client so both sides agree by type.
+//!
+//! ```text
+//! → {"cmd":"reload"}
+//! ← {"progress":{"generation":8,"ready":2,"total":4}}
+//! ← {"ok":true,"generation":8,"message":"gen 8 serving: 4/4 ready"}
+//! ```
+use serde::{Deserialize, Serialize};
+
+/// The longest request line the server reads; a longer one is refused unread.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Report generations, workers and sockets.
+    Status {},
+    /// Re-read the config and roll a new generation in; replies with progress, then the result.
+    Reload {},
+    /// Set the active generation's worker count.
+    Scale {
+        /// The new count (1..=4096).
+        count: usize,
+    },
+    /// Re-exec the handover binary in place (not available yet).
+    Upgrade {},
+}
+
+/// A reply line. Intermediate lines carry `progress`; the last one carries `ok`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// A reload's progress: new workers ready so far.
+    Progress {
+        /// The progress figures.
+        progress: Progress,
+    },
+    /// The final answer to a request.
+    Done(Outcome),
+}
+
+/// How far a reload has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The generation being rolled in.
+    pub generation: u64,
+    /// Its workers ready so far.
+    pub ready: usize,
+    /// Its worker count.
+    pub total: usize,
+}
+
+/// The final reply to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Outcome {
+    /// Whether the operation succeeded.
+    pub ok: bool,
+    /// Why it failed (when `ok` is false).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// A human-readable summary of what happened.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
+    /// The generation that serves now (reload) or that was affected.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generation: Option<u64>,
+    /// The full status (for `status`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<Status>,
+}
+
+impl Outcome {
+    /// A success with a message.
+    pub fn ok(message: impl Into<String>) -> Outcome {
+        Outcome { ok: true, message: Some(message.into()), ..Outcome::default() }
+    }
+    /// A failure with the reason.
+    pub fn error(error: impl Into<String>) -> Outcome {
+        Outcome { ok: false, error: Some(error.into()), ..Outcome::default() }
+    }
+}
+
+/// What `handover status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Status {
+    /// The app name from the config.
+    pub name: String,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// `starting`, `running`, `reloading` or `stopping`.
+    pub phase: String,
+    /// The one-line summary also sent as `STATUS=`.
+    pub summary: String,
+    /// The generation that serves (the rollback target during a reload).
+    pub active_generation: u64,
+    /// The generation a reload is rolling in, if any.
+    pub candidate_generation: Option<u64>,
+    /// Every generation that still has workers, newest first.
+    pub generations: Vec<GenerationStatus>,
+    /// Every worker process, by generation then slot.
+    pub workers: Vec<WorkerStatus>,
+    /// The listening sockets passed to workers.
+    pub sockets: Vec<SocketStatus>,
+    /// The last reload's result, if any.
+    pub last_reload: Option<String>,
+}
+
+/// One generation in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    /// Its number (1 at start, +1 per reload).
+    pub generation: u64,
+    /// `active`, `candidate` or `outgoing`.
+    pub role: String,
+    /// Workers wanted.
+    pub wanted: usize,
+    /// Workers ready.
+    pub ready: usize,
+    /// Workers booting (spawned, not ready yet).
+    pub booting: usize,
+    /// Workers told to stop and not gone yet.
+    pub draining: usize,
+}
+
+/// One worker process in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its slot in the generation (HANDOVER_WORKER_SLOT).
+    pub slot: usize,
+    /// Its pid (0 while being spawned).
+    pub pid: i32,
+    /// Its generation (HANDOVER_GENERATION).
+    pub generation: u64,
+    /// `booting`, `ready`, `draining` or `killed`.
+    pub state: String,
+    /// Seconds since it entered that state.
+    pub since_secs: f64,
+    /// How many times its slot has been respawned after a failure.
+    pub restarts: u32,
+    /// The last `STATUS=` it sent, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+}
+
+/// One listening socket in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketStatus {
+    /// Its name (LISTEN_FDNAMES / FDNAME).
+    pub name: String,
+    /// Its bound address.
+    pub address: String,
+    /// `systemd` (socket activation), `fdstore` or `bound` (by handover).
+    pub origin: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_from_the_documented_lines() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"scale","count":3}"#).expect("scale");
+        assert_eq!(r, Request::Scale { count: 3 });
+        let r: Request = serde_json::from_str(r#"{"cmd":"reload"}"#).expect("reload");
+        assert_eq!(r, Request::Reload {});
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip_untagged() {
+        let p = Reply::Progress { progress: Progress { generation: 2, ready: 1, total: 4 } };
+        let line = serde_json::to_string(&p).expect("ser");
+        assert_eq!(line, r#"{"progress":{"generation":2,"ready":1,"total":4}}"#);
+        assert_eq!(serde_json::from_str::<Reply>(&line).expect("de"), p);
+        let d = Reply::Done(Outcome::error("boom"));
+        let line = serde_json::to_string(&d).expect("ser");
+        assert_eq!(line, r#"{"ok":false,"error":"boom"}"#);
+        assert_eq!(serde_json::from_str::<Reply>(&line).expect("de"), d);
+    }
+}

@@ -1,0 +1,16 @@
+//! The built-in demo app: what `handover demo` serves and what the integration tests and
+//! benchmarks run as workers.
+//!
+//! The worker runs as the hidden subcommand `handover demo-worker`, spawned by the master
+//! like any other worker (SPEC §4): it takes its listening sockets the way a Rust app would
+//! (the `listenfd` crate, from `LISTEN_FDS`), serves a tiny HTTP/1.1 app on all of them from
+//! one thread, reports `READY=1` on `NOTIFY_SOCKET`, and drains gracefully on SIGTERM. Flags
+//! turn it into the misbehaving workers the tests need (slow boot, broken boot, never ready,
+//! hung watchdog, ignoring the stop signal); see [`worker::DemoWorkerArgs`].
+//!
+//! Its `/info` endpoint reports what the worker inherited (fds, signal mask, ignored signals,
+//! process group, environment) so tests can check the spawn contract from the outside.
+
+mod http;
+pub mod tour;
+pub mod worker;

@@ -1,0 +1,1470 @@
+//! The supervisor as a sans-io state machine: [`Event`]s in, [`Effect`]s out.
+//!
+//! [`Machine::step`] does no I/O and never reads the clock: the executor
+//! ([`super::run`]) passes `now`, carries out the effects and feeds their results back as
+//! events. After every event the machine *reconciles*: it recomputes what each generation
+//! wants against what runs and emits the spawns and signals that are missing, so handling
+//! an event twice is harmless.
+//!
+//! # Model
+//! - A **generation** is one version of the app: the config it was started from and a
+//!   vector of **slots** (0..count). A slot that is *wanted* should have a worker; the
+//!   slot's `current` worker serves in it, and during a recycle a `successor` boots beside it.
+//! - Generation roles: `Active` (serves; crashes are respawned with backoff), `Candidate`
+//!   (being rolled in by a reload; a worker that fails to boot fails the reload) and
+//!   `Outgoing` (retired: its wanted slots are given up as soon as the active generation has
+//!   enough ready workers, and its workers drain).
+//! - A worker told to stop is detached from its slot; it lives on in the worker table as
+//!   `Stopping` until it is reaped, and is SIGKILLed (its whole process group) at its
+//!   deadline.
+//!
+//! # Invariants (checked after every step in debug builds)
+//! - Exactly one generation is `Active`; at most one is `Candidate`, and only while the
+//!   phase is `Reloading`.
+//! - A slot's `current`/`successor` refer to live workers of that generation and slot that
+//!   are not stopping.
+//! - No worker is told to stop before a ready replacement exists, except on failure
+//!   (boot timeout, watchdog, crash) or when the daemon stops: capacity never drops by
+//!   choice.
+//! - `READY=1` to systemd follows every `RELOADING=1`.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, ReadyMode, Strategy};
+use crate::control::proto::{self, Outcome, Progress, Reply};
+
+use super::policy;
+
+/// A process id.
+pub type Pid = i32;
+
+/// Identifies one control request waiting for an answer (assigned by the executor).
+pub type RequestId = u64;
+
+/// Identifies one worker process over its life (unique per daemon run, never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// What a worker said on handover's NOTIFY_SOCKET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerMessage {
+    /// `READY=1`: it serves.
+    Ready,
+    /// `STATUS=...`: free text, shown in `handover status`.
+    Status(String),
+    /// `STOPPING=1`: it is shutting down by itself.
+    Stopping,
+    /// `WATCHDOG=1`: alive; arms the watchdog on first use.
+    Watchdog,
+    /// `WATCHDOG=trigger`: it asks to be treated as hung.
+    WatchdogTrigger,
+}
+
+/// What `handover scale` / SIGTTIN / SIGTTOU ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleTo {
+    /// An absolute worker count.
+    Count(usize),
+    /// One more (+1, SIGTTIN) or one less (-1, SIGTTOU).
+    Delta(i64),
+}
+
+/// An input to the state machine.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The executor carried out [`Effect::Spawn`]: the worker runs with this pid.
+    Spawned {
+        /// The worker from the effect.
+        worker: WorkerId,
+        /// Its pid, also its process group id.
+        pid: Pid,
+    },
+    /// The executor could not spawn the worker (fork or exec failed).
+    SpawnFailed {
+        /// The worker from the effect.
+        worker: WorkerId,
+        /// Why, for the log and the reload reply.
+        error: String,
+    },
+    /// A child was reaped.
+    Exited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended, in words ("exit code 3", "killed by SIGKILL").
+        status: String,
+    },
+    /// A datagram arrived on handover's NOTIFY_SOCKET.
+    Message {
+        /// The sender's pid (SCM_CREDENTIALS).
+        sender: Pid,
+        /// The sender's process group, when it could be read: a worker's children count as
+        /// the worker.
+        sender_pgid: Option<Pid>,
+        /// What it said.
+        message: WorkerMessage,
+    },
+    /// The resident memory of a worker's process group, sampled by the executor.
+    MemoryUsage {
+        /// The worker's pid.
+        pid: Pid,
+        /// RSS of the worker and its process group, in bytes.
+        rss_bytes: u64,
+    },
+    /// A reload was asked for (control socket, SIGHUP). The executor has re-read the file.
+    ReloadRequested {
+        /// The new config, or why it is invalid.
+        config: Result<Arc<Config>, String>,
+        /// The control request to answer, if any (None for signals).
+        requester: Option<RequestId>,
+    },
+    /// A change of the worker count was asked for.
+    ScaleRequested {
+        /// The new count.
+        to: ScaleTo,
+        /// The control request to answer, if any.
+        requester: Option<RequestId>,
+    },
+    /// SIGTERM (graceful) or SIGINT (fast).
+    StopRequested {
+        /// Fast: SIGKILL every worker's process group at once.
+        fast: bool,
+    },
+    /// Time passed: deadlines may have been reached.
+    Tick,
+}
+
+/// A message for systemd's NOTIFY_SOCKET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemdMessage {
+    /// `READY=1`.
+    Ready,
+    /// `RELOADING=1`; the executor adds `MONOTONIC_USEC=` read when it sends.
+    Reloading,
+    /// `STOPPING=1`.
+    Stopping,
+    /// `EXTEND_TIMEOUT_USEC=`.
+    ExtendTimeout(Duration),
+}
+
+/// How important a log record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something unexpected that handover handled.
+    Warn,
+    /// A normal lifecycle step.
+    Info,
+    /// Detail.
+    Debug,
+}
+
+/// A structured log record; the executor maps it to journald fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: Level,
+    /// `HANDOVER_EVENT`: a stable, machine-readable name (`worker-ready`, `reload-failed`).
+    pub event: &'static str,
+    /// The human-readable line.
+    pub message: String,
+    /// `HANDOVER_GENERATION`.
+    pub generation: Option<u64>,
+    /// `HANDOVER_WORKER_SLOT`.
+    pub slot: Option<usize>,
+    /// `HANDOVER_WORKER_PID`.
+    pub pid: Option<Pid>,
+}
+
+/// What the executor must do to spawn one worker.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    /// The id to report back in [`Event::Spawned`] / [`Event::SpawnFailed`].
+    pub worker: WorkerId,
+    /// `HANDOVER_GENERATION`.
+    pub generation: u64,
+    /// `HANDOVER_WORKER_SLOT`.
+    pub slot: usize,
+    /// The generation's config (command, env, sockets).
+    pub config: Arc<Config>,
+}
+
+/// An output of the state machine, carried out by the executor.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Fork/exec a worker; answer with `Spawned` or `SpawnFailed`.
+    Spawn(SpawnRequest),
+    /// Send `signal` to the worker process `pid`.
+    Signal {
+        /// The worker's pid.
+        pid: Pid,
+        /// The signal number.
+        signal: i32,
+    },
+    /// SIGKILL the worker's whole process group (pgid = its pid).
+    KillGroup {
+        /// The worker's pid.
+        pid: Pid,
+    },
+    /// Send these messages to systemd, in one datagram.
+    Systemd(Vec<SystemdMessage>),
+    /// Answer a waiting control request.
+    Reply {
+        /// Which request.
+        requester: RequestId,
+        /// The reply line.
+        reply: Reply,
+    },
+    /// Log a record.
+    Log(LogRecord),
+    /// A generation became the active one: sockets only older configs used may be closed.
+    Committed {
+        /// The new active generation.
+        generation: u64,
+    },
+    /// Every worker is gone after a stop: exit with this code.
+    Exit {
+        /// The process exit code.
+        code: i32,
+    },
+}
+
+/// The daemon's phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The first generation is booting; systemd has not been told READY=1.
+    Starting,
+    /// The active generation serves; no reload runs.
+    Running,
+    /// A reload rolls in the candidate generation.
+    Reloading(Reloading),
+    /// Every worker has been told to stop; the daemon exits once they are gone.
+    Stopping {
+        /// SIGINT: workers were SIGKILLed.
+        fast: bool,
+    },
+}
+
+/// The state of a reload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloading {
+    /// The generation being rolled in.
+    pub candidate: u64,
+    /// The generation that served when the reload began (the rollback target).
+    pub previous: u64,
+    /// Control requests waiting for the result.
+    pub waiters: Vec<RequestId>,
+}
+
+/// A reload asked for while another one runs: it starts when that one ends.
+#[derive(Debug, Clone)]
+struct PendingReload {
+    config: Result<Arc<Config>, String>,
+    waiters: Vec<RequestId>,
+}
+
+/// The role of a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Active,
+    Candidate,
+    Outgoing,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Candidate => "candidate",
+            Role::Outgoing => "outgoing",
+        }
+    }
+}
+
+/// One slot of a generation.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// A worker should run here.
+    wanted: bool,
+    /// The worker serving (or booting to serve) in this slot.
+    current: Option<WorkerId>,
+    /// A replacement booting while `current` still serves (recycling).
+    successor: Option<WorkerId>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    /// Respawns after failures over the slot's life (shown in status).
+    restarts: u32,
+    /// No spawn in this slot before this instant (backoff).
+    not_before: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct Generation {
+    number: u64,
+    config: Arc<Config>,
+    role: Role,
+    slots: Vec<Slot>,
+}
+
+/// A worker's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerState {
+    /// Spawned (or being spawned), not ready yet.
+    Booting,
+    /// Ready: it serves.
+    Ready,
+    /// Told to stop (or stopping by itself); SIGKILL of its group at `kill_at`.
+    Stopping { kill_at: Instant },
+    /// Its group was SIGKILLed; waiting to reap it.
+    Killed,
+}
+
+#[derive(Debug, Clone)]
+struct Worker {
+    generation: u64,
+    slot: usize,
+    /// None until [`Event::Spawned`].
+    pid: Option<Pid>,
+    state: WorkerState,
+    since: Instant,
+    spawned_at: Instant,
+    /// Set while `Booting` with a pending stop: signal as soon as the pid is known.
+    stop_signal_pending: Option<i32>,
+    watchdog_last: Option<Instant>,
+    recycle_at: Option<Instant>,
+    status_text: Option<String>,
+}
+
+/// The supervisor's state. See the module documentation for the model.
+#[derive(Debug)]
+pub struct Machine {
+    phase: Phase,
+    generations: BTreeMap<u64, Generation>,
+    workers: BTreeMap<WorkerId, Worker>,
+    active: u64,
+    next_worker: u64,
+    pending_reload: Option<PendingReload>,
+    /// The last reload's result, for `handover status`.
+    last_reload: Option<String>,
+    /// Why the last reload failed, shown in `STATUS=` until a reload succeeds.
+    last_reload_failure: Option<String>,
+}
+
+impl Machine {
+    /// A machine that starts generation 1 from `config`; the returned effects spawn it.
+    pub fn start(config: Arc<Config>, now: Instant) -> (Machine, Vec<Effect>) {
+        let mut m = Machine {
+            phase: Phase::Starting,
+            generations: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            active: 1,
+            next_worker: 1,
+            pending_reload: None,
+            last_reload: None,
+            last_reload_failure: None,
+        };
+        m.add_generation(1, config, Role::Active);
+        let mut fx = vec![log(
+            Level::Info,
+            "starting",
+            format!("starting generation 1 with {} workers", m.gen(1).slots.len()),
+            Some(1),
+            None,
+            None,
+        )];
+        m.reconcile(now, &mut fx);
+        (m, fx)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The generation that serves.
+    pub fn active_generation(&self) -> u64 {
+        self.active
+    }
+
+    /// The config of the active generation.
+    pub fn active_config(&self) -> &Arc<Config> {
+        &self.gen(self.active).config
+    }
+
+    /// Every config still in use by some generation (the executor keeps their sockets).
+    pub fn configs(&self) -> impl Iterator<Item = &Arc<Config>> {
+        self.generations.values().map(|g| &g.config)
+    }
+
+    /// Pids of workers whose generation has `max_memory` set (the executor samples them).
+    pub fn memory_watched(&self) -> Vec<(Pid, u64)> {
+        self.workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .filter_map(|w| {
+                let limit = self.generations.get(&w.generation)?.config.workers.max_memory?;
+                Some((w.pid?, limit))
+            })
+            .collect()
+    }
+
+    /// The earliest instant at which [`Event::Tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for w in self.workers.values() {
+            let Some(g) = self.generations.get(&w.generation) else { continue };
+            let wc = &g.config.workers;
+            match w.state {
+                WorkerState::Booting => {
+                    consider(Some(w.spawned_at + wc.boot_timeout));
+                    if let ReadyMode::Delay(d) = wc.ready {
+                        if w.pid.is_some() {
+                            consider(Some(w.spawned_at + d));
+                        }
+                    }
+                }
+                WorkerState::Ready => {
+                    if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
+                        consider(Some(last + wd));
+                    }
+                    consider(w.recycle_at);
+                }
+                WorkerState::Stopping { kill_at } => consider(Some(kill_at)),
+                WorkerState::Killed => {}
+            }
+        }
+        if !matches!(self.phase, Phase::Stopping { .. }) {
+            for g in self.generations.values() {
+                for s in &g.slots {
+                    if s.wanted && s.current.is_none() {
+                        consider(s.not_before);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Feeds one event; returns the effects to carry out, in order.
+    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match event {
+            Event::Spawned { worker, pid } => self.on_spawned(worker, pid, now, &mut fx),
+            Event::SpawnFailed { worker, error } => {
+                if let Some(w) = self.workers.remove(&worker) {
+                    let why = format!("could not be spawned: {error}");
+                    self.on_worker_gone(worker, w, &why, now, &mut fx);
+                }
+            }
+            Event::Exited { pid, status } => {
+                if let Some(id) = self.worker_by_pid(pid) {
+                    if let Some(w) = self.workers.remove(&id) {
+                        // Whatever the worker left in its group goes with it.
+                        fx.push(Effect::KillGroup { pid });
+                        let why = format!("exited ({status})");
+                        self.on_worker_gone(id, w, &why, now, &mut fx);
+                    }
+                }
+            }
+            Event::Message { sender, sender_pgid, message } => {
+                self.on_message(sender, sender_pgid, message, now, &mut fx)
+            }
+            Event::MemoryUsage { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut fx),
+            Event::ReloadRequested { config, requester } => self.on_reload_requested(config, requester, &mut fx),
+            Event::ScaleRequested { to, requester } => self.on_scale(to, requester, now, &mut fx),
+            Event::StopRequested { fast } => self.on_stop(fast, now, &mut fx),
+            Event::Tick => {}
+        }
+        self.check_deadlines(now, &mut fx);
+        self.reconcile(now, &mut fx);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        fx
+    }
+
+    // ----------------------------------------------------------------- event handlers
+
+    fn on_spawned(&mut self, id: WorkerId, pid: Pid, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        w.pid = Some(pid);
+        let (generation, slot) = (w.generation, w.slot);
+        let pending = w.stop_signal_pending.take();
+        fx.push(log(
+            Level::Debug,
+            "worker-spawned",
+            format!("spawned worker gen {generation} slot {slot} pid {pid}"),
+            Some(generation),
+            Some(slot),
+            Some(pid),
+        ));
+        if let Some(signal) = pending {
+            fx.push(Effect::Signal { pid, signal });
+            return;
+        }
+        if self.gen(generation).config.workers.ready == ReadyMode::Spawn {
+            self.mark_ready(id, now, fx);
+        }
+    }
+
+    /// A worker is gone (reaped, or never spawned): settle its slot.
+    fn on_worker_gone(&mut self, id: WorkerId, w: Worker, why: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let (generation, slot) = (w.generation, w.slot);
+        let who = describe(&w);
+        let Some(g) = self.generations.get_mut(&generation) else { return };
+        let role = g.role;
+        let s = g.slots.get_mut(slot);
+        let was_current = s.as_ref().is_some_and(|s| s.current == Some(id));
+        let was_successor = s.as_ref().is_some_and(|s| s.successor == Some(id));
+        match w.state {
+            WorkerState::Stopping { .. } | WorkerState::Killed => {
+                fx.push(log(Level::Info, "worker-exited", format!("{who} {why}"), Some(generation), Some(slot), w.pid));
+            }
+            WorkerState::Booting | WorkerState::Ready => {
+                let before_ready = w.state == WorkerState::Booting;
+                let reason =
+                    if before_ready { format!("{who} {why} before it was ready") } else { format!("{who} {why}") };
+                if let Some(s) = g.slots.get_mut(slot) {
+                    if was_current {
+                        s.current = None;
+                    }
+                    if was_successor {
+                        s.successor = None;
+                    }
+                }
+                if role == Role::Candidate && before_ready {
+                    fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), w.pid));
+                    self.fail_reload(reason, now, fx);
+                } else if role == Role::Outgoing {
+                    if let Some(s) = g.slots.get_mut(slot) {
+                        if was_current {
+                            s.wanted = false;
+                        }
+                    }
+                    fx.push(log(Level::Warn, "worker-exited", reason, Some(generation), Some(slot), w.pid));
+                } else {
+                    let uptime = now.saturating_duration_since(w.spawned_at);
+                    self.count_failure(generation, slot, uptime, now);
+                    let delay = self
+                        .gen(generation)
+                        .slots
+                        .get(slot)
+                        .and_then(|s| s.not_before)
+                        .map(|t| t.saturating_duration_since(now));
+                    fx.push(log(
+                        Level::Warn,
+                        "worker-failed",
+                        format!("{reason}; respawning in {}", human(delay.unwrap_or_default())),
+                        Some(generation),
+                        Some(slot),
+                        w.pid,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        sender: Pid,
+        pgid: Option<Pid>,
+        message: WorkerMessage,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let id = self.worker_by_pid(sender).or_else(|| pgid.and_then(|g| self.worker_by_pid(g)));
+        let Some(id) = id else {
+            fx.push(log(
+                Level::Warn,
+                "notify-unknown-sender",
+                format!("ignored {message:?} from pid {sender}, which is not a worker"),
+                None,
+                None,
+                Some(sender),
+            ));
+            return;
+        };
+        match message {
+            WorkerMessage::Ready => {
+                let mode = self.workers.get(&id).map(|w| self.gen(w.generation).config.workers.ready);
+                if mode == Some(ReadyMode::Notify) {
+                    self.mark_ready(id, now, fx);
+                }
+            }
+            WorkerMessage::Status(text) => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.status_text = Some(text);
+                }
+            }
+            WorkerMessage::Watchdog => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.watchdog_last = Some(now);
+                }
+            }
+            WorkerMessage::WatchdogTrigger => self.watchdog_expired(id, "asked for it (WATCHDOG=trigger)", now, fx),
+            WorkerMessage::Stopping => {
+                let Some(w) = self.workers.get(&id) else { return };
+                if matches!(w.state, WorkerState::Booting | WorkerState::Ready) {
+                    let who = describe(w);
+                    let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+                    fx.push(log(
+                        Level::Info,
+                        "worker-stopping",
+                        format!("{who} is stopping by itself"),
+                        Some(generation),
+                        Some(slot),
+                        pid,
+                    ));
+                    self.detach(id);
+                    let graceful = self.gen(generation).config.workers.graceful_timeout;
+                    if let Some(w) = self.workers.get_mut(&id) {
+                        w.state = WorkerState::Stopping { kill_at: now + graceful };
+                        w.since = now;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_memory(&mut self, pid: Pid, rss: u64, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(id) = self.worker_by_pid(pid) else { return };
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(limit) = self.generations.get(&w.generation).and_then(|g| g.config.workers.max_memory) else { return };
+        if rss > limit && w.state == WorkerState::Ready && w.recycle_at.is_none_or(|t| t > now) {
+            w.recycle_at = Some(now);
+            let msg = format!("{} uses {} MiB > max_memory {} MiB; recycling", describe(w), rss >> 20, limit >> 20);
+            fx.push(log(Level::Info, "worker-recycle", msg, Some(w.generation), Some(w.slot), w.pid));
+        }
+    }
+
+    fn on_reload_requested(
+        &mut self,
+        config: Result<Arc<Config>, String>,
+        requester: Option<RequestId>,
+        fx: &mut Vec<Effect>,
+    ) {
+        match &mut self.phase {
+            Phase::Stopping { .. } => {
+                if let Some(r) = requester {
+                    fx.push(done(r, Outcome::error("the daemon is stopping")));
+                }
+            }
+            Phase::Starting | Phase::Reloading(_) => {
+                // Coalesce: one reload runs after the current operation, with the newest
+                // config; every waiter gets its result.
+                let pending =
+                    self.pending_reload.get_or_insert(PendingReload { config: config.clone(), waiters: vec![] });
+                pending.config = config;
+                pending.waiters.extend(requester);
+                fx.push(log(
+                    Level::Info,
+                    "reload-queued",
+                    "reload requested while busy; it will run next".into(),
+                    None,
+                    None,
+                    None,
+                ));
+            }
+            Phase::Running => self.begin_reload(config, requester.into_iter().collect(), fx),
+        }
+    }
+
+    fn begin_reload(&mut self, config: Result<Arc<Config>, String>, waiters: Vec<RequestId>, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Systemd(vec![SystemdMessage::Reloading]));
+        let config = match config {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("invalid config: {e}");
+                let msg = format!("reload failed, still serving gen {}: {reason}", self.active);
+                fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(self.active), None, None));
+                self.last_reload = Some(msg);
+                self.last_reload_failure = Some(reason.clone());
+                fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+                for r in waiters {
+                    fx.push(done(r, Outcome { generation: Some(self.active), ..Outcome::error(reason.clone()) }));
+                }
+                return;
+            }
+        };
+        let previous = self.active;
+        let candidate = self.generations.keys().next_back().copied().unwrap_or(previous) + 1;
+        self.add_generation(candidate, config, Role::Candidate);
+        let g = self.gen(candidate);
+        let strategy = match g.config.reload.strategy {
+            Strategy::AllAtOnce => "all-at-once".to_string(),
+            Strategy::Rolling => format!("rolling, max_surge {}", g.config.reload.max_surge),
+        };
+        fx.push(log(
+            Level::Info,
+            "reload-started",
+            format!(
+                "reloading: generation {candidate} with {} workers ({strategy}) replaces generation {previous}",
+                g.slots.len()
+            ),
+            Some(candidate),
+            None,
+            None,
+        ));
+        self.phase = Phase::Reloading(Reloading { candidate, previous, waiters });
+    }
+
+    fn on_scale(&mut self, to: ScaleTo, requester: Option<RequestId>, now: Instant, fx: &mut Vec<Effect>) {
+        let answer = |fx: &mut Vec<Effect>, o: Outcome| {
+            if let Some(r) = requester {
+                fx.push(done(r, o));
+            }
+        };
+        if !matches!(self.phase, Phase::Running | Phase::Starting) {
+            let why = "cannot scale while a reload runs or the daemon stops; try again after it";
+            fx.push(log(Level::Warn, "scale-refused", why.into(), None, None, None));
+            return answer(fx, Outcome::error(why));
+        }
+        let active = self.active;
+        let have = self.gen(active).slots.len();
+        let want = match to {
+            ScaleTo::Count(n) => n,
+            ScaleTo::Delta(d) => (have as i64 + d).max(0) as usize,
+        };
+        if !(1..=4096).contains(&want) {
+            let why = format!("worker count must be 1..=4096, not {want}");
+            fx.push(log(Level::Warn, "scale-refused", why.clone(), Some(active), None, None));
+            return answer(fx, Outcome::error(why));
+        }
+        if want < have {
+            for slot in want..have {
+                let s = &self.gen(active).slots[slot];
+                for id in [s.current, s.successor].into_iter().flatten() {
+                    self.stop_worker(id, now, fx);
+                }
+            }
+        }
+        let g = self.gen_mut(active);
+        g.slots.resize_with(want, || Slot { wanted: true, ..Slot::default() });
+        let msg = format!("scaled generation {active} from {have} to {want} workers");
+        fx.push(log(Level::Info, "scaled", msg.clone(), Some(active), None, None));
+        answer(fx, Outcome { generation: Some(active), ..Outcome::ok(msg) });
+    }
+
+    fn on_stop(&mut self, fast: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if let Phase::Stopping { fast: was_fast } = self.phase {
+            if was_fast || !fast {
+                return; // already stopping at least this hard
+            }
+        }
+        if let Phase::Reloading(r) = &mut self.phase {
+            let candidate = r.candidate;
+            for w in std::mem::take(&mut r.waiters) {
+                fx.push(done(w, Outcome::error("the daemon is stopping; reload abandoned")));
+            }
+            self.gen_mut(candidate).role = Role::Outgoing;
+        }
+        if let Some(p) = self.pending_reload.take() {
+            for w in p.waiters {
+                fx.push(done(w, Outcome::error("the daemon is stopping; reload abandoned")));
+            }
+        }
+        self.phase = Phase::Stopping { fast };
+        let longest = self.generations.values().map(|g| g.config.workers.graceful_timeout).max().unwrap_or_default();
+        fx.push(Effect::Systemd(vec![
+            SystemdMessage::Stopping,
+            // systemd's TimeoutStopSec= may be shorter than our graceful_timeout.
+            SystemdMessage::ExtendTimeout(longest + Duration::from_secs(5)),
+        ]));
+        let how = if fast { "fast stop: killing every worker" } else { "stopping: draining every worker" };
+        fx.push(log(Level::Info, "stopping", how.into(), None, None, None));
+        for g in self.generations.values_mut() {
+            for s in &mut g.slots {
+                s.wanted = false;
+            }
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            if fast {
+                self.kill_worker(id, fx);
+            } else {
+                self.stop_worker(id, now, fx);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- deadlines
+
+    fn check_deadlines(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            let Some(w) = self.workers.get(&id) else { continue };
+            let Some(g) = self.generations.get(&w.generation) else { continue };
+            let wc = &g.config.workers;
+            match w.state {
+                WorkerState::Booting => {
+                    if let (ReadyMode::Delay(d), Some(_)) = (wc.ready, w.pid) {
+                        if now >= w.spawned_at + d {
+                            self.mark_ready(id, now, fx);
+                            continue;
+                        }
+                    }
+                    if now >= w.spawned_at + wc.boot_timeout {
+                        self.boot_timed_out(id, now, fx);
+                    }
+                }
+                WorkerState::Ready => {
+                    if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
+                        if now >= last + wd {
+                            let why = format!("missed its watchdog ({} without WATCHDOG=1)", human(wd));
+                            self.watchdog_expired(id, &why, now, fx);
+                        }
+                    }
+                }
+                WorkerState::Stopping { kill_at } => {
+                    if now >= kill_at {
+                        let msg = format!("{} did not exit in time; SIGKILL to its process group", describe(w));
+                        fx.push(log(Level::Warn, "worker-killed", msg, Some(w.generation), Some(w.slot), w.pid));
+                        self.kill_worker(id, fx);
+                    }
+                }
+                WorkerState::Killed => {}
+            }
+        }
+    }
+
+    fn boot_timed_out(&mut self, id: WorkerId, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(w) = self.workers.get(&id) else { return };
+        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        let g = self.gen(generation);
+        let role = g.role;
+        let reason =
+            format!("{} was not ready within boot_timeout {}", describe(w), human(g.config.workers.boot_timeout));
+        let uptime = now.saturating_duration_since(w.spawned_at);
+        self.detach(id);
+        self.stop_worker(id, now, fx);
+        if role == Role::Candidate {
+            fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), pid));
+            self.fail_reload(reason, now, fx);
+        } else {
+            self.count_failure(generation, slot, uptime, now);
+            fx.push(log(Level::Warn, "worker-failed", reason, Some(generation), Some(slot), pid));
+        }
+    }
+
+    fn watchdog_expired(&mut self, id: WorkerId, why: &str, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(w) = self.workers.get(&id) else { return };
+        if !matches!(w.state, WorkerState::Ready | WorkerState::Booting) {
+            return;
+        }
+        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        let msg = format!("{} {why}; SIGABRT, then SIGKILL", describe(w));
+        let uptime = now.saturating_duration_since(w.spawned_at);
+        fx.push(log(Level::Error, "worker-watchdog", msg, Some(generation), Some(slot), pid));
+        let grace = self.gen(generation).config.workers.graceful_timeout.min(policy::WATCHDOG_KILL_GRACE);
+        self.detach(id);
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Stopping { kill_at: now + grace };
+            w.since = now;
+            match w.pid {
+                Some(pid) => fx.push(Effect::Signal { pid, signal: libc::SIGABRT }),
+                None => w.stop_signal_pending = Some(libc::SIGABRT),
+            }
+        }
+        if self.gen(generation).role != Role::Outgoing {
+            self.count_failure(generation, slot, uptime, now);
+        }
+    }
+
+    // ----------------------------------------------------------------- transitions
+
+    fn mark_ready(&mut self, id: WorkerId, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if w.state != WorkerState::Booting {
+            return;
+        }
+        w.state = WorkerState::Ready;
+        w.since = now;
+        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        let boot = now.saturating_duration_since(w.spawned_at);
+        let wc = &self.gen(generation).config.workers;
+        let (max_lifetime, boot_timeout) = (wc.max_lifetime, wc.boot_timeout);
+        if let (Some(lifetime), Some(w)) = (max_lifetime, self.workers.get_mut(&id)) {
+            w.recycle_at = Some(now + policy::jittered_lifetime(lifetime, id.0));
+        }
+        fx.push(log(
+            Level::Info,
+            "worker-ready",
+            format!("worker gen {generation} slot {slot} pid {} ready after {}", pid.unwrap_or(0), human(boot)),
+            Some(generation),
+            Some(slot),
+            pid,
+        ));
+        // A successor that is ready takes over its slot; the worker it replaces drains.
+        let g = self.gen_mut(generation);
+        if let Some(s) = g.slots.get_mut(slot) {
+            if s.successor == Some(id) {
+                let old = s.current.replace(id);
+                s.successor = None;
+                if let Some(old) = old {
+                    self.stop_worker(old, now, fx);
+                }
+            }
+        }
+        match &self.phase {
+            Phase::Starting | Phase::Reloading(_) => {
+                // Progress: give systemd's start/reload timeout room for the next worker.
+                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(boot_timeout + Duration::from_secs(5))]));
+            }
+            _ => {}
+        }
+        if let Phase::Reloading(r) = &self.phase {
+            if r.candidate == generation {
+                let g = self.gen(generation);
+                let progress = Progress { generation, ready: self.ready_count(generation), total: g.slots.len() };
+                for &w in &r.waiters {
+                    fx.push(Effect::Reply { requester: w, reply: Reply::Progress { progress } });
+                }
+            }
+        }
+    }
+
+    /// Detaches a worker from its slot, so that the slot can get a new one.
+    fn detach(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get(&id) else { return };
+        let (generation, slot) = (w.generation, w.slot);
+        if let Some(s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
+            if s.current == Some(id) {
+                s.current = s.successor.take();
+            } else if s.successor == Some(id) {
+                s.successor = None;
+            }
+        }
+    }
+
+    /// Tells a worker to drain: stop_signal now, SIGKILL of its group at graceful_timeout.
+    fn stop_worker(&mut self, id: WorkerId, now: Instant, fx: &mut Vec<Effect>) {
+        self.detach(id);
+        let Some(w) = self.workers.get(&id) else { return };
+        if !matches!(w.state, WorkerState::Booting | WorkerState::Ready) {
+            return;
+        }
+        let wc = &self.gen(w.generation).config.workers;
+        let (signal, graceful) = (wc.stop_signal, wc.graceful_timeout);
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        w.state = WorkerState::Stopping { kill_at: now + graceful };
+        w.since = now;
+        match w.pid {
+            Some(pid) => fx.push(Effect::Signal { pid, signal }),
+            None => w.stop_signal_pending = Some(signal),
+        }
+    }
+
+    /// SIGKILLs a worker's process group at once.
+    fn kill_worker(&mut self, id: WorkerId, fx: &mut Vec<Effect>) {
+        self.detach(id);
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        match w.pid {
+            Some(pid) => {
+                w.state = WorkerState::Killed;
+                fx.push(Effect::KillGroup { pid });
+            }
+            None => w.stop_signal_pending = Some(libc::SIGKILL),
+        }
+    }
+
+    fn count_failure(&mut self, generation: u64, slot: usize, uptime: Duration, now: Instant) {
+        let Some(s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else { return };
+        if uptime >= policy::BACKOFF_RESET_AFTER {
+            s.failures = 0;
+        }
+        s.failures = s.failures.saturating_add(1);
+        s.restarts = s.restarts.saturating_add(1);
+        s.not_before = Some(now + policy::backoff(s.failures));
+    }
+
+    /// The reload failed: stop the candidate's booting workers, keep serving the previous
+    /// generation, answer the waiters, tell systemd we are ready again.
+    fn fail_reload(&mut self, reason: String, now: Instant, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = std::mem::replace(&mut self.phase, Phase::Running) else { return };
+        let candidate = r.candidate;
+        self.gen_mut(candidate).role = Role::Outgoing;
+        // Booting candidate workers are useless: stop them (gracefully: a worker that never
+        // said READY=1 may still be serving requests it accepted).
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == candidate && w.state == WorkerState::Booting)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stop_worker(id, now, fx);
+        }
+        for s in &mut self.gen_mut(candidate).slots {
+            if s.current.is_none() {
+                s.wanted = false;
+            }
+        }
+        // Rolling: slots of the previous generation retired during this reload are wanted
+        // again; its ready candidate workers serve until they are replaced.
+        let prev = self.gen_mut(r.previous);
+        for s in &mut prev.slots {
+            s.wanted = true;
+        }
+        let msg =
+            format!("reload to generation {candidate} failed, rolled back; generation {} serves: {reason}", r.previous);
+        fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(candidate), None, None));
+        self.last_reload = Some(msg);
+        self.last_reload_failure = Some(format!("gen {candidate} rolled back: {reason}"));
+        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+        for w in r.waiters {
+            fx.push(done(w, Outcome { generation: Some(r.previous), ..Outcome::error(reason.clone()) }));
+        }
+        self.start_pending_reload(fx);
+    }
+
+    fn commit_reload(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = std::mem::replace(&mut self.phase, Phase::Running) else { return };
+        let candidate = r.candidate;
+        for g in self.generations.values_mut() {
+            if g.number != candidate {
+                g.role = Role::Outgoing;
+            }
+        }
+        self.gen_mut(candidate).role = Role::Active;
+        self.active = candidate;
+        // Everything older is retired now; its workers drain.
+        let old: Vec<u64> = self.generations.keys().copied().filter(|&n| n != candidate).collect();
+        for n in old {
+            let ids: Vec<WorkerId> =
+                self.workers.iter().filter(|(_, w)| w.generation == n).map(|(id, _)| *id).collect();
+            for s in &mut self.gen_mut(n).slots {
+                s.wanted = false;
+            }
+            for id in ids {
+                self.stop_worker(id, now, fx);
+            }
+        }
+        let n = self.gen(candidate).slots.len();
+        let msg = format!(
+            "reload succeeded: generation {candidate} serves with {n}/{n} workers ready; generation {} drains",
+            r.previous
+        );
+        fx.push(log(Level::Info, "reload-succeeded", msg.clone(), Some(candidate), None, None));
+        self.last_reload = Some(msg.clone());
+        self.last_reload_failure = None;
+        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+        fx.push(Effect::Committed { generation: candidate });
+        for w in r.waiters {
+            fx.push(done(w, Outcome { generation: Some(candidate), ..Outcome::ok(msg.clone()) }));
+        }
+        self.start_pending_reload(fx);
+    }
+
+    fn start_pending_reload(&mut self, fx: &mut Vec<Effect>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(p) = self.pending_reload.take() {
+            self.begin_reload(p.config, p.waiters, fx);
+        }
+    }
+
+    // ----------------------------------------------------------------- reconcile
+
+    /// Desired against actual: spawn what is missing, retire what is surplus, advance the
+    /// phase. Idempotent.
+    fn reconcile(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            if self.workers.is_empty() {
+                let code = 0;
+                fx.push(log(Level::Info, "stopped", "every worker has exited; exiting".into(), None, None, None));
+                fx.push(Effect::Exit { code });
+                self.generations.retain(|&n, _| n == self.active);
+            }
+            return;
+        }
+        // A phase change (a commit that starts a queued reload, say) changes what is wanted:
+        // go round again until nothing moves. Each round either changes the phase or ends.
+        for _ in 0..4 {
+            self.retire_surplus(now, fx);
+            self.spawn_missing(now, fx);
+            self.recycle_due(now, fx);
+            if !self.advance_phase(now, fx) {
+                break;
+            }
+        }
+
+        // Forget generations that have nothing left.
+        let active = self.active;
+        let candidate = match &self.phase {
+            Phase::Reloading(r) => Some(r.candidate),
+            _ => None,
+        };
+        let live: std::collections::BTreeSet<u64> = self.workers.values().map(|w| w.generation).collect();
+        self.generations.retain(|&n, g| {
+            n == active || Some(n) == candidate || live.contains(&n) || g.slots.iter().any(|s| s.wanted)
+        });
+    }
+
+    /// Phase transitions that follow from readiness; true if the phase changed.
+    fn advance_phase(&mut self, now: Instant, fx: &mut Vec<Effect>) -> bool {
+        match &self.phase {
+            Phase::Starting => {
+                let n = self.gen(self.active).slots.len();
+                if self.ready_count(self.active) < n {
+                    return false;
+                }
+                self.phase = Phase::Running;
+                let msg = format!("generation {} serves: {n}/{n} workers ready", self.active);
+                fx.push(log(Level::Info, "ready", msg, Some(self.active), None, None));
+                fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+                self.start_pending_reload(fx);
+                true
+            }
+            Phase::Reloading(r) => {
+                let c = r.candidate;
+                if self.ready_count(c) < self.gen(c).slots.len() {
+                    return false;
+                }
+                self.commit_reload(now, fx);
+                true
+            }
+            Phase::Running | Phase::Stopping { .. } => false,
+        }
+    }
+
+    fn spawn_missing(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let candidate = match &self.phase {
+            Phase::Reloading(r) => Some(r.candidate),
+            _ => None,
+        };
+        let numbers: Vec<u64> = self.generations.keys().copied().collect();
+        for n in numbers {
+            let g = self.gen(n);
+            let mut budget = usize::MAX;
+            if Some(n) == candidate && g.config.reload.strategy == Strategy::Rolling {
+                let booting =
+                    self.workers.values().filter(|w| w.generation == n && w.state == WorkerState::Booting).count();
+                budget = g.config.reload.max_surge.saturating_sub(booting);
+            }
+            if g.role == Role::Outgoing {
+                continue; // outgoing generations never spawn
+            }
+            for slot in 0..g.slots.len() {
+                if budget == 0 {
+                    break;
+                }
+                let s = &self.gen(n).slots[slot];
+                if !s.wanted || s.current.is_some() || s.not_before.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let id = self.new_worker(n, slot, now, fx);
+                self.gen_mut(n).slots[slot].current = Some(id);
+                budget -= 1;
+            }
+        }
+    }
+
+    /// Gives up wanted slots of generations that are on their way out, one per ready worker
+    /// of the generation that replaces them (the capacity rule).
+    fn retire_surplus(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let (incoming, others_include_active) = match &self.phase {
+            Phase::Reloading(r) if self.gen(r.candidate).config.reload.strategy == Strategy::Rolling => {
+                (r.candidate, true)
+            }
+            _ => (self.active, false),
+        };
+        let target = self.gen(incoming).slots.len();
+        let ready_in = self.ready_count(incoming);
+        // Candidates for retirement: outgoing generations first (oldest first), then, in a
+        // rolling reload, the active generation; highest slot first, non-ready first.
+        let mut order: Vec<(u64, usize)> = Vec::new();
+        for g in self.generations.values() {
+            let eligible =
+                g.number != incoming && (g.role == Role::Outgoing || (others_include_active && g.role == Role::Active));
+            if !eligible {
+                continue;
+            }
+            for (i, s) in g.slots.iter().enumerate().rev() {
+                if s.wanted {
+                    order.push((g.number, i));
+                }
+            }
+        }
+        order.sort_by_key(|&(n, i)| {
+            let g = self.gen(n);
+            let ready =
+                g.slots[i].current.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.state == WorkerState::Ready);
+            (g.role == Role::Active, ready, n, std::cmp::Reverse(i))
+        });
+        let mut wanted_others = order.len();
+        for (n, i) in order {
+            if ready_in + wanted_others <= target {
+                break;
+            }
+            let s = &mut self.gen_mut(n).slots[i];
+            s.wanted = false;
+            let ids: Vec<WorkerId> = [s.current, s.successor].into_iter().flatten().collect();
+            for id in ids {
+                self.stop_worker(id, now, fx);
+            }
+            wanted_others -= 1;
+        }
+    }
+
+    fn recycle_due(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let active = self.active;
+        for slot in 0..self.gen(active).slots.len() {
+            let s = &self.gen(active).slots[slot];
+            if !s.wanted || s.successor.is_some() || s.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            let Some(cur) = s.current.and_then(|id| self.workers.get(&id)) else { continue };
+            if cur.state != WorkerState::Ready || cur.recycle_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            let msg = format!("recycling {}: starting its replacement", describe(cur));
+            fx.push(log(Level::Info, "worker-recycle", msg, Some(active), Some(slot), cur.pid));
+            let id = self.new_worker(active, slot, now, fx);
+            self.gen_mut(active).slots[slot].successor = Some(id);
+        }
+    }
+
+    fn new_worker(&mut self, generation: u64, slot: usize, now: Instant, fx: &mut Vec<Effect>) -> WorkerId {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.workers.insert(
+            id,
+            Worker {
+                generation,
+                slot,
+                pid: None,
+                state: WorkerState::Booting,
+                since: now,
+                spawned_at: now,
+                stop_signal_pending: None,
+                watchdog_last: None,
+                recycle_at: None,
+                status_text: None,
+            },
+        );
+        let config = self.gen(generation).config.clone();
+        fx.push(Effect::Spawn(SpawnRequest { worker: id, generation, slot, config }));
+        id
+    }
+
+    // ----------------------------------------------------------------- queries
+
+    fn add_generation(&mut self, number: u64, config: Arc<Config>, role: Role) {
+        let slots = (0..config.workers.count).map(|_| Slot { wanted: true, ..Slot::default() }).collect();
+        self.generations.insert(number, Generation { number, config, role, slots });
+    }
+
+    fn gen(&self, n: u64) -> &Generation {
+        // Generations referenced by the phase, `active` or a live worker are never removed
+        // (see `reconcile`); a miss is a bug in this module.
+        match self.generations.get(&n) {
+            Some(g) => g,
+            None => panic!("generation {n} missing: state machine invariant broken"),
+        }
+    }
+
+    fn gen_mut(&mut self, n: u64) -> &mut Generation {
+        match self.generations.get_mut(&n) {
+            Some(g) => g,
+            None => panic!("generation {n} missing: state machine invariant broken"),
+        }
+    }
+
+    fn ready_count(&self, generation: u64) -> usize {
+        self.gen(generation)
+            .slots
+            .iter()
+            .filter(|s| s.current.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.state == WorkerState::Ready))
+            .count()
+    }
+
+    fn worker_by_pid(&self, pid: Pid) -> Option<WorkerId> {
+        self.workers.iter().find(|(_, w)| w.pid == Some(pid)).map(|(id, _)| *id)
+    }
+
+    /// The one-line summary for `STATUS=` and `handover status`.
+    pub fn status_line(&self) -> String {
+        let mut parts = Vec::new();
+        let prefix = match &self.phase {
+            Phase::Starting => "starting; ",
+            Phase::Stopping { .. } => "stopping; ",
+            _ => "",
+        };
+        for g in self.generations.values().rev() {
+            let ready = self.ready_count(g.number);
+            let draining = self
+                .workers
+                .values()
+                .filter(|w| {
+                    w.generation == g.number && matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)
+                })
+                .count();
+            let wanted = g.slots.iter().filter(|s| s.wanted).count();
+            let mut p = match g.role {
+                Role::Candidate => format!("gen {}: reloading {ready}/{} ready", g.number, g.slots.len()),
+                Role::Active => format!("gen {}: {ready}/{} ready", g.number, g.slots.len()),
+                Role::Outgoing if wanted > 0 => format!("gen {}: {ready} serving until replaced", g.number),
+                Role::Outgoing => format!("gen {}:", g.number),
+            };
+            if draining > 0 {
+                p.push_str(&format!(" draining {draining}"));
+            }
+            if g.role == Role::Outgoing && wanted == 0 && draining == 0 {
+                continue;
+            }
+            parts.push(p);
+        }
+        let mut line = format!("{prefix}{}", parts.join("; "));
+        if let Some(why) = &self.last_reload_failure {
+            line.push_str("; last reload failed: ");
+            line.push_str(why);
+        }
+        line
+    }
+
+    /// The state for `handover status` (sockets and pid are filled in by the executor).
+    pub fn status(&self, now: Instant) -> proto::Status {
+        let phase = match &self.phase {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Reloading(_) => "reloading",
+            Phase::Stopping { .. } => "stopping",
+        };
+        let generations = self
+            .generations
+            .values()
+            .rev()
+            .map(|g| {
+                let of = |f: &dyn Fn(&Worker) -> bool| {
+                    self.workers.values().filter(|w| w.generation == g.number && f(w)).count()
+                };
+                proto::GenerationStatus {
+                    generation: g.number,
+                    role: g.role.as_str().into(),
+                    wanted: g.slots.iter().filter(|s| s.wanted).count(),
+                    ready: of(&|w| w.state == WorkerState::Ready),
+                    booting: of(&|w| w.state == WorkerState::Booting),
+                    draining: of(&|w| matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)),
+                }
+            })
+            .collect();
+        let mut workers: Vec<proto::WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| proto::WorkerStatus {
+                slot: w.slot,
+                pid: w.pid.unwrap_or(0),
+                generation: w.generation,
+                state: match w.state {
+                    WorkerState::Booting => "booting",
+                    WorkerState::Ready => "ready",
+                    WorkerState::Stopping { .. } => "draining",
+                    WorkerState::Killed => "killed",
+                }
+                .into(),
+                since_secs: now.saturating_duration_since(w.since).as_secs_f64(),
+                restarts: self
+                    .generations
+                    .get(&w.generation)
+                    .and_then(|g| g.slots.get(w.slot))
+                    .map_or(0, |s| s.restarts),
+                status: w.status_text.clone(),
+            })
+            .collect();
+        workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        proto::Status {
+            name: self.active_config().name.clone(),
+            pid: 0,
+            phase: phase.into(),
+            summary: self.status_line(),
+            active_generation: self.active,
+            candidate_generation: match &self.phase {
+                Phase::Reloading(r) => Some(r.candidate),
+                _ => None,
+            },
+            generations,
+            workers,
+            sockets: vec![],
+            last_reload: self.last_reload.clone(),
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        let actives = self.generations.values().filter(|g| g.role == Role::Active).count();
+        assert_eq!(actives, 1, "exactly one active generation: {:?}", self.generations.keys());
+        assert!(self.generations.contains_key(&self.active));
+        let candidates: Vec<u64> =
+            self.generations.values().filter(|g| g.role == Role::Candidate).map(|g| g.number).collect();
+        match &self.phase {
+            Phase::Reloading(r) => assert_eq!(candidates, vec![r.candidate]),
+            _ => assert!(candidates.is_empty(), "candidate outside a reload: {candidates:?}"),
+        }
+        for g in self.generations.values() {
+            for (i, s) in g.slots.iter().enumerate() {
+                for id in [s.current, s.successor].into_iter().flatten() {
+                    let w = self.workers.get(&id);
+                    assert!(w.is_some(), "slot {i} of gen {} refers to a missing worker", g.number);
+                    if let Some(w) = w {
+                        assert_eq!((w.generation, w.slot), (g.number, i));
+                        assert!(
+                            matches!(w.state, WorkerState::Booting | WorkerState::Ready),
+                            "slot refers to a stopping worker"
+                        );
+                    }
+                }
+            }
+        }
+        for w in self.workers.values() {
+            assert!(self.generations.contains_key(&w.generation), "worker of a forgotten generation");
+        }
+    }
+}
+
+fn describe(w: &Worker) -> String {
+    match w.pid {
+        Some(pid) => format!("worker gen {} slot {} pid {pid}", w.generation, w.slot),
+        None => format!("worker gen {} slot {}", w.generation, w.slot),
+    }
+}
+
+fn done(requester: RequestId, outcome: Outcome) -> Effect {
+    Effect::Reply { requester, reply: Reply::Done(outcome) }
+}
+
+fn log(
+    level: Level,
+    event: &'static str,
+    message: String,
+    generation: Option<u64>,
+    slot: Option<usize>,
+    pid: Option<Pid>,
+) -> Effect {
+    Effect::Log(LogRecord { level, event, message, generation, slot, pid })
+}
+
+/// A duration for humans: `250ms`, `2.5s`, `3m`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 120_000 {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 {
+            format!("{}s", s as u64)
+        } else {
+            format!("{s:.1}s")
+        }
+    } else {
+        format!("{}m", d.as_secs() / 60)
+    }
+}

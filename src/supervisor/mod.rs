@@ -1,0 +1,415 @@
+//! The supervisor: one event loop that owns the [`machine::Machine`] and carries out its
+//! effects. This is the only impure part of the supervisor.
+//!
+//! ```text
+//!  signals ─┐                       ┌─ spawn (fork/exec) ─→ Spawned / SpawnFailed ─┐
+//!  SIGCHLD ─┤                       ├─ signal / kill group                          │
+//!  notify  ─┼─→ Event → Machine::step → Effect ─┼─ sd_notify to systemd                        │
+//!  control ─┤          ↑            ├─ control replies                              │
+//!  timer   ─┘          └────────────┴───────────────────────────────────────────────┘
+//! ```
+//! Events produced by effects (a spawn's pid) are fed back before the loop waits again, so
+//! the machine never sees the world out of order. The timer is the machine's own
+//! [`machine::Machine::next_deadline`]: no periodic wake-up happens unless systemd's
+//! watchdog or `max_memory` asks for one.
+pub mod machine;
+pub mod policy;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config, LoadEnv};
+use crate::control::proto::{Outcome, Reply, Request};
+use crate::control::{Command, ControlServer};
+use crate::logging;
+use crate::signals::{SignalEvent, Signals};
+use crate::sockets::Sockets;
+use crate::systemd::notify::NotifyState;
+use crate::systemd::{monotonic_usec, Notifier};
+use crate::worker::readiness::NotifyServer;
+use crate::worker::{self, Launcher};
+
+use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
+
+/// How often worker memory is sampled when some generation sets `max_memory`.
+pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything the daemon needs, prepared by the caller.
+#[derive(Debug)]
+pub struct Setup {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Re-read on every reload.
+    pub config_path: PathBuf,
+    /// The environment snapshot for config defaults.
+    pub load_env: LoadEnv,
+    /// Sockets from systemd, already matched and bound.
+    pub sockets: Sockets,
+    /// systemd's NOTIFY_SOCKET.
+    pub notifier: Notifier,
+    /// systemd's watchdog interval for us, if any.
+    pub watchdog: Option<Duration>,
+    /// handover's environment without systemd's variables (the base of workers' env).
+    pub base_env: Vec<(OsString, OsString)>,
+}
+
+/// Errors that stop the daemon before it serves.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The control socket could not be bound.
+    #[error("control socket {}: {source}", path.display())]
+    Control {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The worker notify socket could not be bound.
+    #[error("worker notify socket {}: {source}", path.display())]
+    Notify {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The path of the workers' NOTIFY_SOCKET, next to the control socket.
+pub fn worker_notify_path(control_socket: &Path) -> PathBuf {
+    control_socket.with_extension("notify")
+}
+
+/// Runs the daemon until it has stopped; returns the process exit code.
+pub async fn run(setup: Setup) -> Result<i32, RunError> {
+    let Setup { config, config_path, load_env, sockets, notifier, watchdog, base_env } = setup;
+    let control_path = config.control_socket.clone();
+    let control = ControlServer::bind(&control_path)
+        .map_err(|source| RunError::Control { path: control_path.clone(), source })?;
+    let notify_path = worker_notify_path(&control_path);
+    let notify_server =
+        NotifyServer::bind(&notify_path).map_err(|source| RunError::Notify { path: notify_path.clone(), source })?;
+    // Installed before the first READY=1 (sent only once generation 1 is ready).
+    let signals = Signals::install().map_err(RunError::Signals)?;
+    let (commands_tx, commands) = mpsc::channel(16);
+    tokio::spawn(control.serve(commands_tx));
+    let pidfile = config.pidfile.clone();
+    if let Some(p) = &pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            logging::event(Level::Warn, "pidfile", format!("cannot write pidfile {}: {e}", p.display()));
+        }
+    }
+    let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
+    let (machine, effects) = Machine::start(config, Instant::now());
+    let mut daemon = Daemon {
+        machine,
+        sockets,
+        launcher,
+        notifier,
+        config_path,
+        load_env,
+        waiters: HashMap::new(),
+        next_request: 1,
+        last_status: String::new(),
+        exit: None,
+    };
+    daemon.execute_all(effects);
+    let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
+    if let Some(p) = &pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(code)
+}
+
+struct Daemon {
+    machine: Machine,
+    sockets: Sockets,
+    launcher: Launcher,
+    notifier: Notifier,
+    config_path: PathBuf,
+    load_env: LoadEnv,
+    /// Control requests waiting for their final reply. A sender whose client went away
+    /// fails silently; the operation goes on.
+    waiters: HashMap<RequestId, mpsc::UnboundedSender<Reply>>,
+    next_request: RequestId,
+    last_status: String,
+    exit: Option<i32>,
+}
+
+impl Daemon {
+    async fn event_loop(
+        &mut self,
+        mut signals: Signals,
+        notify_server: NotifyServer,
+        mut commands: mpsc::Receiver<Command>,
+        watchdog: Option<Duration>,
+    ) -> i32 {
+        let mut watchdog_tick = watchdog.map(|w| tokio::time::interval((w / 2).max(Duration::from_millis(1))));
+        let mut memory_tick: Option<tokio::time::Interval> = None;
+        loop {
+            if let Some(code) = self.exit {
+                return code;
+            }
+            // Only sample memory while some worker has a limit: no idle wake-ups otherwise.
+            let watch_memory = !self.machine.memory_watched().is_empty();
+            if watch_memory && memory_tick.is_none() {
+                memory_tick = Some(tokio::time::interval(MEMORY_SAMPLE_INTERVAL));
+            } else if !watch_memory {
+                memory_tick = None;
+            }
+            let deadline = self.machine.next_deadline();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                sig = signals.recv() => self.on_signal(sig),
+                datagram = notify_server.recv() => self.on_datagram(datagram),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                () = timer => self.dispatch(Event::Tick),
+                _ = tick(&mut watchdog_tick) => {
+                    if let Err(e) = self.notifier.send(&[NotifyState::Watchdog]) {
+                        logging::event(Level::Warn, "notify-error", format!("WATCHDOG=1 to systemd: {e}"));
+                    }
+                }
+                _ = tick(&mut memory_tick) => {
+                    for (pid, _limit) in self.machine.memory_watched() {
+                        let rss_bytes = worker::group_rss_bytes(pid);
+                        self.dispatch(Event::MemoryUsage { pid, rss_bytes });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: SignalEvent) {
+        match sig {
+            SignalEvent::Child => self.reap(),
+            SignalEvent::Stop => self.dispatch(Event::StopRequested { fast: false }),
+            SignalEvent::FastStop => self.dispatch(Event::StopRequested { fast: true }),
+            SignalEvent::Reload => {
+                logging::event(Level::Info, "reload-requested", "SIGHUP: reload requested");
+                let config = self.load_config();
+                self.dispatch(Event::ReloadRequested { config, requester: None });
+            }
+            SignalEvent::MoreWorkers => self.dispatch(Event::ScaleRequested { to: ScaleTo::Delta(1), requester: None }),
+            SignalEvent::FewerWorkers => {
+                self.dispatch(Event::ScaleRequested { to: ScaleTo::Delta(-1), requester: None })
+            }
+            SignalEvent::Upgrade => logging::event(
+                Level::Warn,
+                "upgrade-unavailable",
+                "SIGUSR2: in-place upgrade is not available in this version; ignored",
+            ),
+        }
+    }
+
+    /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left).
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.dispatch(Event::Exited { pid: pid.as_raw(), status: format!("exit code {code}") })
+                }
+                Ok(WaitStatus::Signaled(pid, sig, core)) => {
+                    let core = if core { ", core dumped" } else { "" };
+                    self.dispatch(Event::Exited {
+                        pid: pid.as_raw(),
+                        status: format!("killed by {}{core}", sig.as_str()),
+                    })
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        datagram: std::io::Result<Result<worker::readiness::Datagram, worker::readiness::Rejected>>,
+    ) {
+        match datagram {
+            Ok(Ok(d)) => {
+                let pgid = worker::process_group_of(d.pid);
+                for message in d.messages {
+                    self.dispatch(Event::Message { sender: d.pid, sender_pgid: pgid, message });
+                }
+            }
+            Ok(Err(rejected)) => logging::record(&machine::LogRecord {
+                level: Level::Warn,
+                event: "notify-rejected",
+                message: format!("dropped a notify datagram: {}", rejected.reason),
+                generation: None,
+                slot: None,
+                pid: rejected.pid,
+            }),
+            Err(e) => logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}")),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let Command { request, replies } = cmd;
+        match request {
+            Request::Status {} => {
+                let mut status = self.machine.status(Instant::now());
+                status.pid = std::process::id();
+                status.sockets = self.sockets.status();
+                let outcome = Outcome { status: Some(status), ..Outcome::ok("status") };
+                let _ = replies.send(Reply::Done(outcome));
+            }
+            Request::Reload {} => {
+                let id = self.register(replies);
+                logging::event(Level::Info, "reload-requested", "reload requested on the control socket");
+                let config = self.load_config();
+                self.dispatch(Event::ReloadRequested { config, requester: Some(id) });
+            }
+            Request::Scale { count } => {
+                let id = self.register(replies);
+                self.dispatch(Event::ScaleRequested { to: ScaleTo::Count(count), requester: Some(id) });
+            }
+            Request::Upgrade {} => {
+                let _ = replies.send(Reply::Done(Outcome::error("in-place upgrade is not available in this version")));
+            }
+        }
+    }
+
+    fn register(&mut self, replies: mpsc::UnboundedSender<Reply>) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.waiters.insert(id, replies);
+        id
+    }
+
+    /// Re-reads the config file and prepares its sockets; an error changes nothing.
+    fn load_config(&mut self) -> Result<Arc<Config>, String> {
+        let config = config::load(&self.config_path, &self.load_env).map_err(|e| e.to_string())?;
+        let warnings = self.sockets.prepare(&config.listen).map_err(|e| e.to_string())?;
+        for w in warnings {
+            logging::event(Level::Warn, "sockets", w);
+        }
+        let running = self.machine.active_config();
+        if config.control_socket != running.control_socket
+            || config.name != running.name
+            || config.pidfile != running.pidfile
+        {
+            logging::event(
+                Level::Warn,
+                "reload-restart-needed",
+                "name, control_socket and pidfile changes take effect at the next restart",
+            );
+        }
+        Ok(Arc::new(config))
+    }
+
+    /// Feeds `event` and everything its effects produce, then publishes the status.
+    fn dispatch(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(ev) = queue.pop_front() {
+            let effects = self.machine.step(ev, Instant::now());
+            for e in self.execute(effects) {
+                queue.push_back(e);
+            }
+        }
+        self.publish_status();
+    }
+
+    fn execute_all(&mut self, effects: Vec<Effect>) {
+        let mut queue: VecDeque<Event> = self.execute(effects).into();
+        while let Some(ev) = queue.pop_front() {
+            let effects = self.machine.step(ev, Instant::now());
+            queue.extend(self.execute(effects));
+        }
+        self.publish_status();
+    }
+
+    /// Carries out effects; returns the events they produced.
+    fn execute(&mut self, effects: Vec<Effect>) -> Vec<Event> {
+        let mut produced = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Spawn(req) => match self.launcher.launch(&req, &self.sockets) {
+                    Ok(pid) => produced.push(Event::Spawned { worker: req.worker, pid }),
+                    Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
+                },
+                Effect::Signal { pid, signal } => {
+                    if let Err(e) = worker::signal_process(pid, signal) {
+                        logging::event(Level::Warn, "signal-error", format!("signal {signal} to pid {pid}: {e}"));
+                    }
+                }
+                Effect::KillGroup { pid } => worker::kill_process_group(pid),
+                Effect::Systemd(messages) => self.notify_systemd(&messages),
+                Effect::Reply { requester, reply } => {
+                    let last = matches!(reply, Reply::Done(_));
+                    if let Some(tx) = self.waiters.get(&requester) {
+                        let _ = tx.send(reply);
+                    }
+                    if last {
+                        self.waiters.remove(&requester);
+                    }
+                }
+                Effect::Log(record) => logging::record(&record),
+                Effect::Committed { .. } => {
+                    let in_use: Vec<Arc<Config>> = self.machine.configs().cloned().collect();
+                    for line in self.sockets.retain_used(in_use.iter().map(|c| c.as_ref())) {
+                        logging::event(Level::Info, "sockets", line);
+                    }
+                }
+                Effect::Exit { code } => self.exit = Some(code),
+            }
+        }
+        produced
+    }
+
+    fn notify_systemd(&self, messages: &[SystemdMessage]) {
+        let mut states = Vec::new();
+        for m in messages {
+            match m {
+                SystemdMessage::Ready => states.push(NotifyState::Ready),
+                SystemdMessage::Reloading => {
+                    states.push(NotifyState::Reloading);
+                    states.push(NotifyState::MonotonicUsec(monotonic_usec() as i128));
+                }
+                SystemdMessage::Stopping => states.push(NotifyState::Stopping),
+                SystemdMessage::ExtendTimeout(d) => {
+                    states.push(NotifyState::ExtendTimeoutUsec(d.as_micros().min(u32::MAX as u128) as u32))
+                }
+            }
+        }
+        if let Err(e) = self.notifier.send(&states) {
+            logging::event(Level::Warn, "notify-error", format!("notifying systemd: {e}"));
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let line = self.machine.status_line();
+        if line != self.last_status {
+            if let Err(e) = self.notifier.send(&[NotifyState::Status(&line)]) {
+                logging::event(Level::Debug, "notify-error", format!("STATUS= to systemd: {e}"));
+            }
+            self.last_status = line;
+        }
+    }
+}
+
+/// Waits for the next tick of an optional interval (forever when there is none).
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! Timing policy: crash backoff and recycle jitter. Pure functions, so the state machine
+//! stays deterministic under test.
+use std::time::Duration;
+
+/// The first respawn delay after a failure.
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// The longest respawn delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A worker that stayed up this long resets its slot's failure count.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How long a worker that missed its watchdog gets between SIGABRT and SIGKILL.
+pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The respawn delay after `failures` consecutive failures (1 → 100 ms, doubling, capped
+/// at 30 s).
+pub fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let doublings = (failures - 1).min(16);
+    BACKOFF_START.saturating_mul(1 << doublings).min(BACKOFF_CAP)
+}
+
+/// The lifetime of one worker under `max_lifetime`, lengthened by up to 10 % so that the
+/// workers of one generation are not all recycled in the same instant (gunicorn's
+/// `max_requests_jitter` idea). Deterministic in `seed` (the worker id).
+pub fn jittered_lifetime(max_lifetime: Duration, seed: u64) -> Duration {
+    // splitmix64: a tiny, well-mixed hash; no RNG state needed.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let permille = z % 101; // 0..=100 ‰ of the lifetime
+    max_lifetime + max_lifetime.mul_f64(permille as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_and_caps_at_30s() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(1600));
+        assert_eq!(backoff(9), Duration::from_millis(25_600));
+        assert_eq!(backoff(10), BACKOFF_CAP);
+        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent_and_varies() {
+        let base = Duration::from_secs(100);
+        let lifetimes: Vec<_> = (0..50).map(|s| jittered_lifetime(base, s)).collect();
+        assert!(lifetimes.iter().all(|l| *l >= base && *l <= base + base / 10));
+        let distinct: std::collections::BTreeSet<_> = lifetimes.iter().collect();
+        assert!(distinct.len() > 10, "jitter should spread workers: {distinct:?}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Sending notifications to the service manager (`sd_notify(3)`).
+//!
+//! Messages are formatted with the `sd-notify` crate's [`NotifyState`]; the transport is
+//! our own because the crate reads `$NOTIFY_SOCKET` on every call (we removed it from the
+//! environment at start) and cannot reach an abstract (`@name`) socket.
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::sys::socket::{sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+pub use sd_notify::NotifyState;
+
+/// Where notifications go: systemd's `$NOTIFY_SOCKET`, or nowhere outside systemd.
+#[derive(Debug, Clone, Default)]
+pub struct Notifier {
+    target: Option<String>,
+}
+
+impl Notifier {
+    /// A notifier for `$NOTIFY_SOCKET` as snapshotted at start (`None`: messages are dropped).
+    pub fn new(target: Option<String>) -> Notifier {
+        Notifier { target }
+    }
+
+    /// Whether a service manager listens.
+    pub fn is_enabled(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// Sends one datagram with `states`, newline-separated.
+    pub fn send(&self, states: &[NotifyState<'_>]) -> io::Result<()> {
+        self.send_with_fds(states, &[])
+    }
+
+    /// Sends one datagram with `states` and `fds` attached (SCM_RIGHTS), as `FDSTORE=1` needs.
+    pub fn send_with_fds(&self, states: &[NotifyState<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let Some(target) = &self.target else { return Ok(()) };
+        let mut msg = String::new();
+        for s in states {
+            msg.push_str(&s.to_string());
+            msg.push('\n');
+        }
+        send_datagram(target, msg.as_bytes(), fds)
+    }
+}
+
+/// Sends `payload` to the socket named like `$NOTIFY_SOCKET` (`/path` or `@abstract`).
+pub fn send_datagram(target: &str, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let addr = match target.strip_prefix('@') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes()),
+        None if target.starts_with('/') => UnixAddr::new(std::ffi::OsStr::new(target).as_bytes()),
+        None => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsupported NOTIFY_SOCKET {target:?}")))
+        }
+    }?;
+    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
+    let iov = [io::IoSlice::new(payload)];
+    let sent = sendmsg(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, Some(&addr))?;
+    if sent != payload.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short notify datagram"));
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds, as `MONOTONIC_USEC=` wants (not the realtime clock).
+pub fn monotonic_usec() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000,
+        // CLOCK_MONOTONIC cannot fail on Linux; 0 would make systemd ignore the message.
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn sends_newline_separated_states_to_a_path_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).expect("bind");
+        let n = Notifier::new(Some(path.to_string_lossy().into_owned()));
+        n.send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(42), NotifyState::Status("gen 2")]).expect("send");
+        let mut buf = [0u8; 256];
+        let len = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..len], b"RELOADING=1\nMONOTONIC_USEC=42\nSTATUS=gen 2\n");
+    }
+
+    #[test]
+    fn reaches_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("handover-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("addr");
+        let rx = UnixDatagram::bind_addr(&addr).expect("bind abstract");
+        Notifier::new(Some(format!("@{name}"))).send(&[NotifyState::Ready]).expect("send");
+        let mut buf = [0u8; 64];
+        let len = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..len], b"READY=1\n");
+    }
+
+    #[test]
+    fn without_a_target_nothing_is_sent_and_nothing_fails() {
+        assert!(Notifier::new(None).send(&[NotifyState::Ready]).is_ok());
+        assert!(Notifier::new(Some("relative".into())).send(&[NotifyState::Ready]).is_err());
+    }
+
+    #[test]
+    fn monotonic_usec_is_the_monotonic_clock() {
+        let a = monotonic_usec();
+        let b = monotonic_usec();
+        assert!(a > 0 && b >= a);
+        // Realtime µs are ~1.7e15 today; monotonic is seconds since boot.
+        assert!(a < 1_000_000_000_000_000, "looks like CLOCK_REALTIME: {a}");
+    }
+}

@@ -1,0 +1,439 @@
+//! The only fork/exec in handover.
+//!
+//! Everything the child needs is prepared before `fork()`: the argv and envp arrays, the
+//! source fds duplicated above the target range, a `LISTEN_PID=` entry with room for the
+//! pid, the signal sets. Between fork and exec the child makes only async-signal-safe
+//! system calls (sigaction, sigprocmask, setpgid, getpid, dup2, fcntl, close_range, chdir,
+//! execve, write, _exit): handover may have other threads, and a lock one of them held at
+//! fork time (malloc's, say) would never be released in the child.
+//!
+//! Child steps, in this order:
+//! 1. reset every signal disposition to default, then unblock all signals (the parent
+//!    blocked them all around `fork`, so no handler of handover's can run in the child);
+//! 2. `setpgid(0, 0)`: its own process group, so SIGKILL can reach what it forks;
+//! 3. write `getpid()` into the `LISTEN_PID=` slot: the worker's *own* pid (sd_listen_fds(3));
+//! 4. `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC on the copy), then mark every
+//!    fd above them close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd
+//!    leaks in;
+//! 5. `chdir`, then `execve` with the prepared environment.
+//!
+//! A failing step writes `(step, errno)` to a close-on-exec pipe and exits 127; the parent
+//! reads the pipe until EOF (exec succeeded) or the error, so [`spawn`] reports exec
+//! failures synchronously, as `std::process::Command` does.
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What to spawn. The caller has resolved the program to an absolute path.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    /// The executable (absolute; no PATH search happens after fork).
+    pub program: &'a Path,
+    /// argv, including argv[0].
+    pub argv: &'a [String],
+    /// The complete environment, without LISTEN_PID (added with the child's own pid).
+    pub env: Vec<(OsString, OsString)>,
+    /// The sockets, mapped to fds 3, 4, … in this order.
+    pub fds: Vec<BorrowedFd<'a>>,
+    /// The working directory, if not handover's own.
+    pub cwd: Option<&'a Path>,
+}
+
+/// Why a spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A string had a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which string.
+        what: &'static str,
+    },
+    /// Preparing in the parent failed (dup, pipe, fork).
+    #[error("{step}: {source}")]
+    Prepare {
+        /// The failing step.
+        step: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The child failed before or at exec.
+    #[error("{step} failed in the child: {source}")]
+    Child {
+        /// The failing step.
+        step: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The child's failing step, reported through the error pipe as an index into this table.
+const STEP_NAMES: [&str; 5] = ["setpgid", "dup2", "chdir", "execve", "sigprocmask"];
+const STEP_SETPGID: u32 = 0;
+const STEP_DUP2: u32 = 1;
+const STEP_CHDIR: u32 = 2;
+const STEP_EXECVE: u32 = 3;
+const STEP_SIGMASK: u32 = 4;
+
+/// Room for the longest pid in decimal plus the terminating NUL.
+const PID_DIGITS: usize = 20;
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul { what })
+}
+
+fn os_err(step: &'static str) -> impl FnOnce(nix::Error) -> SpawnError {
+    move |e| SpawnError::Prepare { step, source: io::Error::from(e) }
+}
+
+/// Forks and execs a worker per `spec`; returns its pid (also its process group id).
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
+    // ---- everything allocated before fork ----
+    let program = cstring(spec.program.as_os_str().as_bytes(), "program path")?;
+    let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes(), "argument")).collect::<Result<_, _>>()?;
+    let mut env: Vec<CString> = Vec::with_capacity(spec.env.len() + 1);
+    for (k, v) in &spec.env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env.push(cstring(&kv, "environment variable")?);
+    }
+    // LISTEN_PID=<20 bytes of room>: the child writes its pid and a NUL into the room.
+    let mut listen_pid: Vec<u8> = LISTEN_PID_PREFIX.to_vec();
+    listen_pid.resize(LISTEN_PID_PREFIX.len() + PID_DIGITS + 1, 0);
+    let cwd = match spec.cwd {
+        Some(p) => Some(cstring(p.as_os_str().as_bytes(), "working directory")?),
+        None => None,
+    };
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    let pid_slot: *mut u8 = listen_pid.as_mut_ptr();
+    envp_ptrs.push(pid_slot as *const libc::c_char);
+    envp_ptrs.push(std::ptr::null());
+
+    // The sockets, duplicated (close-on-exec) above the target range 3..3+n so that no
+    // dup2 in the child overwrites a source it still needs.
+    let n = spec.fds.len() as RawFd;
+    let first_free = 3 + n;
+    let sources: Vec<OwnedFd> = spec
+        .fds
+        .iter()
+        .map(|fd| dup_above(fd.as_raw_fd(), first_free).map_err(os_err("dup socket")))
+        .collect::<Result<_, _>>()?;
+    let source_raw: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+    let (err_read, err_write_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os_err("pipe2"))?;
+    let err_write = dup_above(err_write_low.as_raw_fd(), first_free).map_err(os_err("dup pipe"))?;
+    drop(err_write_low);
+    let err_fd = err_write.as_raw_fd();
+    let max_fd = max_fd_hint();
+    let nsig = libc::SIGRTMAX() + 1;
+
+    // SAFETY: sigset_t is plain data; sigfillset/sigemptyset initialise it fully.
+    let (full, empty) = unsafe {
+        let mut full: libc::sigset_t = std::mem::zeroed();
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut full);
+        libc::sigemptyset(&mut empty);
+        (full, empty)
+    };
+    // SAFETY: sigset_t is plain data, filled by pthread_sigmask below.
+    let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
+
+    // Block every signal in this thread across fork: the child must not run one of
+    // handover's handlers (tokio's would write to the parent's signal pipe) before it has
+    // reset the dispositions.
+    // SAFETY: pthread_sigmask with valid pointers to initialised sets.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut saved) };
+
+    // SAFETY: fork is called with every allocation done; the child branch below only makes
+    // async-signal-safe calls on memory prepared above and never returns (execve or _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the child of fork(); see `child_after_fork` for what it relies on.
+        unsafe {
+            child_after_fork(ChildPlan {
+                program: program.as_ptr(),
+                argv: argv_ptrs.as_ptr(),
+                envp: envp_ptrs.as_ptr(),
+                pid_slot: pid_slot.add(LISTEN_PID_PREFIX.len()),
+                sources: &source_raw,
+                cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                err_fd,
+                first_free,
+                max_fd,
+                nsig,
+                empty: &empty,
+            })
+        }
+    }
+    let fork_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above, in the parent.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+    drop(err_write);
+    drop(sources);
+    if pid < 0 {
+        return Err(SpawnError::Prepare { step: "fork", source: fork_error });
+    }
+    // Also from the parent, so the group exists before we might signal it (the classic
+    // race; EACCES once the child has exec'd is fine).
+    // SAFETY: setpgid on our own child; no memory involved.
+    unsafe { libc::setpgid(pid, pid) };
+    match read_child_error(&err_read) {
+        None => Ok(pid),
+        Some((step, errno)) => Err(SpawnError::Child {
+            step: STEP_NAMES.get(step as usize).copied().unwrap_or("exec"),
+            source: io::Error::from_raw_os_error(errno as i32),
+        }),
+    }
+}
+
+/// Duplicates `fd` to the lowest free number >= `min`, close-on-exec.
+fn dup_above(fd: RawFd, min: RawFd) -> nix::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only creates a new descriptor, which we own from here on.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: `new` is a fresh descriptor returned by fcntl, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// The highest fd number worth closing in the fallback when close_range is missing.
+fn max_fd_hint() -> RawFd {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => soft.min(65_536) as RawFd,
+        Err(_) => 4096,
+    }
+}
+
+/// Reads `(step, errno)` from the child, or None at EOF (exec succeeded).
+fn read_child_error(pipe: &OwnedFd) -> Option<(u32, u32)> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(pipe, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if got < buf.len() {
+        return None;
+    }
+    let step = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Some((step, errno))
+}
+
+/// Raw pointers into memory the parent prepared before fork.
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    pid_slot: *mut u8,
+    sources: &'a [RawFd],
+    cwd: *const libc::c_char,
+    err_fd: RawFd,
+    first_free: RawFd,
+    max_fd: RawFd,
+    nsig: libc::c_int,
+    empty: &'a libc::sigset_t,
+}
+
+/// The child's side of fork: see the module documentation. Never returns.
+///
+/// # Safety
+/// Must be called only in the child of `fork()`, with pointers into memory prepared before
+/// the fork (still mapped, copy-on-write). It makes only async-signal-safe calls and
+/// allocates nothing.
+unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
+    // SAFETY (whole body): only async-signal-safe libc calls on pointers prepared before
+    // fork; the memory is private to this process now.
+    unsafe {
+        // 1. Default dispositions for every signal, then an empty mask.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..plan.nsig {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        if libc::sigprocmask(libc::SIG_SETMASK, plan.empty, std::ptr::null_mut()) != 0 {
+            fail(plan.err_fd, STEP_SIGMASK);
+        }
+        // 2. Own process group.
+        if libc::setpgid(0, 0) != 0 {
+            fail(plan.err_fd, STEP_SETPGID);
+        }
+        // 3. LISTEN_PID=<our pid>, written with a stack-only formatter.
+        write_decimal(plan.pid_slot, libc::getpid() as u64);
+        // 4. Sockets to 3.. and nothing else open across exec.
+        for (i, &src) in plan.sources.iter().enumerate() {
+            let target = 3 + i as RawFd;
+            if libc::dup2(src, target) < 0 {
+                fail(plan.err_fd, STEP_DUP2);
+            }
+        }
+        let first = plan.first_free as libc::c_uint;
+        let r =
+            libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
+        if r != 0 {
+            // Kernels before 5.11: mark them one by one (EBADF on unused numbers is fine).
+            let mut fd = plan.first_free;
+            while fd <= plan.max_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                fd += 1;
+            }
+        }
+        // 5. Working directory and exec.
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
+            fail(plan.err_fd, STEP_CHDIR);
+        }
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(plan.err_fd, STEP_EXECVE)
+    }
+}
+
+/// Reports `(step, errno)` to the parent and exits 127 (126: found but not executable).
+///
+/// # Safety
+/// Child of fork only; async-signal-safe calls only.
+unsafe fn fail(err_fd: RawFd, step: u32) -> ! {
+    // SAFETY: __errno_location, write and _exit are async-signal-safe; buf is on the stack.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&step.to_ne_bytes());
+        buf[4..].copy_from_slice(&(errno as u32).to_ne_bytes());
+        libc::write(err_fd, buf.as_ptr().cast(), buf.len());
+        libc::_exit(if errno == libc::EACCES { 126 } else { 127 })
+    }
+}
+
+/// Writes `value` in decimal plus a NUL at `dst` (room for PID_DIGITS + 1 bytes).
+///
+/// # Safety
+/// `dst` must point at PID_DIGITS + 1 writable bytes.
+unsafe fn write_decimal(dst: *mut u8, mut value: u64) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (value % 10) as u8;
+        n += 1;
+        value /= 10;
+        if value == 0 || n == PID_DIGITS {
+            break;
+        }
+    }
+    for i in 0..n {
+        // SAFETY: i < n <= PID_DIGITS, within the caller's buffer.
+        unsafe { *dst.add(i) = digits[n - 1 - i] };
+    }
+    // SAFETY: n <= PID_DIGITS, so dst + n is the last byte of the buffer at most.
+    unsafe { *dst.add(n) = 0 };
+}
+
+/// Builds a worker's environment: `base` (handover's own, without systemd's variables),
+/// then the config's `env`, then the protocol variables (which always win).
+pub fn worker_env(
+    base: &[(OsString, OsString)],
+    extra: &std::collections::BTreeMap<String, String>,
+    protocol: &[(&str, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: std::collections::BTreeMap<OsString, OsString> = base.iter().cloned().collect();
+    for (k, v) in extra {
+        env.insert(k.into(), v.into());
+    }
+    for (k, v) in protocol {
+        env.insert(OsStr::new(k).to_owned(), v.into());
+    }
+    env.remove(OsStr::new("LISTEN_PID"));
+    env.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_writer_formats_pids_with_a_nul() {
+        let mut buf = [0xffu8; PID_DIGITS + 1];
+        // SAFETY: buf has PID_DIGITS + 1 bytes.
+        unsafe { write_decimal(buf.as_mut_ptr(), 4_194_304) };
+        assert_eq!(&buf[..8], b"4194304\0");
+        // SAFETY: as above.
+        unsafe { write_decimal(buf.as_mut_ptr(), 0) };
+        assert_eq!(&buf[..2], b"0\0");
+        // SAFETY: as above.
+        unsafe { write_decimal(buf.as_mut_ptr(), u64::MAX) };
+        assert_eq!(&buf[..21], b"18446744073709551615\0");
+    }
+
+    #[test]
+    fn protocol_variables_win_over_config_and_base() {
+        let base = vec![("PATH".into(), "/bin".into()), ("LISTEN_PID".into(), "1".into()), ("A".into(), "base".into())];
+        let extra = [("A".to_string(), "config".to_string()), ("LISTEN_FDS".to_string(), "9".to_string())].into();
+        let env = worker_env(&base, &extra, &[("LISTEN_FDS", "2".into())]);
+        let get = |k: &str| env.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        assert_eq!(get("A").as_deref(), Some("config"));
+        assert_eq!(get("LISTEN_FDS").as_deref(), Some("2"));
+        assert_eq!(get("LISTEN_PID"), None, "LISTEN_PID is the child's own, added after fork");
+        assert_eq!(get("PATH").as_deref(), Some("/bin"));
+    }
+
+    /// A real fork/exec of /bin/sh that reports what it inherited.
+    #[test]
+    fn child_gets_its_own_pid_sockets_at_3_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let l1 = std::net::TcpListener::bind("127.0.0.1:0").expect("l1");
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").expect("l2");
+        // An extra fd without CLOEXEC must not leak.
+        let leak = nix::unistd::dup(&l1).expect("dup");
+        let script = format!(
+            "echo \"$$ $LISTEN_PID $LISTEN_FDS | $(ls /proc/self/fd | sort -n | tr '\\n' ' ') | $(cut -d' ' -f5 /proc/$$/stat) | $(grep SigBlk /proc/self/status)\" > {}",
+            out.display()
+        );
+        use std::os::fd::AsFd;
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), script],
+            env: vec![("LISTEN_FDS".into(), "2".into()), ("PATH".into(), "/usr/bin:/bin".into())],
+            fds: vec![l1.as_fd(), l2.as_fd()],
+            cwd: Some(dir.path()),
+        };
+        let pid = spawn(&spec).expect("spawn");
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait");
+        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+        drop(leak);
+        let text = std::fs::read_to_string(&out).expect("output");
+        let parts: Vec<&str> = text.split('|').map(str::trim).collect();
+        let head: Vec<&str> = parts[0].split_whitespace().collect();
+        assert_eq!(head[0], head[1], "LISTEN_PID is the child's pid: {text}");
+        assert_eq!(head[0], pid.to_string());
+        assert_eq!(head[2], "2");
+        // ls opens its own directory fd (the next free number after the sockets at 3, 4).
+        let fds: Vec<i32> = parts[1].split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        assert_eq!(fds, vec![0, 1, 2, 3, 4, 5], "no fd beyond the sockets and ls's own: {text}");
+        assert_eq!(parts[2], pid.to_string(), "own process group: {text}");
+        assert!(text.contains("SigBlk:\t0000000000000000"), "empty signal mask: {text}");
+    }
+
+    #[test]
+    fn exec_failure_is_reported_synchronously() {
+        let spec = SpawnSpec {
+            program: Path::new("/nonexistent/program"),
+            argv: &["x".into()],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+        };
+        let err = spawn(&spec).expect_err("must fail");
+        assert!(err.to_string().contains("execve"), "{err}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+    }
+}
