@@ -83,6 +83,7 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
     match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        #[allow(clippy::unnecessary_cast)] // st_dev/st_ino are not u64 on every target
         Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
         Err(_) => false,
     }

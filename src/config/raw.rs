@@ -774,7 +774,7 @@ enum Segment {
 
 fn consider(path: &[Segment], best: &mut Option<Vec<Segment>>) {
     // Deeper wins a tie: visited later, so replace on `>=`.
-    if best.as_ref().map_or(true, |b| path.len() >= b.len()) {
+    if best.as_ref().is_none_or(|b| path.len() >= b.len()) {
         *best = Some(path.to_vec());
     }
 }

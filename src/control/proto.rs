@@ -31,6 +31,7 @@ pub enum Request {
 /// A reply line. Intermediate lines carry `progress`; the last one carries `ok`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // a few replies per request: boxing would buy nothing
 pub enum Reply {
     /// A reload's progress: new workers ready so far.
     Progress {

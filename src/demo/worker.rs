@@ -83,6 +83,12 @@ const READ_CHUNK: usize = 4096;
 /// How long a closing connection keeps reading (and discarding) what the client still sends
 /// after our final response. Bounded so a client that never closes cannot hold up a drain.
 const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How long a connection that has not sent its first request yet may take to send it once
+/// the drain has begun. Such a connection is *new*, not idle: its client connected to serve
+/// a request that may still be on the wire, and closing it would fail that request (nothing
+/// lets a client retry on a fresh connection). Go's `http.Server.Shutdown` waits 5 s for the
+/// same reason.
+const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// How many bytes a closing connection discards at most before giving up on the client.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Pause after an accept error that would otherwise repeat at once (EMFILE and friends leave
@@ -652,6 +658,9 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
     let mut out: Vec<u8> = Vec::with_capacity(512);
+    // No request served yet on this connection: it is new, never idle (see
+    // NEW_CONNECTION_GRACE).
+    let mut fresh = true;
     loop {
         // Serve a complete request if one is buffered (pipelining included).
         let head = match http::parse_request(&buf[start..]) {
@@ -697,6 +706,7 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                     Err(_) => return End::Close,
                 }
             }
+            fresh = false;
             let reply = perform(head.action, app).await;
             // Checked after the work is done: a request that was in flight when the drain
             // began is answered, and told that the connection ends.
@@ -740,7 +750,7 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
         }
         let idle = buf.is_empty();
         let is_draining = *drain.borrow();
-        if idle && is_draining && !input_pending(stream.as_raw_fd()) {
+        if idle && is_draining && !fresh && !input_pending(stream.as_raw_fd()) {
             // Idle keep-alive connection and we are draining: close it. A request the client
             // sends at this very moment races with our FIN; RFC 9112 §9.3.1 lets the client
             // retry it, as it was never answered.
@@ -755,6 +765,13 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                 // read_buf is cancel-safe: if the drain wins, no byte was taken.
                 read = stream.read_buf(&mut buf) => read,
                 () = draining(drain) => continue,
+            }
+        } else if idle && fresh {
+            // Draining, and the client's first request has not arrived yet: wait for it, a
+            // bounded time.
+            match tokio::time::timeout(NEW_CONNECTION_GRACE, stream.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => return End::Close,
             }
         } else {
             // Busy (a partial request is buffered, or bytes are pending while draining): the

@@ -483,7 +483,7 @@ impl Machine {
         }
         self.check_deadlines(now, &mut fx);
         self.reconcile(now, &mut fx);
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, test))]
         self.check_invariants();
         fx
     }
@@ -1398,7 +1398,7 @@ impl Machine {
         }
     }
 
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, test))]
     fn check_invariants(&self) {
         let actives = self.generations.values().filter(|g| g.role == Role::Active).count();
         assert_eq!(actives, 1, "exactly one active generation: {:?}", self.generations.keys());

@@ -168,8 +168,8 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
-        assert!(parse(b"\xff\xfe").unwrap_err().contains("UTF-8"));
-        assert!(parse(b"hello").unwrap_err().contains("malformed"));
+        assert!(parse(b"\xff\xfe").expect_err("not UTF-8").contains("UTF-8"));
+        assert!(parse(b"hello").expect_err("no =").contains("malformed"));
     }
 
     #[tokio::test]

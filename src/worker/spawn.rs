@@ -3,7 +3,7 @@
 //! Everything the child needs is prepared before `fork()`: the argv and envp arrays, the
 //! source fds duplicated above the target range, a `LISTEN_PID=` entry with room for the
 //! pid, the signal sets. Between fork and exec the child makes only async-signal-safe
-//! system calls (sigaction, sigprocmask, setpgid, getpid, dup2, fcntl, close_range, chdir,
+//! system calls (rt_sigaction, sigprocmask, setpgid, getpid, dup2, fcntl, close_range, chdir,
 //! execve, write, _exit): handover may have other threads, and a lock one of them held at
 //! fork time (malloc's, say) would never be released in the child.
 //!
@@ -251,15 +251,18 @@ struct ChildPlan<'a> {
 /// the fork (still mapped, copy-on-write). It makes only async-signal-safe calls and
 /// allocates nothing.
 unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
-    // SAFETY (whole body): only async-signal-safe libc calls on pointers prepared before
-    // fork; the memory is private to this process now.
+    // SAFETY: only async-signal-safe libc calls on pointers prepared before fork (the
+    // memory is private to this process now); see the per-step comments.
     unsafe {
-        // 1. Default dispositions for every signal, then an empty mask.
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // 1. Default dispositions for every signal, then an empty mask. The raw system call,
+        //    because glibc's sigaction() refuses signals 32 and 33 (reserved for its own
+        //    use), and an inherited SIG_IGN there would survive exec and break
+        //    pthread_cancel in the worker. An all-zero kernel sigaction is SIG_DFL, no flags,
+        //    empty mask on every architecture.
+        let dfl = [0u64; 4];
         for sig in 1..plan.nsig {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
             }
         }
         if libc::sigprocmask(libc::SIG_SETMASK, plan.empty, std::ptr::null_mut()) != 0 {

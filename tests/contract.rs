@@ -1,0 +1,168 @@
+//! The worker contract (SPEC §4) and the systemd protocol (SPEC §3, §6), checked from the
+//! outside: what a worker inherited, what the emulated systemd received, and in which order.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_worker_gets_its_own_pid_its_sockets_and_nothing_else() {
+    let mut opts = Options::default();
+    opts.workers_extra.push_str("env = { APP_ENV = \"test\" }\n");
+    let d = Daemon::start(opts);
+    let (code, body) = http_get(d.addr, "/info");
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let pid = info["pid"].as_u64().unwrap();
+    assert_eq!(info["listen_pid"], pid.to_string(), "LISTEN_PID is the worker's own pid");
+    assert_eq!(info["listen_fds"], "1");
+    assert_eq!(info["listen_fdnames"], "http");
+    assert_eq!(info["inherited_fds"], serde_json::json!([0, 1, 2, 3]), "no fd beyond the sockets");
+    assert_eq!(info["pgid"], pid, "its own process group");
+    assert_eq!(info["ppid"], d.pid(), "handover is the parent");
+    assert_eq!(info["sig_blocked"], "0000000000000000", "empty signal mask");
+    // The daemon was started with SIGUSR1 ignored (see the harness); workers must get default
+    // dispositions. Only SIGPIPE may be ignored: the Rust runtime of the demo worker ignores it
+    // itself before main.
+    let ignored = u64::from_str_radix(info["sig_ignored"].as_str().unwrap(), 16).unwrap();
+    assert_eq!(ignored & !(1 << (libc::SIGPIPE - 1)), 0, "ignored signals leaked: {ignored:x}");
+    let notify = info["notify_socket"].as_str().unwrap();
+    assert_eq!(notify, d.control.with_extension("notify").display().to_string(), "handover's own NOTIFY_SOCKET");
+    let env = &info["env"];
+    assert_eq!(env["HANDOVER_GENERATION"], "1");
+    assert!(["0", "1", "2"].contains(&env["HANDOVER_WORKER_SLOT"].as_str().unwrap()));
+    assert_eq!(env["APP_ENV"], "test", "workers.env is added");
+    for var in ["WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PIDFDID"] {
+        assert!(env.get(var).is_none(), "{var} must not leak to workers");
+    }
+}
+
+#[test]
+fn ready_is_sent_only_after_the_workers_are_ready_then_status_and_stopping() {
+    let opts = Options { worker_args: vec!["--boot-delay".into(), "700ms".into()], ..Options::default() };
+    let started = Instant::now();
+    let mut d = Daemon::start(opts);
+    let ready = d.notify.all().into_iter().find(|n| n.get("READY") == Some("1")).unwrap();
+    assert!(
+        ready.at - started >= Duration::from_millis(700),
+        "READY=1 before the workers booted: {:?}",
+        ready.at - started
+    );
+    let (code, _) = http_get(d.addr, "/");
+    assert_eq!(code, 200, "serving once READY=1 was sent");
+    let statuses: Vec<String> = d.notify.all().iter().filter_map(|n| n.get("STATUS").map(str::to_string)).collect();
+    assert!(statuses.iter().any(|s| s == "gen 1: 3/3 ready"), "{statuses:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert_eq!(d.notify.lifecycle(), vec!["READY=1", "STOPPING=1"]);
+}
+
+#[test]
+fn a_self_bound_socket_goes_to_the_fd_store_with_its_name() {
+    let opts = Options { socket_activation: false, ..Options::default() };
+    let d = Daemon::start(opts);
+    let stored: Vec<_> = d.notify.all().into_iter().filter(|n| n.get("FDSTORE") == Some("1")).collect();
+    assert_eq!(stored.len(), 1, "one FDSTORE message per name: {stored:?}");
+    assert_eq!(stored[0].get("FDNAME"), Some("http"));
+    assert_eq!(stored[0].fds, 1, "the socket travelled with SCM_RIGHTS");
+    assert_eq!(http_get(d.addr, "/").0, 200);
+    let status = d.status();
+    assert_eq!(status["sockets"][0]["origin"], "bound");
+    assert_eq!(status["sockets"][0]["address"], d.addr.to_string());
+}
+
+#[test]
+fn a_crashed_worker_is_respawned_in_its_slot() {
+    let d = Daemon::start(Options { workers: 1, ..Options::default() });
+    let old = d.worker_pids(1, "ready");
+    let _ = http_get(d.addr, "/exit?code=3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = d.worker_pids(1, "ready");
+        if now.len() == 1 && now != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no respawn: {:?}\n{}", d.status(), d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = d.status();
+    assert_eq!(status["workers"][0]["restarts"], 1);
+    assert!(d.log().contains("exited (exit code 3)"), "{}", d.log());
+}
+
+#[test]
+fn scale_and_sigttin_sigttou_change_the_worker_count() {
+    let d = Daemon::start(Options { workers: 2, ..Options::default() });
+    let out = d.cli(&["scale", "4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_ready_count(&d, 4);
+    d.signal(libc::SIGTTOU);
+    wait_ready_count(&d, 3);
+    d.signal(libc::SIGTTIN);
+    wait_ready_count(&d, 4);
+    let out = d.cli(&["scale", "0"]);
+    assert_eq!(out.status.code(), Some(1), "scale 0 refused");
+}
+
+fn wait_ready_count(d: &Daemon, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.worker_pids(1, "ready").len() != n {
+        assert!(Instant::now() < deadline, "never {n} ready workers: {}", d.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn status_shows_generations_workers_and_sockets() {
+    let d = Daemon::start(Options::default());
+    let out = d.cli(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("running: gen 1: 3/3 ready"), "{text}");
+    assert!(text.contains("http") && text.contains("systemd"), "{text}");
+    let v = d.status();
+    assert_eq!(v["phase"], "running");
+    assert_eq!(v["generations"][0]["ready"], 3);
+    assert_eq!(v["workers"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn the_daemon_runs_without_systemd_too() {
+    // No NOTIFY_SOCKET, no LISTEN_FDS: handover binds [[listen]] itself and serves.
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let opts = Options::default();
+    let cfg = dir.path().join("app.toml");
+    std::fs::write(&cfg, config_text(dir.path(), &opts, Some(addr))).unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(s, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,169 @@
+//! Reloads, rollbacks and stops under continuous load: every scenario loses 0 requests.
+//!
+//! Each test prints one `numbers:` line (requests sent/failed, longest interval without a
+//! completed request during the operation versus steady state); the closing notes and
+//! docs quote them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Steady-state load for `d`, then the longest gap in that window.
+fn steady_gap(load: &handover::loadgen::LoadHandle, d: Duration) -> Duration {
+    std::thread::sleep(d); // measuring a window of plain load, not synchronising
+    let (_, ok, _) = load.snapshot();
+    assert!(ok > 0, "load must be flowing");
+    d
+}
+
+fn assert_no_failures(what: &str, report: &handover::loadgen::LoadReport, d: &Daemon) {
+    assert_eq!(report.failed, 0, "{what}: failed requests: {:#?}\nlog:\n{}", report.failures, d.log());
+    assert!(report.ok > 50, "{what}: too little load to prove anything: {}", report.summary());
+}
+
+#[test]
+fn reload_under_load_loses_nothing_and_has_no_hole() {
+    let _x = exclusive();
+    let opts = Options { worker_args: vec!["--boot-delay".into(), "1s".into()], ..Options::default() };
+    let d = Daemon::start(opts);
+    let before: Vec<i32> = d.worker_pids(1, "ready");
+    for keep_alive in [false, true] {
+        let load = d.load(4, keep_alive);
+        let t0 = load.started_at();
+        steady_gap(&load, Duration::from_millis(1500));
+        let steady_end = t0.elapsed();
+        let mono_before = monotonic_usec();
+        let started = Instant::now();
+        let out = d.cli(&["reload"]);
+        let took = started.elapsed();
+        let reload_from = steady_end;
+        let reload_to = t0.elapsed();
+        assert!(out.status.success(), "reload failed: {}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+        std::thread::sleep(Duration::from_millis(300)); // a little load after the switch
+        let report = load.stop();
+        assert_no_failures("reload", &report, &d);
+        let steady = report.longest_gap_within(Duration::from_millis(200), steady_end);
+        let during = report.longest_gap_within(reload_from, reload_to);
+        println!(
+            "numbers: reload keep_alive={keep_alive}: sent {} failed {} retried {}; longest gap during reload {:?} vs steady {:?}; reload took {:?} (app boot 1s)",
+            report.sent, report.failed, report.retried, during, steady, took
+        );
+        // The app takes 1 s to boot; gunicorn's HUP leaves a hole that long. Ours must not.
+        assert!(during < Duration::from_millis(500), "a hole of {during:?} during the reload");
+        assert!(took >= Duration::from_millis(900), "reload returned before the new workers could be ready: {took:?}");
+        // RELOADING=1 carried MONOTONIC_USEC from CLOCK_MONOTONIC, between our readings.
+        let notices = d.notify.all();
+        let reloading = notices.iter().rev().find(|n| n.get("RELOADING") == Some("1")).expect("RELOADING=1");
+        let mono: u64 = reloading.get("MONOTONIC_USEC").expect("MONOTONIC_USEC").parse().unwrap();
+        assert!(
+            mono >= mono_before && mono <= reloading.mono_usec,
+            "MONOTONIC_USEC {mono} not in [{mono_before}, {}]",
+            reloading.mono_usec
+        );
+    }
+    assert_eq!(d.notify.lifecycle(), vec!["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]);
+    let after = d.worker_pids(3, "ready");
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|p| !before.contains(p)), "new pids after reload");
+    let (_, body) = http_get(d.addr, "/");
+    assert_eq!(generation_of(&body), Some(3), "{body}");
+}
+
+fn failed_reload(worker_args: &[&str], expect_in_error: &str) {
+    let _x = exclusive();
+    let mut opts = Options::default();
+    let d = Daemon::start(opts.clone());
+    let before = d.worker_pids(1, "ready");
+    opts.worker_args = worker_args.iter().map(|s| s.to_string()).collect();
+    opts.workers_extra = "boot_timeout = \"1500ms\"\ngraceful_timeout = \"5s\"\n".into();
+    d.rewrite_config(&opts);
+    let load = d.load(4, true);
+    std::thread::sleep(Duration::from_millis(500)); // some steady load first
+    let started = Instant::now();
+    let out = d.cli(&["reload"]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500)); // keep loading after the rollback
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a rolled-back reload exits 1: {stderr}");
+    assert!(stderr.contains(expect_in_error), "reason names the failure: {stderr}");
+    assert_no_failures("failed reload", &report, &d);
+    assert_eq!(report.bodies_by_gen.keys().collect::<Vec<_>>(), vec!["1"], "only generation 1 served");
+    assert_eq!(d.worker_pids(1, "ready"), before, "the old generation is untouched");
+    let lifecycle = d.notify.lifecycle();
+    assert_eq!(lifecycle, vec!["READY=1", "RELOADING=1", "READY=1"], "READY=1 follows RELOADING=1 on failure too");
+    let status = d.notify.all().iter().rev().find_map(|n| n.get("STATUS").map(str::to_string)).unwrap_or_default();
+    assert!(status.contains("last reload failed"), "STATUS= says why: {status}");
+    println!(
+        "numbers: failed reload ({}): sent {} failed {}; handover reload returned exit 1 after {:?}",
+        worker_args.join(" "),
+        report.sent,
+        report.failed,
+        took
+    );
+}
+
+#[test]
+fn reload_whose_workers_exit_at_boot_rolls_back_losing_nothing() {
+    failed_reload(&["--boot-delay", "300ms", "--exit-at-boot", "3"], "before it was ready");
+}
+
+#[test]
+fn reload_whose_workers_never_become_ready_rolls_back_losing_nothing() {
+    failed_reload(&["--never-ready"], "boot_timeout");
+}
+
+#[test]
+fn rolling_reload_under_load_loses_nothing() {
+    let _x = exclusive();
+    let mut opts =
+        Options { workers: 4, extra: "[reload]\nstrategy = \"rolling\"\nmax_surge = 1\n".into(), ..Options::default() };
+    opts.worker_args = vec!["--boot-delay".into(), "300ms".into()];
+    let d = Daemon::start(opts);
+    let load = d.load(4, false);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = load.stop();
+    assert_no_failures("rolling reload", &report, &d);
+    assert!(report.bodies_by_gen.contains_key("2"), "generation 2 served: {:?}", report.bodies_by_gen);
+    println!(
+        "numbers: rolling reload: sent {} failed {}; longest gap {:?}",
+        report.sent,
+        report.failed,
+        report.longest_gap()
+    );
+}
+
+#[test]
+fn stop_then_start_again_on_the_same_socket_loses_nothing() {
+    let _x = exclusive();
+    let mut d = Daemon::start(Options::default());
+    let load = d.load(4, true);
+    std::thread::sleep(Duration::from_millis(500));
+    // An in-flight slow request must complete through the drain.
+    let addr = d.addr;
+    let slow = std::thread::spawn(move || http_get(addr, "/sleep?ms=1500"));
+    std::thread::sleep(Duration::from_millis(200)); // let it be accepted
+    d.signal(libc::SIGTERM);
+    d.notify.wait_lifecycle("STOPPING=1", 1, Duration::from_secs(10));
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0, "graceful stop exits 0");
+    let (code, body) = slow.join().unwrap();
+    assert_eq!((code, body.trim()), (200, "slept 1500 ms"), "in-flight request completed during the drain");
+    // What systemctl restart does: the socket stayed open in "systemd"; a new daemon starts.
+    d.launch();
+    d.notify.wait_lifecycle("READY=1", 2, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_no_failures("stop + start", &report, &d);
+    println!(
+        "numbers: stop and restart on the same socket: sent {} failed {} retried {}; longest gap {:?}",
+        report.sent,
+        report.failed,
+        report.retried,
+        report.longest_gap()
+    );
+}
