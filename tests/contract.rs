@@ -166,3 +166,25 @@ fn the_daemon_runs_without_systemd_too() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn the_daemon_pings_systemds_watchdog_at_half_the_interval_and_writes_its_pidfile() {
+    let opts = Options {
+        systemd_watchdog: Some(Duration::from_millis(400)),
+        extra: "pidfile = \"app.pid\"\n".into(),
+        ..Options::default()
+    };
+    let mut d = Daemon::start(opts);
+    let pidfile = d.dir.path().join("app.pid");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), d.pid().to_string());
+    d.notify.wait_until("5 WATCHDOG=1 pings", Duration::from_secs(10), |all| {
+        all.iter().filter(|n| n.get("WATCHDOG") == Some("1")).count() >= 5
+    });
+    let pings: Vec<Instant> = d.notify.all().iter().filter(|n| n.get("WATCHDOG") == Some("1")).map(|n| n.at).collect();
+    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    // WATCHDOG_USEC/2 = 200 ms; never as late as the full interval.
+    assert!(gaps.iter().all(|g| *g < Duration::from_millis(400)), "pings too far apart: {gaps:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert!(!pidfile.exists(), "pidfile removed at exit");
+}

@@ -145,6 +145,8 @@ pub struct Options {
     pub extra: String,
     /// Pass a test-bound socket as LISTEN_FDS (true), or let handover bind `[[listen]]`.
     pub socket_activation: bool,
+    /// systemd's watchdog for the daemon (WATCHDOG_USEC, WATCHDOG_PID = the daemon's pid).
+    pub systemd_watchdog: Option<Duration>,
 }
 
 impl Default for Options {
@@ -155,6 +157,7 @@ impl Default for Options {
             workers_extra: "boot_timeout = \"10s\"\ngraceful_timeout = \"10s\"\n".into(),
             extra: String::new(),
             socket_activation: true,
+            systemd_watchdog: None,
         }
     }
 }
@@ -173,6 +176,7 @@ pub struct Daemon {
     pub notify: NotifyLog,
     /// The socket the emulated systemd holds (socket activation only).
     pub listener: Option<TcpListener>,
+    watchdog: Option<Duration>,
     child: Option<Child>,
     seen_pids: Mutex<BTreeSet<i32>>,
 }
@@ -228,6 +232,7 @@ impl Daemon {
             addr,
             notify,
             listener,
+            watchdog: opts.systemd_watchdog,
             child: None,
             seen_pids: Mutex::new(BTreeSet::new()),
             dir,
@@ -243,7 +248,7 @@ impl Daemon {
         let mut cmd = Command::new("/bin/sh");
         // LISTEN_PID=$$ then exec: the pid systemd would set, the daemon's own. SIGUSR1 is
         // ignored on purpose: an ignored signal the daemon inherits must not reach workers.
-        cmd.args(["-c", "trap '' USR1; LISTEN_PID=$$ exec \"$0\" run -c \"$1\""])
+        cmd.args(["-c", "trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
             .arg(bin())
             .arg(&self.config)
             .env("NOTIFY_SOCKET", self.dir.path().join("systemd-notify"))
@@ -253,6 +258,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        match self.watchdog {
+            Some(w) => cmd.env("WATCHDOG_USEC", w.as_micros().to_string()),
+            None => cmd.env_remove("WATCHDOG_USEC"),
+        };
         if let Some(l) = &self.listener {
             let fd = l.as_raw_fd();
             cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
