@@ -392,9 +392,11 @@ impl Machine {
         &self.gen(self.active).config
     }
 
-    /// Every config still in use by some generation (the executor keeps their sockets).
+    /// Every config still in use: by a generation, or by a queued reload whose sockets the
+    /// executor has already prepared. The executor keeps the sockets these refer to.
     pub fn configs(&self) -> impl Iterator<Item = &Arc<Config>> {
-        self.generations.values().map(|g| &g.config)
+        let pending = self.pending_reload.as_ref().and_then(|p| p.config.as_ref().ok());
+        self.generations.values().map(|g| &g.config).chain(pending)
     }
 
     /// Pids of workers whose generation has `max_memory` set (the executor samples them).

@@ -12,6 +12,9 @@
 //! the machine never sees the world out of order. The timer is the machine's own
 //! [`machine::Machine::next_deadline`]: no periodic wake-up happens unless systemd's
 //! watchdog or `max_memory` asks for one.
+//!
+//! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
+//! naming the functions that do each step.
 pub mod machine;
 pub mod policy;
 

@@ -563,3 +563,14 @@ fn without_work_there_is_no_deadline() {
     let sim = Sim::started(4, Strategy::AllAtOnce, 1);
     assert_eq!(sim.m.next_deadline(), None, "an idle master does not wake up");
 }
+
+#[test]
+fn configs_in_use_include_a_queued_reload() {
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.reload(config(1, Strategy::AllAtOnce, 1), None);
+    let mut queued = config(1, Strategy::AllAtOnce, 1);
+    queued.name = "queued".into();
+    sim.reload(queued, None);
+    let names: Vec<String> = sim.m.configs().map(|c| c.name.clone()).collect();
+    assert_eq!(names, vec!["app", "app", "queued"], "generation 1, the candidate, and the queued reload");
+}
