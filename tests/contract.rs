@@ -188,3 +188,27 @@ fn the_daemon_pings_systemds_watchdog_at_half_the_interval_and_writes_its_pidfil
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
     assert!(!pidfile.exists(), "pidfile removed at exit");
 }
+
+#[test]
+fn a_worker_that_stops_pinging_its_watchdog_is_aborted_and_replaced() {
+    let opts = Options {
+        workers: 1,
+        worker_args: vec!["--watchdog-pings".into(), "3".into()],
+        workers_extra: "watchdog = \"500ms\"\nboot_timeout = \"10s\"\ngraceful_timeout = \"10s\"\n".into(),
+        ..Options::default()
+    };
+    let d = Daemon::start(opts);
+    let hung = d.worker_pids(1, "ready");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = d.worker_pids(1, "ready");
+        if now.len() == 1 && now != hung {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hung worker not replaced: {}\n{}", d.status(), d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log();
+    assert!(log.contains("missed its watchdog") && log.contains("SIGABRT"), "{log}");
+    assert!(log.contains(&format!("pid {} exited (killed by SIGABRT", hung[0])), "{log}");
+}

@@ -167,3 +167,31 @@ fn stop_then_start_again_on_the_same_socket_loses_nothing() {
         report.longest_gap()
     );
 }
+
+#[test]
+fn recycling_by_max_lifetime_under_load_loses_nothing() {
+    let _x = exclusive();
+    let opts = Options {
+        workers: 2,
+        worker_args: vec!["--boot-delay".into(), "100ms".into()],
+        workers_extra: "max_lifetime = \"1s\"\nboot_timeout = \"10s\"\ngraceful_timeout = \"10s\"\n".into(),
+        ..Options::default()
+    };
+    let d = Daemon::start(opts);
+    let first = d.worker_pids(1, "ready");
+    let load = d.load(4, false);
+    // Each worker lives 1-1.1 s: wait until both original workers have been replaced.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = d.worker_pids(1, "ready");
+        if now.len() == 2 && now.iter().all(|p| !first.contains(p)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers were not recycled: {}", d.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = load.stop();
+    assert_no_failures("recycling", &report, &d);
+    assert!(d.log().contains("recycling worker"), "{}", d.log());
+    println!("numbers: recycling by max_lifetime: sent {} failed {}; longest gap {:?}", report.sent, report.failed, report.longest_gap());
+}
