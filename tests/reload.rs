@@ -193,5 +193,10 @@ fn recycling_by_max_lifetime_under_load_loses_nothing() {
     let report = load.stop();
     assert_no_failures("recycling", &report, &d);
     assert!(d.log().contains("recycling worker"), "{}", d.log());
-    println!("numbers: recycling by max_lifetime: sent {} failed {}; longest gap {:?}", report.sent, report.failed, report.longest_gap());
+    println!(
+        "numbers: recycling by max_lifetime: sent {} failed {}; longest gap {:?}",
+        report.sent,
+        report.failed,
+        report.longest_gap()
+    );
 }

@@ -15,6 +15,7 @@
 //!
 //! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
 //! naming the functions that do each step.
+pub mod events;
 pub mod machine;
 pub mod policy;
 
