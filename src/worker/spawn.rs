@@ -12,7 +12,9 @@
 //!    blocked them all around `fork`, so no handler of handover's can run in the child);
 //! 2. `setpgid(0, 0)`: its own process group, so SIGKILL can reach what it forks;
 //! 3. write `getpid()` into the `LISTEN_PID=` slot: the worker's *own* pid (sd_listen_fds(3));
-//! 4. `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC on the copy), then mark every
+//! 4. `/dev/null` as stdin (as systemd gives services: a worker in a background process
+//!    group must not touch a terminal); `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC
+//!    on the copy), then mark every
 //!    fd above them close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd
 //!    leaks in;
 //! 5. `chdir`, then `execve` with the prepared environment.
@@ -124,6 +126,13 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
         .map(|fd| dup_above(fd.as_raw_fd(), first_free).map_err(os_err("dup socket")))
         .collect::<Result<_, _>>()?;
     let source_raw: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
+    let dev_null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(os_err("open /dev/null"))?;
+    let dev_null = dup_above(dev_null.as_raw_fd(), first_free).map_err(os_err("dup /dev/null"))?;
     let (err_read, err_write_low) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(os_err("pipe2"))?;
     let err_write = dup_above(err_write_low.as_raw_fd(), first_free).map_err(os_err("dup pipe"))?;
     drop(err_write_low);
@@ -160,6 +169,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
                 envp: envp_ptrs.as_ptr(),
                 pid_slot: pid_slot.add(LISTEN_PID_PREFIX.len()),
                 sources: &source_raw,
+                stdin: dev_null.as_raw_fd(),
                 cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 err_fd,
                 first_free,
@@ -174,6 +184,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(err_write);
     drop(sources);
+    drop(dev_null);
     if pid < 0 {
         return Err(SpawnError::Prepare { step: "fork", source: fork_error });
     }
@@ -236,6 +247,7 @@ struct ChildPlan<'a> {
     envp: *const *const libc::c_char,
     pid_slot: *mut u8,
     sources: &'a [RawFd],
+    stdin: RawFd,
     cwd: *const libc::c_char,
     err_fd: RawFd,
     first_free: RawFd,
@@ -274,7 +286,10 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         }
         // 3. LISTEN_PID=<our pid>, written with a stack-only formatter.
         write_decimal(plan.pid_slot, libc::getpid() as u64);
-        // 4. Sockets to 3.. and nothing else open across exec.
+        // 4. stdin from /dev/null, sockets to 3.. and nothing else open across exec.
+        if libc::dup2(plan.stdin, 0) < 0 {
+            fail(plan.err_fd, STEP_DUP2);
+        }
         for (i, &src) in plan.sources.iter().enumerate() {
             let target = 3 + i as RawFd;
             if libc::dup2(src, target) < 0 {
@@ -398,7 +413,7 @@ mod tests {
         // An extra fd without CLOEXEC must not leak.
         let leak = nix::unistd::dup(&l1).expect("dup");
         let script = format!(
-            "echo \"$$ $LISTEN_PID $LISTEN_FDS | $(ls /proc/self/fd | sort -n | tr '\\n' ' ') | $(cut -d' ' -f5 /proc/$$/stat) | $(grep SigBlk /proc/self/status)\" > {}",
+            "echo \"$$ $LISTEN_PID $LISTEN_FDS | $(ls /proc/self/fd | sort -n | tr '\\n' ' ') | $(cut -d' ' -f5 /proc/$$/stat) | $(grep SigBlk /proc/self/status) | $(readlink /proc/$$/fd/0)\" > {}",
             out.display()
         );
         use std::os::fd::AsFd;
@@ -423,6 +438,7 @@ mod tests {
         let fds: Vec<i32> = parts[1].split_whitespace().filter_map(|f| f.parse().ok()).collect();
         assert_eq!(fds, vec![0, 1, 2, 3, 4, 5], "no fd beyond the sockets and ls's own: {text}");
         assert_eq!(parts[2], pid.to_string(), "own process group: {text}");
+        assert!(parts[4].ends_with("/dev/null"), "stdin is /dev/null: {text}");
         assert!(text.contains("SigBlk:\t0000000000000000"), "empty signal mask: {text}");
     }
 
