@@ -83,6 +83,11 @@ const READ_CHUNK: usize = 4096;
 /// How long a closing connection keeps reading (and discarding) what the client still sends
 /// after our final response. Bounded so a client that never closes cannot hold up a drain.
 const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How long a draining worker waits for the first request of a connection it accepted
+/// before the drain began. Such a connection is not idle: its client has sent, or is about
+/// to send, a request it will not retry (it never reused the connection), so closing it
+/// would fail that request. Bounded so a client that never sends cannot hold up a drain.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 /// How many bytes a closing connection discards at most before giving up on the client.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Pause after an accept error that would otherwise repeat at once (EMFILE and friends leave
@@ -652,6 +657,8 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
     let mut out: Vec<u8> = Vec::with_capacity(512);
+    // Responses written so far: a connection that got none is not an idle keep-alive one.
+    let mut served = 0u64;
     loop {
         // Serve a complete request if one is buffered (pipelining included).
         let head = match http::parse_request(&buf[start..]) {
@@ -716,6 +723,7 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
             if stream.write_all(&out).await.is_err() {
                 return End::Close;
             }
+            served += 1;
             if let Some(code) = reply.exit {
                 let _ = stream.flush().await;
                 eprintln!("{} /exit: exiting with code {code}", app.prefix);
@@ -740,7 +748,8 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
         }
         let idle = buf.is_empty();
         let is_draining = *drain.borrow();
-        if idle && is_draining && !input_pending(stream.as_raw_fd()) {
+        let nothing_pending = idle && is_draining && !input_pending(stream.as_raw_fd());
+        if nothing_pending && served > 0 {
             // Idle keep-alive connection and we are draining: close it. A request the client
             // sends at this very moment races with our FIN; RFC 9112 §9.3.1 lets the client
             // retry it, as it was never answered.
@@ -755,6 +764,13 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                 // read_buf is cancel-safe: if the drain wins, no byte was taken.
                 read = stream.read_buf(&mut buf) => read,
                 () = draining(drain) => continue,
+            }
+        } else if nothing_pending {
+            // Accepted before the drain, first request not here yet (the client connected
+            // but its request bytes are still on the way): wait for it, bounded.
+            match tokio::time::timeout(FIRST_REQUEST_GRACE, stream.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => return End::Close,
             }
         } else {
             // Busy (a partial request is buffered, or bytes are pending while draining): the
