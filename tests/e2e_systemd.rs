@@ -40,6 +40,8 @@ const SOCKET: &str = "handover@app.socket";
 const CONFIG: &str = "/etc/handover/app.toml";
 /// Clients per load generator; each has at most one request in flight.
 const CLIENTS: usize = 4;
+/// The longest any single command in the container may take.
+const EXEC_DEADLINE: Duration = Duration::from_secs(150);
 
 type R<T = ()> = Result<T, String>;
 
@@ -62,6 +64,8 @@ fn systemd_e2e() {
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // A container left over by a crashed run is ours (same name) and may hold the ports.
+    let _ = Command::new(root.join("tests/e2e/sandbox.sh")).arg("down").stdout(Stdio::null()).status();
     for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT] {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             panic!("port 127.0.0.1:{port} is in use on this host ({e}); the e2e suite needs it free");
@@ -158,7 +162,20 @@ fn setup(sb: &mut Sandbox, deb: &Path) -> R<Vec<String>> {
     let verify =
         sb.run(&["sh", "-c", "systemd-analyze verify handover@app.service 2>&1 | grep -v 'Command .man ' || true"])?;
     ensure!(verify.trim().is_empty(), "systemd-analyze verify handover@app.service: {verify}");
-    Ok(vec![version, format!("package {name} installed")])
+    // What `sandbox.sh exec` itself costs (nsenter, setpriv, env): part of every wall time
+    // measured below.
+    let mut costs: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            sb.run(&["true"]).map(|_| t.elapsed())
+        })
+        .collect::<R<_>>()?;
+    costs.sort();
+    Ok(vec![
+        version,
+        format!("package {name} installed"),
+        format!("one `sandbox.sh exec` costs {} (median of 5)", ms(costs[2])),
+    ])
 }
 
 fn s1_activation_and_start(sb: &mut Sandbox) -> R<Vec<String>> {
@@ -390,6 +407,14 @@ fn s6_journal(sb: &mut Sandbox) -> R<Vec<String>> {
     let by_field = sb.run(&["journalctl", "-u", UNIT, "-o", "cat", "HANDOVER_EVENT=reload-succeeded"])?;
     ensure!(by_field.contains("reload succeeded"), "journalctl HANDOVER_EVENT=reload-succeeded found nothing");
     let events: BTreeSet<String> = entries.iter().filter_map(|e| field(e, "HANDOVER_EVENT")).collect();
+    // Not asserted: warnings handover logged in this invocation, for the reader.
+    let warnings: Vec<String> = entries
+        .iter()
+        .filter(|e| field(e, "HANDOVER_EVENT").is_some() && field(e, "PRIORITY").is_some_and(|p| p.as_str() <= "4"))
+        .map(|e| {
+            format!("{}: {}", field(e, "HANDOVER_EVENT").unwrap_or_default(), field(e, "MESSAGE").unwrap_or_default())
+        })
+        .collect();
     Ok(vec![
         format!(
             "master entry: HANDOVER_EVENT={} HANDOVER_GENERATION={} HANDOVER_WORKER_PID={} _PID={main}",
@@ -404,6 +429,7 @@ fn s6_journal(sb: &mut Sandbox) -> R<Vec<String>> {
             field(worker_line, "MESSAGE").unwrap_or_default()
         ),
         format!("events seen in this invocation: {events:?}"),
+        format!("warnings logged in this invocation: {warnings:?}"),
     ])
 }
 
@@ -850,8 +876,6 @@ struct Sandbox {
 impl Sandbox {
     fn up(root: &Path, deb_dir: &Path) -> Sandbox {
         let script = root.join("tests/e2e/sandbox.sh");
-        // A container left over by a crashed run is ours (same name): start from scratch.
-        let _ = Command::new(&script).arg("down").stdout(Stdio::null()).status();
         // Created first, so that a failed `up` is torn down too (Drop).
         let mut sb = Sandbox { script: script.clone(), boot_secs: 0.0 };
         let out = Command::new(&script)
@@ -885,7 +909,43 @@ impl Sandbox {
             let mut stdin = child.stdin.take().ok_or("stdin")?;
             stdin.write_all(data.as_bytes()).map_err(|e| format!("sandbox exec stdin: {e}"))?;
         }
-        child.wait_with_output().map_err(|e| format!("sandbox exec: {e}"))
+        // Read both pipes while waiting (journalctl output can exceed a pipe buffer).
+        let mut pipes = [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        let readers: Vec<_> = pipes
+            .iter_mut()
+            .map(|p| {
+                let mut p = p.take();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    if let Some(p) = p.as_mut() {
+                        let _ = p.read_to_end(&mut buf);
+                    }
+                    buf
+                })
+            })
+            .collect();
+        // Every command has a deadline: systemctl itself waits at most TimeoutStartSec=
+        // (90s), so this only catches a harness that hangs.
+        let deadline = Instant::now() + EXEC_DEADLINE;
+        let status = loop {
+            match child.try_wait().map_err(|e| format!("sandbox exec: {e}"))? {
+                Some(st) => break st,
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "`{}` in the container did not finish within {EXEC_DEADLINE:?}",
+                        argv.join(" ")
+                    ));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
+        Ok(Output { status, stdout: out.next().unwrap_or_default(), stderr: out.next().unwrap_or_default() })
     }
 
     /// Runs `argv`; its stdout, or Err with everything if it failed.
