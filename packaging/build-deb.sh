@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# build-deb.sh: build the Debian package of handover from this repository.
+#
+#   packaging/build-deb.sh [--no-build]      -> target/debian/handover_<version>-1_<arch>.deb
+#
+# It prints the path of the .deb on standard output (and nothing else there).
+# Builds the release binary (unless --no-build), then lays out the package tree and calls
+# `dpkg-deb --build`. Needs only cargo, dpkg-deb and gzip, which a Debian machine has: no
+# cargo-deb, no debhelper, nothing to download beyond the crates `cargo build` fetches.
+# The package holds:
+#   /usr/bin/handover
+#   /usr/lib/systemd/system/handover@.service, handover@.socket
+#   /usr/share/man/man1/handover.1.gz, /usr/share/man/man5/handover.toml.5.gz
+#   /usr/share/doc/handover/examples/app.toml (and systemd/: app.service, app.socket,
+#     notify-reload.conf), copyright
+#   /etc/handover/ (empty: one APP.toml per app goes here)
+# Set SOURCE_DATE_EPOCH for reproducible timestamps (default: the last commit's time), and
+# HANDOVER_BIN to package another build of the binary.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+die() { echo "build-deb.sh: $*" >&2; exit 1; }
+for c in cargo dpkg-deb gzip; do command -v "$c" >/dev/null || die "missing $c"; done
+
+[[ ${1:-} == --no-build ]] || cargo build --release --locked
+# HANDOVER_BIN: package this binary instead (the e2e test passes the one cargo built for it).
+BIN=${HANDOVER_BIN:-$ROOT/target/release/handover}
+[[ -x $BIN ]] || die "no $BIN; run cargo build --release first"
+
+VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+[[ -n $VERSION ]] || die "cannot read the version from Cargo.toml"
+ARCH=$(dpkg --print-architecture)
+DEBVER=$VERSION-1
+OUT=$ROOT/target/debian
+PKG=$OUT/handover_${DEBVER}_${ARCH}
+DEB=$PKG.deb
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+
+rm -rf "$PKG"
+install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/systemd/system" \
+  "$PKG/usr/share/man/man1" "$PKG/usr/share/man/man5" \
+  "$PKG/usr/share/doc/handover/examples/systemd" "$PKG/etc/handover"
+
+install -m 0755 "$BIN" "$PKG/usr/bin/handover"
+# Debian policy: binaries are shipped stripped (the symbols are 90% of the file).
+if command -v strip >/dev/null; then strip --strip-unneeded --remove-section=.comment "$PKG/usr/bin/handover"; fi
+
+install -m 0644 systemd/handover@.service systemd/handover@.socket "$PKG/usr/lib/systemd/system/"
+install -m 0644 systemd/app.service systemd/app.socket systemd/notify-reload.conf \
+  "$PKG/usr/share/doc/handover/examples/systemd/"
+install -m 0644 packaging/examples/app.toml "$PKG/usr/share/doc/handover/examples/"
+install -m 0644 packaging/copyright "$PKG/usr/share/doc/handover/copyright"
+# Man pages gzipped with -n (no name/timestamp inside: reproducible), as policy wants.
+gzip -9n < man/handover.1 > "$PKG/usr/share/man/man1/handover.1.gz"
+gzip -9n < man/handover.toml.5 > "$PKG/usr/share/man/man5/handover.toml.5.gz"
+chmod 0644 "$PKG"/usr/share/man/man*/*.gz
+
+# Shared library dependencies: the highest glibc symbol version the binary uses (Rust links
+# libc and libgcc_s dynamically). objdump comes with binutils; without it, the floor of
+# Debian 12 is stated.
+GLIBC=2.34
+if command -v objdump >/dev/null; then
+  GLIBC=$(objdump -T "$BIN" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+fi
+DEPENDS="libc6 (>= $GLIBC)"
+if command -v readelf >/dev/null && readelf -d "$BIN" | grep -q 'libgcc_s.so'; then
+  DEPENDS="$DEPENDS, libgcc-s1 (>= 4.2)"
+fi
+SIZE_KB=$(du -sk --exclude=DEBIAN "$PKG" | cut -f1)
+
+cat > "$PKG/DEBIAN/control" <<EOF
+Package: handover
+Version: $DEBVER
+Architecture: $ARCH
+Maintainer: handover developers <dev@handover.invalid>
+Installed-Size: $SIZE_KB
+Depends: $DEPENDS
+Recommends: systemd (>= 249)
+Section: admin
+Priority: optional
+Description: systemd-native master for pre-forked web workers
+ handover runs N workers of a web app on sockets that systemd (or handover)
+ holds, and rolls a new generation of workers in on "systemctl reload": the
+ reload returns only once the new workers serve, or rolls back and fails while
+ the old ones keep serving. "systemctl restart" refuses no connection.
+ .
+ Ships the unit templates handover@.service and handover@.socket; put one
+ /etc/handover/APP.toml per app and run handover@APP.
+EOF
+# The unit files are new or changed: tell a running systemd. Nothing is enabled or started:
+# which apps run is the admin's choice (handover@APP needs /etc/handover/APP.toml first).
+for script in postinst postrm; do
+  cat > "$PKG/DEBIAN/$script" <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+	systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+exit 0
+EOF
+  chmod 0755 "$PKG/DEBIAN/$script"
+done
+(cd "$PKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) \
+  > "$PKG/DEBIAN/md5sums"
+
+find "$PKG" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+dpkg-deb --root-owner-group -Zxz --build "$PKG" "$DEB" >/dev/null
+rm -rf "$PKG"
+echo "$DEB"

@@ -1,0 +1,253 @@
+//! The documentation cannot drift from the code:
+//! - every visible subcommand and option of `handover` (taken from the clap definition) is
+//!   documented in `man/handover.1`, and every subcommand is named in README.md;
+//! - every config key the parser accepts (discovered from the parser itself: it lists the
+//!   keys it expects when it meets an unknown one) has an entry in `man/handover.toml.5`;
+//! - the man pages render without a groff warning;
+//! - the shipped units comment every directive, use command lines the CLI accepts, and the
+//!   plain example `app.service` says what the template `handover@.service` says;
+//! - the example config is valid.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use handover::cli::Cli;
+use handover::config::{self, LoadEnv};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// The visible subcommands and, for each, the long and short options (help and version
+/// included, positional arguments excluded).
+fn cli_surface() -> BTreeMap<String, Vec<String>> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut out = BTreeMap::new();
+    // `help` is clap's own (`handover help reload` = `handover reload --help`).
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let mut opts = vec![];
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set() && !a.is_positional()) {
+            if let Some(long) = arg.get_long() {
+                opts.push(format!("--{long}"));
+            }
+            if let Some(short) = arg.get_short() {
+                opts.push(format!("-{short}"));
+            }
+        }
+        out.insert(sub.get_name().to_string(), opts);
+    }
+    out
+}
+
+/// A roff source with the escapes this project uses undone, for searching.
+fn unroff(s: &str) -> String {
+    s.replace("\\-", "-").replace("\\fB", "").replace("\\fR", "").replace("\\fI", "").replace("\\e", "\\")
+}
+
+#[test]
+fn every_subcommand_and_option_is_in_handover_1() {
+    let man = read("man/handover.1");
+    let headings: Vec<String> =
+        man.lines().filter_map(|l| l.strip_prefix(".SS ")).map(|t| unroff(t).trim_matches('"').to_string()).collect();
+    let plain = unroff(&man);
+    let surface = cli_surface();
+    assert!(surface.len() >= 6, "expected at least 6 visible subcommands, found {surface:?}");
+    let mut missing = vec![];
+    for (name, opts) in &surface {
+        if !headings.iter().any(|h| h.starts_with(&format!("handover {name}"))) {
+            missing.push(format!("subcommand {name:?} (a `.SS \"handover {name} ...\"` section)"));
+        }
+        for o in opts {
+            // Options are written with escaped hyphens (\-\-json): search the roff source.
+            if !man.contains(&o.replace('-', "\\-")) {
+                missing.push(format!("option {o} of {name}"));
+            }
+        }
+        if !plain.contains(&format!("handover {name}")) {
+            missing.push(format!("\"handover {name}\" in the text"));
+        }
+    }
+    assert!(missing.is_empty(), "man/handover.1 does not document: {missing:#?}");
+}
+
+#[test]
+fn every_subcommand_is_in_the_readme() {
+    let path = root().join("README.md");
+    let Ok(readme) = std::fs::read_to_string(&path) else {
+        eprintln!("docs: README.md does not exist yet; skipping the README check");
+        return;
+    };
+    let missing: Vec<String> =
+        cli_surface().keys().filter(|name| !readme.contains(&format!("handover {name}"))).cloned().collect();
+    assert!(missing.is_empty(), "README.md does not mention `handover <name>` for: {missing:?}");
+}
+
+/// The keys the parser expects in a table, read from its error for an unknown key, or None
+/// if `prefix` does not open a table of fixed keys there.
+fn expected_keys(prefix: &str) -> Option<Vec<String>> {
+    let text = format!("{prefix}zzz_not_a_key = 1\n");
+    let env = LoadEnv { runtime_directory: Some("/run/handover/app".into()), ..LoadEnv::default() };
+    let err = config::parse(Path::new("/etc/handover/app.toml"), &text, &env).err()?;
+    let list = err.message.strip_prefix("unknown key, expected ")?;
+    Some(list.split('`').skip(1).step_by(2).map(str::to_owned).collect())
+}
+
+/// Every key the parser accepts: `(table, key)`, the table as its man page section names it
+/// ("" for the top level, "[workers]", "[[listen]]").
+fn config_keys() -> Vec<(String, String)> {
+    fn walk(prefix: &str, dotted: &str, section: &str, out: &mut Vec<(String, String)>) {
+        let Some(keys) = expected_keys(prefix) else { return };
+        for key in keys {
+            out.push((section.to_string(), key.clone()));
+            let path = if dotted.is_empty() { key.clone() } else { format!("{dotted}.{key}") };
+            // Depth is bounded by the schema: a scalar key opens no table either way.
+            for (open, close) in [("[", "]"), ("[[", "]]")] {
+                let child = format!("{prefix}{open}{path}{close}\n");
+                if expected_keys(&child).is_some() {
+                    walk(&child, &path, &format!("{open}{path}{close}"), out);
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    walk("", "", "", &mut out);
+    out
+}
+
+#[test]
+fn config_key_discovery_works() {
+    let keys = config_keys();
+    for (table, key) in [("", "name"), ("[workers]", "command"), ("[[listen]]", "address"), ("[reload]", "max_surge")] {
+        assert!(
+            keys.contains(&(table.to_string(), key.to_string())),
+            "the parser's key list no longer reads as expected (no {table} {key} in {keys:?}); fix config_keys()"
+        );
+    }
+}
+
+#[test]
+fn every_config_key_is_in_handover_toml_5() {
+    let man = read("man/handover.toml.5");
+    // Sections by title, their text up to the next .SH.
+    let mut sections: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in man.lines() {
+        if let Some(t) = line.strip_prefix(".SH ") {
+            current = unroff(t).trim_matches('"').to_string();
+        }
+        sections.entry(current.clone()).or_default().push(line);
+    }
+    let mut missing = vec![];
+    for (table, key) in config_keys() {
+        let title = if table.is_empty() { "TOP-LEVEL KEYS".to_string() } else { table.clone() };
+        let Some(lines) = sections.get(&title) else {
+            missing.push(format!("section .SH {title}"));
+            continue;
+        };
+        // An entry: `.TP` then a line starting with \fBkey\fR.
+        let entry = format!("\\fB{key}\\fR");
+        let found = lines.windows(2).any(|w| w[0] == ".TP" && w[1].starts_with(&entry));
+        if !found {
+            missing.push(format!("{title} {key}"));
+        }
+    }
+    assert!(missing.is_empty(), "man/handover.toml.5 lacks entries (`.TP` + `\\fBkey\\fR = ...`) for: {missing:#?}");
+}
+
+#[test]
+fn man_pages_render_without_warnings() {
+    if std::process::Command::new("groff").arg("--version").output().is_err() {
+        eprintln!("docs: groff is not installed; skipping the rendering check (apt-get install groff)");
+        return;
+    }
+    for page in ["man/handover.1", "man/handover.toml.5"] {
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-ww", "-z"])
+            .arg(root().join(page))
+            .output()
+            .expect("running groff");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "groff -man -ww -z {page}: {stderr}");
+    }
+}
+
+/// `(key, value)` of the directives of a unit file, in order (comments and blanks skipped).
+fn directives(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty() && !l.starts_with('['))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+const UNITS: [&str; 5] = [
+    "systemd/handover@.service",
+    "systemd/handover@.socket",
+    "systemd/app.service",
+    "systemd/app.socket",
+    "systemd/notify-reload.conf",
+];
+
+#[test]
+fn every_unit_directive_has_a_comment() {
+    let mut bare = vec![];
+    for unit in UNITS {
+        let text = read(unit);
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let is_directive = !l.starts_with('#') && !l.starts_with('[') && l.contains('=');
+            if is_directive && (i == 0 || !lines[i - 1].starts_with('#')) {
+                bare.push(format!("{unit}:{}: {l}", i + 1));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "directives without a comment line above them saying why: {bare:#?}");
+}
+
+#[test]
+fn unit_command_lines_parse() {
+    for unit in UNITS {
+        for (k, v) in directives(&read(unit)) {
+            if !matches!(k.as_str(), "ExecStart" | "ExecReload") || v.is_empty() {
+                continue;
+            }
+            let argv: Vec<String> = v.split_whitespace().map(|a| a.replace("%i", "app")).collect();
+            assert_eq!(argv[0], "/usr/bin/handover", "{unit}: {k}= runs {}", argv[0]);
+            if let Err(e) = <Cli as clap::Parser>::try_parse_from(&argv) {
+                panic!("{unit}: {k}={v}: the CLI rejects it: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn plain_app_service_matches_the_template() {
+    // The template with the instance name "app" ...
+    let template: Vec<(String, String)> = directives(&read("systemd/handover@.service"))
+        .into_iter()
+        .map(|(k, v)| (k, v.replace("handover@%i", "app").replace("%i", "app")))
+        .filter(|(k, _)| k != "Description")
+        .collect();
+    // ... is the plain example, but for its description.
+    let plain: Vec<(String, String)> =
+        directives(&read("systemd/app.service")).into_iter().filter(|(k, _)| k != "Description").collect();
+    assert_eq!(plain, template, "systemd/app.service has drifted from systemd/handover@.service");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = read("packaging/examples/app.toml").replace("/usr/bin/handover", env!("CARGO_BIN_EXE_handover"));
+    let env = LoadEnv { runtime_directory: Some("/run/handover/app".into()), ..LoadEnv::default() };
+    let c = config::parse(Path::new("/etc/handover/app.toml"), &text, &env)
+        .unwrap_or_else(|e| panic!("packaging/examples/app.toml: {e}"));
+    assert_eq!(c.name, "app");
+    // app.socket passes "http" on the same address.
+    let socket = read("systemd/app.socket");
+    let l = c.listen.first().expect("a [[listen]] entry");
+    assert!(socket.contains(&format!("FileDescriptorName={}", l.name)), "app.socket and app.toml disagree on the name");
+    assert!(socket.contains(&format!("ListenStream={}", l.address)), "app.socket and app.toml disagree on the address");
+}

@@ -1,0 +1,1032 @@
+//! End-to-end: handover's Debian package under a real systemd 254, driven with `systemctl`.
+//!
+//! Boots systemd (Debian bookworm-backports) as PID 1 of a container of its own with
+//! `tests/e2e/sandbox.sh` (own root overlay, mount/pid/cgroup namespaces, the host's
+//! network), installs the .deb built by `packaging/build-deb.sh` from the binary cargo built
+//! for this test, and runs the scenarios below against the shipped unit templates
+//! (`handover@app.service` + `handover@app.socket`), with load from this process
+//! (`handover::loadgen`) against 127.0.0.1 ports the container binds.
+//!
+//! Runs only with `HANDOVER_E2E=1` as root (it boots a container and needs the network
+//! once, to build the container's root fs); otherwise it prints why it skipped and passes.
+//! One command does everything: `tests/e2e/run.sh` (or
+//! `HANDOVER_E2E=1 cargo test --release --test e2e_systemd -- --nocapture`).
+//!
+//! Every scenario is a function returning `Err(why)` on the first failed assertion; they run
+//! in order in one container (one boot), each first putting the app back into a known state,
+//! so a failure does not hide the others. Every wait has a deadline and names what it waited
+//! for. The container is powered off by a guard's `Drop`, whatever happens.
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use handover::loadgen::{self, LoadHandle, LoadReport, LoadSpec, Target};
+use serde_json::Value;
+
+/// The socket unit's port (handover@app.socket, FileDescriptorName=http).
+const HTTP_PORT: u16 = 18471;
+/// The port handover binds itself and keeps in systemd's fd store ([[listen]] "admin").
+const ADMIN_PORT: u16 = 18472;
+/// The plain example units' port (app.socket with a drop-in).
+const PLAIN_PORT: u16 = 18475;
+/// The demo workers' simulated boot time; reload latency is measured against it.
+const BOOT: Duration = Duration::from_secs(1);
+const WORKERS: usize = 3;
+const UNIT: &str = "handover@app.service";
+const SOCKET: &str = "handover@app.socket";
+const CONFIG: &str = "/etc/handover/app.toml";
+/// Clients per load generator; each has at most one request in flight.
+const CLIENTS: usize = 4;
+/// The longest any single command in the container may take.
+const EXEC_DEADLINE: Duration = Duration::from_secs(150);
+
+type R<T = ()> = Result<T, String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+#[test]
+fn systemd_e2e() {
+    if std::env::var_os("HANDOVER_E2E").as_deref() != Some(std::ffi::OsStr::new("1")) {
+        eprintln!("e2e_systemd: skipped: set HANDOVER_E2E=1 (and run as root) to boot systemd 254 in a container; see tests/e2e/run.sh");
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("e2e_systemd: skipped: HANDOVER_E2E=1 but not root; the container needs root (see tests/e2e/run.sh)");
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // A container left over by a crashed run is ours (same name) and may hold the ports.
+    let _ = Command::new(root.join("tests/e2e/sandbox.sh")).arg("down").stdout(Stdio::null()).status();
+    for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT] {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("port 127.0.0.1:{port} is in use on this host ({e}); the e2e suite needs it free");
+        }
+    }
+    let deb = build_deb(&root);
+    let mut sb = Sandbox::up(&root, deb.parent().expect("deb dir"));
+    let mut results: Vec<(&str, R<Vec<String>>)> = Vec::new();
+    let setup = setup(&mut sb, &deb);
+    let failed_setup = setup.is_err();
+    results.push(("0 setup: install the .deb, units load", setup));
+    if !failed_setup {
+        type Scenario = fn(&mut Sandbox) -> R<Vec<String>>;
+        let scenarios: [(&str, Scenario); 10] = [
+            ("1 socket activation; start returns once workers serve", s1_activation_and_start),
+            ("2 reload under load: synchronous, new pids and generation, 0 failed", s2_reload),
+            ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", s3_rollback),
+            ("4 restart under load: 0 failed, socket unit + fd store socket kept", s4_restart),
+            ("6 journal: structured fields and worker output", s6_journal),
+            ("7 kill -9 of the master: restarted, sockets kept, failures <= in flight", s7_kill9),
+            ("5 Type=notify-reload drop-in: SIGHUP, waits, returns 0", s5_notify_reload),
+            ("8 stop drains an in-flight request; socket re-activates (Preserve=restart)", s8_stop_drains),
+            ("9 systemd < 257 with FileDescriptorStorePreserve=yes: no re-activation (documented)", s9_preserve_yes),
+            ("10 plain example units app.service + app.socket", s10_plain_units),
+        ];
+        for (name, f) in scenarios {
+            eprintln!("\n=== {name}");
+            let t0 = Instant::now();
+            let r = f(&mut sb);
+            match &r {
+                Ok(_) => eprintln!("--- ok ({:.1}s)", t0.elapsed().as_secs_f64()),
+                Err(e) => {
+                    eprintln!("--- FAILED ({:.1}s): {e}", t0.elapsed().as_secs_f64());
+                    sb.dump_journal();
+                }
+            }
+            results.push((name, r));
+        }
+    }
+    eprintln!("\n=== summary (container boot {:.2}s)", sb.boot_secs);
+    let (mut passed, mut failed) = (0, 0);
+    for (name, r) in &results {
+        match r {
+            Ok(notes) => {
+                passed += 1;
+                eprintln!("PASS {name}");
+                for n in notes {
+                    eprintln!("       {n}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("FAIL {name}\n       {e}");
+            }
+        }
+    }
+    eprintln!("e2e: {passed} passed, {failed} failed");
+    drop(sb);
+    assert_eq!(failed, 0, "{failed} e2e scenario(s) failed; see above");
+}
+
+// ------------------------------------------------------------------------------ scenarios
+
+/// Installs the package, the app's config and the socket drop-in; checks the units load.
+fn setup(sb: &mut Sandbox, deb: &Path) -> R<Vec<String>> {
+    let version = sb.sh("systemctl --version | head -n1")?;
+    ensure!(version.starts_with("systemd 254 "), "expected systemd 254 in the container, got {version:?}");
+    let name = deb.file_name().and_then(|n| n.to_str()).ok_or("deb name")?;
+    sb.sh(&format!("dpkg -i /mnt/deb/{name} >/dev/null"))?;
+    for f in [
+        "/usr/bin/handover",
+        "/usr/lib/systemd/system/handover@.service",
+        "/usr/lib/systemd/system/handover@.socket",
+        "/usr/share/man/man1/handover.1.gz",
+        "/usr/share/man/man5/handover.toml.5.gz",
+        "/usr/share/doc/handover/examples/app.toml",
+        "/usr/share/doc/handover/examples/systemd/app.service",
+        "/usr/share/doc/handover/examples/systemd/app.socket",
+        "/usr/share/doc/handover/examples/systemd/notify-reload.conf",
+    ] {
+        sb.sh(&format!("test -f {f}")).map_err(|e| format!("the package lacks {f}: {e}"))?;
+    }
+    sb.write(
+        "/etc/systemd/system/handover@app.socket.d/listen.conf",
+        &format!("[Socket]\nListenStream=127.0.0.1:{HTTP_PORT}\nFileDescriptorName=http\n"),
+    )?;
+    sb.write(CONFIG, &app_config(&[], None))?;
+    sb.sh(&format!("handover check -c {CONFIG}"))?;
+    sb.systemctl(&["daemon-reload"])?;
+    ensure!(sb.prop(UNIT, "LoadState")? == "loaded", "{UNIT} did not load");
+    ensure!(sb.prop(SOCKET, "LoadState")? == "loaded", "{SOCKET} did not load");
+    // The shipped units (with the ListenStream= drop-in the socket template asks for) must pass systemd's own checks (man pages are not installed in the
+    // container, hence the filter on the Documentation= complaint).
+    let verify =
+        sb.run(&["sh", "-c", "systemd-analyze verify handover@app.service 2>&1 | grep -v 'Command .man ' || true"])?;
+    ensure!(verify.trim().is_empty(), "systemd-analyze verify handover@app.service: {verify}");
+    // What `sandbox.sh exec` itself costs (nsenter, setpriv, env): part of every wall time
+    // measured below.
+    let mut costs: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            sb.run(&["true"]).map(|_| t.elapsed())
+        })
+        .collect::<R<_>>()?;
+    costs.sort();
+    Ok(vec![
+        version,
+        format!("package {name} installed"),
+        format!("one `sandbox.sh exec` costs {} (median of 5)", ms(costs[2])),
+    ])
+}
+
+fn s1_activation_and_start(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    sb.systemctl(&["stop", UNIT])?;
+    sb.systemctl(&["start", SOCKET])?;
+    ensure!(sb.prop(SOCKET, "SubState")? == "listening", "socket not listening");
+    ensure!(sb.prop(UNIT, "ActiveState")? == "inactive", "service active before any connection");
+    // The first request activates the service and waits in the backlog while it boots.
+    let t0 = Instant::now();
+    let body = http_get(HTTP_PORT, "/", Duration::from_secs(30))?;
+    let first = t0.elapsed();
+    ensure!(body.contains("gen=1 "), "first response is not from generation 1: {body:?}");
+    ensure!(sb.prop(UNIT, "ActiveState")? == "active", "service not active after the first request");
+    ensure!(first >= BOOT, "first request answered in {first:?}, before the workers' boot time");
+
+    // `systemctl start` returns only once every worker of generation 1 is ready.
+    sb.systemctl(&["stop", UNIT])?;
+    let t0 = Instant::now();
+    sb.systemctl(&["start", UNIT])?;
+    let start = t0.elapsed();
+    let st = sb.status()?;
+    let ready = workers(&st).iter().filter(|w| w.state == "ready").count();
+    ensure!(ready == WORKERS, "right after `systemctl start` returned, {ready}/{WORKERS} workers were ready: {st}");
+    let t1 = Instant::now();
+    http_get(HTTP_PORT, "/", Duration::from_secs(5))?;
+    let answer = t1.elapsed();
+    ensure!(start >= BOOT, "systemctl start returned after {start:?}, before the workers could boot");
+    ensure!(answer < Duration::from_millis(500), "a request right after start took {answer:?}");
+    Ok(vec![
+        format!("first request via socket activation answered after {}", ms(first)),
+        format!(
+            "systemctl start took {} (worker boot {}); all {WORKERS} ready when it returned; next request {}",
+            ms(start),
+            ms(BOOT),
+            ms(answer)
+        ),
+    ])
+}
+
+fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let before = sb.status()?;
+    let old_pids = pids(&before);
+    let old_gen = active_gen(&before)?;
+    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
+    load.wait_ok(100)?;
+    let t0 = Instant::now();
+    let out = sb.run_status(&["systemctl", "reload", UNIT])?;
+    let took = t0.elapsed();
+    ensure!(out.status.success(), "systemctl reload failed: {}", text(&out));
+    // Keep the load on until the old generation has drained and exited, and a bit beyond.
+    sb.wait_drained()?;
+    load.wait_more_ok(100)?;
+    let reports = load.stop();
+    let after = sb.status()?;
+    let new_gen = active_gen(&after)?;
+    ensure!(new_gen == old_gen + 1, "generation {old_gen} -> {new_gen}, expected +1");
+    let new_pids = pids(&after);
+    ensure!(old_pids.is_disjoint(&new_pids), "worker pids did not all change: {old_pids:?} -> {new_pids:?}");
+    ensure!(
+        new_pids.len() == WORKERS && workers(&after).iter().all(|w| w.generation < new_gen || w.state == "ready"),
+        "the new generation is not fully ready after the reload returned: {after}"
+    );
+    let info: Value = serde_json::from_str(&http_get(HTTP_PORT, "/info", Duration::from_secs(5))?)
+        .map_err(|e| format!("/info is not JSON: {e}"))?;
+    let env_gen = info["env"]["HANDOVER_GENERATION"].as_str().unwrap_or("").to_owned();
+    ensure!(
+        env_gen == new_gen.to_string(),
+        "a worker's /info shows HANDOVER_GENERATION={env_gen:?}, expected {new_gen}"
+    );
+    ensure!(took >= BOOT, "systemctl reload returned after {took:?}, before the new workers could boot");
+    let mut notes = vec![format!(
+        "systemctl reload: rc 0 in {} = worker boot {} + {} (reload latency); gen {old_gen} -> {new_gen}, pids {old_pids:?} -> {new_pids:?}",
+        ms(took), ms(BOOT), ms(took.saturating_sub(BOOT))
+    )];
+    check_no_failures(&reports, &mut notes)?;
+    for (port, r) in &reports {
+        ensure!(
+            r.bodies_by_gen.contains_key(&old_gen.to_string()) && r.bodies_by_gen.contains_key(&new_gen.to_string()),
+            "load on :{port} did not see both generations: {:?}",
+            r.bodies_by_gen
+        );
+    }
+    Ok(notes)
+}
+
+fn s3_rollback(sb: &mut Sandbox) -> R<Vec<String>> {
+    let mut notes = vec![];
+    for (what, args, boot_timeout, reason) in [
+        ("workers exit at boot", &["--exit-at-boot", "3"][..], None, "exit code 3"),
+        ("workers never send READY=1", &["--never-ready"][..], Some("2s"), "boot_timeout"),
+    ] {
+        sb.reset()?;
+        let before = sb.status()?;
+        let (old_pids, old_gen) = (pids(&before), active_gen(&before)?);
+        sb.write(CONFIG, &app_config(args, boot_timeout))?;
+        let cursor = sb.journal_cursor()?;
+        let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
+        load.wait_ok(50)?;
+        let t0 = Instant::now();
+        let out = sb.run_status(&["systemctl", "reload", UNIT])?;
+        let took = t0.elapsed();
+        sb.wait_drained()?;
+        load.wait_more_ok(50)?;
+        let reports = load.stop();
+        ensure!(!out.status.success(), "{what}: systemctl reload returned 0");
+        let status_text = sb.prop(UNIT, "StatusText")?;
+        ensure!(
+            status_text.contains("last reload failed") && status_text.contains(reason),
+            "{what}: StatusText lacks the reason ({reason}): {status_text:?}"
+        );
+        let shown = sb.run(&["systemctl", "status", "--no-pager", "-n", "0", UNIT])?;
+        ensure!(shown.contains(reason), "{what}: systemctl status does not show the reason: {shown}");
+        let journal = sb.run(&[
+            "journalctl",
+            "-u",
+            UNIT,
+            "--after-cursor",
+            &cursor,
+            "-o",
+            "cat",
+            "HANDOVER_EVENT=reload-failed",
+        ])?;
+        ensure!(
+            journal.contains("rolled back") && journal.contains(reason),
+            "{what}: no reload-failed entry with the reason in the journal: {journal:?}"
+        );
+        ensure!(sb.prop(UNIT, "ActiveState")? == "active", "{what}: the unit is not active after the failed reload");
+        let after = sb.status()?;
+        ensure!(
+            active_gen(&after)? == old_gen && pids(&after) == old_pids,
+            "{what}: the old generation does not serve unchanged: {old_gen} {old_pids:?} -> {after}"
+        );
+        let body = http_get(HTTP_PORT, "/", Duration::from_secs(5))?;
+        ensure!(body.contains(&format!("gen={old_gen} ")), "{what}: answer not from gen {old_gen}: {body}");
+        notes.push(format!(
+            "{what}: systemctl reload rc {} after {}; StatusText {status_text:?}",
+            out.status.code().unwrap_or(-1),
+            ms(took)
+        ));
+        check_no_failures(&reports, &mut notes)?;
+    }
+    sb.write(CONFIG, &app_config(&[], None))?;
+    Ok(notes)
+}
+
+fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let n_store: u32 =
+        sb.prop(UNIT, "NFileDescriptorStore")?.parse().map_err(|e| format!("NFileDescriptorStore: {e}"))?;
+    ensure!(n_store >= 1, "NFileDescriptorStore is {n_store}: handover's own socket is not in the fd store");
+    let inodes = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+    let old_main = sb.prop(UNIT, "MainPID")?;
+    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, false), (ADMIN_PORT, true)])?;
+    load.wait_ok(100)?;
+    let t0 = Instant::now();
+    sb.systemctl(&["restart", UNIT])?;
+    let took = t0.elapsed();
+    load.wait_more_ok(100)?;
+    let reports = load.stop();
+    let new_main = sb.prop(UNIT, "MainPID")?;
+    ensure!(new_main != old_main, "MainPID did not change ({old_main})");
+    let after = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+    ensure!(after == inodes, "listening socket inodes changed across restart: {inodes:?} -> {after:?}");
+    let st = sb.status()?;
+    let admin =
+        st["sockets"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "admin")).cloned().unwrap_or_default();
+    ensure!(
+        admin["origin"] == "systemd",
+        "after restart the admin socket should come from systemd's fd store: {admin}"
+    );
+    let mut notes = vec![
+        format!(
+            "NFileDescriptorStore={n_store}; systemctl restart took {}; MainPID {old_main} -> {new_main}",
+            ms(took)
+        ),
+        format!(
+            "same sockets after restart: inode :{HTTP_PORT}={} (socket unit), :{ADMIN_PORT}={} (fd store)",
+            inodes.0, inodes.1
+        ),
+    ];
+    check_no_failures(&reports, &mut notes)?;
+    Ok(notes)
+}
+
+fn s6_journal(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    sb.systemctl(&["reload", UNIT])?;
+    let main: u32 = sb.prop(UNIT, "MainPID")?.parse().map_err(|e| format!("MainPID: {e}"))?;
+    let st = sb.status()?;
+    let worker_pids = pids(&st);
+    let json = sb.run(&[
+        "journalctl",
+        "-u",
+        UNIT,
+        "-o",
+        "json",
+        "--no-pager",
+        &format!("_SYSTEMD_INVOCATION_ID={}", sb.prop(UNIT, "InvocationID")?),
+    ])?;
+    let entries: Vec<Value> = json.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let field = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).map(str::to_owned);
+    let structured = entries.iter().find(|e| {
+        field(e, "HANDOVER_EVENT").as_deref() == Some("worker-ready")
+            && field(e, "HANDOVER_GENERATION").is_some()
+            && field(e, "HANDOVER_WORKER_PID")
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|p| worker_pids.contains(&p))
+    });
+    let structured = structured.ok_or_else(|| {
+        format!(
+            "no worker-ready entry with HANDOVER_GENERATION and HANDOVER_WORKER_PID of a live worker among {} entries",
+            entries.len()
+        )
+    })?;
+    ensure!(
+        field(structured, "_PID") == Some(main.to_string()),
+        "the structured entry is not from the master (MainPID {main}): {structured}"
+    );
+    ensure!(field(structured, "HANDOVER_NAME").as_deref() == Some("app"), "HANDOVER_NAME missing: {structured}");
+    ensure!(field(structured, "_TRANSPORT").as_deref() == Some("journal"), "not logged natively: {structured}");
+    let worker_line = entries.iter().find(|e| {
+        field(e, "MESSAGE").is_some_and(|m| m.contains("demo-worker gen="))
+            && field(e, "_PID").and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p != main)
+            && field(e, "_SYSTEMD_UNIT").as_deref() == Some(UNIT)
+    });
+    let worker_line = worker_line.ok_or("no line of the workers' own output under the unit")?;
+    let by_field = sb.run(&["journalctl", "-u", UNIT, "-o", "cat", "HANDOVER_EVENT=reload-succeeded"])?;
+    ensure!(by_field.contains("reload succeeded"), "journalctl HANDOVER_EVENT=reload-succeeded found nothing");
+    let events: BTreeSet<String> = entries.iter().filter_map(|e| field(e, "HANDOVER_EVENT")).collect();
+    // Not asserted: warnings handover logged in this invocation, for the reader.
+    let warnings: Vec<String> = entries
+        .iter()
+        .filter(|e| field(e, "HANDOVER_EVENT").is_some() && field(e, "PRIORITY").is_some_and(|p| p.as_str() <= "4"))
+        .map(|e| {
+            format!("{}: {}", field(e, "HANDOVER_EVENT").unwrap_or_default(), field(e, "MESSAGE").unwrap_or_default())
+        })
+        .collect();
+    Ok(vec![
+        format!(
+            "master entry: HANDOVER_EVENT={} HANDOVER_GENERATION={} HANDOVER_WORKER_PID={} _PID={main}",
+            field(structured, "HANDOVER_EVENT").unwrap_or_default(),
+            field(structured, "HANDOVER_GENERATION").unwrap_or_default(),
+            field(structured, "HANDOVER_WORKER_PID").unwrap_or_default()
+        ),
+        format!(
+            "worker line: _PID={} _TRANSPORT={} {:?}",
+            field(worker_line, "_PID").unwrap_or_default(),
+            field(worker_line, "_TRANSPORT").unwrap_or_default(),
+            field(worker_line, "MESSAGE").unwrap_or_default()
+        ),
+        format!("events seen in this invocation: {events:?}"),
+        format!("warnings logged in this invocation: {warnings:?}"),
+    ])
+}
+
+fn s7_kill9(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let inodes = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+    let old_main = sb.prop(UNIT, "MainPID")?;
+    let restarts: u32 = sb.prop(UNIT, "NRestarts")?.parse().map_err(|e| format!("NRestarts: {e}"))?;
+    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, false)])?;
+    load.wait_ok(100)?;
+    let t0 = Instant::now();
+    sb.sh(&format!("kill -9 {old_main}"))?;
+    // Back when a new master runs and all its workers are ready.
+    wait_for("the service to be restarted with all workers ready", Duration::from_secs(30), || {
+        let main = sb.prop(UNIT, "MainPID")?;
+        if main == old_main || main == "0" || sb.prop(UNIT, "ActiveState")? != "active" {
+            return Ok(false);
+        }
+        Ok(sb.status().map(|st| workers(&st).iter().filter(|w| w.state == "ready").count() == WORKERS).unwrap_or(false))
+    })?;
+    let back = t0.elapsed();
+    load.wait_more_ok(100)?;
+    let reports = load.stop();
+    let n: u32 = sb.prop(UNIT, "NRestarts")?.parse().map_err(|e| format!("NRestarts: {e}"))?;
+    ensure!(n == restarts + 1, "NRestarts {restarts} -> {n}, expected one automatic restart");
+    let after = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+    ensure!(after == inodes, "listening sockets changed across the crash: {inodes:?} -> {after:?}");
+    let mut notes = vec![format!(
+        "kill -9 {old_main}: serving again after {} (NRestarts {restarts} -> {n}); sockets kept (inodes {inodes:?})",
+        ms(back)
+    )];
+    for (port, r) in &reports {
+        notes.push(format!(":{port} {} clients: {}", CLIENTS, r.summary()));
+        ensure!(
+            r.failed <= CLIENTS as u64,
+            ":{port}: {} requests failed, more than the {CLIENTS} that can be in flight on the killed workers: {:?}",
+            r.failed,
+            r.failures.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    Ok(notes)
+}
+
+fn s5_notify_reload(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let dropin = "/etc/systemd/system/handover@app.service.d/notify-reload.conf";
+    sb.sh(&format!(
+        "mkdir -p {0} && cp /usr/share/doc/handover/examples/systemd/notify-reload.conf {0}/",
+        "/etc/systemd/system/handover@app.service.d"
+    ))?;
+    let result = (|| -> R<Vec<String>> {
+        sb.systemctl(&["daemon-reload"])?;
+        sb.systemctl(&["restart", UNIT])?;
+        ensure!(sb.prop(UNIT, "Type")? == "notify-reload", "Type is {} with the drop-in", sb.prop(UNIT, "Type")?);
+        let old_gen = active_gen(&sb.status()?)?;
+        let cursor = sb.journal_cursor()?;
+        let load = Loads::start(&[(HTTP_PORT, false)])?;
+        load.wait_ok(50)?;
+        let t0 = Instant::now();
+        let out = sb.run_status(&["systemctl", "reload", UNIT])?;
+        let took = t0.elapsed();
+        sb.wait_drained()?;
+        load.wait_more_ok(50)?;
+        let reports = load.stop();
+        ensure!(out.status.success(), "systemctl reload failed: {}", text(&out));
+        let new_gen = active_gen(&sb.status()?)?;
+        ensure!(new_gen == old_gen + 1, "generation {old_gen} -> {new_gen}");
+        ensure!(took >= BOOT, "systemctl reload returned after {took:?}: it did not wait for the new workers");
+        let sighup = sb.run(&[
+            "journalctl",
+            "-u",
+            UNIT,
+            "--after-cursor",
+            &cursor,
+            "-o",
+            "cat",
+            "HANDOVER_EVENT=reload-requested",
+        ])?;
+        ensure!(sighup.contains("SIGHUP"), "no SIGHUP reload request in the journal: {sighup:?}");
+        let mut notes = vec![format!(
+            "Type=notify-reload: systemctl reload rc 0 in {} (SIGHUP; latency {}), gen {old_gen} -> {new_gen}",
+            ms(took),
+            ms(took.saturating_sub(BOOT))
+        )];
+        check_no_failures(&reports, &mut notes)?;
+        // As documented: a rolled-back reload still ends with READY=1, so systemctl says 0,
+        // and the failure shows in the status line only.
+        sb.write(CONFIG, &app_config(&["--exit-at-boot", "3"], None))?;
+        let out = sb.run_status(&["systemctl", "reload", UNIT])?;
+        let status_text = sb.prop(UNIT, "StatusText")?;
+        ensure!(
+            out.status.success(),
+            "notify-reload: a failed reload returned non-zero, unlike what the docs say: {}",
+            text(&out)
+        );
+        ensure!(
+            status_text.contains("last reload failed"),
+            "notify-reload: failure not in StatusText: {status_text:?}"
+        );
+        notes.push(format!("failed reload under notify-reload: rc 0 (documented), StatusText {status_text:?}"));
+        Ok(notes)
+    })();
+    sb.write(CONFIG, &app_config(&[], None))?;
+    sb.sh(&format!("rm -f {dropin}"))?;
+    sb.systemctl(&["daemon-reload"])?;
+    sb.systemctl(&["restart", UNIT])?;
+    ensure!(sb.prop(UNIT, "Type")? == "notify", "Type not back to notify");
+    result
+}
+
+fn s8_stop_drains(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let slow_ms = 3000u64;
+    let t0 = Instant::now();
+    let stream = http_send(HTTP_PORT, &format!("/sleep?ms={slow_ms}"), Duration::from_secs(20))?;
+    let slow = std::thread::spawn(move || {
+        let r = http_read(stream, HTTP_PORT);
+        (r, Instant::now())
+    });
+    // In flight = accepted by a worker: the request is sent, and the listening socket's
+    // accept queue is empty again.
+    wait_for("a worker to accept the slow request", Duration::from_secs(5), || Ok(accept_queue(HTTP_PORT)? == 0))?;
+    let stop_start = Instant::now();
+    sb.systemctl(&["stop", UNIT])?;
+    let stopped = Instant::now();
+    let (r, answered) = slow.join().map_err(|_| "slow request thread panicked")?;
+    let body = r?;
+    ensure!(body.contains(&format!("slept {slow_ms} ms")), "slow request got {body:?}");
+    ensure!(
+        answered <= stopped,
+        "the unit stopped {} before the in-flight request was answered",
+        ms(answered - stopped)
+    );
+    ensure!(sb.prop(UNIT, "ActiveState")? == "inactive", "unit not inactive after stop");
+    let stop_took = stopped - stop_start;
+    let mut notes = vec![format!(
+        "slow request (/sleep?ms={slow_ms}, sent at 0) answered at {}; systemctl stop issued at {}, returned at {} ({})",
+        ms(answered - t0), ms(stop_start - t0), ms(stopped - t0), ms(stop_took)
+    )];
+    // Default FileDescriptorStorePreserve=restart: the socket listens again and the next
+    // connection activates the service; handover binds its own socket anew.
+    ensure!(
+        sb.prop(SOCKET, "SubState")? == "listening",
+        "socket is {} after stop, not listening",
+        sb.prop(SOCKET, "SubState")?
+    );
+    let body = http_get(HTTP_PORT, "/", Duration::from_secs(30))?;
+    ensure!(body.contains("gen=1 "), "re-activation answered {body:?}");
+    ensure!(sb.prop(UNIT, "ActiveState")? == "active", "not re-activated by its socket");
+    let st = sb.status()?;
+    let admin =
+        st["sockets"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "admin")).cloned().unwrap_or_default();
+    notes.push(format!(
+        "after stop the socket listened again; a request re-activated the service; admin socket origin now {}",
+        admin["origin"]
+    ));
+    Ok(notes)
+}
+
+fn s9_preserve_yes(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let dir = "/etc/systemd/system/handover@app.service.d";
+    sb.write(&format!("{dir}/preserve.conf"), "[Service]\nFileDescriptorStorePreserve=yes\n")?;
+    let result = (|| -> R<Vec<String>> {
+        sb.systemctl(&["daemon-reload"])?;
+        sb.systemctl(&["restart", UNIT])?;
+        sb.systemctl(&["stop", UNIT])?;
+        let sub = sb.prop(UNIT, "SubState")?;
+        let sock = sb.prop(SOCKET, "SubState")?;
+        let stored = sb.prop(UNIT, "NFileDescriptorStore")?;
+        // The bug: the socket does not go back to "listening", and a connection does not
+        // start the service. 3 s is ample: activation took ~1 s (the workers' boot) above.
+        let r = http_get(HTTP_PORT, "/", Duration::from_secs(3));
+        let active = sb.prop(UNIT, "ActiveState")?;
+        let note = format!(
+            "Preserve=yes, after stop: service {sub} (store {stored}), socket {sock}; request: {}; service {active}",
+            match &r {
+                Ok(_) => "answered".to_string(),
+                Err(e) => e.clone(),
+            }
+        );
+        ensure!(r.is_err() && active != "active", "systemd 254 socket-activated a stopped service with a pinned fd store; the documented bug is gone, update the docs: {note}");
+        Ok(vec![note, "documented systemd < 257 bug reproduced; the units leave Preserve at its default".into()])
+    })();
+    sb.sh(&format!("rm -f {dir}/preserve.conf"))?;
+    sb.systemctl(&["daemon-reload"])?;
+    // The documented workaround: start the service explicitly.
+    sb.systemctl(&["start", UNIT])?;
+    sb.systemctl(&["stop", UNIT])?;
+    let _ = sb.run(&["systemctl", "clean", "--what=fdstore", UNIT]);
+    result
+}
+
+fn s10_plain_units(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.systemctl(&["stop", SOCKET, UNIT])?;
+    sb.sh("cp /usr/share/doc/handover/examples/systemd/app.service /usr/share/doc/handover/examples/systemd/app.socket /etc/systemd/system/")?;
+    sb.write(
+        "/etc/systemd/system/app.socket.d/port.conf",
+        &format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{PLAIN_PORT}\n"),
+    )?;
+    let config = format!(
+        "name = \"app\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{PLAIN_PORT}\"\n[workers]\ncommand = [\"/usr/bin/handover\", \"demo-worker\", \"--boot-delay\", \"1s\"]\ncount = 2\n"
+    );
+    sb.write(CONFIG, &config)?;
+    let result = (|| -> R<Vec<String>> {
+        sb.systemctl(&["daemon-reload"])?;
+        sb.systemctl(&["start", "app.socket"])?;
+        ensure!(sb.prop("app.service", "ActiveState")? == "inactive", "app.service active before any connection");
+        let body = http_get(PLAIN_PORT, "/", Duration::from_secs(30))?;
+        ensure!(body.contains("gen=1 "), "activation answered {body:?}");
+        let t0 = Instant::now();
+        sb.systemctl(&["reload", "app.service"])?;
+        let took = t0.elapsed();
+        let body = http_get(PLAIN_PORT, "/", Duration::from_secs(5))?;
+        ensure!(body.contains("gen=2 "), "after reload: {body:?}");
+        sb.systemctl(&["stop", "app.service", "app.socket"])?;
+        Ok(vec![format!("app.socket activated app.service; systemctl reload app.service rc 0 in {}", ms(took))])
+    })();
+    sb.sh("rm -rf /etc/systemd/system/app.service /etc/systemd/system/app.socket /etc/systemd/system/app.socket.d")?;
+    sb.write(CONFIG, &app_config(&[], None))?;
+    sb.systemctl(&["daemon-reload"])?;
+    result
+}
+
+// ------------------------------------------------------------------------------ the app
+
+/// The app's config: the socket unit's socket (http, matched by name) and one handover
+/// binds itself (admin, kept in the fd store); 3 demo workers with a 1 s boot, plus `extra`
+/// worker flags (a broken version).
+fn app_config(extra: &[&str], boot_timeout: Option<&str>) -> String {
+    let mut args = vec!["/usr/bin/handover", "demo-worker", "--boot-delay", "1s"];
+    args.extend_from_slice(extra);
+    let command = args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let boot_timeout = boot_timeout.map(|t| format!("boot_timeout = {t:?}\n")).unwrap_or_default();
+    format!(
+        "name = \"app\"\n\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{HTTP_PORT}\"\n\n\
+         [[listen]]\nname = \"admin\"\naddress = \"127.0.0.1:{ADMIN_PORT}\"\n\n\
+         [workers]\ncommand = [{command}]\ncount = {WORKERS}\ngraceful_timeout = \"10s\"\n{boot_timeout}"
+    )
+}
+
+struct Worker {
+    pid: u32,
+    generation: u64,
+    state: String,
+}
+
+fn workers(status: &Value) -> Vec<Worker> {
+    status["workers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|w| Worker {
+                    pid: w["pid"].as_u64().unwrap_or(0) as u32,
+                    generation: w["generation"].as_u64().unwrap_or(0),
+                    state: w["state"].as_str().unwrap_or("").to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pids of the active generation's workers (draining ones of older generations may
+/// still be listed right after a reload).
+fn pids(status: &Value) -> BTreeSet<u32> {
+    let active = active_gen(status).unwrap_or(0);
+    workers(status).iter().filter(|w| w.generation == active).map(|w| w.pid).collect()
+}
+
+/// The generation whose role is "active".
+fn active_gen(status: &Value) -> R<u64> {
+    status["generations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["role"] == "active"))
+        .and_then(|g| g["generation"].as_u64())
+        .ok_or_else(|| format!("no active generation in {status}"))
+}
+
+// ------------------------------------------------------------------------------ load
+
+/// Load generators against several ports (one per entry), started and stopped together.
+struct Loads {
+    handles: Vec<(u16, LoadHandle)>,
+}
+
+impl Loads {
+    fn start(targets: &[(u16, bool)]) -> R<Loads> {
+        let mut handles = vec![];
+        for &(port, keep_alive) in targets {
+            let mut spec = LoadSpec::new(Target::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+            spec.clients = CLIENTS;
+            spec.keep_alive = keep_alive;
+            // Long enough to sit out a restart (drain + boot) in the backlog.
+            spec.request_timeout = Duration::from_secs(20);
+            spec.max_duration = Duration::from_secs(90);
+            handles.push((port, loadgen::start(spec).map_err(|e| format!("load on :{port}: {e}"))?));
+        }
+        Ok(Loads { handles })
+    }
+
+    fn ok(&self) -> Vec<u64> {
+        self.handles.iter().map(|(_, h)| h.snapshot().1).collect()
+    }
+
+    /// Waits until every generator has `n` successful requests.
+    fn wait_ok(&self, n: u64) -> R {
+        wait_for(&format!("{n} successful requests per load generator"), Duration::from_secs(30), || {
+            Ok(self.ok().iter().all(|&ok| ok >= n))
+        })
+    }
+
+    /// Waits until every generator has `n` more successful requests than now: the load
+    /// goes on after the operation under test, so a late failure would be seen.
+    fn wait_more_ok(&self, n: u64) -> R {
+        let base = self.ok();
+        wait_for(&format!("{n} more successful requests per load generator"), Duration::from_secs(30), || {
+            Ok(self.ok().iter().zip(&base).all(|(&ok, &b)| ok >= b + n))
+        })
+    }
+
+    fn stop(self) -> Vec<(u16, LoadReport)> {
+        self.handles.into_iter().map(|(port, h)| (port, h.stop())).collect()
+    }
+}
+
+fn check_no_failures(reports: &[(u16, LoadReport)], notes: &mut Vec<String>) -> R {
+    for (port, r) in reports {
+        notes.push(format!(":{port}: {}", r.summary()));
+    }
+    for (port, r) in reports {
+        ensure!(
+            r.failed == 0,
+            ":{port}: {} of {} requests failed: {:?}",
+            r.failed,
+            r.sent,
+            r.failures.iter().take(5).collect::<Vec<_>>()
+        );
+        ensure!(r.ok > 0, ":{port}: no request succeeded");
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ host side
+
+/// One `GET path` on a new connection (`Connection: close`); the body of a 200, else Err.
+fn http_get(port: u16, path: &str, timeout: Duration) -> R<String> {
+    http_read(http_send(port, path, timeout)?, port)
+}
+
+/// Connects and sends `GET path` (`Connection: close`); reads time out after `timeout`.
+fn http_send(port: u16, path: &str, timeout: Duration) -> R<TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect :{port}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("GET {path} on :{port}: write: {e}"))?;
+    Ok(s)
+}
+
+/// Reads the whole response; the body of a 200, else Err.
+fn http_read(mut s: TcpStream, port: u16) -> R<String> {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("GET on :{port}: read: {e}"))?;
+    let resp = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| format!("GET on :{port}: no response ({resp:?})"))?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET on :{port}: {}", head.lines().next().unwrap_or(""));
+    Ok(body.to_owned())
+}
+
+/// The listening TCP socket on 127.0.0.1:`port` in /proc/net/tcp (the container shares the
+/// host's network namespace): (inode, accept queue length).
+fn listen_entry(port: u16) -> R<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").map_err(|e| format!("/proc/net/tcp: {e}"))?;
+    let local = format!("0100007F:{port:04X}");
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+        if f.len() > 9 && f[1] == local && f[3] == "0A" {
+            let rx = f[4].split_once(':').map(|(_, rx)| u64::from_str_radix(rx, 16).unwrap_or(0)).unwrap_or(0);
+            let inode = f[9].parse().map_err(|e| format!("inode {:?}: {e}", f[9]))?;
+            return Ok((inode, rx));
+        }
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port}"))
+}
+
+fn listen_inode(port: u16) -> R<u64> {
+    listen_entry(port).map(|(inode, _)| inode)
+}
+
+/// Connections waiting to be accepted on 127.0.0.1:`port`.
+fn accept_queue(port: u16) -> R<u64> {
+    listen_entry(port).map(|(_, rx)| rx)
+}
+
+/// Polls `cond` every 50 ms until it holds, or fails after `limit` naming `what`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> R<bool>) -> R {
+    let deadline = Instant::now() + limit;
+    let mut last_err = String::new();
+    loop {
+        match cond() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {limit:?} waiting for {what}{}",
+                if last_err.is_empty() { String::new() } else { format!(" (last error: {last_err})") }
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}ms", d.as_secs_f64() * 1000.0)
+}
+
+fn text(o: &Output) -> String {
+    format!("exit {:?}; {}{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Builds the .deb from the binary cargo built for this test.
+fn build_deb(root: &Path) -> PathBuf {
+    let out = Command::new(root.join("packaging/build-deb.sh"))
+        .arg("--no-build")
+        .env("HANDOVER_BIN", env!("CARGO_BIN_EXE_handover"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running packaging/build-deb.sh");
+    assert!(out.status.success(), "packaging/build-deb.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+// ------------------------------------------------------------------------------ container
+
+/// The container (tests/e2e/sandbox.sh); powered off on drop.
+struct Sandbox {
+    script: PathBuf,
+    boot_secs: f64,
+}
+
+impl Sandbox {
+    fn up(root: &Path, deb_dir: &Path) -> Sandbox {
+        let script = root.join("tests/e2e/sandbox.sh");
+        // Created first, so that a failed `up` is torn down too (Drop).
+        let mut sb = Sandbox { script: script.clone(), boot_secs: 0.0 };
+        let out = Command::new(&script)
+            .arg("up")
+            .env("E2E_BIND", format!("{}:/mnt/deb", deb_dir.display()))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/e2e/sandbox.sh up");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        eprintln!("sandbox: {line}");
+        assert!(out.status.success(), "tests/e2e/sandbox.sh up failed");
+        sb.boot_secs = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("boot_s="))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+        sb
+    }
+
+    /// Runs `argv` in the container; the whole Output.
+    fn run_status(&self, argv: &[&str]) -> R<Output> {
+        self.run_input(argv, None)
+    }
+
+    fn run_input(&self, argv: &[&str], input: Option<&str>) -> R<Output> {
+        let mut cmd = Command::new(&self.script);
+        cmd.arg("exec").args(argv).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("sandbox exec: {e}"))?;
+        if let Some(data) = input {
+            let mut stdin = child.stdin.take().ok_or("stdin")?;
+            stdin.write_all(data.as_bytes()).map_err(|e| format!("sandbox exec stdin: {e}"))?;
+        }
+        // Read both pipes while waiting (journalctl output can exceed a pipe buffer).
+        let mut pipes = [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        let readers: Vec<_> = pipes
+            .iter_mut()
+            .map(|p| {
+                let mut p = p.take();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    if let Some(p) = p.as_mut() {
+                        let _ = p.read_to_end(&mut buf);
+                    }
+                    buf
+                })
+            })
+            .collect();
+        // Every command has a deadline: systemctl itself waits at most TimeoutStartSec=
+        // (90s), so this only catches a harness that hangs.
+        let deadline = Instant::now() + EXEC_DEADLINE;
+        let status = loop {
+            match child.try_wait().map_err(|e| format!("sandbox exec: {e}"))? {
+                Some(st) => break st,
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "`{}` in the container did not finish within {EXEC_DEADLINE:?}",
+                        argv.join(" ")
+                    ));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
+        Ok(Output { status, stdout: out.next().unwrap_or_default(), stderr: out.next().unwrap_or_default() })
+    }
+
+    /// Runs `argv`; its stdout, or Err with everything if it failed.
+    fn run(&self, argv: &[&str]) -> R<String> {
+        let out = self.run_status(argv)?;
+        ensure!(out.status.success(), "`{}` in the container: {}", argv.join(" "), text(&out));
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    }
+
+    fn sh(&self, script: &str) -> R<String> {
+        self.run(&["sh", "-c", script])
+    }
+
+    fn systemctl(&self, args: &[&str]) -> R<String> {
+        let mut argv = vec!["systemctl"];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+
+    fn prop(&self, unit: &str, prop: &str) -> R<String> {
+        self.run(&["systemctl", "show", "-P", prop, unit])
+    }
+
+    /// Writes a file in the container (creating its directory).
+    fn write(&self, path: &str, content: &str) -> R {
+        let dir = Path::new(path).parent().and_then(Path::to_str).unwrap_or("/");
+        let out = self.run_input(&["sh", "-c", &format!("mkdir -p {dir} && cat > {path}")], Some(content))?;
+        ensure!(out.status.success(), "writing {path}: {}", text(&out));
+        Ok(())
+    }
+
+    /// `handover status --json` of the app.
+    fn status(&self) -> R<Value> {
+        let out = self.run(&["handover", "status", "--json", "-c", CONFIG])?;
+        serde_json::from_str(&out).map_err(|e| format!("handover status --json: {e}: {out}"))
+    }
+
+    fn journal_cursor(&self) -> R<String> {
+        let out = self.run(&["journalctl", "-u", UNIT, "-n", "1", "--show-cursor", "-o", "cat", "--no-pager"])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("-- cursor: "))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no cursor in {out:?}"))
+    }
+
+    /// Brings the app to a known state: the good config, the socket listening, the service
+    /// active with every worker ready, failure counters reset. (Scenarios change the config
+    /// only for reloads that fail, so a running service always runs the good one.)
+    fn reset(&mut self) -> R {
+        self.write(CONFIG, &app_config(&[], None))?;
+        // Also resets the start rate limit: the scenarios start the unit often.
+        let _ = self.run(&["systemctl", "reset-failed", UNIT, SOCKET]);
+        self.systemctl(&["start", SOCKET])?;
+        if self.prop(UNIT, "ActiveState")? != "active" {
+            self.systemctl(&["start", UNIT])?;
+        }
+        wait_for("every worker ready", Duration::from_secs(20), || {
+            let st = self.status()?;
+            let w = workers(&st);
+            Ok(w.len() == WORKERS && w.iter().all(|w| w.state == "ready"))
+        })
+    }
+
+    /// Waits until only the active generation's workers are left (the others drained).
+    fn wait_drained(&self) -> R {
+        wait_for("the other generations' workers to exit", Duration::from_secs(20), || {
+            let st = self.status()?;
+            let active = active_gen(&st)?;
+            Ok(workers(&st).iter().all(|w| w.generation == active))
+        })
+    }
+
+    fn dump_journal(&self) {
+        if let Ok(j) = self.run(&["journalctl", "-u", UNIT, "-u", SOCKET, "-n", "40", "--no-pager"]) {
+            eprintln!("--- last journal lines:\n{j}");
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).arg("down").stdout(Stdio::null()).status();
+    }
+}
