@@ -70,6 +70,8 @@ fn reload_under_load_loses_nothing_and_has_no_hole() {
     assert!(after.iter().all(|p| !before.contains(p)), "new pids after reload");
     let (_, body) = http_get(d.addr, "/");
     assert_eq!(generation_of(&body), Some(3), "{body}");
+    // Draining workers say STOPPING=1 and exit: their words must be heard before their exit.
+    assert!(!d.log().contains("not a worker"), "a worker's last message was taken for a stranger's:\n{}", d.log());
 }
 
 fn failed_reload(worker_args: &[&str], expect_in_error: &str) {

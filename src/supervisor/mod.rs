@@ -177,7 +177,16 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                sig = signals.recv() => self.on_signal(sig),
+                sig = signals.recv() => {
+                    if sig == SignalEvent::Child {
+                        // What a worker said before it died (STOPPING=1, say) is already
+                        // queued: hear it before the exit, not after as a stranger's.
+                        while let Ok(Some(d)) = notify_server.try_recv() {
+                            self.on_datagram(Ok(d));
+                        }
+                    }
+                    self.on_signal(sig)
+                }
                 datagram = notify_server.recv() => self.on_datagram(datagram),
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 () = timer => self.dispatch(Event::Tick),

@@ -69,6 +69,15 @@ impl NotifyServer {
         &self.path
     }
 
+    /// The next datagram if one is already queued, without waiting.
+    pub fn try_recv(&self) -> io::Result<Option<Result<Datagram, Rejected>>> {
+        match receive(self.fd.get_ref()) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits for the next datagram.
     pub async fn recv(&self) -> io::Result<Result<Datagram, Rejected>> {
         loop {
@@ -187,5 +196,9 @@ mod tests {
         assert!(got.expect_err("rejected").reason.contains("longer"));
         client.send_to(b"READY=1", &path).expect("still works after garbage");
         assert!(server.recv().await.expect("recv").is_ok());
+        assert!(server.try_recv().expect("try_recv").is_none(), "nothing queued");
+        client.send_to(b"STOPPING=1", &path).expect("send");
+        let queued = server.try_recv().expect("try_recv").expect("queued").expect("accepted");
+        assert_eq!(queued.messages, vec![WorkerMessage::Stopping]);
     }
 }
