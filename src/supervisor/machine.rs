@@ -458,7 +458,7 @@ impl Machine {
         requester: Option<RequestId>,
         fx: &mut Vec<Effect>,
     ) {
-        match &mut self.phase {
+        match &self.phase {
             Phase::Stopping { .. } => {
                 if let Some(r) = requester {
                     fx.push(done(r, Outcome::error("the daemon is stopping")));
@@ -467,10 +467,15 @@ impl Machine {
             Phase::Starting | Phase::Reloading(_) => {
                 // Coalesce: one reload runs after the current operation, with the newest
                 // config; every waiter gets its result.
-                let pending =
-                    self.pending_reload.get_or_insert(PendingReload { config: config.clone(), waiters: vec![] });
-                pending.config = config;
-                pending.waiters.extend(requester);
+                match &mut self.pending_reload {
+                    Some(pending) => {
+                        pending.config = config;
+                        pending.waiters.extend(requester);
+                    }
+                    None => {
+                        self.pending_reload = Some(PendingReload { config, waiters: requester.into_iter().collect() })
+                    }
+                }
                 fx.push(log(
                     Level::Info,
                     "reload-queued",
