@@ -51,6 +51,7 @@ fn ready_is_sent_only_after_the_workers_are_ready_then_status_and_stopping() {
         "READY=1 before the workers booted: {:?}",
         ready.at - started
     );
+    assert_eq!(ready.get("STATUS"), Some("gen 1: 3/3 ready"), "the status line travels with READY=1");
     let (code, _) = http_get(d.addr, "/");
     assert_eq!(code, 200, "serving once READY=1 was sent");
     let statuses: Vec<String> = d.notify.all().iter().filter_map(|n| n.get("STATUS").map(str::to_string)).collect();
@@ -170,20 +171,22 @@ fn the_daemon_runs_without_systemd_too() {
 #[test]
 fn the_daemon_pings_systemds_watchdog_at_half_the_interval_and_writes_its_pidfile() {
     let opts = Options {
-        systemd_watchdog: Some(Duration::from_millis(400)),
+        systemd_watchdog: Some(Duration::from_secs(1)),
         extra: "pidfile = \"app.pid\"\n".into(),
         ..Options::default()
     };
     let mut d = Daemon::start(opts);
     let pidfile = d.dir.path().join("app.pid");
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), d.pid().to_string());
-    d.notify.wait_until("5 WATCHDOG=1 pings", Duration::from_secs(10), |all| {
-        all.iter().filter(|n| n.get("WATCHDOG") == Some("1")).count() >= 5
+    d.notify.wait_until("4 WATCHDOG=1 pings", Duration::from_secs(10), |all| {
+        all.iter().filter(|n| n.get("WATCHDOG") == Some("1")).count() >= 4
     });
     let pings: Vec<Instant> = d.notify.all().iter().filter(|n| n.get("WATCHDOG") == Some("1")).map(|n| n.at).collect();
     let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
-    // WATCHDOG_USEC/2 = 200 ms; never as late as the full interval.
-    assert!(gaps.iter().all(|g| *g < Duration::from_millis(400)), "pings too far apart: {gaps:?}");
+    // Pinged every WATCHDOG_USEC/2 = 500 ms; systemd aborts a service whose pings are a full
+    // interval apart, so that is the bound (the other half is slack for a loaded machine).
+    assert!(gaps.iter().all(|g| *g < Duration::from_secs(1)), "pings too far apart: {gaps:?}");
+    assert!(gaps.iter().any(|g| *g >= Duration::from_millis(300)), "not a busy loop: {gaps:?}");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
     assert!(!pidfile.exists(), "pidfile removed at exit");

@@ -383,8 +383,12 @@ impl Daemon {
         produced
     }
 
-    fn notify_systemd(&self, messages: &[SystemdMessage]) {
+    fn notify_systemd(&mut self, messages: &[SystemdMessage]) {
         let mut states = Vec::new();
+        // A lifecycle change carries the status line in the same datagram, so systemctl
+        // status is never a step behind READY=1/RELOADING=1/STOPPING=1.
+        let lifecycle = messages.iter().any(|m| !matches!(m, SystemdMessage::ExtendTimeout(_)));
+        let line = self.machine.status_line();
         for m in messages {
             match m {
                 SystemdMessage::Ready => states.push(NotifyState::Ready),
@@ -398,8 +402,14 @@ impl Daemon {
                 }
             }
         }
+        if lifecycle {
+            states.push(NotifyState::Status(&line));
+        }
         if let Err(e) = self.notifier.send(&states) {
             logging::event(Level::Warn, "notify-error", format!("notifying systemd: {e}"));
+        }
+        if lifecycle {
+            self.last_status = line;
         }
     }
 
