@@ -1,30 +1,26 @@
 """gunicorn settings for the benchmark, used both for plain gunicorn (-w 4, kill -HUP) and for
 the `gunicorn --preload -w 1` workers under handover.
 
-Readiness: each gunicorn *worker* sends READY=1 to $NOTIFY_SOCKET once the app is imported
-(post_worker_init), so a notify-type supervisor learns when that process really serves.
-gunicorn's arbiter also sends READY=1 by itself as soon as it has its sockets, which is
-before its worker has imported anything unless --preload is given; to keep that early
-message away from the supervisor, the arbiter's NOTIFY_SOCKET is moved aside here (this
-file is executed in the arbiter before it starts, and again on every HUP).
+Readiness is the README's recipe, verbatim (tests/readme_gunicorn.rs checks it): each
+gunicorn *worker* sends READY=1 once the app is imported (post_worker_init), and gunicorn's
+arbiter, which would announce READY=1 as soon as it has its sockets, never sees
+NOTIFY_SOCKET. This file is executed in the arbiter before it starts, and again on every HUP
+(NOTIFY_SOCKET is gone by then; HANDOVER_NOTIFY_SOCKET stays).
 """
-import os
-import socket
+import os, socket
 
-_notify = os.environ.pop("NOTIFY_SOCKET", None)
-if _notify:
-    os.environ["BENCH_NOTIFY_SOCKET"] = _notify
+# gunicorn's arbiter sends READY=1 itself as soon as it has its sockets, before any worker
+# has imported the app: keep NOTIFY_SOCKET away from it, for the worker to use.
+if "NOTIFY_SOCKET" in os.environ:
+    os.environ["HANDOVER_NOTIFY_SOCKET"] = os.environ.pop("NOTIFY_SOCKET")
 
+def post_worker_init(worker):
+    addr = os.environ.get("HANDOVER_NOTIFY_SOCKET")
+    if addr:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"READY=1", addr)
+
+# The benchmark's own settings.
 worker_class = "sync"
 graceful_timeout = 10
 loglevel = "warning"
-
-
-def post_worker_init(worker):
-    addr = os.environ.get("BENCH_NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(f"READY=1\nSTATUS=gunicorn worker {os.getpid()} serves".encode(), addr)
