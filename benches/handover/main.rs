@@ -117,6 +117,15 @@ fn parse_args() -> Result<Option<Options>> {
 }
 
 fn main() {
+    // The hidden helper mode of scenario 5's baseline (see master::spawn_baseline_main).
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, n, notify, how] = args.as_slice() {
+        if mode == "--spawn-baseline" {
+            let n = n.parse().unwrap_or(0);
+            let confirm = how == "confirm-exec";
+            std::process::exit(master::spawn_baseline_main(n, std::path::Path::new(notify), confirm));
+        }
+    }
     let opts = match parse_args() {
         Ok(Some(o)) => o,
         Ok(None) => return,

@@ -1,13 +1,20 @@
 //! Scenarios 5 and 6: what the master costs (RSS, idle CPU and wake-ups, spawn-to-ready rate
 //! against a plain fork+exec baseline), and reloads of 512 workers under load.
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::harness::{clock_ticks_per_sec, context_switches, cpu_ticks, rss_kib, Handover, WorkerSetup};
+use crate::harness::{
+    clock_ticks_per_sec, context_switches, cpu_ticks, handover_bin, listen_loopback, pass_fd_as_3, rss_kib,
+    run_bounded, Handover, NotifySink, WorkerSetup,
+};
 use crate::stats::{self, median, Counts, Window};
-use crate::throughput::ByHand;
 
 /// The scale of scenarios 5 (spawn rate) and 6.
 pub const MANY: usize = 512;
@@ -47,8 +54,12 @@ pub struct Idle {
 pub struct SpawnRate {
     /// Workers.
     pub workers: usize,
-    /// Baseline: fork+exec loop to the last READY=1, seconds, per round.
+    /// Baseline: a fresh process's fork+exec loop to the last READY=1, seconds, per round.
     pub baseline_s: Vec<f64>,
+    /// The same loop confirming each exec before the next fork (as handover does), per round.
+    pub confirmed_s: Vec<f64>,
+    /// Median workers/s of the confirming loop.
+    pub confirmed_rate: f64,
     /// `handover run` launched to its READY=1 to systemd, seconds, per round.
     pub handover_s: Vec<f64>,
     /// Median workers/s of the baseline.
@@ -142,12 +153,122 @@ fn wait_workers(h: &Handover, n: usize, timeout: Duration) -> Result<()> {
     }
 }
 
-fn baseline_spawn(n: usize) -> Result<Duration> {
+/// The baseline: a fresh, small process (this benchmark's binary in its hidden
+/// `--spawn-baseline` mode, see [`spawn_baseline_main`]) that fork+execs the same `n` demo
+/// workers on the same kind of socket and waits for their `n` READY=1: what handover does
+/// at start, without anything else.
+fn baseline_spawn(n: usize, confirm_exec: bool) -> Result<Duration> {
+    let dir = tempfile::Builder::new().prefix("baseline-bench-").tempdir()?;
+    let listener = listen_loopback(1024)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--spawn-baseline").arg(n.to_string()).arg(dir.path().join("notify"));
+    cmd.arg(if confirm_exec { "confirm-exec" } else { "plain" });
+    pass_fd_as_3(&mut cmd, listener.as_raw_fd());
+    let out = run_bounded("spawn baseline", cmd, Duration::from_secs(180))?;
+    if out.code != 0 {
+        bail!("spawn baseline failed ({}): {}{}", out.code, out.stdout, out.stderr);
+    }
+    let secs: f64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ready_after_s="))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("spawn baseline said: {}", out.stdout))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The hidden `--spawn-baseline N NOTIFY_PATH plain|confirm-exec` mode, run with the
+/// listening socket as fd 3: fork+exec `handover demo-worker` N times (each in its own
+/// process group, `LISTEN_FDS=1`, `NOTIFY_SOCKET` = a socket of ours), wait for N READY=1,
+/// print the time from the first fork to the last READY=1, then stop them (SIGTERM, SIGKILL
+/// after 30 s) and reap them. With `confirm-exec`, each fork waits until its child's
+/// `execve` succeeded (EOF on a close-on-exec pipe) before the next, as handover does to
+/// report exec failures synchronously.
+pub fn spawn_baseline_main(n: usize, notify: &Path, confirm_exec: bool) -> i32 {
+    let sink = match NotifySink::bind(notify) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("spawn baseline: {e:#}");
+            return 1;
+        }
+    };
+    // Everything the children need, prepared before the first fork.
+    let Ok(prog) = CString::new(handover_bin().as_os_str().as_bytes()) else { return 1 };
+    let Ok(arg1) = CString::new("demo-worker") else { return 1 };
+    let argv = [prog.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let env: Vec<CString> =
+        ["LISTEN_FDS=1".to_owned(), "LISTEN_FDNAMES=http".to_owned(), format!("NOTIFY_SOCKET={}", notify.display())]
+            .into_iter()
+            .filter_map(|v| CString::new(v).ok())
+            .collect();
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
     let started = Instant::now();
-    let workers = ByHand::spawn(n, &[])?;
-    let last = workers.wait_ready(Duration::from_secs(120))?;
-    workers.stop(Duration::from_secs(60));
-    Ok(last - started)
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut pipe = [-1; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if confirm_exec && unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            eprintln!("spawn baseline: pipe2: {}", std::io::Error::last_os_error());
+            break;
+        }
+        // SAFETY: between fork and execve the child only calls async-signal-safe functions
+        // (setpgid, execve, _exit) on memory prepared before the fork.
+        let pid = unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::setpgid(0, 0);
+                libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127);
+            }
+            pid
+        };
+        if confirm_exec {
+            let mut byte = [0u8; 1];
+            // SAFETY: our own pipe fds; the read returns 0 (EOF) once the child's execve closed
+            // its copy of the write end, or at once if the fork failed.
+            unsafe {
+                libc::close(pipe[1]);
+                libc::read(pipe[0], byte.as_mut_ptr().cast(), 1);
+                libc::close(pipe[0]);
+            }
+        }
+        if pid < 0 {
+            eprintln!("spawn baseline: fork: {}", std::io::Error::last_os_error());
+            break;
+        }
+        pids.push(pid);
+    }
+    let ready = sink.wait_count("READY=1", n, Duration::from_secs(120));
+    let code = match &ready {
+        Ok(at) => {
+            println!("ready_after_s={:.6}", (*at - started).as_secs_f64());
+            0
+        }
+        Err(e) => {
+            eprintln!("spawn baseline: {e:#}");
+            1
+        }
+    };
+    for &pid in &pids {
+        crate::harness::signal(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left: Vec<i32> = pids;
+    while !left.is_empty() {
+        // SAFETY: waitpid on our own children, without blocking.
+        left.retain(|&pid| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+        if Instant::now() >= deadline {
+            for &pid in &left {
+                crate::harness::signal_group(pid, libc::SIGKILL);
+                // SAFETY: as above, now blocking: SIGKILL cannot be ignored.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+            break;
+        }
+        std::thread::sleep(crate::harness::POLL);
+    }
+    code
 }
 
 fn scale_reload(h: &Handover, strategy: &str, surge: usize, keep_alive: bool) -> Result<ScaleRun> {
@@ -182,6 +303,7 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
     let mut rss = Vec::new();
     let mut idle = None;
     let mut baseline_s = Vec::new();
+    let mut confirmed_s = Vec::new();
     let mut handover_s = Vec::new();
     if cost {
         for n in [4, IDLE_WORKERS] {
@@ -201,9 +323,15 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
     let rounds = if cost { SPAWN_ROUNDS } else { 1 };
     for round in 0..rounds {
         if cost {
-            let b = baseline_spawn(MANY)?;
-            eprintln!("  fork+exec of {MANY} demo workers to the last READY=1: {:.2}s", b.as_secs_f64());
+            let b = baseline_spawn(MANY, false)?;
+            let c = baseline_spawn(MANY, true)?;
+            eprintln!(
+                "  fork+exec of {MANY} demo workers to the last READY=1: {:.2}s; confirming each exec: {:.2}s",
+                b.as_secs_f64(),
+                c.as_secs_f64()
+            );
             baseline_s.push(b.as_secs_f64());
+            confirmed_s.push(c.as_secs_f64());
         }
         let (h, ready) = Handover::start(&setup, Duration::from_secs(180))?;
         eprintln!("  handover with {MANY} workers: READY=1 after {:.2}s", ready.as_secs_f64());
@@ -242,6 +370,8 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
         let (b, o) = (median(baseline_s.clone()), median(handover_s.clone()));
         let spawn = SpawnRate {
             workers: MANY,
+            confirmed_rate: MANY as f64 / median(confirmed_s.clone()),
+            confirmed_s,
             baseline_rate: MANY as f64 / b,
             handover_rate: MANY as f64 / o,
             ratio: b / o,

@@ -217,7 +217,7 @@ pub struct FailedReload {
     pub version: String,
     /// Human-readable server set-up.
     pub server: String,
-    /// Request counts from the trigger to the end of the window.
+    /// Request counts over the run: 1 s of steady load, the trigger, and the window after it.
     pub counts: Counts,
     /// Exit code of `handover reload` (1 = rolled back), or of gunicorn's master if it died.
     pub exit: Option<i32>,
