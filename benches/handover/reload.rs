@@ -1,13 +1,15 @@
 //! Scenarios 1 and 2: reloads under continuous HTTP load, successful and failed, for handover
 //! and, on the same WSGI app in the same run, for gunicorn's `kill -HUP`.
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::gunicorn::{set_version, Gunicorn, Python};
-use crate::harness::{listen_loopback, Handover, WorkerSetup};
+use crate::harness::{listen_loopback, pass_fd_as_3, Handover, NotifySink, Proc, WorkerSetup};
 use crate::stats::{self, Counts, Window};
 
 /// Load clients in every reload scenario.
@@ -98,6 +100,10 @@ pub struct ReloadRun {
     pub reload_exit: Option<i32>,
     /// The steady-state window just before the trigger.
     pub steady: Window,
+    /// The control window after the reload window (handover only): steady load while the
+    /// same new worker processes boot and stop beside the serving ones, on another socket,
+    /// so without any hand-over: what the reload costs the machine, minus the switch.
+    pub control: Option<Window>,
     /// From the trigger to the end of the reload window.
     pub during: Window,
     /// Start of the timeline relative to the trigger, seconds (negative).
@@ -188,6 +194,17 @@ pub fn reload_under_load(server: Server, app: &App<'_>, keep_alive: bool) -> Res
     };
     let end = (trigger + window).max(done + TAIL);
     sleep_until(t0, end);
+    // The control comes after the reload, so that the plot's steady state before the
+    // trigger is plain steady state for every server.
+    let control = match server {
+        Server::Handover(..) => {
+            let (from, stopped) = control_boot(app, &version_file, t0)?;
+            let to = (from + window).max(stopped + TAIL);
+            sleep_until(t0, to);
+            Some((from, to))
+        }
+        Server::GunicornHup => None,
+    };
     let report = load.stop();
     stop_server(running)?;
     let from = trigger.saturating_sub(STEADY);
@@ -200,6 +217,7 @@ pub fn reload_under_load(server: Server, app: &App<'_>, keep_alive: bool) -> Res
         reload_s: (done - trigger).as_secs_f64(),
         reload_exit: exit,
         steady: Window::of(&report, trigger.saturating_sub(window), trigger),
+        control: control.map(|(from, to)| Window::of(&report, from, to)),
         during: Window::of(&report, trigger, end),
         timeline_from_s: -STEADY.as_secs_f64(),
         timeline: stats::timeline(&report, from, end, BUCKET),
@@ -208,6 +226,54 @@ pub fn reload_under_load(server: Server, app: &App<'_>, keep_alive: bool) -> Res
         bail!("{} {}: the new version never answered: {:?}", run.server, run.clients, run.counts);
     }
     Ok(run)
+}
+
+/// The control of a handover reload: boots the same `WORKERS` new worker processes a reload
+/// would (same command, same app, same version), beside the serving generation but on a
+/// socket of their own that nobody connects to, waits until they all said READY=1, then
+/// stops them as a reload stops the old generation (SIGTERM) and waits for their exit.
+/// Returns when it began and when the last one had exited, as offsets from `t0`.
+fn control_boot(app: &App<'_>, version_file: &Path, t0: Instant) -> Result<(Duration, Duration)> {
+    let dir = tempfile::Builder::new().prefix("control-bench-").tempdir()?;
+    let sink = NotifySink::bind(&dir.path().join("notify"))?;
+    let dummy = listen_loopback(16)?;
+    let log = std::fs::File::create(dir.path().join("control.log"))?;
+    let from = t0.elapsed();
+    let mut procs = Vec::new();
+    for slot in 0..WORKERS {
+        let setup = match app {
+            App::Gunicorn(py) => py.handover_workers(WORKERS, version_file),
+            App::Demo => WorkerSetup::demo(WORKERS, &["--boot-delay", "2s"]),
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+            .args(&setup.command)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "http")
+            .env("NOTIFY_SOCKET", &sink.path)
+            .env("HANDOVER_GENERATION", "control")
+            .env("HANDOVER_WORKER_SLOT", slot.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?);
+        if let Some(wd) = &setup.working_directory {
+            cmd.current_dir(wd);
+        }
+        pass_fd_as_3(&mut cmd, dummy.as_raw_fd());
+        procs.push(Proc::spawn("control worker", cmd)?);
+    }
+    sink.wait_count("READY=1", WORKERS, Duration::from_secs(60))?;
+    for p in &procs {
+        p.signal(libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in &mut procs {
+        if p.wait_until(deadline).is_none() {
+            bail!("a control worker did not exit on SIGTERM");
+        }
+    }
+    Ok((from, t0.elapsed()))
 }
 
 /// Scenario 2: a reload to a version that cannot serve.

@@ -239,10 +239,17 @@ impl Results {
                 r.counts.failed == 0 && r.reload_exit == Some(0),
                 format!("{} sent, {} failed, exit {:?}", r.counts.sent, r.counts.failed, r.reload_exit),
             );
+            let reference = r.control.as_ref().map_or(r.steady.gap_ms, |c| c.gap_ms.max(r.steady.gap_ms));
             check(
                 format!("{name}: no hole longer than steady state"),
-                hole_ok(r.during.gap_ms, r.steady.gap_ms),
-                format!("longest gap {:.1} ms during the reload, {:.1} ms steady", r.during.gap_ms, r.steady.gap_ms),
+                hole_ok(r.during.gap_ms, reference),
+                format!(
+                    "longest gap {:.1} ms during the reload; {:.1} ms steady, {:.1} ms steady with the new processes \
+                     booting and stopping beside (control)",
+                    r.during.gap_ms,
+                    r.steady.gap_ms,
+                    r.control.as_ref().map_or(f64::NAN, |c| c.gap_ms)
+                ),
             );
         }
         for r in self.failed_reloads.iter().filter(|r| r.server.starts_with("handover")) {
@@ -351,7 +358,7 @@ fn thousands(n: u64) -> String {
 /// One line per scenario-1 run, for the console.
 pub fn reload_line(r: &ReloadRun) -> String {
     format!(
-        "  {} [{}]: reload {:.2}s exit {:?}; sent {} failed {} retried {}; gap steady {:.1}ms -> reload {:.1}ms; top gaps {:?}; \
+        "  {} [{}]: reload {:.2}s exit {:?}; sent {} failed {} retried {}; gap steady {:.1}ms control {} -> reload {:.1}ms; top gaps {:?}; \
          p99 {:.1} -> {:.1}ms; max {:.1} -> {:.1}ms; by gen {:?}",
         r.server,
         r.clients,
@@ -361,6 +368,7 @@ pub fn reload_line(r: &ReloadRun) -> String {
         r.counts.failed,
         r.counts.retried,
         r.steady.gap_ms,
+        r.control.as_ref().map_or("-".to_owned(), |c| format!("{:.1}ms {:?}", c.gap_ms, c.top_gaps.first())),
         r.during.gap_ms,
         r.during.top_gaps.iter().map(|(at, g)| format!("{g:.1}ms@{at:+.3}s")).collect::<Vec<_>>(),
         r.steady.p99_ms,
@@ -431,20 +439,22 @@ pub fn tables(r: &Results) -> String {
         let _ = writeln!(
             s,
             "**1. Reload under load** — {} clients, loopback; the app imports for 2 s. \"reload took\": from the \
-             trigger until the new generation serves. Gap and latency figures are steady → reload, over two equally \
-             long windows: the steady one just before the trigger, the reload one from the trigger on, covering the \
-             whole reload plus 0.5 s (3 s; 12 s for rolling).\n",
+             trigger until the new generation serves. Gap and latency figures compare equally long windows (3 s; 12 s \
+             for rolling): steady state just before the trigger; the reload, from the trigger to 0.5 s after it \
+             completed; and for handover a control after it: steady state while the same 4 new worker processes \
+             boot and stop beside the serving ones, on a socket nobody uses (the reload's CPU cost without the \
+             hand-over). Latencies are steady → reload.\n",
             crate::reload::CLIENTS
         );
         let _ = writeln!(
             s,
-            "| server | clients | reload took | requests | failed | retried | longest gap | p50 | p99 | max latency |"
+            "| server | clients | reload took | requests | failed | retried | longest gap: steady / control → reload | p50 | p99 | max latency |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for x in &r.reload {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} s | {} | **{}** | {} | {} → **{}** | {} → {} | {} → {} | {} → **{}** |",
+                "| {} | {} | {:.2} s | {} | **{}** | {} | {} / {} → **{}** | {} → {} | {} → {} | {} → **{}** |",
                 x.server,
                 x.clients,
                 x.reload_s,
@@ -452,6 +462,7 @@ pub fn tables(r: &Results) -> String {
                 x.counts.failed,
                 x.counts.retried,
                 fms(x.steady.gap_ms),
+                x.control.as_ref().map_or("—".to_owned(), |c| fms(c.gap_ms)),
                 fms(x.during.gap_ms),
                 fms(x.steady.p50_ms),
                 fms(x.during.p50_ms),
@@ -745,8 +756,10 @@ fn readme_section(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| longest time without a completed request (steady state: {}) | **{}** | **{}** (all-at-once), {} (rolling) |",
+            "| longest time without a completed request (steady state: {}; the same new processes booting and \
+             stopping beside, without a reload: {}) | **{}** | **{}** (all-at-once), {} (rolling) |",
             fms(h.steady.gap_ms),
+            h.control.as_ref().map_or("—".to_owned(), |c| fms(c.gap_ms)),
             fms(g.during.gap_ms),
             fms(h.during.gap_ms),
             fms(hr.during.gap_ms)
@@ -758,6 +771,23 @@ fn readme_section(r: &Results) -> String {
             fms(g.during.max_ms),
             fms(h.during.max_ms)
         );
+    }
+    if let Some(x) = &r.restart {
+        for op in ["systemctl restart", "kill -9 of the master"] {
+            let runs: Vec<&crate::systemd::RestartRun> = x.runs.iter().filter(|y| y.operation == op).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let failed: u64 = runs.iter().map(|y| y.counts.failed).sum();
+            let sent: u64 = runs.iter().map(|y| y.counts.sent).sum();
+            let hole = runs.iter().map(|y| y.during.gap_ms).fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "| `{op}` under systemd 254 (socket unit; the app boots in 2 s) | — | {failed} of {} failed; longest hole {} (the boot, waited out in the socket's backlog) |",
+                thousands(sent),
+                fms(hole)
+            );
+        }
     }
     let broken_g = r.failed_reloads.iter().find(|x| x.server.starts_with("gunicorn"));
     let broken_h = r.failed_reloads.iter().find(|x| x.server.starts_with("handover") && x.version == "broken");
@@ -791,8 +821,11 @@ fn readme_section(r: &Results) -> String {
         );
         let _ = writeln!(
             s,
-            "| spawn-to-ready of {} workers vs a plain fork+exec loop | — | {:.2} × the baseline's rate |",
-            m.spawn.workers, m.spawn.ratio
+            "| spawn-to-ready of {} workers vs a plain fork+exec loop | — | {:.2} × its rate ({:.2} × a loop that also \
+             confirms each exec, as handover does) |",
+            m.spawn.workers,
+            m.spawn.ratio,
+            m.spawn.handover_rate / m.spawn.confirmed_rate
         );
     }
     for x in &r.scale {
@@ -850,9 +883,14 @@ longest interval without any completed request within a window (window edges cou
 grows with its length, so the steady-state window and the reload window are equally long: 3 s before and after \
 the trigger (12 s for rolling reloads, which boot the 4 workers one after the other), the reload window extended \
 to 0.5 s after the reload completed if it took longer. Latencies are those of requests *started* in the window. \
-The check \"no hole longer than steady state\" allows a factor 2 plus 1 ms between the two longest gaps: two \
-windows of the same steady load differ by that much by chance on a busy 2-core machine (a scheduler hiccup lands \
-in one or the other), while a real hole, a moment when no generation accepts, lasts as long as the app's import.
+The 4 load clients keep both cores busy, so anything else that runs takes its time from them: the new \
+workers' interpreters starting and the old ones exiting show as gaps of a few ms. The control window measures \
+exactly that without a reload: after the reload, the same 4 new worker processes (same command, app and \
+version) boot beside the serving generation on a socket of their own that nobody connects to, say READY=1 and \
+are stopped with SIGTERM. The check \"no hole longer than steady state\" compares the reload's longest gap with the \
+larger of the steady and control ones and allows a factor 2 plus 1 ms: two windows of the same load differ by \
+that much by chance (a scheduler hiccup lands in one or the other), while a real hole, a moment when no \
+generation accepts, lasts as long as the app's import (gunicorn's HUP row).
 - **Throughput**: two sets of 4 demo workers (`handover demo-worker`) on two sockets, one started by the \
 benchmark (fork+exec with the socket as fd 3 and `LISTEN_FDS=1`), one by `handover run`; both stay up, and wrk \
 measures one set at a time, alternating which goes first in each round. Nothing is pinned.
