@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
-//!                    no wrk); exits 1 if any request failed. About a minute.
+//!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
+//!                    timing checks are reported, not enforced). About a minute.
 //! --only 1,2,4       run only these scenarios (1-6)
 //! --venv DIR         the venv with gunicorn (default target/bench-venv)
 //! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
@@ -237,7 +238,8 @@ fn run(opts: &Options) -> Result<i32> {
         results.scale = scale;
     }
     results.finish(started.elapsed());
-    let failed_checks = results.checks.iter().filter(|c| !c.ok).count();
+    // --quick gates on failed requests only; a full run on every check.
+    let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
     report::write(&results, opts)?;
     for c in &results.checks {
         eprintln!("check {}: {} ({})", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
