@@ -279,7 +279,11 @@ pub fn run(e2e_root: &Path) -> Result<Restart> {
     drop(sb);
     Ok(Restart {
         ran: true,
-        note: format!("harness: {} ({}), container {NAME}", root.display(), harness_commit(&root)),
+        note: format!(
+            "harness: {} ({}), container {NAME}",
+            root.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(&root).display(),
+            harness_commit(&root)
+        ),
         systemd,
         runs,
     })
