@@ -928,7 +928,10 @@ that much by chance (a scheduler hiccup lands in one or the other), while a real
 generation accepts, lasts as long as the app's import (gunicorn's HUP row).
 - **Throughput**: two sets of 4 demo workers (`handover demo-worker`) on two sockets, one started by the \
 benchmark (fork+exec with the socket as fd 3 and `LISTEN_FDS=1`), one by `handover run`; both stay up, and wrk \
-measures one set at a time, alternating which goes first in each round. Nothing is pinned.
+measures one set at a time, alternating which goes first in each round. Nothing is pinned. On this shared 2-core \
+VM one wrk run differs from the next by 5-15 % on the very same server (how wrk's 32 connections spread over the 4 \
+single-threaded workers decides how the 2 cores are shared), so single rounds scatter widely (the table lists \
+them) and the median of 15 rounds resolves a few percent, not less.
 - **Master cost**: RSS (`VmRSS`) of the master after start and one reload, once the old generation has gone; \
 idle CPU is utime+stime and wake-ups are voluntary+involuntary context switches of all the master's threads over \
 30 s with 64 workers and no watchdog. Spawn-to-ready: time from launching `handover run` to its READY=1 (all 512 \

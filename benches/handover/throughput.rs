@@ -17,7 +17,7 @@ use crate::stats::median;
 /// Workers in each set.
 pub const WORKERS: usize = 4;
 /// Measured rounds (each: one wrk run per set, in alternating order).
-pub const ROUNDS: usize = 11;
+pub const ROUNDS: usize = 15;
 /// wrk's arguments besides the URL.
 pub const WRK_ARGS: [&str; 4] = ["-t2", "-c32", "-d2s", "--timeout=5s"];
 
