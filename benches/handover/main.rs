@@ -174,7 +174,11 @@ fn run(opts: &Options) -> Result<i32> {
     let started = Instant::now();
     let mut results = report::Results::begin(opts)?;
     let wants = |n: u8| opts.only.contains(&n);
-    let python = if !opts.quick && (wants(1) || wants(2)) { Some(gunicorn::Python::find(&opts.venv)?) } else { None };
+    let python = if !opts.quick && (wants(1) || wants(2) || wants(4)) {
+        Some(gunicorn::Python::find(&opts.venv)?)
+    } else {
+        None
+    };
     if opts.quick {
         section("1 (quick): reload under load, handover with demo workers");
         for (server, keep_alive) in [
@@ -224,7 +228,10 @@ fn run(opts: &Options) -> Result<i32> {
     }
     if wants(4) {
         section("4: throughput, by hand vs under handover (wrk)");
-        let t = throughput::run()?;
+        let mut t = throughput::run()?;
+        if let Some(py) = &python {
+            t.gunicorn = Some(throughput::run_gunicorn(py)?);
+        }
         eprintln!("{}", report::throughput_line(&t));
         results.throughput = Some(t);
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::master::{MasterCost, ScaleRun};
 use crate::reload::{FailedReload, ReloadRun};
+use crate::stats::median;
 use crate::systemd::Restart;
 use crate::throughput::Throughput;
 use crate::Options;
@@ -276,6 +277,16 @@ impl Results {
                 t.median_ratio >= 0.98 && errors == 0,
                 format!("median ratio {:.3}, rounds {:?}, {errors} errors", t.median_ratio, rounded(&t.ratios)),
             );
+            if let Some(g) = &t.gunicorn {
+                check(
+                    "throughput with gunicorn workers under handover / by hand >= 0.98 (median of rounds)".into(),
+                    g.median_ratio >= 0.98,
+                    format!(
+                        "median ratio {:.3}; 4 x gunicorn -w 1 / gunicorn -w 4: {:.3}",
+                        g.median_ratio, g.median_topology_ratio
+                    ),
+                );
+            }
         }
         if let Some(m) = &self.master {
             if let Some(r64) = m.rss.iter().find(|r| r.workers == 64) {
@@ -572,6 +583,31 @@ pub fn tables(r: &Results) -> String {
             t.median_ratio,
             t.ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
         );
+        if let Some(g) = &t.gunicorn {
+            let _ = writeln!(
+                s,
+                "With the benchmark's WSGI app instead (`{}`, {} rounds, order rotated): 4 × `gunicorn --preload -w 1` \
+                 started by hand on one shared socket, the same under handover, and plain `gunicorn -w 4` for \
+                 reference. Running one gunicorn per worker (4 interpreters, where `-w 4` forks 4 workers from \
+                 one) has a cost of its own against `-w 4`, the last column; handover adds nothing to it.\n",
+                g.wrk,
+                g.by_hand.len()
+            );
+            let _ = writeln!(
+                s,
+                "| 4 × gunicorn -w 1 by hand (median) | the same under handover (median) | ratio handover / by hand (median of rounds) | `gunicorn -w 4` (median) | ratio 4 × `-w 1` by hand / `-w 4` |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "| {} req/s | {} req/s | **{:.3}** | {} req/s | {:.3} |\n",
+                thousands(median(g.by_hand.clone()).round() as u64),
+                thousands(median(g.handover.clone()).round() as u64),
+                g.median_ratio,
+                thousands(median(g.gunicorn_w4.clone()).round() as u64),
+                g.median_topology_ratio
+            );
+        }
     }
     if let Some(m) = &r.master {
         let _ = writeln!(s, "**5. Cost of the master** — trivial workers (demo-worker, no boot delay).\n");
@@ -783,7 +819,9 @@ fn readme_section(r: &Results) -> String {
         );
     }
     if let Some(x) = &r.restart {
-        for op in ["systemctl restart", "kill -9 of the master"] {
+        for (op, label) in
+            [("systemctl restart", "`systemctl restart`"), ("kill -9 of the master", "`kill -9` of the master")]
+        {
             let runs: Vec<&crate::systemd::RestartRun> = x.runs.iter().filter(|y| y.operation == op).collect();
             if runs.is_empty() {
                 continue;
@@ -793,7 +831,7 @@ fn readme_section(r: &Results) -> String {
             let hole = runs.iter().map(|y| y.during.gap_ms).fold(0.0, f64::max);
             let _ = writeln!(
                 s,
-                "| `{op}` under systemd 254 (socket unit; the app boots in 2 s) | — | {failed} of {} failed; longest hole {} (the boot, waited out in the socket's backlog) |",
+                "| {label} under systemd 254 (socket unit; the app boots in 2 s) | — | {failed} of {} failed; longest hole {} (the boot, waited out in the socket's backlog) |",
                 thousands(sent),
                 fms(hole)
             );
@@ -816,8 +854,9 @@ fn readme_section(r: &Results) -> String {
     if let Some(t) = &r.throughput {
         let _ = writeln!(
             s,
-            "| throughput vs the same workers started by hand | — | **{:.3}** (median ratio) |",
-            t.median_ratio
+            "| throughput vs the same workers started by hand | — | **{:.3}** (median ratio; with gunicorn workers: {}) |",
+            t.median_ratio,
+            t.gunicorn.as_ref().map_or("not measured".to_owned(), |g| format!("{:.3}", g.median_ratio))
         );
     }
     if let Some(m) = &r.master {
