@@ -1,0 +1,148 @@
+//! The WSGI app of `benches/wsgi/` under gunicorn alone (`-w 4`, reloaded by `kill -HUP`) or
+//! as handover's workers (`gunicorn --preload -w 1`, one per handover worker).
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::harness::{pass_fd_as_3, NotifySink, Proc, WorkerSetup};
+
+/// The app's simulated import time (the issue: "the app takes 2 s to import").
+pub const IMPORT_SECONDS: &str = "2";
+
+/// Where the app and gunicorn live.
+#[derive(Debug, Clone)]
+pub struct Python {
+    /// `bin/gunicorn` of the benchmark's venv.
+    pub gunicorn: PathBuf,
+    /// `benches/wsgi`: app.py and gunicorn.conf.py.
+    pub app_dir: PathBuf,
+}
+
+impl Python {
+    /// Finds gunicorn in `venv`, or says how to get it.
+    pub fn find(venv: &Path) -> Result<Python> {
+        let gunicorn = venv.join("bin/gunicorn");
+        if !gunicorn.exists() {
+            bail!(
+                "{} not found: run benches/run.sh (it creates the venv), or \
+                 `python3 -m venv {v} && {v}/bin/pip install gunicorn`",
+                gunicorn.display(),
+                v = venv.display()
+            );
+        }
+        let app_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/wsgi");
+        Ok(Python { gunicorn, app_dir })
+    }
+
+    fn conf(&self) -> String {
+        self.app_dir.join("gunicorn.conf.py").display().to_string()
+    }
+
+    /// The environment the app needs.
+    pub fn app_env(&self, version_file: &Path) -> Vec<(String, String)> {
+        vec![
+            ("BENCH_APP_VERSION_FILE".into(), version_file.display().to_string()),
+            ("BENCH_APP_IMPORT_SECONDS".into(), IMPORT_SECONDS.into()),
+            // Keep the source tree clean.
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ]
+    }
+
+    /// handover's workers: 4 × `gunicorn --preload -w 1 -c gunicorn.conf.py app:app`.
+    pub fn handover_workers(&self, count: usize, version_file: &Path) -> WorkerSetup {
+        WorkerSetup {
+            command: vec![
+                self.gunicorn.display().to_string(),
+                "--preload".into(),
+                "-w".into(),
+                "1".into(),
+                "-c".into(),
+                self.conf(),
+                "app:app".into(),
+            ],
+            count,
+            env: self.app_env(version_file),
+            working_directory: Some(self.app_dir.clone()),
+            boot_timeout: "20s".into(),
+            graceful_timeout: "15s".into(),
+            strategy: "all-at-once".into(),
+            max_surge: 1,
+        }
+    }
+}
+
+/// The app's version file: what the next import reads.
+pub fn set_version(file: &Path, version: &str) -> Result<()> {
+    std::fs::write(file, version).with_context(|| format!("writing {}", file.display()))
+}
+
+/// Plain gunicorn with 4 sync workers, started as systemd would start it (the socket as fd 3
+/// with `LISTEN_PID` = its pid), after which the benchmark closes its own copy of the socket:
+/// gunicorn owns it, as in a HUP-based deployment.
+pub struct Gunicorn {
+    proc: Proc,
+    /// Collects each worker's READY=1 (see gunicorn.conf.py).
+    pub notify: NotifySink,
+    /// The workers per generation.
+    pub workers: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Gunicorn {
+    /// Starts it and waits until all its workers have imported the app.
+    pub fn start(
+        py: &Python,
+        workers: usize,
+        listener: TcpListener,
+        version_file: &Path,
+    ) -> Result<(Gunicorn, Duration)> {
+        let dir = tempfile::Builder::new().prefix("gunicorn-bench-").tempdir()?;
+        let notify = NotifySink::bind(&dir.path().join("notify"))?;
+        let log = std::fs::File::create(dir.path().join("gunicorn.log"))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+            .arg(&py.gunicorn)
+            .args(["-w", &workers.to_string(), "-c", &py.conf(), "app:app"])
+            .current_dir(&py.app_dir)
+            .envs(py.app_env(version_file))
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "http")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        pass_fd_as_3(&mut cmd, listener.as_raw_fd());
+        let started = Instant::now();
+        let proc = Proc::spawn("gunicorn", cmd)?;
+        drop(listener);
+        let g = Gunicorn { proc, notify, workers, _dir: dir };
+        let ready = g.notify.wait_count("READY=1", workers, Duration::from_secs(30))?;
+        Ok((g, ready - started))
+    }
+
+    /// `kill -HUP`: gunicorn starts a new set of workers and stops the old ones at once.
+    pub fn hup(&self) {
+        self.proc.signal(libc::SIGHUP);
+    }
+
+    /// Whether the master still runs; its exit code if not.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.proc.try_wait().map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// The last lines of gunicorn's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self._dir.path().join("gunicorn.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Graceful stop (SIGTERM), bounded.
+    pub fn stop(mut self) {
+        self.proc.stop(libc::SIGTERM, Duration::from_secs(20));
+    }
+}

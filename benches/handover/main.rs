@@ -1,0 +1,255 @@
+//! handover's benchmark suite (issue 4). Run it with `benches/run.sh` (which prepares
+//! gunicorn in a venv and wrk), or `cargo bench --bench handover -- [OPTIONS]`:
+//!
+//! ```text
+//! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
+//!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
+//!                    timing checks are reported, not enforced). About a minute.
+//! --only 1,2,4       run only these scenarios (1-6)
+//! --venv DIR         the venv with gunicorn (default target/bench-venv)
+//! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
+//! --publish          also write docs/benchmarks.md, docs/benchmark-reload.svg and the README's
+//!                    Benchmarks section from this run
+//! --note TEXT        a remark for docs/benchmarks.md (e.g. what else ran on the machine)
+//! --filter TEXT      scenario 1: only the set-ups whose key contains TEXT (gunicorn-hup,
+//!                    handover-all-at-once, handover-rolling)
+//! --e2e-root DIR     scenario 3: the tree holding tests/e2e/sandbox.sh and
+//!                    packaging/build-deb.sh (default: this repository)
+//! ```
+//!
+//! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
+//! reloads (broken, never ready); 3 `systemctl restart` and `kill -9` of the master under a
+//! real systemd (needs the e2e harness); 4 throughput by hand vs under handover (wrk);
+//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers.
+//!
+//! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
+//! Performance is reported as ratios to a baseline measured in the same run.
+#![allow(clippy::unwrap_used)]
+
+mod gunicorn;
+mod harness;
+mod master;
+mod reload;
+mod report;
+mod stats;
+mod systemd;
+mod throughput;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The whole run must end by itself well within 15 minutes.
+const FULL_DEADLINE: Duration = Duration::from_secs(13 * 60);
+/// Quick mode's bound.
+const QUICK_DEADLINE: Duration = Duration::from_secs(4 * 60);
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Quick smoke mode.
+    pub quick: bool,
+    /// Scenarios to run.
+    pub only: Vec<u8>,
+    /// The venv with gunicorn.
+    pub venv: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Write docs and README.
+    pub publish: bool,
+    /// Free-text remark for the docs.
+    pub note: Option<String>,
+    /// Scenario 1: only the servers whose key contains this.
+    pub filter: Option<String>,
+    /// Where the e2e harness (tests/e2e/, packaging/) is.
+    pub e2e_root: PathBuf,
+    /// The arguments as given (for the docs).
+    pub args: Vec<String>,
+}
+
+fn parse_args() -> Result<Option<Options>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --benches` runs bench targets without `--bench`: nothing to do then.
+    if !args.iter().any(|a| a == "--bench") {
+        return Ok(None);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut o = Options {
+        quick: false,
+        only: vec![1, 2, 3, 4, 5, 6],
+        venv: root.join("target/bench-venv"),
+        out: root.join("target/bench"),
+        publish: false,
+        note: None,
+        filter: None,
+        e2e_root: root.clone(),
+        args: Vec::new(),
+    };
+    let mut it = args.into_iter().filter(|a| a != "--bench");
+    while let Some(a) = it.next() {
+        o.args.push(a.clone());
+        let mut value = |name: &str| -> Result<String> {
+            let v = it.next().with_context(|| format!("{name} needs a value"))?;
+            o.args.push(v.clone());
+            Ok(v)
+        };
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--publish" => o.publish = true,
+            "--only" => {
+                o.only = value("--only")?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=6).contains(n)).context("--only takes 1-6"))
+                    .collect::<Result<_>>()?;
+            }
+            "--venv" => o.venv = PathBuf::from(value("--venv")?),
+            "--out" => o.out = PathBuf::from(value("--out")?),
+            "--note" => o.note = Some(value("--note")?),
+            "--filter" => o.filter = Some(value("--filter")?),
+            "--e2e-root" => o.e2e_root = PathBuf::from(value("--e2e-root")?),
+            other => bail!("unknown option {other:?} (see benches/handover/main.rs)"),
+        }
+    }
+    if o.quick {
+        o.only = vec![1];
+    }
+    Ok(Some(o))
+}
+
+fn main() {
+    // The hidden helper mode of scenario 5's baseline (see master::spawn_baseline_main).
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, n, notify, how] = args.as_slice() {
+        if mode == "--spawn-baseline" {
+            let n = n.parse().unwrap_or(0);
+            let confirm = how == "confirm-exec";
+            std::process::exit(master::spawn_baseline_main(n, std::path::Path::new(notify), confirm));
+        }
+    }
+    let opts = match parse_args() {
+        Ok(Some(o)) => o,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    // A panic anywhere kills what the benchmark started before the process goes away.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        harness::kill_everything();
+        default_hook(info);
+    }));
+    // The overall bound: past it, kill what we started and exit.
+    let limit = if opts.quick { QUICK_DEADLINE } else { FULL_DEADLINE };
+    std::thread::spawn(move || {
+        std::thread::sleep(limit); // a deadline, not a synchronisation
+        eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
+        harness::kill_everything();
+        std::process::exit(3);
+    });
+    let started = Instant::now();
+    let code = match run(&opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            harness::kill_everything();
+            1
+        }
+    };
+    eprintln!("bench: done in {:.0}s", started.elapsed().as_secs_f64());
+    std::process::exit(code);
+}
+
+fn selected(opts: &Options, server: reload::Server) -> bool {
+    opts.filter.as_ref().is_none_or(|f| server.key().contains(f.as_str()))
+}
+
+fn section(name: &str) {
+    eprintln!("\n== {name}");
+}
+
+fn run(opts: &Options) -> Result<i32> {
+    let started = Instant::now();
+    let mut results = report::Results::begin(opts)?;
+    let wants = |n: u8| opts.only.contains(&n);
+    let python = if !opts.quick && (wants(1) || wants(2) || wants(4)) {
+        Some(gunicorn::Python::find(&opts.venv)?)
+    } else {
+        None
+    };
+    if opts.quick {
+        section("1 (quick): reload under load, handover with demo workers");
+        for (server, keep_alive) in [
+            (reload::Server::Handover("all-at-once", 1), false),
+            (reload::Server::Handover("all-at-once", 1), true),
+            (reload::Server::Handover("rolling", 1), false),
+        ] {
+            if !selected(opts, server) {
+                continue;
+            }
+            let r = reload::reload_under_load(server, &reload::App::Demo, keep_alive)?;
+            eprintln!("{}", report::reload_line(&r));
+            results.reload.push(r);
+        }
+    } else if let (true, Some(py)) = (wants(1), &python) {
+        section("1: reload under load, gunicorn HUP vs handover");
+        let app = reload::App::Gunicorn(py);
+        for keep_alive in [false, true] {
+            for server in [
+                reload::Server::GunicornHup,
+                reload::Server::Handover("all-at-once", 1),
+                reload::Server::Handover("rolling", 1),
+            ] {
+                if !selected(opts, server) {
+                    continue;
+                }
+                let r = reload::reload_under_load(server, &app, keep_alive)?;
+                eprintln!("{}", report::reload_line(&r));
+                results.reload.push(r);
+            }
+        }
+    }
+    if let (true, Some(py)) = (wants(2), &python) {
+        section("2: reloads of a broken version and of one that never gets ready");
+        for r in reload::failed_reloads_handover(py)? {
+            eprintln!("{}", report::failed_line(&r));
+            results.failed_reloads.push(r);
+        }
+        let r = reload::failed_reload_gunicorn(py)?;
+        eprintln!("{}", report::failed_line(&r));
+        results.failed_reloads.push(r);
+    }
+    if wants(3) {
+        section("3: systemctl restart and kill -9 of the master under systemd");
+        let r = systemd::run(&opts.e2e_root)?;
+        results.restart = Some(r);
+    }
+    if wants(4) {
+        section("4: throughput, by hand vs under handover (wrk)");
+        let mut t = throughput::run()?;
+        if let Some(py) = &python {
+            t.gunicorn = Some(throughput::run_gunicorn(py)?);
+        }
+        eprintln!("{}", report::throughput_line(&t));
+        results.throughput = Some(t);
+    }
+    if wants(5) || wants(6) {
+        section("5/6: cost of the master; reloads of 512 workers");
+        let (cost, scale) = master::run(wants(5), wants(6))?;
+        if let Some(c) = &cost {
+            eprintln!("{}", report::master_line(c));
+        }
+        results.master = cost;
+        results.scale = scale;
+    }
+    results.finish(started.elapsed());
+    // --quick gates on failed requests only; a full run on every check.
+    let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
+    report::write(&results, opts)?;
+    for c in &results.checks {
+        eprintln!("check {}: {} ({})", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
+    }
+    Ok(if failed_checks == 0 { 0 } else { 1 })
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# benches/run.sh: handover's benchmark suite, in one command.
+#
+#   benches/run.sh [--quick] [--publish] [--only 1,2,...] [--note TEXT] [--e2e-root DIR] ...
+#
+# Prepares what the scenarios need, then runs `cargo bench --bench handover -- ARGS`
+# (the program is benches/handover/main.rs; its header lists every option):
+#   - gunicorn in a venv of its own, target/bench-venv (python3 -m venv + pip, pinned below);
+#   - wrk, from Debian's packages (apt-get, when run as root and it is missing).
+# --quick needs neither: it runs scenario 1 for handover with the built-in demo worker and
+# exits 1 if a request failed (about a minute; usable as a CI smoke test).
+#
+# Writes target/bench/results.json (everything, machine-readable), results.md (the tables)
+# and reload.svg; --publish also rewrites docs/benchmarks.md, docs/benchmark-reload.svg and
+# the README's Benchmarks section from this run. Loopback only; the whole run bounds itself
+# (13 minutes at most; about 8 in practice on 2 cores) and kills only what it started.
+# Scenario 3 (systemd) needs root and the e2e harness (tests/e2e/sandbox.sh,
+# packaging/build-deb.sh); without it, it is skipped and says why.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+GUNICORN_VERSION=27.0.1
+VENV=$ROOT/target/bench-venv
+
+quick=0
+for a in "$@"; do [[ $a == --quick ]] && quick=1; done
+
+if ((!quick)); then
+  if [[ ! -x $VENV/bin/gunicorn ]] || ! "$VENV/bin/gunicorn" --version 2>/dev/null | grep -q "$GUNICORN_VERSION"; then
+    echo "run.sh: creating $VENV with gunicorn $GUNICORN_VERSION" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "gunicorn==$GUNICORN_VERSION"
+  fi
+  if ! command -v wrk >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "run.sh: installing wrk (Debian package)" >&2
+      apt-get update -q >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends wrk >/dev/null
+    else
+      echo "run.sh: wrk is missing: apt-get install wrk (scenario 4 needs it)" >&2
+      exit 1
+    fi
+  fi
+fi
+
+exec cargo bench --locked --bench handover -- "$@"

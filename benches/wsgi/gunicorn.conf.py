@@ -1,0 +1,26 @@
+"""gunicorn settings for the benchmark, used both for plain gunicorn (-w 4, kill -HUP) and for
+the `gunicorn --preload -w 1` workers under handover.
+
+Readiness is the README's recipe, verbatim (tests/readme_gunicorn.rs checks it): each
+gunicorn *worker* sends READY=1 once the app is imported (post_worker_init), and gunicorn's
+arbiter, which would announce READY=1 as soon as it has its sockets, never sees
+NOTIFY_SOCKET. This file is executed in the arbiter before it starts, and again on every HUP
+(NOTIFY_SOCKET is gone by then; HANDOVER_NOTIFY_SOCKET stays).
+"""
+import os, socket
+
+# gunicorn's arbiter sends READY=1 itself as soon as it has its sockets, before any worker
+# has imported the app: keep NOTIFY_SOCKET away from it, for the worker to use.
+if "NOTIFY_SOCKET" in os.environ:
+    os.environ["HANDOVER_NOTIFY_SOCKET"] = os.environ.pop("NOTIFY_SOCKET")
+
+def post_worker_init(worker):
+    addr = os.environ.get("HANDOVER_NOTIFY_SOCKET")
+    if addr:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"READY=1", addr)
+
+# The benchmark's own settings.
+worker_class = "sync"
+graceful_timeout = 10
+loglevel = "warning"

@@ -1,0 +1,40 @@
+//! The README's gunicorn recipe is what the benchmark measures.
+//!
+//! gunicorn's arbiter sends READY=1 to $NOTIFY_SOCKET by itself as soon as it has its
+//! sockets, before any worker has imported the app. A recipe that lets it (the README's
+//! first one did) makes handover take a worker for ready ~2 s early and retire the old
+//! generation while nothing serves: the hole of a HUP, measured by `benches/run.sh` at
+//! 1.9 s for a 2 s import. The recipe now hides NOTIFY_SOCKET from the arbiter; the
+//! benchmark's `benches/wsgi/gunicorn.conf.py` must contain it verbatim, so the figures
+//! in docs/benchmarks.md are those of the recipe users copy.
+use std::path::Path;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The first ```python block after `marker` in `text`, with the list indentation removed.
+fn python_block_after(text: &str, marker: &str) -> String {
+    let from = text.find(marker).unwrap_or_else(|| panic!("{marker:?} not found"));
+    let rest = &text[from..];
+    let start = rest.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = rest[start..].find("```").expect("end of the python block");
+    let block = &rest[start..start + end];
+    let indent = block.lines().find(|l| !l.trim().is_empty()).map_or(0, |l| l.len() - l.trim_start().len());
+    block.lines().map(|l| l.get(indent..).unwrap_or("").trim_end()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_benchmark_runs_the_readme_gunicorn_recipe() {
+    let recipe = python_block_after(&read("README.md"), "- **gunicorn**");
+    assert!(
+        recipe.contains("os.environ.pop(\"NOTIFY_SOCKET\")"),
+        "the recipe must keep NOTIFY_SOCKET from gunicorn's arbiter:\n{recipe}"
+    );
+    assert!(recipe.contains("def post_worker_init(worker):"), "{recipe}");
+    let conf = read("benches/wsgi/gunicorn.conf.py");
+    assert!(
+        conf.contains(recipe.trim()),
+        "benches/wsgi/gunicorn.conf.py must contain the README's recipe verbatim:\n{recipe}"
+    );
+}
