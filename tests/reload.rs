@@ -202,3 +202,38 @@ fn recycling_by_max_lifetime_under_load_loses_nothing() {
         report.longest_gap()
     );
 }
+
+/// Many workers drain at once: each says STOPPING=1 and exits within microseconds of the
+/// others, so exits and last words interleave. Every last word must be attributed to its
+/// worker (the queue is read after each `waitpid`, not once per SIGCHLD).
+#[test]
+fn last_words_of_many_draining_workers_are_never_taken_for_a_strangers() {
+    let _x = exclusive();
+    let opts = Options { workers: 24, worker_args: vec!["--boot-delay".into(), "50ms".into()], ..Options::default() };
+    let d = Daemon::start(opts);
+    for generation in 1..=4u64 {
+        let out = d.cli(&["reload"]);
+        assert!(out.status.success(), "reload failed: {}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = d.status()["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|w| w["generation"] == generation)
+                .count();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "generation {generation} still has {left} workers after 20 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20)); // polling interval, the deadline bounds it
+        }
+    }
+    let log = d.log();
+    assert_eq!(log.matches("exited (exit code 0)").count(), 4 * 24, "all drained workers exited cleanly:\n{log}");
+    assert!(!log.contains("not a worker"), "a worker's last message was taken for a stranger's:\n{log}");
+}

@@ -177,16 +177,10 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                sig = signals.recv() => {
-                    if sig == SignalEvent::Child {
-                        // What a worker said before it died (STOPPING=1, say) is already
-                        // queued: hear it before the exit, not after as a stranger's.
-                        while let Ok(Some(d)) = notify_server.try_recv() {
-                            self.on_datagram(Ok(d));
-                        }
-                    }
-                    self.on_signal(sig)
-                }
+                sig = signals.recv() => match sig {
+                    SignalEvent::Child => self.reap(&notify_server),
+                    other => self.on_signal(other),
+                },
                 datagram = notify_server.recv() => self.on_datagram(datagram),
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 () = timer => self.dispatch(Event::Tick),
@@ -207,7 +201,7 @@ impl Daemon {
 
     fn on_signal(&mut self, sig: SignalEvent) {
         match sig {
-            SignalEvent::Child => self.reap(),
+            SignalEvent::Child => {} // reaped by the event loop, which owns the notify socket
             SignalEvent::Stop => self.dispatch(Event::StopRequested { fast: false }),
             SignalEvent::FastStop => self.dispatch(Event::StopRequested { fast: true }),
             SignalEvent::Reload => {
@@ -228,22 +222,28 @@ impl Daemon {
     }
 
     /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left).
-    fn reap(&mut self) {
+    ///
+    /// What a worker said just before it died (STOPPING=1, say) must be heard before its
+    /// exit, not afterwards as a stranger's. Once `waitpid` has returned a child, every
+    /// datagram it sent is in the notify socket's queue, so the queue is read after each
+    /// reaped child and before its exit is dispatched. (Reading it once per SIGCHLD is not
+    /// enough: a second child may send and exit between that read and its `waitpid`.)
+    fn reap(&mut self, notify_server: &NotifyServer) {
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    self.dispatch(Event::Exited { pid: pid.as_raw(), status: format!("exit code {code}") })
-                }
+            let exited = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     let core = if core { ", core dumped" } else { "" };
-                    self.dispatch(Event::Exited {
-                        pid: pid.as_raw(),
-                        status: format!("killed by {}{core}", sig.as_str()),
-                    })
+                    (pid, format!("killed by {}{core}", sig.as_str()))
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue,
+            };
+            while let Ok(Some(d)) = notify_server.try_recv() {
+                self.on_datagram(Ok(d));
             }
+            let (pid, status) = exited;
+            self.dispatch(Event::Exited { pid: pid.as_raw(), status });
         }
     }
 
