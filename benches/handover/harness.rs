@@ -327,6 +327,41 @@ impl WorkerSetup {
         }
     }
 
+    /// Starts `count` workers of this set-up by hand, without handover, as systemd would
+    /// start one service each: the socket `listen_fd` as fd 3, `LISTEN_FDS=1`, `LISTEN_PID` =
+    /// the worker's own pid (a shell sets it, then execs), this set-up's env and working
+    /// directory, `NOTIFY_SOCKET` = `notify`, output to `log`. Does not wait for readiness.
+    pub fn spawn_by_hand(
+        &self,
+        what: &str,
+        listen_fd: RawFd,
+        notify: &Path,
+        log: &std::fs::File,
+        generation: &str,
+    ) -> Result<Vec<Proc>> {
+        let mut procs = Vec::with_capacity(self.count);
+        for slot in 0..self.count {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
+                .args(&self.command)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .env("LISTEN_FDS", "1")
+                .env("LISTEN_FDNAMES", "http")
+                .env("NOTIFY_SOCKET", notify)
+                .env("HANDOVER_GENERATION", generation)
+                .env("HANDOVER_WORKER_SLOT", slot.to_string())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?);
+            if let Some(wd) = &self.working_directory {
+                cmd.current_dir(wd);
+            }
+            pass_fd_as_3(&mut cmd, listen_fd);
+            procs.push(Proc::spawn(what, cmd)?);
+        }
+        Ok(procs)
+    }
+
     fn toml(&self, control: &Path) -> String {
         let q = |s: &str| format!("{s:?}");
         let argv: Vec<String> = self.command.iter().map(|a| q(a)).collect();

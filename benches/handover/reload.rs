@@ -2,14 +2,13 @@
 //! and, on the same WSGI app in the same run, for gunicorn's `kill -HUP`.
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::gunicorn::{set_version, Gunicorn, Python};
-use crate::harness::{listen_loopback, pass_fd_as_3, Handover, NotifySink, Proc, WorkerSetup};
+use crate::harness::{listen_loopback, Handover, NotifySink, WorkerSetup};
 use crate::stats::{self, Counts, Window};
 
 /// Load clients in every reload scenario.
@@ -239,30 +238,11 @@ fn control_boot(app: &App<'_>, version_file: &Path, t0: Instant) -> Result<(Dura
     let dummy = listen_loopback(16)?;
     let log = std::fs::File::create(dir.path().join("control.log"))?;
     let from = t0.elapsed();
-    let mut procs = Vec::new();
-    for slot in 0..WORKERS {
-        let setup = match app {
-            App::Gunicorn(py) => py.handover_workers(WORKERS, version_file),
-            App::Demo => WorkerSetup::demo(WORKERS, &["--boot-delay", "2s"]),
-        };
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
-            .args(&setup.command)
-            .envs(setup.env.iter().map(|(k, v)| (k, v)))
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
-            .env("NOTIFY_SOCKET", &sink.path)
-            .env("HANDOVER_GENERATION", "control")
-            .env("HANDOVER_WORKER_SLOT", slot.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?);
-        if let Some(wd) = &setup.working_directory {
-            cmd.current_dir(wd);
-        }
-        pass_fd_as_3(&mut cmd, dummy.as_raw_fd());
-        procs.push(Proc::spawn("control worker", cmd)?);
-    }
+    let setup = match app {
+        App::Gunicorn(py) => py.handover_workers(WORKERS, version_file),
+        App::Demo => WorkerSetup::demo(WORKERS, &["--boot-delay", "2s"]),
+    };
+    let mut procs = setup.spawn_by_hand("control worker", dummy.as_raw_fd(), &sink.path, &log, "control")?;
     sink.wait_count("READY=1", WORKERS, Duration::from_secs(60))?;
     for p in &procs {
         p.signal(libc::SIGTERM);

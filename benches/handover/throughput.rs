@@ -224,25 +224,7 @@ pub fn run_gunicorn(py: &crate::gunicorn::Python) -> Result<GunicornThroughput> 
     let hand_addr = listener.local_addr()?;
     let log = std::fs::File::create(dir.path().join("byhand.log"))?;
     let setup = py.handover_workers(WORKERS, &version_file);
-    let mut procs = Vec::new();
-    for slot in 0..WORKERS {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
-            .args(&setup.command)
-            .envs(setup.env.iter().map(|(k, v)| (k, v)))
-            .env("LISTEN_FDS", "1")
-            .env("LISTEN_FDNAMES", "http")
-            .env("NOTIFY_SOCKET", &sink.path)
-            .env("HANDOVER_WORKER_SLOT", slot.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?);
-        if let Some(wd) = &setup.working_directory {
-            cmd.current_dir(wd);
-        }
-        pass_fd_as_3(&mut cmd, listener.as_raw_fd());
-        procs.push(Proc::spawn("gunicorn -w 1 (by hand)", cmd)?);
-    }
+    let mut procs = setup.spawn_by_hand("gunicorn -w 1 (by hand)", listener.as_raw_fd(), &sink.path, &log, "1")?;
     sink.wait_count("READY=1", WORKERS, Duration::from_secs(60))?;
     let (ho, _) = Handover::start(&setup, Duration::from_secs(60))?;
     let plain_listener = listen_loopback(1024)?;
