@@ -190,7 +190,7 @@ pub fn run() -> Result<Throughput> {
 }
 
 /// Rounds of the gunicorn comparison.
-pub const GUNICORN_ROUNDS: usize = 7;
+pub const GUNICORN_ROUNDS: usize = 15;
 /// wrk's arguments for gunicorn (its sync worker closes every connection anyway).
 pub const GUNICORN_WRK_ARGS: [&str; 4] = ["-t2", "-c8", "-d2s", "--timeout=5s"];
 
