@@ -33,7 +33,7 @@ use std::path::Path;
 pub struct SpawnSpec<'a> {
     /// The executable (absolute; no PATH search happens after fork).
     pub program: &'a Path,
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub argv: &'a [String],
     /// The complete environment, without LISTEN_PID (added with the child's own pid).
     pub env: Vec<(OsString, OsString)>,

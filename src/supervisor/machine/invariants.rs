@@ -1,0 +1,36 @@
+//! The machine's invariants (listed in the module docs), checked after every step in debug
+//! and test builds: a violation is a bug in the machine, caught where it happens.
+use super::{Machine, Phase, Role, WorkerState};
+
+impl Machine {
+    /// Panics if a documented invariant (see the module docs) does not hold.
+    pub(super) fn check_invariants(&self) {
+        let actives = self.generations.values().filter(|g| g.role == Role::Active).count();
+        assert_eq!(actives, 1, "exactly one active generation: {:?}", self.generations.keys());
+        assert!(self.generations.contains_key(&self.active));
+        let candidates: Vec<u64> =
+            self.generations.values().filter(|g| g.role == Role::Candidate).map(|g| g.number).collect();
+        match &self.phase {
+            Phase::Reloading(r) => assert_eq!(candidates, vec![r.candidate]),
+            _ => assert!(candidates.is_empty(), "candidate outside a reload: {candidates:?}"),
+        }
+        for g in self.generations.values() {
+            for (i, s) in g.slots.iter().enumerate() {
+                for id in [s.current, s.successor].into_iter().flatten() {
+                    let w = self.workers.get(&id);
+                    assert!(w.is_some(), "slot {i} of gen {} refers to a missing worker", g.number);
+                    if let Some(w) = w {
+                        assert_eq!((w.generation, w.slot), (g.number, i));
+                        assert!(
+                            matches!(w.state, WorkerState::Booting | WorkerState::Ready),
+                            "slot refers to a stopping worker"
+                        );
+                    }
+                }
+            }
+        }
+        for w in self.workers.values() {
+            assert!(self.generations.contains_key(&w.generation), "worker of a forgotten generation");
+        }
+    }
+}

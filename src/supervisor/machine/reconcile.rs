@@ -1,0 +1,201 @@
+//! The one rule the machine applies after every event: desired against actual.
+//!
+//! Each generation says which slots it wants; [`Machine::reconcile`] spawns what is missing
+//! (a rolling candidate only `max_surge` at a time), gives up the slots of generations on
+//! their way out one per ready worker of the generation replacing them ("capacity never
+//! drops by choice"), starts recycling successors, and advances the phase once readiness
+//! allows. Handling the same state twice emits nothing new.
+use std::time::Instant;
+
+use crate::config::Strategy;
+
+use super::{
+    describe, log, Effect, Level, Machine, Phase, Role, SpawnRequest, SystemdMessage, Worker, WorkerId, WorkerState,
+};
+
+impl Machine {
+    /// Desired against actual: spawn what is missing, retire what is surplus, advance the
+    /// phase. Idempotent.
+    pub(super) fn reconcile(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            if self.workers.is_empty() {
+                let code = 0;
+                fx.push(log(Level::Info, "stopped", "every worker has exited; exiting".into(), None, None, None));
+                fx.push(Effect::Exit { code });
+                self.generations.retain(|&n, _| n == self.active);
+            }
+            return;
+        }
+        // A phase change (a commit that starts a queued reload, say) changes what is wanted:
+        // go round again until nothing moves. Each round either changes the phase or ends.
+        for _ in 0..4 {
+            self.retire_surplus(now, fx);
+            self.spawn_missing(now, fx);
+            self.recycle_due(now, fx);
+            if !self.advance_phase(now, fx) {
+                break;
+            }
+        }
+
+        // Forget generations that have nothing left.
+        let active = self.active;
+        let candidate = match &self.phase {
+            Phase::Reloading(r) => Some(r.candidate),
+            _ => None,
+        };
+        let live: std::collections::BTreeSet<u64> = self.workers.values().map(|w| w.generation).collect();
+        self.generations.retain(|&n, g| {
+            n == active || Some(n) == candidate || live.contains(&n) || g.slots.iter().any(|s| s.wanted)
+        });
+    }
+
+    /// Phase transitions that follow from readiness; true if the phase changed.
+    fn advance_phase(&mut self, now: Instant, fx: &mut Vec<Effect>) -> bool {
+        match &self.phase {
+            Phase::Starting => {
+                let n = self.gen(self.active).slots.len();
+                if self.ready_count(self.active) < n {
+                    return false;
+                }
+                self.phase = Phase::Running;
+                let msg = format!("generation {} serves: {n}/{n} workers ready", self.active);
+                fx.push(log(Level::Info, "ready", msg, Some(self.active), None, None));
+                fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+                self.start_pending_reload(fx);
+                true
+            }
+            Phase::Reloading(r) => {
+                let c = r.candidate;
+                if self.ready_count(c) < self.gen(c).slots.len() {
+                    return false;
+                }
+                self.commit_reload(now, fx);
+                true
+            }
+            Phase::Running | Phase::Stopping { .. } => false,
+        }
+    }
+
+    fn spawn_missing(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let candidate = match &self.phase {
+            Phase::Reloading(r) => Some(r.candidate),
+            _ => None,
+        };
+        let numbers: Vec<u64> = self.generations.keys().copied().collect();
+        for n in numbers {
+            let g = self.gen(n);
+            let mut budget = usize::MAX;
+            if Some(n) == candidate && g.config.reload.strategy == Strategy::Rolling {
+                let booting =
+                    self.workers.values().filter(|w| w.generation == n && w.state == WorkerState::Booting).count();
+                budget = g.config.reload.max_surge.saturating_sub(booting);
+            }
+            if g.role == Role::Outgoing {
+                continue; // outgoing generations never spawn
+            }
+            for slot in 0..g.slots.len() {
+                if budget == 0 {
+                    break;
+                }
+                let s = &self.gen(n).slots[slot];
+                if !s.wanted || s.current.is_some() || s.not_before.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let id = self.new_worker(n, slot, now, fx);
+                self.gen_mut(n).slots[slot].current = Some(id);
+                budget -= 1;
+            }
+        }
+    }
+
+    /// Gives up wanted slots of generations that are on their way out, one per ready worker
+    /// of the generation that replaces them (the capacity rule).
+    fn retire_surplus(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let (incoming, others_include_active) = match &self.phase {
+            Phase::Reloading(r) if self.gen(r.candidate).config.reload.strategy == Strategy::Rolling => {
+                (r.candidate, true)
+            }
+            _ => (self.active, false),
+        };
+        let target = self.gen(incoming).slots.len();
+        let ready_in = self.ready_count(incoming);
+        // Candidates for retirement: outgoing generations first (oldest first), then, in a
+        // rolling reload, the active generation; highest slot first, non-ready first.
+        let mut order: Vec<(u64, usize)> = Vec::new();
+        for g in self.generations.values() {
+            let eligible =
+                g.number != incoming && (g.role == Role::Outgoing || (others_include_active && g.role == Role::Active));
+            if !eligible {
+                continue;
+            }
+            for (i, s) in g.slots.iter().enumerate().rev() {
+                if s.wanted {
+                    order.push((g.number, i));
+                }
+            }
+        }
+        order.sort_by_key(|&(n, i)| {
+            let g = self.gen(n);
+            let ready =
+                g.slots[i].current.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.state == WorkerState::Ready);
+            (g.role == Role::Active, ready, n, std::cmp::Reverse(i))
+        });
+        let mut wanted_others = order.len();
+        for (n, i) in order {
+            if ready_in + wanted_others <= target {
+                break;
+            }
+            let s = &mut self.gen_mut(n).slots[i];
+            s.wanted = false;
+            let ids: Vec<WorkerId> = [s.current, s.successor].into_iter().flatten().collect();
+            for id in ids {
+                self.stop_worker(id, now, fx);
+            }
+            wanted_others -= 1;
+        }
+    }
+
+    fn recycle_due(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let active = self.active;
+        for slot in 0..self.gen(active).slots.len() {
+            let s = &self.gen(active).slots[slot];
+            if !s.wanted || s.successor.is_some() || s.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            let Some(cur) = s.current.and_then(|id| self.workers.get(&id)) else { continue };
+            if cur.state != WorkerState::Ready || cur.recycle_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            let msg = format!("recycling {}: starting its replacement", describe(cur));
+            fx.push(log(Level::Info, "worker-recycle", msg, Some(active), Some(slot), cur.pid));
+            let id = self.new_worker(active, slot, now, fx);
+            self.gen_mut(active).slots[slot].successor = Some(id);
+        }
+    }
+
+    fn new_worker(&mut self, generation: u64, slot: usize, now: Instant, fx: &mut Vec<Effect>) -> WorkerId {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        self.workers.insert(
+            id,
+            Worker {
+                generation,
+                slot,
+                pid: None,
+                state: WorkerState::Booting,
+                since: now,
+                spawned_at: now,
+                stop_signal_pending: None,
+                watchdog_last: None,
+                recycle_at: None,
+                status_text: None,
+            },
+        );
+        let config = self.gen(generation).config.clone();
+        fx.push(Effect::Spawn(SpawnRequest { worker: id, generation, slot, config }));
+        id
+    }
+}

@@ -1,0 +1,116 @@
+//! The machine seen from outside: the one-line `STATUS=` summary and the `handover status`
+//! report. Read-only views; nothing here changes state.
+use std::time::Instant;
+
+use crate::control::proto;
+
+use super::{Machine, Phase, Role, Worker, WorkerState};
+
+impl Machine {
+    /// The one-line summary for `STATUS=` and `handover status`.
+    pub fn status_line(&self) -> String {
+        let mut parts = Vec::new();
+        let prefix = match &self.phase {
+            Phase::Starting => "starting; ",
+            Phase::Stopping { .. } => "stopping; ",
+            _ => "",
+        };
+        for g in self.generations.values().rev() {
+            let ready = self.ready_count(g.number);
+            let draining = self
+                .workers
+                .values()
+                .filter(|w| {
+                    w.generation == g.number && matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)
+                })
+                .count();
+            let wanted = g.slots.iter().filter(|s| s.wanted).count();
+            let mut p = match g.role {
+                Role::Candidate => format!("gen {}: reloading {ready}/{} ready", g.number, g.slots.len()),
+                Role::Active => format!("gen {}: {ready}/{} ready", g.number, g.slots.len()),
+                Role::Outgoing if wanted > 0 => format!("gen {}: {ready} serving until replaced", g.number),
+                Role::Outgoing => format!("gen {}:", g.number),
+            };
+            if draining > 0 {
+                p.push_str(&format!(" draining {draining}"));
+            }
+            if g.role == Role::Outgoing && wanted == 0 && draining == 0 {
+                continue;
+            }
+            parts.push(p);
+        }
+        let mut line = format!("{prefix}{}", parts.join("; "));
+        if let Some(why) = &self.last_reload_failure {
+            line.push_str("; last reload failed: ");
+            line.push_str(why);
+        }
+        line
+    }
+
+    /// The state for `handover status` (sockets and pid are filled in by the executor).
+    pub fn status(&self, now: Instant) -> proto::Status {
+        let phase = match &self.phase {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Reloading(_) => "reloading",
+            Phase::Stopping { .. } => "stopping",
+        };
+        let generations = self
+            .generations
+            .values()
+            .rev()
+            .map(|g| {
+                let of = |f: &dyn Fn(&Worker) -> bool| {
+                    self.workers.values().filter(|w| w.generation == g.number && f(w)).count()
+                };
+                proto::GenerationStatus {
+                    generation: g.number,
+                    role: g.role.as_str().into(),
+                    wanted: g.slots.iter().filter(|s| s.wanted).count(),
+                    ready: of(&|w| w.state == WorkerState::Ready),
+                    booting: of(&|w| w.state == WorkerState::Booting),
+                    draining: of(&|w| matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)),
+                }
+            })
+            .collect();
+        let mut workers: Vec<proto::WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| proto::WorkerStatus {
+                slot: w.slot,
+                pid: w.pid.unwrap_or(0),
+                generation: w.generation,
+                state: match w.state {
+                    WorkerState::Booting => "booting",
+                    WorkerState::Ready => "ready",
+                    WorkerState::Stopping { .. } => "draining",
+                    WorkerState::Killed => "killed",
+                }
+                .into(),
+                since_secs: now.saturating_duration_since(w.since).as_secs_f64(),
+                restarts: self
+                    .generations
+                    .get(&w.generation)
+                    .and_then(|g| g.slots.get(w.slot))
+                    .map_or(0, |s| s.restarts),
+                status: w.status_text.clone(),
+            })
+            .collect();
+        workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
+        proto::Status {
+            name: self.active_config().name.clone(),
+            pid: 0,
+            phase: phase.into(),
+            summary: self.status_line(),
+            active_generation: self.active,
+            candidate_generation: match &self.phase {
+                Phase::Reloading(r) => Some(r.candidate),
+                _ => None,
+            },
+            generations,
+            workers,
+            sockets: vec![],
+            last_reload: self.last_reload.clone(),
+        }
+    }
+}
