@@ -760,7 +760,11 @@ fn publish(r: &Results, svg: Option<&str>) -> Result<()> {
     let readme = std::fs::read_to_string(&readme_path).context("reading README.md")?;
     let section = readme_section(r);
     let updated = match (readme.find(README_BEGIN), readme.find(README_END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{}{}", &readme[..b], section, &readme[e + README_END.len()..]),
+        // The section ends with its own newline: keep what follows the end marker's line.
+        (Some(b), Some(e)) if b < e => {
+            let after = &readme[e + README_END.len()..];
+            format!("{}{}{}", &readme[..b], section, after.strip_prefix('\n').unwrap_or(after))
+        }
         _ => match readme.find("\n## Layout") {
             Some(at) => format!("{}\n## Benchmarks\n\n{}\n{}", &readme[..at], section, &readme[at..]),
             None => format!("{readme}\n## Benchmarks\n\n{section}\n"),
