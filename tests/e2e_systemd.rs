@@ -16,7 +16,7 @@
 //! in order in one container (one boot), each first putting the app back into a known state,
 //! so a failure does not hide the others. Every wait has a deadline and names what it waited
 //! for. The container is powered off by a guard's `Drop`, whatever happens.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -223,10 +223,27 @@ fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
     let old_gen = active_gen(&before)?;
     let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
     load.wait_ok(100)?;
+    let cursor = sb.journal_cursor()?;
+    let mono_called = handover::systemd::monotonic_usec();
     let t0 = Instant::now();
     let out = sb.run_status(&["systemctl", "reload", UNIT])?;
     let took = t0.elapsed();
+    let mono_returned = handover::systemd::monotonic_usec();
     ensure!(out.status.success(), "systemctl reload failed: {}", text(&out));
+    // Where the latency goes, by the journal's CLOCK_MONOTONIC timestamps (the container
+    // shares the host's kernel and has no time namespace): systemd's reload job, and
+    // handover's own events from the request reaching the daemon to the new generation serving.
+    let times = sb.event_times(&cursor)?;
+    let at = |key: &str| times.get(key).copied().ok_or_else(|| format!("no {key} in the journal: {times:?}"));
+    let (job_start, requested, succeeded, job_done) =
+        (at("job:reload")?, at("reload-requested")?, at("reload-succeeded")?, at("job:reload:done")?);
+    ensure!(
+        mono_called <= job_start && job_start <= requested && requested <= succeeded && succeeded <= job_done,
+        "journal events out of order: called {mono_called}, job {job_start}, requested {requested}, succeeded {succeeded}, done {job_done}"
+    );
+    let span = |from: u64, to: u64| ms(Duration::from_micros(to.saturating_sub(from)));
+    let in_handover = Duration::from_micros(succeeded - requested);
+    ensure!(in_handover >= BOOT, "handover reported success after {in_handover:?}, before the workers' boot");
     // Keep the load on until the old generation has drained and exited, and a bit beyond.
     sb.wait_drained()?;
     load.wait_more_ok(100)?;
@@ -248,10 +265,21 @@ fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
         "a worker's /info shows HANDOVER_GENERATION={env_gen:?}, expected {new_gen}"
     );
     ensure!(took >= BOOT, "systemctl reload returned after {took:?}, before the new workers could boot");
-    let mut notes = vec![format!(
-        "systemctl reload: rc 0 in {} = worker boot {} + {} (reload latency); gen {old_gen} -> {new_gen}, pids {old_pids:?} -> {new_pids:?}",
-        ms(took), ms(BOOT), ms(took.saturating_sub(BOOT))
-    )];
+    let mut notes = vec![
+        format!(
+            "systemctl reload: rc 0 in {} = worker boot {} + {} (reload latency); gen {old_gen} -> {new_gen}, pids {old_pids:?} -> {new_pids:?}",
+            ms(took), ms(BOOT), ms(took.saturating_sub(BOOT))
+        ),
+        format!(
+            "where it went (journal): exec + systemctl + D-Bus {} | systemd starts ExecReload=handover reload, it connects {} | handover: new generation boots and serves {} (boot + {}) | client exits, systemd ends the job {} | systemctl returns {}",
+            span(mono_called, job_start),
+            span(job_start, requested),
+            ms(in_handover),
+            ms(in_handover.saturating_sub(BOOT)),
+            span(succeeded, job_done),
+            span(job_done, mono_returned)
+        ),
+    ];
     check_no_failures(&reports, &mut notes)?;
     for (port, r) in &reports {
         ensure!(
@@ -989,6 +1017,27 @@ impl Sandbox {
             .find_map(|l| l.strip_prefix("-- cursor: "))
             .map(str::to_owned)
             .ok_or_else(|| format!("no cursor in {out:?}"))
+    }
+
+    /// The journal's monotonic time (µs) of the last entry of each kind for the app's unit
+    /// after `cursor`: handover's `HANDOVER_EVENT`s by name, systemd's job messages as
+    /// `job:TYPE` (started) and `job:TYPE:done` (finished, with a `JOB_RESULT`).
+    fn event_times(&self, cursor: &str) -> R<BTreeMap<String, u64>> {
+        let out = self.run(&["journalctl", "-u", UNIT, "--after-cursor", cursor, "-o", "json", "--no-pager"])?;
+        let mut times = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let entry: Value = serde_json::from_str(line).map_err(|e| format!("journal json: {e}: {line}"))?;
+            let key = match (entry["HANDOVER_EVENT"].as_str(), entry["JOB_TYPE"].as_str()) {
+                (Some(event), _) => event.to_owned(),
+                (None, Some(job)) if entry["JOB_RESULT"].is_string() => format!("job:{job}:done"),
+                (None, Some(job)) => format!("job:{job}"),
+                (None, None) => continue,
+            };
+            let Some(mono) = entry["__MONOTONIC_TIMESTAMP"].as_str() else { continue };
+            let mono: u64 = mono.parse().map_err(|e| format!("__MONOTONIC_TIMESTAMP {mono:?}: {e}"))?;
+            times.insert(key, mono);
+        }
+        Ok(times)
     }
 
     /// Brings the app to a known state: the good config, the socket listening, the service
