@@ -207,7 +207,7 @@ fn recycling_by_max_lifetime_under_load_loses_nothing() {
 /// others, so exits and last words interleave. Every last word must be attributed to its
 /// worker (the queue is read after each `waitpid`, not once per SIGCHLD).
 #[test]
-fn last_words_of_many_draining_workers_are_never_taken_for_a_strangers() {
+fn last_words_of_many_draining_workers_are_attributed_to_them() {
     let _x = exclusive();
     let opts = Options { workers: 24, worker_args: vec!["--boot-delay".into(), "50ms".into()], ..Options::default() };
     let d = Daemon::start(opts);
