@@ -221,14 +221,9 @@ fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
     let before = sb.status()?;
     let old_pids = pids(&before);
     let old_gen = active_gen(&before)?;
-    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
-    load.wait_ok(100)?;
     let cursor = sb.journal_cursor()?;
-    let mono_called = handover::systemd::monotonic_usec();
-    let t0 = Instant::now();
-    let out = sb.run_status(&["systemctl", "reload", UNIT])?;
-    let took = t0.elapsed();
-    let mono_returned = handover::systemd::monotonic_usec();
+    let ReloadUnderLoad { out, took, called_usec: mono_called, returned_usec: mono_returned, reports } =
+        reload_under_load(sb, &[(HTTP_PORT, false), (ADMIN_PORT, true)], 100)?;
     ensure!(out.status.success(), "systemctl reload failed: {}", text(&out));
     // Where the latency goes, by the journal's CLOCK_MONOTONIC timestamps (the container
     // shares the host's kernel and has no time namespace): systemd's reload job, and
@@ -244,10 +239,6 @@ fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
     let span = |from: u64, to: u64| ms(Duration::from_micros(to.saturating_sub(from)));
     let in_handover = Duration::from_micros(succeeded - requested);
     ensure!(in_handover >= BOOT, "handover reported success after {in_handover:?}, before the workers' boot");
-    // Keep the load on until the old generation has drained and exited, and a bit beyond.
-    sb.wait_drained()?;
-    load.wait_more_ok(100)?;
-    let reports = load.stop();
     let after = sb.status()?;
     let new_gen = active_gen(&after)?;
     ensure!(new_gen == old_gen + 1, "generation {old_gen} -> {new_gen}, expected +1");
@@ -302,14 +293,8 @@ fn s3_rollback(sb: &mut Sandbox) -> R<Vec<String>> {
         let (old_pids, old_gen) = (pids(&before), active_gen(&before)?);
         sb.write(CONFIG, &app_config(args, boot_timeout))?;
         let cursor = sb.journal_cursor()?;
-        let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
-        load.wait_ok(50)?;
-        let t0 = Instant::now();
-        let out = sb.run_status(&["systemctl", "reload", UNIT])?;
-        let took = t0.elapsed();
-        sb.wait_drained()?;
-        load.wait_more_ok(50)?;
-        let reports = load.stop();
+        let ReloadUnderLoad { out, took, reports, .. } =
+            reload_under_load(sb, &[(HTTP_PORT, false), (ADMIN_PORT, true)], 50)?;
         ensure!(!out.status.success(), "{what}: systemctl reload returned 0");
         let status_text = sb.prop(UNIT, "StatusText")?;
         ensure!(
@@ -514,14 +499,7 @@ fn s5_notify_reload(sb: &mut Sandbox) -> R<Vec<String>> {
         ensure!(sb.prop(UNIT, "Type")? == "notify-reload", "Type is {} with the drop-in", sb.prop(UNIT, "Type")?);
         let old_gen = active_gen(&sb.status()?)?;
         let cursor = sb.journal_cursor()?;
-        let load = Loads::start(&[(HTTP_PORT, false)])?;
-        load.wait_ok(50)?;
-        let t0 = Instant::now();
-        let out = sb.run_status(&["systemctl", "reload", UNIT])?;
-        let took = t0.elapsed();
-        sb.wait_drained()?;
-        load.wait_more_ok(50)?;
-        let reports = load.stop();
+        let ReloadUnderLoad { out, took, reports, .. } = reload_under_load(sb, &[(HTTP_PORT, false)], 50)?;
         ensure!(out.status.success(), "systemctl reload failed: {}", text(&out));
         let new_gen = active_gen(&sb.status()?)?;
         ensure!(new_gen == old_gen + 1, "generation {old_gen} -> {new_gen}");
@@ -739,6 +717,35 @@ fn active_gen(status: &Value) -> R<u64> {
 // ------------------------------------------------------------------------------ load
 
 /// Load generators against several ports (one per entry), started and stopped together.
+/// What [`reload_under_load`] saw.
+struct ReloadUnderLoad {
+    /// `systemctl reload`'s exit status and output.
+    out: Output,
+    /// Its wall time.
+    took: Duration,
+    /// CLOCK_MONOTONIC (µs) just before the call and just after it returned.
+    called_usec: u64,
+    returned_usec: u64,
+    /// Each load generator's report.
+    reports: Vec<(u16, LoadReport)>,
+}
+
+/// `systemctl reload` of the app under load from the host: the load runs until every
+/// generator has `warm_up` answered requests, through the call, until the other generations
+/// have drained and exited, and for `warm_up` answered requests more.
+fn reload_under_load(sb: &Sandbox, targets: &[(u16, bool)], warm_up: u64) -> R<ReloadUnderLoad> {
+    let load = Loads::start(targets)?;
+    load.wait_ok(warm_up)?;
+    let called_usec = handover::systemd::monotonic_usec();
+    let t0 = Instant::now();
+    let out = sb.run_status(&["systemctl", "reload", UNIT])?;
+    let took = t0.elapsed();
+    let returned_usec = handover::systemd::monotonic_usec();
+    sb.wait_drained()?;
+    load.wait_more_ok(warm_up)?;
+    Ok(ReloadUnderLoad { out, took, called_usec, returned_usec, reports: load.stop() })
+}
+
 struct Loads {
     handles: Vec<(u16, LoadHandle)>,
 }
