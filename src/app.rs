@@ -182,7 +182,8 @@ pub fn reload(a: ReloadArgs) -> i32 {
     let mut shown = false;
     let result = client::call(&path, &Request::Reload {}, timeout, !a.no_wait, |p| {
         if tty {
-            eprint!("\rgeneration {}: new workers ready {}/{}", p.generation, p.ready, p.total);
+            // Clear to the end of the line: the text can get shorter.
+            eprint!("\r{p}\x1b[K");
             let _ = std::io::stderr().flush();
             shown = true;
         }
@@ -277,6 +278,25 @@ pub fn render_status(s: &Status) -> String {
             w.restarts,
             w.status.as_deref().unwrap_or("")
         );
+    }
+    if !s.failing.is_empty() {
+        let _ = writeln!(out, "\nFAILING SLOTS (crash-loop backoff)");
+        let _ = writeln!(out, "{:<5} {:<5} {:>8} {:>13}  LAST FAILURE", "GEN", "SLOT", "RESTARTS", "NEXT ATTEMPT");
+        for f in &s.failing {
+            let next = match f.next_attempt_secs {
+                Some(secs) => format!("in {secs:.1}s"),
+                None => "booting".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<5} {:<5} {:>8} {:>13}  {}",
+                f.generation,
+                f.slot,
+                f.restarts,
+                next,
+                f.last_failure.as_deref().unwrap_or("")
+            );
+        }
     }
     let _ = writeln!(out, "\n{:<16} {:<8} ADDRESS", "SOCKET", "ORIGIN");
     for k in &s.sockets {

@@ -78,7 +78,9 @@ pub fn event(level: Level, event: &'static str, message: impl Into<String>) {
 }
 
 /// Whether `$JOURNAL_STREAM` (`dev:inode`) is our stderr.
-fn stderr_is_journal() -> bool {
+/// Whether stderr is connected to journald (`$JOURNAL_STREAM` names its device and inode),
+/// as it is for a service whose output goes to the journal.
+pub fn stderr_is_journal() -> bool {
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };

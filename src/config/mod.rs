@@ -113,6 +113,11 @@ pub struct Reload {
     pub strategy: Strategy,
     /// With `Rolling`: how many new workers may boot at once.
     pub max_surge: usize,
+    /// How long a new worker must stay up after it is ready before it counts as healthy:
+    /// the reload commits (and, rolling, an old worker is retired) only for healthy workers,
+    /// and a new worker that fails before it is healthy rolls the reload back. Zero: ready
+    /// is healthy.
+    pub min_healthy_time: Duration,
 }
 
 /// `reload.strategy`.

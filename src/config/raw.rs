@@ -31,6 +31,15 @@ const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `reload.max_surge` when the file does not say.
 const DEFAULT_MAX_SURGE: i64 = 1;
+/// `reload.min_healthy_time` when the file does not say and `workers.ready` is `"spawn"`
+/// or `"delay:…"`: handover only guesses readiness there, so a new generation must prove
+/// itself beside the old one for a while before the old one goes (an import error after
+/// the delay, or a crash at the first requests, then rolls back instead of taking the site
+/// down). With `"notify"` the worker says when it serves, and the default is 0.
+const DEFAULT_MIN_HEALTHY_TIME_GUESSED: Duration = Duration::from_secs(5);
+/// Upper bound for `reload.min_healthy_time`: a reload holds two generations (twice the
+/// memory) and keeps `systemctl reload` waiting for this long.
+const MAX_MIN_HEALTHY_TIME: Duration = Duration::from_secs(3600);
 /// The search path when the environment has no `PATH`: systemd's default for services.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
 /// `sun_path` is 108 bytes, including the terminating NUL.
@@ -95,12 +104,14 @@ struct RawWorkers {
     max_memory: Option<Spanned<Scalar>>,
 }
 
-/// The `[reload]` table (optional). Defaults: `strategy` "all-at-once", `max_surge` 1.
-#[derive(Deserialize)]
+/// The `[reload]` table (optional). Defaults: `strategy` "all-at-once", `max_surge` 1,
+/// `min_healthy_time` 0 with `ready = "notify"`, else 5 s.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawReload {
     strategy: Option<Spanned<String>>,
     max_surge: Option<Spanned<i64>>,
+    min_healthy_time: Option<Spanned<DurationText>>,
 }
 
 /// A duration as written: a string; checked later by [`units::parse_duration`].
@@ -295,10 +306,7 @@ impl RawConfig {
         }
 
         let workers = self.workers.validate(src, env)?;
-        let reload = match &self.reload {
-            Some(r) => r.validate(src)?,
-            None => Reload { strategy: Strategy::AllAtOnce, max_surge: 1 },
-        };
+        let reload = self.reload.as_ref().unwrap_or(&RawReload::default()).validate(src, &workers)?;
 
         Ok(Config { path: src.file.to_path_buf(), name, control_socket, pidfile, listen, workers, reload })
     }
@@ -596,7 +604,7 @@ fn parse_stop_signal(v: &Scalar) -> Result<i32, String> {
 }
 
 impl RawReload {
-    fn validate(&self, src: &Source<'_>) -> Result<Reload, ConfigError> {
+    fn validate(&self, src: &Source<'_>, workers: &Workers) -> Result<Reload, ConfigError> {
         let strategy = match &self.strategy {
             None => Strategy::AllAtOnce,
             Some(s) => match s.get_ref().as_str() {
@@ -613,7 +621,19 @@ impl RawReload {
         };
         // Above workers.count is allowed: it means the whole generation at once.
         let max_surge = src.int_in(self.max_surge.as_ref(), "reload.max_surge", DEFAULT_MAX_SURGE, 1, i64::MAX)?;
-        Ok(Reload { strategy, max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX) })
+        let key = "reload.min_healthy_time";
+        let min_healthy_time =
+            match (self.min_healthy_time.as_ref(), src.duration(self.min_healthy_time.as_ref(), key)?) {
+                (Some(v), Some(d)) if d > MAX_MIN_HEALTHY_TIME => {
+                    return Err(src.at(v.span(), key, format!("must be at most {}s", MAX_MIN_HEALTHY_TIME.as_secs())))
+                }
+                (_, Some(d)) => d,
+                (None, None) | (Some(_), None) => match workers.ready {
+                    ReadyMode::Notify => Duration::ZERO,
+                    ReadyMode::Spawn | ReadyMode::Delay(_) => DEFAULT_MIN_HEALTHY_TIME_GUESSED,
+                },
+            };
+        Ok(Reload { strategy, max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX), min_healthy_time })
     }
 }
 
@@ -916,7 +936,7 @@ mod tests {
                     max_lifetime: None,
                     max_memory: None,
                 },
-                reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1 },
+                reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },
             }
         );
         let c = fx.ok(&format!("[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8000\"\n{MIN}[reload]\n"));
@@ -1003,7 +1023,7 @@ max_surge = 2
         assert_eq!(w.graceful_timeout, Duration::from_secs(90));
         assert_eq!(w.max_lifetime, Some(Duration::from_secs(3600)));
         assert_eq!(w.max_memory, Some(512 << 20));
-        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 2 });
+        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 2, min_healthy_time: Duration::ZERO });
     }
 
     #[test]
@@ -1416,10 +1436,28 @@ max_surge = 2
     }
 
     #[test]
+    fn min_healthy_time_defaults_by_ready_mode_and_is_bounded() {
+        let fx = Fx::new();
+        let mht = |extra: &str| fx.parse(&format!("{MIN}{extra}")).map(|c| c.reload.min_healthy_time);
+        // The worker says when it serves: no window unless asked for.
+        assert_eq!(mht(""), Ok(Duration::ZERO));
+        // handover only guesses readiness: a window by default.
+        assert_eq!(mht("ready = \"spawn\"\n"), Ok(Duration::from_secs(5)));
+        assert_eq!(mht("ready = \"delay:2s\"\n[reload]\n"), Ok(Duration::from_secs(5)));
+        assert_eq!(mht("ready = \"spawn\"\n[reload]\nmin_healthy_time = \"0\"\n"), Ok(Duration::ZERO));
+        assert_eq!(mht("[reload]\nmin_healthy_time = \"10s\"\n"), Ok(Duration::from_secs(10)));
+        let e = mht("[reload]\nmin_healthy_time = \"2h\"\n").unwrap_err();
+        assert_eq!(at(&e), (4, 20, "reload.min_healthy_time"));
+        assert_eq!(e.message, "must be at most 3600s");
+        let e = mht("[reload]\nmin_healthy_time = 5\n").unwrap_err();
+        assert_eq!(at(&e), (4, 20, "reload.min_healthy_time"));
+    }
+
+    #[test]
     fn reload() {
         let fx = Fx::new();
         let c = fx.ok(&format!("{MIN}count = 2\n[reload]\nstrategy = \"rolling\"\nmax_surge = 8\n"));
-        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 8 });
+        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 8, min_healthy_time: Duration::ZERO });
         let e = fx.err(&format!("{MIN}[reload]\nstrategy = \"blue-green\"\n"));
         assert_eq!(at(&e), (4, 12, "reload.strategy"));
         assert_eq!(e.message, "expected \"all-at-once\" or \"rolling\", not \"blue-green\"");

@@ -51,6 +51,28 @@ pub struct Progress {
     pub ready: usize,
     /// Its worker count.
     pub total: usize,
+    /// Its workers that have stayed up `reload.min_healthy_time` since they were ready.
+    #[serde(default)]
+    pub healthy: usize,
+    /// `reload.min_healthy_time` in milliseconds (0: ready is healthy).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_healthy_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl std::fmt::Display for Progress {
+    /// `generation 8: new workers ready 4/4, healthy 2/4 (min_healthy_time 5s)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {}: new workers ready {}/{}", self.generation, self.ready, self.total)?;
+        if self.min_healthy_ms > 0 {
+            let window = crate::supervisor::machine::human(std::time::Duration::from_millis(self.min_healthy_ms));
+            write!(f, ", healthy {}/{} (min_healthy_time {window})", self.healthy, self.total)?;
+        }
+        Ok(())
+    }
 }
 
 /// The final reply to a request.
@@ -90,7 +112,8 @@ pub struct Status {
     pub name: String,
     /// The daemon's pid.
     pub pid: u32,
-    /// `starting`, `running`, `reloading` or `stopping`.
+    /// `starting`, `running`, `degraded` (running, but slots are failing: see `failing`),
+    /// `reloading` or `stopping`.
     pub phase: String,
     /// The one-line summary also sent as `STATUS=`.
     pub summary: String,
@@ -106,6 +129,25 @@ pub struct Status {
     pub sockets: Vec<SocketStatus>,
     /// The last reload's result, if any.
     pub last_reload: Option<String>,
+    /// Slots of the active generation that are failing (crash-loop backoff): the daemon is
+    /// degraded while this is not empty.
+    #[serde(default)]
+    pub failing: Vec<FailingSlotStatus>,
+}
+
+/// A slot in crash-loop backoff, in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailingSlotStatus {
+    /// Its generation (the active one).
+    pub generation: u64,
+    /// The slot.
+    pub slot: usize,
+    /// Respawns after failures so far.
+    pub restarts: u32,
+    /// How its last worker failed.
+    pub last_failure: Option<String>,
+    /// Seconds until the next attempt; `None` while a new worker boots in it.
+    pub next_attempt_secs: Option<f64>,
 }
 
 /// One generation in [`Status`].
@@ -172,7 +214,8 @@ mod tests {
 
     #[test]
     fn replies_round_trip_untagged() {
-        let p = Reply::Progress { progress: Progress { generation: 2, ready: 1, total: 4 } };
+        let p =
+            Reply::Progress { progress: Progress { generation: 2, ready: 1, total: 4, healthy: 1, min_healthy_ms: 0 } };
         let line = serde_json::to_string(&p).expect("ser");
         assert_eq!(line, r#"{"progress":{"generation":2,"ready":1,"total":4}}"#);
         assert_eq!(serde_json::from_str::<Reply>(&line).expect("de"), p);

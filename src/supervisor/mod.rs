@@ -112,7 +112,13 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
     }
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
-    let (machine, effects) = Machine::start(config, Instant::now());
+    let (mut machine, effects) = Machine::start(config, Instant::now());
+    // Workers inherit our stdout and stderr: where ours go, theirs go.
+    machine.set_worker_output(if logging::stderr_is_journal() {
+        machine::WorkerOutput::Journal
+    } else {
+        machine::WorkerOutput::Stderr
+    });
     let mut daemon = Daemon {
         machine,
         sockets,

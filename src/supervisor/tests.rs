@@ -30,7 +30,7 @@ fn config(count: usize, strategy: Strategy, max_surge: usize) -> Config {
             max_lifetime: None,
             max_memory: None,
         },
-        reload: Reload { strategy, max_surge },
+        reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO },
     }
 }
 
@@ -573,4 +573,203 @@ fn configs_in_use_include_a_queued_reload() {
     sim.reload(queued, None);
     let names: Vec<String> = sim.m.configs().map(|c| c.name.clone()).collect();
     assert_eq!(names, vec!["app", "app", "queued"], "generation 1, the candidate, and the queued reload");
+}
+
+// ------------------------------------------------------------------ issue 9: readiness that cannot be fooled
+
+fn with_min_healthy(mut cfg: Config, window: Duration) -> Config {
+    cfg.reload.min_healthy_time = window;
+    cfg
+}
+
+fn logged(sim: &Sim, mark: usize, event: &str) -> Vec<String> {
+    sim.log[mark..]
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Log(r) if r.event == event => Some(r.message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn generation_numbers_are_never_reused_after_a_rollback() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(1));
+    let failed = sim.pids_of(2);
+    sim.exit(failed[0]);
+    assert!(!sim.final_reply(1).expect("rolled back").ok);
+    // Let the rest of the rolled-back generation go, so that nothing remembers it.
+    for pid in sim.pids_of(2) {
+        sim.exit(pid);
+    }
+    assert!(sim.pids_of(2).is_empty());
+    let mark = sim.log.len();
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(2));
+    assert_eq!(sim.spawns_since(mark), vec![(3, 0), (3, 1)], "generation 2 is taken: the next one is 3");
+    sim.ready_all(3);
+    assert_eq!(sim.final_reply(2).expect("committed").generation, Some(3));
+}
+
+#[test]
+fn min_healthy_time_keeps_the_old_generation_until_the_new_one_has_stayed_up() {
+    let window = Duration::from_secs(5);
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let old = sim.pids_of(1);
+    let mark = sim.log.len();
+    sim.reload(with_min_healthy(config(2, Strategy::AllAtOnce, 1), window), Some(1));
+    sim.ready_all(2);
+    assert!(sim.final_reply(1).is_none(), "ready is not healthy yet");
+    assert!(sim.signals_since(mark).is_empty(), "the old generation keeps serving during the window");
+    assert_eq!(sim.m.status_line(), "gen 2: reloading 2/2 ready, 0 healthy; gen 1: 2/2 ready");
+    sim.advance(Duration::from_secs(4));
+    assert!(sim.final_reply(1).is_none());
+    sim.run_timer(); // the window ends at 5 s
+    let outcome = sim.final_reply(1).expect("committed after the window");
+    assert!(outcome.ok && outcome.generation == Some(2), "{outcome:?}");
+    let stopped: Vec<Pid> = sim.signals_since(mark).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(stopped, old);
+    assert_eq!(logged(&sim, mark, "worker-healthy").len(), 2);
+    // Progress told the waiter about the window: ready first, then healthy.
+    let progress: Vec<(usize, usize, u64)> = sim.log[mark..]
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reply { requester: 1, reply: Reply::Progress { progress: p } } => {
+                Some((p.ready, p.healthy, p.min_healthy_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec![(1, 0, 5000), (2, 0, 5000), (2, 1, 5000), (2, 2, 5000)]);
+}
+
+#[test]
+fn a_new_worker_that_exits_after_ready_but_within_min_healthy_time_rolls_back() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let mark = sim.log.len();
+    sim.reload(with_min_healthy(config(2, Strategy::AllAtOnce, 1), Duration::from_secs(5)), Some(1));
+    sim.ready_all(2);
+    sim.advance(Duration::from_secs(2));
+    let new = sim.pids_of(2);
+    sim.exit(new[1]); // an import error after READY=1, or a crash at the first request
+    let outcome = sim.final_reply(1).expect("rolled back");
+    assert!(!outcome.ok);
+    let why = outcome.error.unwrap_or_default();
+    assert!(why.contains("within min_healthy_time 5s of being ready"), "{why}");
+    assert!(sim.signals_since(mark).iter().all(|(p, _)| new.contains(p)), "no old worker was told to stop");
+    assert_eq!(sim.m.active_generation(), 1);
+    assert_eq!(sim.systemd_since(mark), vec![SystemdMessage::Reloading, SystemdMessage::Ready]);
+}
+
+#[test]
+fn without_min_healthy_time_a_ready_new_worker_that_exits_is_respawned_not_rolled_back() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(1));
+    let new = sim.pids_of(2);
+    sim.ready(new[0]);
+    sim.exit(new[0]);
+    assert!(sim.final_reply(1).is_none(), "ready is healthy with no window: a crash is respawned as before");
+}
+
+#[test]
+fn a_missed_watchdog_within_min_healthy_time_rolls_back() {
+    let mut cfg = with_min_healthy(config(1, Strategy::AllAtOnce, 1), Duration::from_secs(10));
+    cfg.workers.watchdog = Some(Duration::from_secs(2));
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.reload(cfg, Some(1));
+    let new = sim.pids_of(2)[0];
+    sim.ready(new);
+    sim.feed(Event::Message { sender: new, sender_pgid: Some(new), message: WorkerMessage::Watchdog });
+    sim.advance(Duration::from_secs(3));
+    let outcome = sim.final_reply(1).expect("rolled back on the missed watchdog");
+    assert!(!outcome.ok);
+    assert!(outcome.error.unwrap_or_default().contains("missed its watchdog"));
+}
+
+#[test]
+fn rolling_with_min_healthy_time_retires_an_old_worker_only_per_healthy_new_one() {
+    let mut sim = Sim::started(2, Strategy::Rolling, 1);
+    let old = sim.pids_of(1);
+    let mark = sim.log.len();
+    sim.reload(with_min_healthy(config(2, Strategy::Rolling, 1), Duration::from_secs(5)), Some(1));
+    let first = sim.pids_of(2);
+    assert_eq!(first.len(), 1, "max_surge 1");
+    sim.ready(first[0]);
+    assert!(sim.signals_since(mark).is_empty(), "ready but not healthy: nothing old retired");
+    sim.run_timer();
+    assert_eq!(sim.signals_since(mark).len(), 1, "healthy: one old worker retired");
+    assert!(old.contains(&sim.signals_since(mark)[0].0));
+    let second: Vec<Pid> = sim.pids_of(2).into_iter().filter(|p| *p != first[0]).collect();
+    sim.ready(second[0]);
+    sim.run_timer();
+    assert!(sim.final_reply(1).expect("done").ok);
+}
+
+#[test]
+fn a_crash_loop_shows_as_degraded_with_the_last_failure_and_next_attempt() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let mark = sim.log.len();
+    let pids = sim.pids_of(1);
+    sim.exit(pids[0]);
+    let st = sim.m.status(sim.now);
+    assert_eq!(st.phase, "degraded");
+    assert_eq!(st.failing.len(), 1);
+    let f = &st.failing[0];
+    assert_eq!((f.generation, f.slot, f.restarts), (1, 0, 1));
+    assert!(f.last_failure.as_deref().unwrap_or("").contains("exit code 1"), "{f:?}");
+    assert!(f.next_attempt_secs.is_some_and(|s| s > 0.0 && s <= 0.1), "{f:?}");
+    assert!(
+        st.summary.contains("degraded: 1 slots in crash-loop backoff, last: worker gen 1 slot 0"),
+        "{}",
+        st.summary
+    );
+    assert_eq!(logged(&sim, mark, "degraded").len(), 1);
+    // Respawned after the backoff: booting, still failing until ready.
+    sim.run_timer();
+    let st = sim.m.status(sim.now);
+    assert_eq!(st.failing.len(), 1);
+    assert_eq!(st.failing[0].next_attempt_secs, None, "booting again");
+    let again = sim.pids_of(1).into_iter().find(|p| !pids.contains(p)).expect("respawned");
+    sim.ready(again);
+    let st = sim.m.status(sim.now);
+    assert_eq!(st.phase, "running");
+    assert!(st.failing.is_empty());
+    assert!(!st.summary.contains("degraded"));
+    assert_eq!(logged(&sim, mark, "recovered").len(), 1);
+    assert_eq!(logged(&sim, mark, "degraded").len(), 1, "logged once on the way in");
+}
+
+#[test]
+fn failure_messages_say_where_the_workers_output_is() {
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.m.set_worker_output(WorkerOutput::Journal);
+    let mark = sim.log.len();
+    let pid = sim.pids_of(1)[0];
+    sim.exit(pid);
+    let failed = logged(&sim, mark, "worker-failed");
+    assert!(failed[0].contains(&format!("its output: journalctl _PID={pid}")), "{failed:?}");
+    sim.m.set_worker_output(WorkerOutput::Stderr);
+    sim.run_timer();
+    let again = sim.pids_of(1)[0];
+    sim.exit(again);
+    let failed = logged(&sim, mark, "worker-failed");
+    assert!(failed[1].contains("on handover's stderr"), "{failed:?}");
+}
+
+#[test]
+fn a_worker_that_exits_after_its_stop_signal_is_logged_as_drained_and_one_killed_as_such() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let old = sim.pids_of(1);
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(1));
+    sim.ready_all(2);
+    let mark = sim.log.len();
+    sim.advance(Duration::from_millis(1200));
+    sim.feed(Event::Exited { pid: old[0], status: "exit code 0".into() });
+    let drained = logged(&sim, mark, "worker-drained");
+    assert_eq!(drained.len(), 1);
+    assert!(drained[0].ends_with("exited (exit code 0) 1.2s after it was told to stop: drained"), "{drained:?}");
+    sim.advance(Duration::from_secs(30)); // graceful_timeout: SIGKILL
+    sim.feed(Event::Exited { pid: old[1], status: "killed by SIGKILL".into() });
+    let killed = logged(&sim, mark, "worker-exited");
+    assert!(killed[0].contains("SIGKILLed, it had not exited within graceful_timeout"), "{killed:?}");
 }

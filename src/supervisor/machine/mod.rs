@@ -115,6 +115,8 @@ struct Slot {
     restarts: u32,
     /// No spawn in this slot before this instant (backoff).
     not_before: Option<Instant>,
+    /// Why its last worker failed, for the degraded view.
+    last_failure: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,11 @@ struct Worker {
     watchdog_last: Option<Instant>,
     recycle_at: Option<Instant>,
     status_text: Option<String>,
+    /// When it became ready (`None` while booting).
+    ready_at: Option<Instant>,
+    /// Ready and up for the generation's `reload.min_healthy_time` since (see
+    /// [`Machine::mark_healthy`]); a candidate worker that fails before this rolls back.
+    healthy: bool,
 }
 
 /// The supervisor's state. See the module documentation for the model.
@@ -161,12 +168,34 @@ pub struct Machine {
     generations: BTreeMap<u64, Generation>,
     workers: BTreeMap<WorkerId, Worker>,
     active: u64,
+    /// The number the next reload's generation gets: never reused in the daemon's life, so a
+    /// rolled-back candidate keeps its number and `HANDOVER_GENERATION=n` names one version.
+    next_generation: u64,
     next_worker: u64,
     pending_reload: Option<PendingReload>,
     /// The last reload's result, for `handover status`.
     last_reload: Option<String>,
     /// Why the last reload failed, shown in `STATUS=` until a reload succeeds.
     last_reload_failure: Option<String>,
+    /// Some slot of the active generation is failing (see [`Machine::degraded_slots`]); kept
+    /// to log the transitions in and out.
+    degraded: bool,
+    /// A failure was counted in this step: the degraded state may have changed.
+    failure_counted: bool,
+    /// Where a worker's output goes, for messages about failed workers.
+    worker_output: WorkerOutput,
+}
+
+/// Where the workers' stdout and stderr end up, so that a message about a failed worker can
+/// say where to read what it printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerOutput {
+    /// journald (handover runs under systemd with its output in the journal): each line
+    /// is stored with the worker's `_PID`.
+    Journal,
+    /// handover's own stderr, interleaved with its log lines.
+    #[default]
+    Stderr,
 }
 
 impl Machine {
@@ -177,10 +206,14 @@ impl Machine {
             generations: BTreeMap::new(),
             workers: BTreeMap::new(),
             active: 1,
+            next_generation: 2,
             next_worker: 1,
             pending_reload: None,
             last_reload: None,
             last_reload_failure: None,
+            degraded: false,
+            failure_counted: false,
+            worker_output: WorkerOutput::default(),
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -193,6 +226,11 @@ impl Machine {
         )];
         m.reconcile(now, &mut fx);
         (m, fx)
+    }
+
+    /// Tells the machine where workers' output goes (see [`WorkerOutput`]).
+    pub fn set_worker_output(&mut self, output: WorkerOutput) {
+        self.worker_output = output;
     }
 
     /// The current phase.
@@ -254,6 +292,9 @@ impl Machine {
                         consider(Some(last + wd));
                     }
                     consider(w.recycle_at);
+                    if !w.healthy {
+                        consider(w.ready_at.map(|t| t + g.config.reload.min_healthy_time));
+                    }
                 }
                 WorkerState::Stopping { kill_at } => consider(Some(kill_at)),
                 WorkerState::Killed => {}
@@ -303,6 +344,11 @@ impl Machine {
         }
         self.check_deadlines(now, &mut fx);
         self.reconcile(now, &mut fx);
+        // Only a counted failure can make the daemon degraded, and only while it is can a
+        // step end it: the scan of the slots is skipped otherwise.
+        if self.degraded || std::mem::take(&mut self.failure_counted) {
+            self.update_degraded(&mut fx);
+        }
         #[cfg(any(debug_assertions, test))]
         self.check_invariants();
         fx
@@ -336,19 +382,40 @@ impl Machine {
     fn on_worker_gone(&mut self, id: WorkerId, w: Worker, why: &str, now: Instant, fx: &mut Vec<Effect>) {
         let (generation, slot) = (w.generation, w.slot);
         let who = describe(&w);
+        let output = self.output_hint(w.pid);
         let Some(g) = self.generations.get_mut(&generation) else { return };
         let role = g.role;
         let s = g.slots.get_mut(slot);
         let was_current = s.as_ref().is_some_and(|s| s.current == Some(id));
         let was_successor = s.as_ref().is_some_and(|s| s.successor == Some(id));
         match w.state {
-            WorkerState::Stopping { .. } | WorkerState::Killed => {
-                fx.push(log(Level::Info, "worker-exited", format!("{who} {why}"), Some(generation), Some(slot), w.pid));
+            WorkerState::Stopping { .. } => {
+                // It exited on its own after being told to stop (or saying it stops).
+                let took = human(now.saturating_duration_since(w.since));
+                // A worker that dies of the signal either has no handler (and dropped what it
+                // was serving) or re-raised it after draining (uvicorn does): say both.
+                let how = if why.contains("killed by") {
+                    "it did not catch the signal, or re-raised it after draining"
+                } else {
+                    "drained"
+                };
+                let msg = format!("{who} {why} {took} after it was told to stop: {how}");
+                fx.push(log(Level::Info, "worker-drained", msg, Some(generation), Some(slot), w.pid));
+            }
+            WorkerState::Killed => {
+                let msg = format!("{who} {why}: SIGKILLed, it had not exited within graceful_timeout");
+                fx.push(log(Level::Warn, "worker-exited", msg, Some(generation), Some(slot), w.pid));
             }
             WorkerState::Booting | WorkerState::Ready => {
                 let before_ready = w.state == WorkerState::Booting;
-                let reason =
-                    if before_ready { format!("{who} {why} before it was ready") } else { format!("{who} {why}") };
+                let reason = if before_ready {
+                    format!("{who} {why} before it was ready{output}")
+                } else if !w.healthy {
+                    let window = human(g.config.reload.min_healthy_time);
+                    format!("{who} {why} within min_healthy_time {window} of being ready{output}")
+                } else {
+                    format!("{who} {why}{output}")
+                };
                 if let Some(s) = g.slots.get_mut(slot) {
                     if was_current {
                         s.current = None;
@@ -357,7 +424,7 @@ impl Machine {
                         s.successor = None;
                     }
                 }
-                if role == Role::Candidate && before_ready {
+                if role == Role::Candidate && !w.healthy {
                     fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), w.pid));
                     self.fail_reload(reason, now, fx);
                 } else if role == Role::Outgoing {
@@ -369,7 +436,7 @@ impl Machine {
                     fx.push(log(Level::Warn, "worker-exited", reason, Some(generation), Some(slot), w.pid));
                 } else {
                     let uptime = now.saturating_duration_since(w.spawned_at);
-                    self.count_failure(generation, slot, uptime, now);
+                    self.count_failure(generation, slot, uptime, &reason, now);
                     let delay = self
                         .gen(generation)
                         .slots
@@ -517,7 +584,8 @@ impl Machine {
             }
         };
         let previous = self.active;
-        let candidate = self.generations.keys().next_back().copied().unwrap_or(previous) + 1;
+        let candidate = self.next_generation;
+        self.next_generation += 1;
         self.add_generation(candidate, config, Role::Candidate);
         let g = self.gen(candidate);
         let strategy = match g.config.reload.strategy {
@@ -642,7 +710,11 @@ impl Machine {
                         if now >= last + wd {
                             let why = format!("missed its watchdog ({} without WATCHDOG=1)", human(wd));
                             self.watchdog_expired(id, &why, now, fx);
+                            continue;
                         }
+                    }
+                    if !w.healthy && w.ready_at.is_some_and(|t| now >= t + g.config.reload.min_healthy_time) {
+                        self.mark_healthy(id, fx);
                     }
                 }
                 WorkerState::Stopping { kill_at } => {
@@ -662,8 +734,12 @@ impl Machine {
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
         let g = self.gen(generation);
         let role = g.role;
-        let reason =
-            format!("{} was not ready within boot_timeout {}", describe(w), human(g.config.workers.boot_timeout));
+        let reason = format!(
+            "{} was not ready within boot_timeout {}{}",
+            describe(w),
+            human(g.config.workers.boot_timeout),
+            self.output_hint(pid)
+        );
         let uptime = now.saturating_duration_since(w.spawned_at);
         self.detach(id);
         self.stop_worker(id, now, fx);
@@ -671,7 +747,7 @@ impl Machine {
             fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), pid));
             self.fail_reload(reason, now, fx);
         } else {
-            self.count_failure(generation, slot, uptime, now);
+            self.count_failure(generation, slot, uptime, &reason, now);
             fx.push(log(Level::Warn, "worker-failed", reason, Some(generation), Some(slot), pid));
         }
     }
@@ -681,10 +757,10 @@ impl Machine {
         if !matches!(w.state, WorkerState::Ready | WorkerState::Booting) {
             return;
         }
-        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
-        let msg = format!("{} {why}; SIGABRT, then SIGKILL", describe(w));
+        let (generation, slot, pid, healthy) = (w.generation, w.slot, w.pid, w.healthy);
+        let msg = format!("{} {why}; SIGABRT, then SIGKILL{}", describe(w), self.output_hint(pid));
         let uptime = now.saturating_duration_since(w.spawned_at);
-        fx.push(log(Level::Error, "worker-watchdog", msg, Some(generation), Some(slot), pid));
+        fx.push(log(Level::Error, "worker-watchdog", msg.clone(), Some(generation), Some(slot), pid));
         let grace = self.gen(generation).config.workers.graceful_timeout.min(policy::WATCHDOG_KILL_GRACE);
         self.detach(id);
         if let Some(w) = self.workers.get_mut(&id) {
@@ -695,8 +771,10 @@ impl Machine {
                 None => w.stop_signal_pending = Some(libc::SIGABRT),
             }
         }
-        if self.gen(generation).role != Role::Outgoing {
-            self.count_failure(generation, slot, uptime, now);
+        match self.gen(generation).role {
+            Role::Candidate if !healthy => self.fail_reload(msg, now, fx),
+            Role::Outgoing => {}
+            _ => self.count_failure(generation, slot, uptime, &msg, now),
         }
     }
 
@@ -709,12 +787,20 @@ impl Machine {
         }
         w.state = WorkerState::Ready;
         w.since = now;
+        w.ready_at = Some(now);
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
         let boot = now.saturating_duration_since(w.spawned_at);
-        let wc = &self.gen(generation).config.workers;
+        let g = self.gen(generation);
+        // Only a reload's new workers must prove themselves; the first generation has nothing
+        // to fall back to, and a respawn or recycle replaces a single worker.
+        let proving = g.role == Role::Candidate && !g.config.reload.min_healthy_time.is_zero();
+        let wc = &g.config.workers;
         let (max_lifetime, boot_timeout) = (wc.max_lifetime, wc.boot_timeout);
-        if let (Some(lifetime), Some(w)) = (max_lifetime, self.workers.get_mut(&id)) {
-            w.recycle_at = Some(now + policy::jittered_lifetime(lifetime, id.0));
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.healthy = !proving;
+            if let Some(lifetime) = max_lifetime {
+                w.recycle_at = Some(now + policy::jittered_lifetime(lifetime, id.0));
+            }
         }
         fx.push(log(
             Level::Info,
@@ -742,14 +828,46 @@ impl Machine {
             }
             _ => {}
         }
-        if let Phase::Reloading(r) = &self.phase {
-            if r.candidate == generation {
-                let g = self.gen(generation);
-                let progress = Progress { generation, ready: self.ready_count(generation), total: g.slots.len() };
-                for &w in &r.waiters {
-                    fx.push(Effect::Reply { requester: w, reply: Reply::Progress { progress } });
-                }
-            }
+        self.report_progress(generation, fx);
+    }
+
+    /// A new worker has stayed ready for `reload.min_healthy_time`: it now counts for the
+    /// reload's commit and for retiring old workers.
+    fn mark_healthy(&mut self, id: WorkerId, fx: &mut Vec<Effect>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if w.healthy || w.state != WorkerState::Ready {
+            return;
+        }
+        w.healthy = true;
+        let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        let window = human(self.gen(generation).config.reload.min_healthy_time);
+        fx.push(log(
+            Level::Info,
+            "worker-healthy",
+            format!("worker gen {generation} slot {slot} pid {} healthy: up {window} since ready", pid.unwrap_or(0)),
+            Some(generation),
+            Some(slot),
+            pid,
+        ));
+        self.report_progress(generation, fx);
+    }
+
+    /// Tells the clients waiting on a reload how far its generation has come.
+    fn report_progress(&self, generation: u64, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = &self.phase else { return };
+        if r.candidate != generation {
+            return;
+        }
+        let g = self.gen(generation);
+        let progress = Progress {
+            generation,
+            ready: self.ready_count(generation),
+            total: g.slots.len(),
+            healthy: self.healthy_count(generation),
+            min_healthy_ms: u64::try_from(g.config.reload.min_healthy_time.as_millis()).unwrap_or(u64::MAX),
+        };
+        for &w in &r.waiters {
+            fx.push(Effect::Reply { requester: w, reply: Reply::Progress { progress } });
         }
     }
 
@@ -797,7 +915,7 @@ impl Machine {
         }
     }
 
-    fn count_failure(&mut self, generation: u64, slot: usize, uptime: Duration, now: Instant) {
+    fn count_failure(&mut self, generation: u64, slot: usize, uptime: Duration, why: &str, now: Instant) {
         let Some(s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else { return };
         if uptime >= policy::BACKOFF_RESET_AFTER {
             s.failures = 0;
@@ -805,6 +923,64 @@ impl Machine {
         s.failures = s.failures.saturating_add(1);
         s.restarts = s.restarts.saturating_add(1);
         s.not_before = Some(now + policy::backoff(s.failures));
+        s.last_failure = Some(why.to_string());
+        self.failure_counted = true;
+    }
+
+    /// Logs the transitions into and out of the degraded state.
+    fn update_degraded(&mut self, fx: &mut Vec<Effect>) {
+        let failing = self.degraded_slots();
+        let degraded = !failing.is_empty() && !matches!(self.phase, Phase::Stopping { .. });
+        if degraded == self.degraded {
+            return;
+        }
+        self.degraded = degraded;
+        let active = self.active;
+        if degraded {
+            let last = failing.first().and_then(|f| f.last_failure.clone()).unwrap_or_default();
+            let msg = format!(
+                "degraded: {} of {} slots of generation {active} are failing (crash-loop backoff); last: {last}",
+                failing.len(),
+                self.gen(active).slots.len()
+            );
+            fx.push(log(Level::Error, "degraded", msg, Some(active), None, None));
+        } else {
+            let msg = format!("recovered: every slot of generation {active} serves again");
+            fx.push(log(Level::Info, "recovered", msg, Some(active), None, None));
+        }
+    }
+
+    /// Slots of the active generation whose worker failed and that have no ready worker:
+    /// waiting out their backoff, or booting again after it.
+    pub(super) fn degraded_slots(&self) -> Vec<FailingSlot> {
+        let g = self.gen(self.active);
+        g.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.wanted && s.failures > 0)
+            .filter(|(_, s)| {
+                !s.current.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.state == WorkerState::Ready)
+            })
+            .map(|(slot, s)| FailingSlot {
+                generation: g.number,
+                slot,
+                restarts: s.restarts,
+                last_failure: s.last_failure.clone(),
+                next_attempt: match s.current {
+                    Some(_) => None, // booting again
+                    None => s.not_before,
+                },
+            })
+            .collect()
+    }
+
+    /// `"; its output: journalctl _PID=123"`, or where else the worker's output is.
+    fn output_hint(&self, pid: Option<Pid>) -> String {
+        match (self.worker_output, pid) {
+            (WorkerOutput::Journal, Some(pid)) => format!("; its output: journalctl _PID={pid}"),
+            (WorkerOutput::Journal, None) => String::new(),
+            (WorkerOutput::Stderr, _) => "; its output is above, on handover's stderr".into(),
+        }
     }
 
     /// The reload failed: stop the candidate's booting workers, keep serving the previous
@@ -925,9 +1101,33 @@ impl Machine {
             .count()
     }
 
+    /// Workers of `generation` that serve in their slot and are healthy.
+    fn healthy_count(&self, generation: u64) -> usize {
+        self.gen(generation)
+            .slots
+            .iter()
+            .filter(|s| {
+                s.current
+                    .and_then(|id| self.workers.get(&id))
+                    .is_some_and(|w| w.state == WorkerState::Ready && w.healthy)
+            })
+            .count()
+    }
+
     fn worker_by_pid(&self, pid: Pid) -> Option<WorkerId> {
         self.workers.iter().find(|(_, w)| w.pid == Some(pid)).map(|(id, _)| *id)
     }
+}
+
+/// A slot of the active generation that is failing (see [`Machine::degraded_slots`]).
+#[derive(Debug, Clone)]
+pub(super) struct FailingSlot {
+    pub(super) generation: u64,
+    pub(super) slot: usize,
+    pub(super) restarts: u32,
+    pub(super) last_failure: Option<String>,
+    /// None while a new worker boots in it.
+    pub(super) next_attempt: Option<Instant>,
 }
 
 fn describe(w: &Worker) -> String {

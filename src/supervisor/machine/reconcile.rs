@@ -66,7 +66,7 @@ impl Machine {
             }
             Phase::Reloading(r) => {
                 let c = r.candidate;
-                if self.ready_count(c) < self.gen(c).slots.len() {
+                if self.healthy_count(c) < self.gen(c).slots.len() {
                     return false;
                 }
                 self.commit_reload(now, fx);
@@ -118,7 +118,8 @@ impl Machine {
             _ => (self.active, false),
         };
         let target = self.gen(incoming).slots.len();
-        let ready_in = self.ready_count(incoming);
+        // A new worker replaces an old one only once it is healthy (min_healthy_time).
+        let ready_in = self.healthy_count(incoming);
         // Candidates for retirement: outgoing generations first (oldest first), then, in a
         // rolling reload, the active generation; highest slot first, non-ready first.
         let mut order: Vec<(u64, usize)> = Vec::new();
@@ -192,6 +193,8 @@ impl Machine {
                 watchdog_last: None,
                 recycle_at: None,
                 status_text: None,
+                ready_at: None,
+                healthy: false,
             },
         );
         let config = self.gen(generation).config.clone();

@@ -26,6 +26,12 @@ impl Machine {
                 .count();
             let wanted = g.slots.iter().filter(|s| s.wanted).count();
             let mut p = match g.role {
+                Role::Candidate if !g.config.reload.min_healthy_time.is_zero() => format!(
+                    "gen {}: reloading {ready}/{} ready, {} healthy",
+                    g.number,
+                    g.slots.len(),
+                    self.healthy_count(g.number)
+                ),
                 Role::Candidate => format!("gen {}: reloading {ready}/{} ready", g.number, g.slots.len()),
                 Role::Active => format!("gen {}: {ready}/{} ready", g.number, g.slots.len()),
                 Role::Outgoing if wanted > 0 => format!("gen {}: {ready} serving until replaced", g.number),
@@ -40,6 +46,14 @@ impl Machine {
             parts.push(p);
         }
         let mut line = format!("{prefix}{}", parts.join("; "));
+        if self.degraded {
+            let failing = self.degraded_slots();
+            line.push_str(&format!("; degraded: {} slots in crash-loop backoff", failing.len()));
+            if let Some(last) = failing.iter().find_map(|f| f.last_failure.as_deref()) {
+                line.push_str(", last: ");
+                line.push_str(last);
+            }
+        }
         if let Some(why) = &self.last_reload_failure {
             line.push_str("; last reload failed: ");
             line.push_str(why);
@@ -51,6 +65,7 @@ impl Machine {
     pub fn status(&self, now: Instant) -> proto::Status {
         let phase = match &self.phase {
             Phase::Starting => "starting",
+            Phase::Running if self.degraded => "degraded",
             Phase::Running => "running",
             Phase::Reloading(_) => "reloading",
             Phase::Stopping { .. } => "stopping",
@@ -111,6 +126,17 @@ impl Machine {
             workers,
             sockets: vec![],
             last_reload: self.last_reload.clone(),
+            failing: self
+                .degraded_slots()
+                .into_iter()
+                .map(|f| proto::FailingSlotStatus {
+                    generation: f.generation,
+                    slot: f.slot,
+                    restarts: f.restarts,
+                    last_failure: f.last_failure,
+                    next_attempt_secs: f.next_attempt.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                })
+                .collect(),
         }
     }
 }
