@@ -237,3 +237,76 @@ fn last_words_of_many_draining_workers_are_attributed_to_them() {
     assert_eq!(log.matches("exited (exit code 0)").count(), 4 * 24, "all drained workers exited cleanly:\n{log}");
     assert!(!log.contains("not a worker"), "a worker's last message was taken for a stranger's:\n{log}");
 }
+
+/// A version that says READY=1 too early and then fails (gunicorn's arbiter before its app
+/// import, `ready = "delay:…"` too short): without a window the reload "succeeds" and the
+/// site goes down; with `reload.min_healthy_time` it is rolled back and nothing is lost.
+#[test]
+fn a_version_that_fails_after_saying_ready_is_rolled_back_within_min_healthy_time() {
+    let _x = exclusive();
+    let mut opts = Options { workers: 2, ..Options::default() };
+    let d = Daemon::start(opts.clone());
+    let before = d.worker_pids(1, "ready");
+    opts.worker_args = ["--boot-delay", "100ms", "--exit-after-ready", "700ms"].map(String::from).to_vec();
+    opts.extra = "[reload]\nmin_healthy_time = \"2s\"\n".into();
+    d.rewrite_config(&opts);
+    let load = d.load(4, true);
+    std::thread::sleep(Duration::from_millis(300)); // some steady load first
+    let started = Instant::now();
+    let out = d.cli(&["reload"]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300)); // keep loading after the rollback
+    let report = load.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "rolled back: {stderr}\n{}", d.log());
+    assert!(stderr.contains("within min_healthy_time 2s of being ready"), "{stderr}");
+    assert_no_failures("early READY rolled back", &report, &d);
+    assert_eq!(d.worker_pids(1, "ready"), before, "the old generation never stopped");
+    assert!(took < Duration::from_secs(2), "failed at the exit, not at the end of the window: {took:?}");
+    // The next reload gets a new number: generation 2 stays the rolled-back version.
+    opts.worker_args = vec!["--boot-delay".into(), "100ms".into()];
+    opts.extra = "[reload]\nmin_healthy_time = \"300ms\"\n".into();
+    d.rewrite_config(&opts);
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+    let (_, body) = http_get(d.addr, "/");
+    assert_eq!(generation_of(&body), Some(3), "generation 2 is not reused: {body}");
+    println!(
+        "numbers: early READY then exit, min_healthy_time 2s: sent {} failed {}; handover reload exit 1 after {took:?}",
+        report.sent, report.failed
+    );
+}
+
+/// A crash loop is visible: `handover status` says degraded and shows the failing slot.
+#[test]
+fn a_crash_looping_slot_shows_as_degraded_in_status() {
+    let _x = exclusive();
+    let d = Daemon::start(Options { workers: 2, ..Options::default() });
+    let pids = d.worker_pids(1, "ready");
+    // Its replacement boots for 200 ms after a 100 ms backoff: degraded until then.
+    // SAFETY: plain kill(2) of a worker this test's daemon started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = d.status();
+        if s["phase"] == "degraded" && !s["failing"].as_array().is_none_or(|f| f.is_empty()) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {s}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10)); // polling, bounded by the deadline
+    };
+    let failing = &status["failing"][0];
+    assert_eq!(failing["slot"], 0, "{status}");
+    assert!(failing["last_failure"].as_str().unwrap_or("").contains("killed by SIGKILL"), "{status}");
+    assert!(status["summary"].as_str().unwrap_or("").contains("degraded"), "{status}");
+    let table = d.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("FAILING SLOTS"), "{table}");
+    // It recovers once the slot's new worker is ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["phase"] != "running" {
+        assert!(Instant::now() < deadline, "never recovered: {}\n{}", d.status(), d.log());
+        std::thread::sleep(Duration::from_millis(20)); // polling, bounded by the deadline
+    }
+    assert!(d.log().contains("recovered: every slot of generation 1 serves again"), "{}", d.log());
+}

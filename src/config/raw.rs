@@ -1023,7 +1023,11 @@ max_surge = 2
         assert_eq!(w.graceful_timeout, Duration::from_secs(90));
         assert_eq!(w.max_lifetime, Some(Duration::from_secs(3600)));
         assert_eq!(w.max_memory, Some(512 << 20));
-        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 2, min_healthy_time: Duration::ZERO });
+        // ready = "delay:2s": handover guesses readiness, so a window by default.
+        assert_eq!(
+            c.reload,
+            Reload { strategy: Strategy::Rolling, max_surge: 2, min_healthy_time: Duration::from_secs(5) }
+        );
     }
 
     #[test]

@@ -217,7 +217,7 @@ mod tests {
         let p =
             Reply::Progress { progress: Progress { generation: 2, ready: 1, total: 4, healthy: 1, min_healthy_ms: 0 } };
         let line = serde_json::to_string(&p).expect("ser");
-        assert_eq!(line, r#"{"progress":{"generation":2,"ready":1,"total":4}}"#);
+        assert_eq!(line, r#"{"progress":{"generation":2,"ready":1,"total":4,"healthy":1}}"#);
         assert_eq!(serde_json::from_str::<Reply>(&line).expect("de"), p);
         let d = Reply::Done(Outcome::error("boom"));
         let line = serde_json::to_string(&d).expect("ser");

@@ -51,6 +51,12 @@ pub struct DemoWorkerArgs {
     #[arg(long, value_name = "CODE")]
     pub exit_at_boot: Option<u8>,
 
+    /// Say `READY=1` and serve, then exit with code 3 this long after: a version that says
+    /// it is ready too early (gunicorn's arbiter does, before the app is imported) and then
+    /// fails. An integer with a unit, like `--boot-delay`.
+    #[arg(long, value_name = "DUR", value_parser = parse_boot_delay)]
+    pub exit_after_ready: Option<Duration>,
+
     /// Serve, but never send `READY=1`: a version that hangs at boot.
     #[arg(long)]
     pub never_ready: bool,
@@ -274,6 +280,14 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
     if notify && !args.never_ready {
         let status = format!("serving gen={generation}");
         notify_master(&prefix, &[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+    if let Some(after) = args.exit_after_ready {
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("{prefix} exiting with code 3 after being ready (--exit-after-ready)");
+            std::process::exit(3);
+        });
     }
     if let (true, Some(pings)) = (notify, args.watchdog_pings) {
         let prefix = prefix.clone();

@@ -163,6 +163,7 @@ pub struct SpawnRequest {
 
 /// An output of the state machine, carried out by the executor.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a few short-lived effects per event: boxing would buy nothing
 pub enum Effect {
     /// Fork/exec a worker; answer with `Spawned` or `SpawnFailed`.
     Spawn(SpawnRequest),

@@ -793,7 +793,8 @@ impl Machine {
         let g = self.gen(generation);
         // Only a reload's new workers must prove themselves; the first generation has nothing
         // to fall back to, and a respawn or recycle replaces a single worker.
-        let proving = g.role == Role::Candidate && !g.config.reload.min_healthy_time.is_zero();
+        let min_healthy = g.config.reload.min_healthy_time;
+        let proving = g.role == Role::Candidate && !min_healthy.is_zero();
         let wc = &g.config.workers;
         let (max_lifetime, boot_timeout) = (wc.max_lifetime, wc.boot_timeout);
         if let Some(w) = self.workers.get_mut(&id) {
@@ -823,8 +824,10 @@ impl Machine {
         }
         match &self.phase {
             Phase::Starting | Phase::Reloading(_) => {
-                // Progress: give systemd's start/reload timeout room for the next worker.
-                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(boot_timeout + Duration::from_secs(5))]));
+                // Progress: give systemd's start/reload timeout room for the next worker (and
+                // for this one's min_healthy_time window).
+                let room = boot_timeout.max(if proving { min_healthy } else { Duration::ZERO });
+                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(room + Duration::from_secs(5))]));
             }
             _ => {}
         }
