@@ -42,6 +42,25 @@ pub struct ListenSocket {
     pub address: String,
     /// Claimed by a `[[listen]]` entry (or passed through when there is none).
     claimed: bool,
+    /// The `[[listen]]` address handover bound it for (`None` for passed sockets): matching
+    /// at a reload compares configs, not getsockname (`127.0.0.1:0` binds a random port).
+    bound_for: Option<ListenAddress>,
+    /// handover may give its name a new address at a reload: it bound the socket itself, now
+    /// or in an earlier run (it came back from the fd store). A socket unit's socket is not:
+    /// its address belongs to the unit.
+    rebindable: bool,
+    /// Kept in systemd's fd store under `name`.
+    stored: bool,
+}
+
+impl ListenSocket {
+    /// Whether this socket serves the `[[listen]]` address `want`.
+    fn serves(&self, want: &ListenAddress) -> bool {
+        match &self.bound_for {
+            Some(a) => a == want,
+            None => same_address(&self.address, want),
+        }
+    }
 }
 
 /// Errors setting up sockets. Each names the socket.
@@ -71,6 +90,16 @@ pub enum SocketError {
     /// A config refers to a socket that is not there.
     #[error("no socket named {0:?}")]
     Missing(String),
+    /// A reload gives a socket that systemd's socket unit passed a new address.
+    #[error("listen {name:?}: the config moves it to {wanted}, but its socket came from a systemd socket unit (bound to {bound}) and handover cannot move it: change ListenStream= in the socket unit (a drop-in), then restart the socket and the service; {bound} keeps serving meanwhile")]
+    AddressChanged {
+        /// The `[[listen]]` name.
+        name: String,
+        /// Where the passed socket is bound.
+        bound: String,
+        /// The address the new config asks for.
+        wanted: String,
+    },
 }
 
 /// The registry of listening sockets.
@@ -89,7 +118,18 @@ impl Sockets {
             .into_iter()
             .map(|NamedFd { name, fd }| {
                 let address = describe_local(fd.as_fd());
-                ListenSocket { name, fd, origin: Origin::Systemd, address, claimed: false }
+                // A name handover could have stored in an earlier run (see `prepare`).
+                let from_store = fdstore_enabled && !name.ends_with(".socket") && name != "unknown";
+                ListenSocket {
+                    name,
+                    fd,
+                    origin: Origin::Systemd,
+                    address,
+                    claimed: false,
+                    bound_for: None,
+                    rebindable: from_store,
+                    stored: from_store,
+                }
             })
             .collect();
         Sockets { list, notifier, fdstore_enabled, first_prepare: true }
@@ -99,7 +139,14 @@ impl Sockets {
     /// address, binds (and stores) the rest. Returns warnings to log. Idempotent; called at
     /// start and before each reload with the new config. On error, sockets bound by this
     /// call stay open (harmless) but nothing in use changes.
+    ///
+    /// A new address for a name: a socket handover bound (now or in an earlier run) gets a
+    /// sibling bound to the new address, for the new generation; the old one serves the old
+    /// generation until [`Sockets::retain_used`] closes it, and the fd store is switched over
+    /// then. A socket unit's socket cannot move: at start the passed socket wins (a warning),
+    /// at a reload the reload fails with [`SocketError::AddressChanged`].
     pub fn prepare(&mut self, listen: &[Listen]) -> Result<Vec<String>, SocketError> {
+        let at_start = self.first_prepare;
         let mut warnings = Vec::new();
         if listen.is_empty() {
             for s in &mut self.list {
@@ -111,31 +158,71 @@ impl Sockets {
             return Ok(warnings);
         }
         for l in listen {
-            if let Some(s) = self.list.iter_mut().find(|s| s.name == l.name) {
+            if let Some(s) = self.list.iter_mut().find(|s| s.name == l.name && s.serves(&l.address)) {
                 s.claimed = true;
-                if !same_address(&s.address, &l.address) {
-                    warnings.push(format!(
-                        "socket {:?} is bound to {}, not {} as configured; the passed socket wins (rename the [[listen]] entry to bind anew)",
-                        l.name, s.address, l.address
-                    ));
-                }
                 continue;
             }
-            if let Some(s) = self.list.iter_mut().find(|s| !s.claimed && same_address(&s.address, &l.address)) {
-                s.name = l.name.clone();
-                s.claimed = true;
-                continue;
+            let moved_from = self.list.iter().position(|s| s.name == l.name);
+            match moved_from.map(|i| &mut self.list[i]) {
+                Some(s) if !s.rebindable => {
+                    if !at_start {
+                        return Err(SocketError::AddressChanged {
+                            name: l.name.clone(),
+                            bound: s.address.clone(),
+                            wanted: l.address.to_string(),
+                        });
+                    }
+                    s.claimed = true;
+                    warnings.push(format!(
+                        "socket {:?} is bound to {}, not {} as configured; the socket unit's socket wins (change ListenStream= in the socket unit, or rename the [[listen]] entry to bind anew)",
+                        l.name, s.address, l.address
+                    ));
+                    continue;
+                }
+                Some(_) => {} // ours: bind the new address below
+                None => {
+                    if let Some(s) = self.list.iter_mut().find(|s| !s.claimed && same_address(&s.address, &l.address)) {
+                        s.name = l.name.clone();
+                        s.claimed = true;
+                        continue;
+                    }
+                }
             }
             let fd = bind_listener(&l.address, l.backlog).map_err(|source| SocketError::Bind {
                 name: l.name.clone(),
                 address: l.address.to_string(),
                 source,
             })?;
-            if let Err(e) = fdstore::store(&self.notifier, &l.name, fd.as_fd()) {
-                warnings.push(format!("could not store socket {:?} in systemd's fd store: {e}", l.name));
-            }
             let address = describe_local(fd.as_fd());
-            self.list.push(ListenSocket { name: l.name.clone(), fd, origin: Origin::Bound, address, claimed: true });
+            if let Some(i) = moved_from {
+                warnings.push(format!("socket {:?} moves from {} to {address}", l.name, self.list[i].address));
+                if at_start {
+                    // The old address came back from the fd store; nothing serves it yet.
+                    let old = self.list.remove(i);
+                    if let Err(e) = fdstore::remove(&self.notifier, &old.name) {
+                        warnings.push(format!("could not remove {:?} from the fd store: {e}", old.name));
+                    }
+                }
+            }
+            let mut stored = false;
+            // At a reload the old socket keeps its fd store entry until the old generation
+            // is gone: FDSTOREREMOVE works by name and would take both.
+            if at_start || moved_from.is_none() {
+                match fdstore::store(&self.notifier, &l.name, fd.as_fd()) {
+                    Ok(()) => stored = true,
+                    Err(e) => warnings.push(format!("could not store socket {:?} in systemd's fd store: {e}", l.name)),
+                }
+            }
+            self.list.push(ListenSocket {
+                name: l.name.clone(),
+                fd,
+                origin: Origin::Bound,
+                address,
+                claimed: true,
+                bound_for: Some(l.address.clone()),
+                rebindable: true,
+                stored,
+            });
         }
         if std::mem::take(&mut self.first_prepare) {
             let unclaimed: Vec<usize> = (0..self.list.len()).filter(|&i| !self.list[i].claimed).collect();
@@ -172,37 +259,62 @@ impl Sockets {
             .listen
             .iter()
             .map(|l| {
-                self.list
-                    .iter()
-                    .find(|s| s.name == l.name)
-                    .map(|s| (s.name.as_str(), s.fd.as_fd()))
+                self.index_for(l)
+                    .map(|i| (self.list[i].name.as_str(), self.list[i].fd.as_fd()))
                     .ok_or_else(|| SocketError::Missing(l.name.clone()))
             })
             .collect()
     }
 
+    /// The socket that serves `l`: its name at its address, else (a socket unit's socket
+    /// whose address differs, see `prepare`) its name.
+    fn index_for(&self, l: &Listen) -> Option<usize> {
+        let named = |s: &&ListenSocket| s.name == l.name;
+        let at = self.list.iter().position(|s| named(&s) && s.serves(&l.address));
+        at.or_else(|| self.list.iter().position(|s| named(&s)))
+    }
+
     /// Closes sockets no config in `in_use` refers to, and removes them from the fd store.
     /// Workers that still hold a copy keep accepting on it until they exit.
     pub fn retain_used<'a>(&mut self, in_use: impl IntoIterator<Item = &'a Config>) -> Vec<String> {
-        let mut names = std::collections::BTreeSet::new();
+        let mut used = vec![false; self.list.len()];
         for c in in_use {
             if c.listen.is_empty() {
                 return vec![];
             }
-            names.extend(c.listen.iter().map(|l| l.name.clone()));
+            for l in &c.listen {
+                if let Some(i) = self.index_for(l) {
+                    used[i] = true;
+                }
+            }
         }
         let mut log = Vec::new();
-        let notifier = self.notifier.clone();
+        let mut unstored = std::collections::BTreeSet::new();
+        let mut used = used.into_iter();
         self.list.retain(|s| {
-            let keep = names.contains(&s.name);
+            let keep = used.next().unwrap_or(true);
             if !keep {
                 log.push(format!("closing socket {:?} ({}): no generation uses it", s.name, s.address));
-                if let Err(e) = fdstore::remove(&notifier, &s.name) {
-                    log.push(format!("could not remove {:?} from the fd store: {e}", s.name));
+                // FDSTOREREMOVE is by name: a socket that moved to a new address loses its
+                // entry too, and is stored again below.
+                if s.stored || s.origin == Origin::Bound {
+                    unstored.insert(s.name.clone());
+                    if let Err(e) = fdstore::remove(&self.notifier, &s.name) {
+                        log.push(format!("could not remove {:?} from the fd store: {e}", s.name));
+                    }
                 }
             }
             keep
         });
+        for s in self.list.iter_mut().filter(|s| s.rebindable && unstored.contains(&s.name)) {
+            match fdstore::store(&self.notifier, &s.name, s.fd.as_fd()) {
+                Ok(()) => {
+                    s.stored = true;
+                    log.push(format!("socket {:?} ({}) is now the one in the fd store", s.name, s.address));
+                }
+                Err(e) => log.push(format!("could not store socket {:?} in systemd's fd store: {e}", s.name)),
+            }
+        }
         log
     }
 
@@ -323,6 +435,7 @@ mod tests {
         let mut s = Sockets::new(vec![passed("http", &a), passed("app.socket", &b)], Notifier::new(None), false);
         let cfg = [listen("http", "127.0.0.1:1"), listen("admin", &b_addr), listen("extra", "127.0.0.1:0")];
         let warnings = s.prepare(&cfg).expect("prepare");
+        // "http" came from a socket unit (no fd store): it keeps its address, with a warning.
         assert_eq!(warnings.len(), 1, "address mismatch of the name match is reported: {warnings:?}");
         let names: Vec<_> = s.status().into_iter().map(|x| (x.name, x.origin)).collect();
         assert_eq!(
@@ -333,6 +446,67 @@ mod tests {
                 ("extra".into(), "bound".into())
             ]
         );
+    }
+
+    fn config_with(listen: Vec<Listen>) -> Config {
+        let mut c = crate::config::parse(
+            Path::new("/etc/handover/app.toml"),
+            "control_socket = \"/run/x.sock\"\n[workers]\ncommand = [\"/bin/sh\"]\n",
+            &crate::config::LoadEnv::default(),
+        )
+        .expect("config");
+        c.listen = listen;
+        c
+    }
+
+    fn free_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string() // closed again: free for the test to bind
+    }
+
+    #[test]
+    fn a_reload_moves_a_socket_handover_bound_and_the_old_one_goes_once_unused() {
+        let mut s = Sockets::new(vec![], Notifier::new(None), true);
+        let old_cfg = config_with(vec![listen("http", "127.0.0.1:0")]);
+        s.prepare(&old_cfg.listen).expect("start");
+        // The same config again binds nothing new, though port 0 became a real port.
+        s.prepare(&old_cfg.listen).expect("same");
+        assert_eq!(s.status().len(), 1);
+        let old_addr = s.status()[0].address.clone();
+        let new_addr = free_port();
+        let new_cfg = config_with(vec![listen("http", &new_addr)]);
+        let w = s.prepare(&new_cfg.listen).expect("reload");
+        assert!(w.iter().any(|w| w.contains("moves from")), "{w:?}");
+        let addr_of = |s: &Sockets, c: &Config| describe_local(s.fds_for(c).expect("fds")[0].1);
+        assert_eq!(addr_of(&s, &old_cfg), old_addr, "the old generation keeps its socket");
+        assert_eq!(addr_of(&s, &new_cfg), new_addr, "the new generation gets the new address");
+        let log = s.retain_used([&new_cfg]);
+        assert!(log.iter().any(|l| l.contains("closing socket") && l.contains(&old_addr)), "{log:?}");
+        assert!(log.iter().any(|l| l.contains("now the one in the fd store")), "{log:?}");
+        assert_eq!(s.status().into_iter().map(|x| x.address).collect::<Vec<_>>(), vec![new_addr]);
+    }
+
+    #[test]
+    fn a_reload_cannot_move_a_socket_units_socket() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("a");
+        let a_addr = a.local_addr().expect("addr").to_string();
+        let mut s = Sockets::new(vec![passed("app.socket", &a)], Notifier::new(None), true);
+        s.prepare(&[listen("http", &a_addr)]).expect("start: claimed by address");
+        let err = s.prepare(&[listen("http", &free_port())]).expect_err("must fail");
+        assert!(matches!(err, SocketError::AddressChanged { .. }), "{err}");
+        assert!(err.to_string().contains("change ListenStream= in the socket unit"), "{err}");
+        assert_eq!(s.status().len(), 1, "nothing bound, nothing closed");
+    }
+
+    #[test]
+    fn at_start_a_stored_socket_at_an_old_address_is_replaced() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("a");
+        let mut s = Sockets::new(vec![passed("http", &a)], Notifier::new(None), true);
+        let new_addr = free_port();
+        let w = s.prepare(&[listen("http", &new_addr)]).expect("start");
+        assert!(w.iter().any(|w| w.contains("moves from")), "{w:?}");
+        let st = s.status();
+        assert_eq!((st.len(), st[0].address.as_str(), st[0].origin.as_str()), (1, new_addr.as_str(), "bound"));
     }
 
     #[test]

@@ -195,6 +195,12 @@ pub enum Effect {
         /// The new active generation.
         generation: u64,
     },
+    /// Generations with nothing left were forgotten (their last worker is gone): sockets
+    /// only their configs used may be closed now.
+    Forgotten {
+        /// The generations forgotten.
+        generations: Vec<u64>,
+    },
     /// Every worker is gone after a stop: exit with this code.
     Exit {
         /// The process exit code.

@@ -377,7 +377,7 @@ impl Daemon {
                     }
                 }
                 Effect::Log(record) => logging::record(&record),
-                Effect::Committed { .. } => {
+                Effect::Committed { .. } | Effect::Forgotten { .. } => {
                     let in_use: Vec<Arc<Config>> = self.machine.configs().cloned().collect();
                     for line in self.sockets.retain_used(in_use.iter().map(|c| c.as_ref())) {
                         logging::event(Level::Info, "sockets", line);

@@ -44,9 +44,17 @@ impl Machine {
             _ => None,
         };
         let live: std::collections::BTreeSet<u64> = self.workers.values().map(|w| w.generation).collect();
+        let mut forgotten = Vec::new();
         self.generations.retain(|&n, g| {
-            n == active || Some(n) == candidate || live.contains(&n) || g.slots.iter().any(|s| s.wanted)
+            let keep = n == active || Some(n) == candidate || live.contains(&n) || g.slots.iter().any(|s| s.wanted);
+            if !keep {
+                forgotten.push(n);
+            }
+            keep
         });
+        if !forgotten.is_empty() {
+            fx.push(Effect::Forgotten { generations: forgotten });
+        }
     }
 
     /// Phase transitions that follow from readiness; true if the phase changed.
