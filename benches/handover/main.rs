@@ -15,12 +15,15 @@
 //!                    handover-all-at-once, handover-rolling)
 //! --e2e-root DIR     scenario 3: the tree holding tests/e2e/sandbox.sh and
 //!                    packaging/build-deb.sh (default: this repository)
+//! --soak MINUTES     scenario 7 (not run otherwise): the soak with faults, this long
+//!                    (10 is the reference figure; 1 for a smoke run)
 //! ```
 //!
 //! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
 //! reloads (broken, never ready); 3 `systemctl restart` and `kill -9` of the master under a
 //! real systemd (needs the e2e harness); 4 throughput by hand vs under handover (wrk);
-//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers.
+//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers; 7 a soak with
+//! faults (reloads every 5 s, SIGKILLed workers, misbehaving control clients, notify noise).
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
@@ -31,6 +34,7 @@ mod harness;
 mod master;
 mod reload;
 mod report;
+mod soak;
 mod stats;
 mod systemd;
 mod throughput;
@@ -66,6 +70,8 @@ pub struct Options {
     pub e2e_root: PathBuf,
     /// The arguments as given (for the docs).
     pub args: Vec<String>,
+    /// Scenario 7's length, if asked for.
+    pub soak: Option<Duration>,
 }
 
 fn parse_args() -> Result<Option<Options>> {
@@ -85,6 +91,7 @@ fn parse_args() -> Result<Option<Options>> {
         filter: None,
         e2e_root: root.clone(),
         args: Vec::new(),
+        soak: None,
     };
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -108,6 +115,17 @@ fn parse_args() -> Result<Option<Options>> {
             "--note" => o.note = Some(value("--note")?),
             "--filter" => o.filter = Some(value("--filter")?),
             "--e2e-root" => o.e2e_root = PathBuf::from(value("--e2e-root")?),
+            "--soak" => {
+                let minutes: f64 = value("--soak")?
+                    .parse()
+                    .ok()
+                    .filter(|m| *m > 0.0 && *m <= 60.0)
+                    .context("--soak takes minutes, 0-60")?;
+                o.soak = Some(Duration::from_secs_f64(minutes * 60.0));
+                if !o.args.contains(&"--only".to_owned()) {
+                    o.only = vec![]; // the soak alone, unless scenarios were named
+                }
+            }
             other => bail!("unknown option {other:?} (see benches/handover/main.rs)"),
         }
     }
@@ -142,7 +160,7 @@ fn main() {
         default_hook(info);
     }));
     // The overall bound: past it, kill what we started and exit.
-    let limit = if opts.quick { QUICK_DEADLINE } else { FULL_DEADLINE };
+    let limit = if opts.quick { QUICK_DEADLINE } else { FULL_DEADLINE } + opts.soak.unwrap_or_default();
     std::thread::spawn(move || {
         std::thread::sleep(limit); // a deadline, not a synchronisation
         eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
@@ -160,6 +178,37 @@ fn main() {
     };
     eprintln!("bench: done in {:.0}s", started.elapsed().as_secs_f64());
     std::process::exit(code);
+}
+
+/// What the soak must show: only requests in flight on killed workers fail (one per load
+/// client at most), every reload succeeds, and the master does not grow.
+fn soak_checks(s: &soak::Soak) -> Vec<report::Check> {
+    let mut checks = Vec::new();
+    let mut check = |what: &str, ok: bool, detail: String| {
+        checks.push(report::Check { what: what.into(), ok, detail, failures: what.contains("failed requests") });
+    };
+    check(
+        "soak: failed requests only in flight on SIGKILLed workers",
+        s.failed <= s.killed * soak::CLIENTS as u64,
+        format!("{} failed of {}, {} workers killed, {} clients", s.failed, s.sent, s.killed, soak::CLIENTS),
+    );
+    check(
+        "soak: every reload succeeded",
+        s.reloads > 0 && s.reloads_ok == s.reloads,
+        format!("{}/{}", s.reloads_ok, s.reloads),
+    );
+    check("soak: master fd count does not grow", s.fd_growth() <= 0, format!("{:+} fds", s.fd_growth()));
+    check(
+        "soak: master RSS does not grow (≤ 512 KiB after warm-up)",
+        s.rss_growth_kib() <= 512,
+        format!("{:+} KiB", s.rss_growth_kib()),
+    );
+    check(
+        "soak: rejected notify datagrams are summarised, not logged one by one",
+        (s.log_lines as u64) < s.notify_noise / 10,
+        format!("{} log lines for {} stranger datagrams", s.log_lines, s.notify_noise),
+    );
+    checks
 }
 
 fn selected(opts: &Options, server: reload::Server) -> bool {
@@ -244,7 +293,22 @@ fn run(opts: &Options) -> Result<i32> {
         results.master = cost;
         results.scale = scale;
     }
+    let soaked = match opts.soak {
+        Some(d) => {
+            section("7: soak with faults");
+            let s = soak::run(d)?;
+            eprintln!("{}", s.line());
+            Some(s)
+        }
+        None => None,
+    };
     results.finish(started.elapsed());
+    if let Some(s) = &soaked {
+        std::fs::create_dir_all(&opts.out)?;
+        std::fs::write(opts.out.join("soak.json"), serde_json::to_string_pretty(s)?)?;
+        std::fs::write(opts.out.join("soak.md"), format!("{}\n", s.line()))?;
+        results.checks.extend(soak_checks(s));
+    }
     // --quick gates on failed requests only; a full run on every check.
     let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
     report::write(&results, opts)?;

@@ -1,0 +1,238 @@
+//! Scenario 7: a soak with faults (issue 7). For `--soak-minutes` (10 by default): a reload
+//! every 5 s under continuous load, one worker SIGKILLed per cycle, control clients that
+//! connect and drop (or send a request and never read), and notify datagrams from a process
+//! that is not a worker. Reported: requests sent and failed (only those in flight on killed
+//! workers may fail), the reload success rate, and the master's RSS and open fds sampled
+//! every cycle (they must not grow).
+use std::io::Write;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use handover::loadgen::{self, LoadSpec, Target};
+
+use crate::harness::{rss_kib, signal, Handover, WorkerSetup};
+
+/// One reload cycle.
+const CYCLE: Duration = Duration::from_secs(5);
+/// Workers.
+const WORKERS: usize = 4;
+/// Load clients (each has at most one request in flight).
+pub const CLIENTS: usize = 4;
+/// Control clients opened and dropped per cycle.
+const CONTROL_CLIENTS: usize = 40;
+/// Notify datagrams from a stranger per cycle.
+const NOTIFY_NOISE: usize = 2_000;
+
+/// One sample of the master, at the end of a cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the soak began.
+    pub at_s: f64,
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub fds: usize,
+}
+
+/// The soak's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Soak {
+    /// How long it ran, seconds.
+    pub secs: f64,
+    /// Requests sent / failed (all cycles).
+    pub sent: u64,
+    /// Failed requests.
+    pub failed: u64,
+    /// Workers SIGKILLed (each may take the requests in flight on it).
+    pub killed: u64,
+    /// Reloads asked for / succeeded.
+    pub reloads: u64,
+    /// Reloads that exited 0.
+    pub reloads_ok: u64,
+    /// Control connections opened and dropped.
+    pub control_clients: u64,
+    /// Notify datagrams sent by a stranger.
+    pub notify_noise: u64,
+    /// Master samples, one per cycle.
+    pub samples: Vec<Sample>,
+    /// Lines the master logged (flooding shows here).
+    pub log_lines: usize,
+}
+
+impl Soak {
+    /// RSS growth from the first sample after warm-up (the 3rd) to the last, KiB.
+    pub fn rss_growth_kib(&self) -> i64 {
+        let base = self.samples.get(2).or(self.samples.first()).map_or(0, |s| s.rss_kib as i64);
+        self.samples.last().map_or(0, |s| s.rss_kib as i64) - base
+    }
+
+    /// fd count growth from the first sample to the last.
+    pub fn fd_growth(&self) -> i64 {
+        let first = self.samples.first().map_or(0, |s| s.fds as i64);
+        self.samples.last().map_or(0, |s| s.fds as i64) - first
+    }
+
+    /// The one-line summary.
+    pub fn line(&self) -> String {
+        let max_rss = self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        let (min_fd, max_fd) = (
+            self.samples.iter().map(|s| s.fds).min().unwrap_or(0),
+            self.samples.iter().map(|s| s.fds).max().unwrap_or(0),
+        );
+        format!(
+            "soak {:.0}s: {} requests, {} failed ({} workers SIGKILLed); reloads {}/{} ok; {} control clients dropped, {} notify datagrams from a stranger, {} log lines; master RSS {} → {} KiB (max {max_rss}, growth after warm-up {} KiB), fds {} → {} (range {min_fd}-{max_fd})",
+            self.secs,
+            self.sent,
+            self.failed,
+            self.killed,
+            self.reloads_ok,
+            self.reloads,
+            self.control_clients,
+            self.notify_noise,
+            self.log_lines,
+            self.samples.first().map_or(0, |s| s.rss_kib),
+            self.samples.last().map_or(0, |s| s.rss_kib),
+            self.rss_growth_kib(),
+            self.samples.first().map_or(0, |s| s.fds),
+            self.samples.last().map_or(0, |s| s.fds),
+        )
+    }
+}
+
+fn fd_count(pid: i32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The workers' NOTIFY_SOCKET, as a worker sees it (wherever handover puts it).
+fn workers_notify_socket(worker: i32) -> Result<PathBuf> {
+    let env = std::fs::read(format!("/proc/{worker}/environ"))?;
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .context("worker has no NOTIFY_SOCKET")
+}
+
+fn ready_workers(h: &Handover) -> Result<Vec<i32>> {
+    Ok(h.status()?["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+        .collect())
+}
+
+/// Control clients that misbehave: half connect and drop at once, half send a request and
+/// close without reading the answer.
+fn control_noise(control: &std::path::Path) -> u64 {
+    let mut n = 0;
+    for i in 0..CONTROL_CLIENTS {
+        if let Ok(mut s) = UnixStream::connect(control) {
+            if i % 2 == 1 {
+                let _ = s.write_all(b"{\"cmd\":\"status\"}\n{\"cmd\":\"status\"}\n");
+            }
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Datagrams to the workers' notify socket from this process, which is no worker.
+fn notify_noise(path: &std::path::Path) -> u64 {
+    let Ok(sock) = UnixDatagram::unbound() else { return 0 };
+    let mut n = 0;
+    for i in 0..NOTIFY_NOISE {
+        let msg: &[u8] = if i % 2 == 0 { b"READY=1\nSTATUS=noise" } else { b"\xff\xfe garbage" };
+        if sock.send_to(msg, path).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Runs the soak for `duration`.
+pub fn run(duration: Duration) -> Result<Soak> {
+    let mut setup = WorkerSetup::demo(WORKERS, &["--boot-delay", "200ms"]);
+    setup.graceful_timeout = "5s".into();
+    setup.boot_timeout = "10s".into();
+    let (h, _) = Handover::start(&setup, Duration::from_secs(30))?;
+    let control = h.dir.path().join("control.sock");
+    let started = Instant::now();
+    let mut soak = Soak {
+        secs: 0.0,
+        sent: 0,
+        failed: 0,
+        killed: 0,
+        reloads: 0,
+        reloads_ok: 0,
+        control_clients: 0,
+        notify_noise: 0,
+        samples: Vec::new(),
+        log_lines: 0,
+    };
+    let mut cycle = 0u64;
+    while started.elapsed() + CYCLE <= duration {
+        cycle += 1;
+        let mut spec = LoadSpec::new(Target::Tcp(h.addr));
+        spec.clients = CLIENTS;
+        spec.keep_alive = cycle % 2 == 0;
+        spec.max_duration = CYCLE + Duration::from_secs(5);
+        let load = loadgen::start(spec)?;
+        let t0 = Instant::now();
+        // A second into the cycle: faults; then the reload; the rest is steady load.
+        std::thread::sleep(Duration::from_millis(700)); // pacing the cycle, not synchronising
+        let workers = ready_workers(&h)?;
+        if let Some(&victim) = workers.get(cycle as usize % workers.len().max(1)) {
+            signal(victim, libc::SIGKILL);
+            soak.killed += 1;
+        }
+        soak.control_clients += control_noise(&control);
+        if let Some(&w) = workers.first() {
+            if let Ok(path) = workers_notify_socket(w) {
+                soak.notify_noise += notify_noise(&path);
+            }
+        }
+        let out = h.cli(&["reload"], Duration::from_secs(30))?;
+        soak.reloads += 1;
+        if out.code == 0 {
+            soak.reloads_ok += 1;
+        } else {
+            eprintln!("soak: reload {cycle} exited {}: {}", out.code, out.stderr.trim());
+        }
+        if let Some(rest) = CYCLE.checked_sub(t0.elapsed()) {
+            std::thread::sleep(rest); // the cycle's remaining steady load
+        }
+        let report = load.stop();
+        soak.sent += report.sent;
+        soak.failed += report.failed;
+        soak.samples.push(Sample {
+            at_s: started.elapsed().as_secs_f64(),
+            rss_kib: rss_kib(h.pid())?,
+            fds: fd_count(h.pid())?,
+        });
+        if cycle % 12 == 0 {
+            eprintln!("soak: {}", soak_progress(&soak));
+        }
+    }
+    soak.secs = started.elapsed().as_secs_f64();
+    soak.log_lines = std::fs::read_to_string(h.dir.path().join("handover.log")).map_or(0, |l| l.lines().count());
+    h.stop(Duration::from_secs(30))?;
+    Ok(soak)
+}
+
+fn soak_progress(s: &Soak) -> String {
+    let last = s.samples.last();
+    format!(
+        "{} reloads ({} ok), {} requests, {} failed, RSS {} KiB, {} fds",
+        s.reloads,
+        s.reloads_ok,
+        s.sent,
+        s.failed,
+        last.map_or(0, |l| l.rss_kib),
+        last.map_or(0, |l| l.fds)
+    )
+}
