@@ -7,7 +7,10 @@
 //!    span up in the document tree;
 //! 3. the raw values are validated and defaults applied: the raw fields keep their spans
 //!    (`toml::Spanned`), so every error points at the offending value.
-use super::{units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers};
+use super::{
+    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers, MAX_LIFETIME,
+    MAX_TIMEOUT,
+};
 use serde::{de, Deserialize};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -447,8 +450,9 @@ impl RawWorkers {
             "workers.graceful_timeout",
             DEFAULT_GRACEFUL_TIMEOUT,
         )?;
-        let watchdog = src.duration(self.watchdog.as_ref(), "workers.watchdog")?.filter(|d| !d.is_zero());
-        let max_lifetime = src.duration(self.max_lifetime.as_ref(), "workers.max_lifetime")?.filter(|d| !d.is_zero());
+        let watchdog = src.duration(self.watchdog.as_ref(), "workers.watchdog", MAX_TIMEOUT)?.filter(|d| !d.is_zero());
+        let max_lifetime =
+            src.duration(self.max_lifetime.as_ref(), "workers.max_lifetime", MAX_LIFETIME)?.filter(|d| !d.is_zero());
 
         let stop_signal = match &self.stop_signal {
             None => libc::SIGTERM,
@@ -575,7 +579,10 @@ fn parse_ready(s: &str) -> Result<ReadyMode, String> {
         "notify" => Ok(ReadyMode::Notify),
         "spawn" => Ok(ReadyMode::Spawn),
         _ => match s.strip_prefix("delay:") {
-            Some(d) => units::parse_duration(d).map(ReadyMode::Delay).map_err(|why| format!("in \"{s}\": {why}")),
+            Some(d) => units::parse_duration(d)
+                .and_then(|d| at_most(d, MAX_TIMEOUT))
+                .map(ReadyMode::Delay)
+                .map_err(|why| format!("in \"{s}\": {why}")),
             None => {
                 Err(format!("expected \"notify\", \"spawn\" or \"delay:<duration>\" (e.g. \"delay:2s\"), not \"{s}\""))
             }
@@ -692,18 +699,30 @@ impl Source<'_> {
         Err(self.at(v.span(), key, message))
     }
 
-    fn duration(&self, v: Option<&Spanned<DurationText>>, key: &str) -> Result<Option<Duration>, ConfigError> {
-        v.map(|v| units::parse_duration(&v.get_ref().0).map_err(|why| self.at(v.span(), key, why))).transpose()
+    /// A duration of at most `max`, if given.
+    fn duration(
+        &self,
+        v: Option<&Spanned<DurationText>>,
+        key: &str,
+        max: Duration,
+    ) -> Result<Option<Duration>, ConfigError> {
+        v.map(|v| {
+            units::parse_duration(&v.get_ref().0)
+                .and_then(|d| at_most(d, max))
+                .map_err(|why| self.at(v.span(), key, why))
+        })
+        .transpose()
     }
 
-    /// A duration that must not be zero, or `default` if not given.
+    /// A duration that must not be zero nor longer than [`MAX_TIMEOUT`], or `default` if
+    /// not given.
     fn positive_duration(
         &self,
         v: Option<&Spanned<DurationText>>,
         key: &str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        match (v, self.duration(v, key)?) {
+        match (v, self.duration(v, key, MAX_TIMEOUT)?) {
             (Some(v), Some(d)) if d.is_zero() => Err(self.at(v.span(), key, "must be greater than 0")),
             (_, d) => Ok(d.unwrap_or(default)),
         }
@@ -722,6 +741,16 @@ impl Source<'_> {
             }
         }
         Ok(None)
+    }
+}
+
+/// `d` if it is at most `max`: every duration in the file has an upper bound, so that no
+/// deadline computed from it can overflow the clock (and a unit typo is caught).
+fn at_most(d: Duration, max: Duration) -> Result<Duration, String> {
+    if d <= max {
+        Ok(d)
+    } else {
+        Err(format!("must be at most {}, not {}", units::format_duration(max), units::format_duration(d)))
     }
 }
 
@@ -1171,6 +1200,35 @@ max_surge = 2
             assert_eq!(e.key, format!("workers.{key}"));
             assert_eq!(e.message, "must be greater than 0");
         }
+    }
+
+    #[test]
+    fn durations_have_upper_bounds() {
+        let fx = Fx::new();
+        // The bounds themselves are accepted...
+        let w = fx
+            .ok(&format!(
+                "{MIN}boot_timeout = \"24h\"\ngraceful_timeout = \"1440m\"\nwatchdog = \"86400s\"\n\
+                 ready = \"delay:24h\"\nmax_lifetime = \"168h\"\n"
+            ))
+            .workers;
+        assert_eq!((w.boot_timeout, w.graceful_timeout, w.watchdog), (MAX_TIMEOUT, MAX_TIMEOUT, Some(MAX_TIMEOUT)));
+        assert_eq!((w.ready, w.max_lifetime), (ReadyMode::Delay(MAX_TIMEOUT), Some(MAX_LIFETIME)));
+        // ...one step past them is not, with the place and the key.
+        for (key, bound) in
+            [("boot_timeout", "24h"), ("graceful_timeout", "24h"), ("watchdog", "24h"), ("max_lifetime", "168h")]
+        {
+            let e = fx.err(&format!("{MIN}{key} = \"10000000000000000000s\"\n"));
+            assert_eq!(at(&e), (3, key.len() + 4, format!("workers.{key}").as_str()));
+            assert_eq!(e.message, format!("must be at most {bound}, not 10000000000000000000s"));
+            let e = fx.err(&format!("{MIN}{key} = \"{bound} 1ms\"\n"));
+            assert!(e.message.starts_with(&format!("must be at most {bound}, not ")), "{e}");
+            let e = fx.err(&format!("{MIN}{key} = \"2562047788015216h\"\n"));
+            assert!(e.message.starts_with(&format!("must be at most {bound}, not ")), "{e}");
+        }
+        let e = fx.err(&format!("{MIN}ready = \"delay:2562047788015216h\"\n"));
+        assert_eq!(at(&e), (3, 9, "workers.ready"));
+        assert_eq!(e.message, "in \"delay:2562047788015216h\": must be at most 24h, not 2562047788015216h");
     }
 
     #[test]

@@ -156,7 +156,10 @@ impl Daemon {
         mut commands: mpsc::Receiver<Command>,
         watchdog: Option<Duration>,
     ) -> i32 {
-        let mut watchdog_tick = watchdog.map(|w| tokio::time::interval((w / 2).max(Duration::from_millis(1))));
+        // Half of systemd's interval, but never a period whose next tick the clock cannot
+        // represent (tokio adds the period to each tick): pinging more often is harmless.
+        let mut watchdog_tick =
+            watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
             if let Some(code) = self.exit {
@@ -169,7 +172,10 @@ impl Daemon {
             } else if !watch_memory {
                 memory_tick = None;
             }
-            let deadline = self.machine.next_deadline();
+            // A deadline further out than MAX_TIMER_SLEEP wakes the loop early for a Tick that
+            // does nothing: tokio's timer then never sees an instant near the clock's limit.
+            let deadline =
+                self.machine.next_deadline().map(|d| d.min(policy::deadline(Instant::now(), policy::MAX_TIMER_SLEEP)));
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,

@@ -242,16 +242,16 @@ impl Machine {
             let wc = &g.config.workers;
             match w.state {
                 WorkerState::Booting => {
-                    consider(Some(w.spawned_at + wc.boot_timeout));
+                    consider(Some(policy::deadline(w.spawned_at, wc.boot_timeout)));
                     if let ReadyMode::Delay(d) = wc.ready {
                         if w.pid.is_some() {
-                            consider(Some(w.spawned_at + d));
+                            consider(Some(policy::deadline(w.spawned_at, d)));
                         }
                     }
                 }
                 WorkerState::Ready => {
                     if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        consider(Some(last + wd));
+                        consider(Some(policy::deadline(last, wd)));
                     }
                     consider(w.recycle_at);
                 }
@@ -443,7 +443,7 @@ impl Machine {
                     self.detach(id);
                     let graceful = self.gen(generation).config.workers.graceful_timeout;
                     if let Some(w) = self.workers.get_mut(&id) {
-                        w.state = WorkerState::Stopping { kill_at: now + graceful };
+                        w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
                         w.since = now;
                     }
                 }
@@ -553,7 +553,7 @@ impl Machine {
         let have = self.gen(active).slots.len();
         let want = match to {
             ScaleTo::Count(n) => n,
-            ScaleTo::Delta(d) => (have as i64 + d).max(0) as usize,
+            ScaleTo::Delta(d) => (have as i64).saturating_add(d).max(0) as usize,
         };
         if !(1..=4096).contains(&want) {
             let why = format!("worker count must be 1..=4096, not {want}");
@@ -598,7 +598,7 @@ impl Machine {
         fx.push(Effect::Systemd(vec![
             SystemdMessage::Stopping,
             // systemd's TimeoutStopSec= may be shorter than our graceful_timeout.
-            SystemdMessage::ExtendTimeout(longest + Duration::from_secs(5)),
+            SystemdMessage::ExtendTimeout(longest.saturating_add(Duration::from_secs(5))),
         ]));
         let how = if fast { "fast stop: killing every worker" } else { "stopping: draining every worker" };
         fx.push(log(Level::Info, "stopping", how.into(), None, None, None));
@@ -628,18 +628,18 @@ impl Machine {
             match w.state {
                 WorkerState::Booting => {
                     if let (ReadyMode::Delay(d), Some(_)) = (wc.ready, w.pid) {
-                        if now >= w.spawned_at + d {
+                        if now >= policy::deadline(w.spawned_at, d) {
                             self.mark_ready(id, now, fx);
                             continue;
                         }
                     }
-                    if now >= w.spawned_at + wc.boot_timeout {
+                    if now >= policy::deadline(w.spawned_at, wc.boot_timeout) {
                         self.boot_timed_out(id, now, fx);
                     }
                 }
                 WorkerState::Ready => {
                     if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        if now >= last + wd {
+                        if now >= policy::deadline(last, wd) {
                             let why = format!("missed its watchdog ({} without WATCHDOG=1)", human(wd));
                             self.watchdog_expired(id, &why, now, fx);
                         }
@@ -688,7 +688,7 @@ impl Machine {
         let grace = self.gen(generation).config.workers.graceful_timeout.min(policy::WATCHDOG_KILL_GRACE);
         self.detach(id);
         if let Some(w) = self.workers.get_mut(&id) {
-            w.state = WorkerState::Stopping { kill_at: now + grace };
+            w.state = WorkerState::Stopping { kill_at: policy::deadline(now, grace) };
             w.since = now;
             match w.pid {
                 Some(pid) => fx.push(Effect::Signal { pid, signal: libc::SIGABRT }),
@@ -714,7 +714,7 @@ impl Machine {
         let wc = &self.gen(generation).config.workers;
         let (max_lifetime, boot_timeout) = (wc.max_lifetime, wc.boot_timeout);
         if let (Some(lifetime), Some(w)) = (max_lifetime, self.workers.get_mut(&id)) {
-            w.recycle_at = Some(now + policy::jittered_lifetime(lifetime, id.0));
+            w.recycle_at = Some(policy::deadline(now, policy::jittered_lifetime(lifetime, id.0)));
         }
         fx.push(log(
             Level::Info,
@@ -738,7 +738,9 @@ impl Machine {
         match &self.phase {
             Phase::Starting | Phase::Reloading(_) => {
                 // Progress: give systemd's start/reload timeout room for the next worker.
-                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(boot_timeout + Duration::from_secs(5))]));
+                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(
+                    boot_timeout.saturating_add(Duration::from_secs(5)),
+                )]));
             }
             _ => {}
         }
@@ -776,7 +778,7 @@ impl Machine {
         let wc = &self.gen(w.generation).config.workers;
         let (signal, graceful) = (wc.stop_signal, wc.graceful_timeout);
         let Some(w) = self.workers.get_mut(&id) else { return };
-        w.state = WorkerState::Stopping { kill_at: now + graceful };
+        w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
         w.since = now;
         match w.pid {
             Some(pid) => fx.push(Effect::Signal { pid, signal }),
@@ -804,7 +806,7 @@ impl Machine {
         }
         s.failures = s.failures.saturating_add(1);
         s.restarts = s.restarts.saturating_add(1);
-        s.not_before = Some(now + policy::backoff(s.failures));
+        s.not_before = Some(policy::deadline(now, policy::backoff(s.failures)));
     }
 
     /// The reload failed: stop the candidate's booting workers, keep serving the previous
