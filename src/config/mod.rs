@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use raw::MAX_CONFIG_BYTES;
 pub use units::{parse_duration, parse_signal, parse_size};
 
 /// The longest `workers.boot_timeout`, `workers.graceful_timeout`, `workers.watchdog` and
