@@ -217,3 +217,36 @@ fn sigterm_stops_the_daemon_while_its_config_is_a_fifo() {
     assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.log());
     assert!(d.log().contains("FIFO"), "{}", d.log());
 }
+
+#[test]
+fn a_planted_pidfile_symlink_is_replaced_not_followed() {
+    let pids = tempfile::tempdir().unwrap();
+    let victim = pids.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let pidfile = pids.path().join("app.pid");
+    std::os::unix::fs::symlink(&victim, &pidfile).unwrap();
+    let opts = Options { extra: format!("pidfile = {:?}\n", pidfile.display().to_string()), ..Options::default() };
+    let mut d = Daemon::start(opts);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "the symlink's target was written");
+    let meta = std::fs::symlink_metadata(&pidfile).unwrap();
+    assert!(meta.is_file(), "the pidfile is a regular file now");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o644);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), format!("{}\n", d.pid()));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.log());
+    assert!(!pidfile.exists(), "our pidfile is removed at exit");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn a_pidfile_that_holds_another_pid_is_left_at_exit() {
+    let pids = tempfile::tempdir().unwrap();
+    let pidfile = pids.path().join("app.pid");
+    let opts = Options { extra: format!("pidfile = {:?}\n", pidfile.display().to_string()), ..Options::default() };
+    let mut d = Daemon::start(opts);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), format!("{}\n", d.pid()));
+    std::fs::write(&pidfile, "1\n").unwrap(); // a newer daemon's, say
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.log());
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), "1\n");
+}

@@ -105,12 +105,13 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let signals = Signals::install().map_err(RunError::Signals)?;
     let (commands_tx, commands) = mpsc::channel(16);
     tokio::spawn(control.serve(commands_tx));
-    let pidfile = config.pidfile.clone();
-    if let Some(p) = &pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::app::Pidfile::write(p, std::process::id()) {
+        Ok(f) => Some(f),
+        Err(e) => {
             logging::event(Level::Warn, "pidfile", format!("cannot write pidfile {}: {e}", p.display()));
+            None
         }
-    }
+    });
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
     let (machine, effects) = Machine::start(config, Instant::now());
     let mut daemon = Daemon {
@@ -127,8 +128,15 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     };
     daemon.execute_all(effects);
     let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
-    if let Some(p) = &pidfile {
-        let _ = std::fs::remove_file(p);
+    if let Some(p) = pidfile {
+        let path = p.path().to_path_buf();
+        if !p.remove() {
+            logging::event(
+                Level::Info,
+                "pidfile",
+                format!("pidfile {} not removed: it is gone or holds another pid", path.display()),
+            );
+        }
     }
     Ok(code)
 }
