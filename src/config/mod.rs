@@ -6,6 +6,8 @@
 //! failed reload can point at the mistake. Loading has no side effects: a reload with an
 //! invalid file changes nothing that is running.
 
+#[cfg(test)]
+mod prop_tests;
 mod raw;
 mod units;
 
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::MAX_CONFIG_BYTES;
-pub use units::{parse_duration, parse_signal, parse_size};
+pub use units::{format_duration, parse_duration, parse_signal, parse_size};
 
 /// The longest `workers.boot_timeout`, `workers.graceful_timeout`, `workers.watchdog` and
 /// `ready = "delay:…"` accepted: a day. Longer is a typo (a unit off), and a bound keeps
