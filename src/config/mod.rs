@@ -6,6 +6,8 @@
 //! failed reload can point at the mistake. Loading has no side effects: a reload with an
 //! invalid file changes nothing that is running.
 
+#[cfg(test)]
+mod prop_tests;
 mod raw;
 mod units;
 
@@ -15,7 +17,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use units::{parse_duration, parse_signal, parse_size};
+pub use raw::MAX_CONFIG_BYTES;
+pub use units::{format_duration, parse_duration, parse_signal, parse_size};
+
+/// The longest `workers.boot_timeout`, `workers.graceful_timeout`, `workers.watchdog` and
+/// `ready = "delay:…"` accepted: a day. Longer is a typo (a unit off), and a bound keeps
+/// every deadline the supervisor computes far inside what the clock can represent.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `workers.max_lifetime` accepted: a week (`"168h"`).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A validated configuration, as the supervisor uses it.
 #[derive(Debug, Clone, PartialEq)]

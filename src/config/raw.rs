@@ -7,17 +7,25 @@
 //!    span up in the document tree;
 //! 3. the raw values are validated and defaults applied: the raw fields keep their spans
 //!    (`toml::Spanned`), so every error points at the offending value.
-use super::{units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers};
+use super::{
+    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers, MAX_LIFETIME,
+    MAX_TIMEOUT,
+};
 use serde::{de, Deserialize};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::Read;
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+/// The largest config file read (1 MiB): real ones are a few KiB; the cap bounds the time
+/// and memory a reload spends on a wrong path.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// `workers.count` when the file does not say.
 const DEFAULT_COUNT: i64 = 1;
 /// Upper bound for `workers.count`: far above any sane pre-fork pool, low enough that a
@@ -179,14 +187,69 @@ impl<'de> Deserialize<'de> for Scalar {
 
 /// Reads the config file; shared by `load` and `control_socket_of` so both report an
 /// unreadable file the same way.
+///
+/// The daemon reads the file on its event loop (at every reload), so the read must end
+/// quickly whatever sits at the path: only a regular file (after following symlinks) is
+/// opened, without blocking (`O_NONBLOCK`: a FIFO swapped in after the check cannot hold up
+/// open(2)), checked again on the open file, and read up to [`MAX_CONFIG_BYTES`].
 pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: 0,
-        col: 0,
-        key: "(file)".into(),
-        message: format!("cannot read: {e}"),
+    let fail =
+        |message: String| ConfigError { file: path.to_path_buf(), line: 0, col: 0, key: "(file)".into(), message };
+    let cannot = |e: std::io::Error| fail(format!("cannot read: {e}"));
+    // Refused before opening: opening a device can have side effects (a tape rewinds).
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    check_config_file(&meta).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    // The path may have been replaced between the two looks: what counts is what was opened.
+    let meta = file.metadata().map_err(cannot)?;
+    check_config_file(&meta).map_err(fail)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // One byte more than allowed tells a file that grew past the cap since fstat.
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(too_large(None)));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        fail(format!("cannot read: not UTF-8 (invalid byte at offset {at})"))
     })
+}
+
+/// A config file is a regular file of at most [`MAX_CONFIG_BYTES`].
+fn check_config_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    };
+    if let Some(kind) = kind {
+        return Err(format!("cannot read: it is {kind}, not a regular file"));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(Some(meta.len())));
+    }
+    Ok(())
+}
+
+fn too_large(len: Option<u64>) -> String {
+    let size = len.map_or_else(|| "more than 1 MiB".to_string(), |n| format!("{n} bytes"));
+    format!("cannot read: the file is {size}; a config file can have at most {MAX_CONFIG_BYTES} bytes (1 MiB)")
 }
 
 /// Parses and validates `text`, the contents of `path`; see [`super::parse`].
@@ -455,8 +518,9 @@ impl RawWorkers {
             "workers.graceful_timeout",
             DEFAULT_GRACEFUL_TIMEOUT,
         )?;
-        let watchdog = src.duration(self.watchdog.as_ref(), "workers.watchdog")?.filter(|d| !d.is_zero());
-        let max_lifetime = src.duration(self.max_lifetime.as_ref(), "workers.max_lifetime")?.filter(|d| !d.is_zero());
+        let watchdog = src.duration(self.watchdog.as_ref(), "workers.watchdog", MAX_TIMEOUT)?.filter(|d| !d.is_zero());
+        let max_lifetime =
+            src.duration(self.max_lifetime.as_ref(), "workers.max_lifetime", MAX_LIFETIME)?.filter(|d| !d.is_zero());
 
         let stop_signal = match &self.stop_signal {
             None => libc::SIGTERM,
@@ -583,7 +647,10 @@ fn parse_ready(s: &str) -> Result<ReadyMode, String> {
         "notify" => Ok(ReadyMode::Notify),
         "spawn" => Ok(ReadyMode::Spawn),
         _ => match s.strip_prefix("delay:") {
-            Some(d) => units::parse_duration(d).map(ReadyMode::Delay).map_err(|why| format!("in \"{s}\": {why}")),
+            Some(d) => units::parse_duration(d)
+                .and_then(|d| at_most(d, MAX_TIMEOUT))
+                .map(ReadyMode::Delay)
+                .map_err(|why| format!("in \"{s}\": {why}")),
             None => {
                 Err(format!("expected \"notify\", \"spawn\" or \"delay:<duration>\" (e.g. \"delay:2s\"), not \"{s}\""))
             }
@@ -622,17 +689,13 @@ impl RawReload {
         // Above workers.count is allowed: it means the whole generation at once.
         let max_surge = src.int_in(self.max_surge.as_ref(), "reload.max_surge", DEFAULT_MAX_SURGE, 1, i64::MAX)?;
         let key = "reload.min_healthy_time";
-        let min_healthy_time =
-            match (self.min_healthy_time.as_ref(), src.duration(self.min_healthy_time.as_ref(), key)?) {
-                (Some(v), Some(d)) if d > MAX_MIN_HEALTHY_TIME => {
-                    return Err(src.at(v.span(), key, format!("must be at most {}s", MAX_MIN_HEALTHY_TIME.as_secs())))
-                }
-                (_, Some(d)) => d,
-                (None, None) | (Some(_), None) => match workers.ready {
-                    ReadyMode::Notify => Duration::ZERO,
-                    ReadyMode::Spawn | ReadyMode::Delay(_) => DEFAULT_MIN_HEALTHY_TIME_GUESSED,
-                },
-            };
+        let min_healthy_time = match src.duration(self.min_healthy_time.as_ref(), key, MAX_MIN_HEALTHY_TIME)? {
+            Some(d) => d,
+            None => match workers.ready {
+                ReadyMode::Notify => Duration::ZERO,
+                ReadyMode::Spawn | ReadyMode::Delay(_) => DEFAULT_MIN_HEALTHY_TIME_GUESSED,
+            },
+        };
         Ok(Reload { strategy, max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX), min_healthy_time })
     }
 }
@@ -663,10 +726,9 @@ impl Source<'_> {
     }
 
     fn syntax(&self, e: &toml::de::Error) -> ConfigError {
-        match e.span() {
-            Some(s) => self.at(s, "(syntax)", e.message()),
-            None => self.whole("(syntax)", e.message()),
-        }
+        // toml gives no place for a few errors (a dotted key past its recursion limit):
+        // they point at the start of the file rather than at no line at all.
+        self.at(e.span().unwrap_or(0..0), "(syntax)", e.message())
     }
 
     /// Turns a serde error into a `ConfigError`, finding the key from toml's span.
@@ -712,18 +774,30 @@ impl Source<'_> {
         Err(self.at(v.span(), key, message))
     }
 
-    fn duration(&self, v: Option<&Spanned<DurationText>>, key: &str) -> Result<Option<Duration>, ConfigError> {
-        v.map(|v| units::parse_duration(&v.get_ref().0).map_err(|why| self.at(v.span(), key, why))).transpose()
+    /// A duration of at most `max`, if given.
+    fn duration(
+        &self,
+        v: Option<&Spanned<DurationText>>,
+        key: &str,
+        max: Duration,
+    ) -> Result<Option<Duration>, ConfigError> {
+        v.map(|v| {
+            units::parse_duration(&v.get_ref().0)
+                .and_then(|d| at_most(d, max))
+                .map_err(|why| self.at(v.span(), key, why))
+        })
+        .transpose()
     }
 
-    /// A duration that must not be zero, or `default` if not given.
+    /// A duration that must not be zero nor longer than [`MAX_TIMEOUT`], or `default` if
+    /// not given.
     fn positive_duration(
         &self,
         v: Option<&Spanned<DurationText>>,
         key: &str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        match (v, self.duration(v, key)?) {
+        match (v, self.duration(v, key, MAX_TIMEOUT)?) {
             (Some(v), Some(d)) if d.is_zero() => Err(self.at(v.span(), key, "must be greater than 0")),
             (_, d) => Ok(d.unwrap_or(default)),
         }
@@ -742,6 +816,16 @@ impl Source<'_> {
             }
         }
         Ok(None)
+    }
+}
+
+/// `d` if it is at most `max`: every duration in the file has an upper bound, so that no
+/// deadline computed from it can overflow the clock (and a unit typo is caught).
+fn at_most(d: Duration, max: Duration) -> Result<Duration, String> {
+    if d <= max {
+        Ok(d)
+    } else {
+        Err(format!("must be at most {}, not {}", units::format_duration(max), units::format_duration(d)))
     }
 }
 
@@ -1198,6 +1282,35 @@ max_surge = 2
     }
 
     #[test]
+    fn durations_have_upper_bounds() {
+        let fx = Fx::new();
+        // The bounds themselves are accepted...
+        let w = fx
+            .ok(&format!(
+                "{MIN}boot_timeout = \"24h\"\ngraceful_timeout = \"1440m\"\nwatchdog = \"86400s\"\n\
+                 ready = \"delay:24h\"\nmax_lifetime = \"168h\"\n"
+            ))
+            .workers;
+        assert_eq!((w.boot_timeout, w.graceful_timeout, w.watchdog), (MAX_TIMEOUT, MAX_TIMEOUT, Some(MAX_TIMEOUT)));
+        assert_eq!((w.ready, w.max_lifetime), (ReadyMode::Delay(MAX_TIMEOUT), Some(MAX_LIFETIME)));
+        // ...one step past them is not, with the place and the key.
+        for (key, bound) in
+            [("boot_timeout", "24h"), ("graceful_timeout", "24h"), ("watchdog", "24h"), ("max_lifetime", "168h")]
+        {
+            let e = fx.err(&format!("{MIN}{key} = \"10000000000000000000s\"\n"));
+            assert_eq!(at(&e), (3, key.len() + 4, format!("workers.{key}").as_str()));
+            assert_eq!(e.message, format!("must be at most {bound}, not 10000000000000000000s"));
+            let e = fx.err(&format!("{MIN}{key} = \"{bound} 1ms\"\n"));
+            assert!(e.message.starts_with(&format!("must be at most {bound}, not ")), "{e}");
+            let e = fx.err(&format!("{MIN}{key} = \"2562047788015216h\"\n"));
+            assert!(e.message.starts_with(&format!("must be at most {bound}, not ")), "{e}");
+        }
+        let e = fx.err(&format!("{MIN}ready = \"delay:2562047788015216h\"\n"));
+        assert_eq!(at(&e), (3, 9, "workers.ready"));
+        assert_eq!(e.message, "in \"delay:2562047788015216h\": must be at most 24h, not 2562047788015216h");
+    }
+
+    #[test]
     fn optional_durations_and_memory() {
         let fx = Fx::new();
         let w = fx.ok(&format!("{MIN}watchdog = \"0\"\nmax_lifetime = \"0\"\nmax_memory = \"0\"\n")).workers;
@@ -1452,7 +1565,7 @@ max_surge = 2
         assert_eq!(mht("[reload]\nmin_healthy_time = \"10s\"\n"), Ok(Duration::from_secs(10)));
         let e = mht("[reload]\nmin_healthy_time = \"2h\"\n").unwrap_err();
         assert_eq!(at(&e), (4, 20, "reload.min_healthy_time"));
-        assert_eq!(e.message, "must be at most 3600s");
+        assert_eq!(e.message, "must be at most 1h, not 2h");
         let e = mht("[reload]\nmin_healthy_time = 5\n").unwrap_err();
         assert_eq!(at(&e), (4, 20, "reload.min_healthy_time"));
     }
@@ -1540,5 +1653,53 @@ max_surge = 2
         assert_eq!(c.name, "site");
         let e = super::super::load(&fx.dir.path().join("nope.toml"), &fx.env).unwrap_err();
         assert_eq!(at(&e), (0, 0, "(file)"));
+    }
+
+    #[test]
+    fn only_a_regular_file_of_at_most_1_mib_is_read() {
+        let fx = Fx::new();
+        let dir = fx.dir.path();
+        let load = |p: &Path| super::super::load(p, &fx.env);
+        let refused = |p: &Path, why: &str| {
+            let started = std::time::Instant::now();
+            let e = load(p).unwrap_err();
+            assert_eq!(at(&e), (0, 0, "(file)"), "{e}");
+            assert!(e.message.contains(why), "{}: expected {why:?} in {e}", p.display());
+            // The same check guards the client's lenient read.
+            assert_eq!(control_socket_of(p, &fx.env).unwrap_err().message, e.message);
+            started.elapsed()
+        };
+        let fifo = dir.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        refused(&fifo, "it is a FIFO (named pipe), not a regular file");
+        let zero = dir.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        refused(&zero, "it is a character device, not a regular file");
+        let sub = dir.join("dir.toml");
+        std::fs::create_dir(&sub).unwrap();
+        refused(&sub, "it is a directory, not a regular file");
+        let sock = dir.join("sock.toml");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        refused(&sock, "it is a socket, not a regular file");
+
+        // 1 MiB is read; one byte more is not (a sparse file: no disk is spent).
+        let big = dir.join("big.toml");
+        let mut text = MIN.to_string();
+        let filler = "# padding\n";
+        while text.len() + filler.len() <= MAX_CONFIG_BYTES as usize {
+            text.push_str(filler);
+        }
+        text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize - text.len()));
+        std::fs::write(&big, &text).unwrap();
+        assert_eq!(load(&big).unwrap().workers.count, 1);
+        let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        refused(&big, "the file is 1048577 bytes; a config file can have at most 1048576 bytes (1 MiB)");
+        f.set_len(50 << 20).unwrap();
+        refused(&big, "the file is 52428800 bytes");
+
+        let latin1 = write_config(dir, "name = \"caf\u{e9}\"\n");
+        std::fs::write(&latin1, b"name = \"caf\xe9\"\n").unwrap();
+        refused(&latin1, "not UTF-8 (invalid byte at offset 11)");
     }
 }

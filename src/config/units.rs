@@ -55,6 +55,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, nanos))
 }
 
+/// Writes `d` the way the config file would: `"24h"`, `"90m"`, `"45s"`, `"1.5s"`; parses
+/// back to `d` with [`parse_duration`].
+pub fn format_duration(d: Duration) -> String {
+    let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        return format!("{secs}.{}s", frac.trim_end_matches('0'));
+    }
+    match secs {
+        0 => "0".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 fn too_long() -> String {
     "duration too long".into()
 }
@@ -217,6 +233,22 @@ mod tests {
         assert_eq!(parse_duration("0.25h"), Ok(ms(900_000)));
         assert_eq!(parse_duration(" 2s "), Ok(ms(2000)));
         assert_eq!(parse_duration("1.0000000001s"), Ok(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn durations_format_as_written() {
+        for (d, text) in [
+            (Duration::ZERO, "0"),
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_secs(90 * 60), "90m"),
+            (Duration::from_secs(45), "45s"),
+            (ms(1500), "1.5s"),
+            (Duration::new(86_400, 1), "86400.000000001s"),
+            (Duration::from_secs(10_000_000_000_000_000_000), "10000000000000000000s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text} parses back");
+        }
     }
 
     #[test]

@@ -105,12 +105,13 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let signals = Signals::install().map_err(RunError::Signals)?;
     let (commands_tx, commands) = mpsc::channel(16);
     tokio::spawn(control.serve(commands_tx));
-    let pidfile = config.pidfile.clone();
-    if let Some(p) = &pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::app::Pidfile::write(p, std::process::id()) {
+        Ok(f) => Some(f),
+        Err(e) => {
             logging::event(Level::Warn, "pidfile", format!("cannot write pidfile {}: {e}", p.display()));
+            None
         }
-    }
+    });
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
     let (mut machine, effects) = Machine::start(config, Instant::now());
     // Workers inherit our stdout and stderr: where ours go, theirs go.
@@ -133,8 +134,15 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     };
     daemon.execute_all(effects);
     let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
-    if let Some(p) = &pidfile {
-        let _ = std::fs::remove_file(p);
+    if let Some(p) = pidfile {
+        let path = p.path().to_path_buf();
+        if !p.remove() {
+            logging::event(
+                Level::Info,
+                "pidfile",
+                format!("pidfile {} not removed: it is gone or holds another pid", path.display()),
+            );
+        }
     }
     Ok(code)
 }
@@ -162,7 +170,10 @@ impl Daemon {
         mut commands: mpsc::Receiver<Command>,
         watchdog: Option<Duration>,
     ) -> i32 {
-        let mut watchdog_tick = watchdog.map(|w| tokio::time::interval((w / 2).max(Duration::from_millis(1))));
+        // Half of systemd's interval, but never a period whose next tick the clock cannot
+        // represent (tokio adds the period to each tick): pinging more often is harmless.
+        let mut watchdog_tick =
+            watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
             if let Some(code) = self.exit {
@@ -175,7 +186,10 @@ impl Daemon {
             } else if !watch_memory {
                 memory_tick = None;
             }
-            let deadline = self.machine.next_deadline();
+            // A deadline further out than MAX_TIMER_SLEEP wakes the loop early for a Tick that
+            // does nothing: tokio's timer then never sees an instant near the clock's limit.
+            let deadline =
+                self.machine.next_deadline().map(|d| d.min(policy::deadline(Instant::now(), policy::MAX_TIMER_SLEEP)));
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,

@@ -1,6 +1,6 @@
-//! Timing policy: crash backoff and recycle jitter. Pure functions, so the state machine
-//! stays deterministic under test.
-use std::time::Duration;
+//! Timing policy: crash backoff, recycle jitter and deadline arithmetic. Pure functions, so
+//! the state machine stays deterministic under test.
+use std::time::{Duration, Instant};
 
 /// The first respawn delay after a failure.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -10,6 +10,10 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// How long a worker that missed its watchdog gets between SIGABRT and SIGKILL.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest the executor's timer sleeps in one go (a later deadline is slept towards in
+/// steps), and the longest period of its systemd watchdog ping.
+pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(3600);
 
 /// The respawn delay after `failures` consecutive failures (1 → 100 ms, doubling, capped
 /// at 30 s).
@@ -31,7 +35,25 @@ pub fn jittered_lifetime(max_lifetime: Duration, seed: u64) -> Duration {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     let permille = z % 101; // 0..=100 ‰ of the lifetime
-    max_lifetime + max_lifetime.mul_f64(permille as f64 / 1000.0)
+    max_lifetime.saturating_add(max_lifetime.mul_f64(permille as f64 / 1000.0))
+}
+
+/// The instant `after` past `from`, never panicking: where `from + after` cannot be
+/// represented, the latest instant that can be, short of it, is used instead (`after`
+/// halved until it fits). A deadline that far out never fires, which is what such a
+/// duration asks for; the config bounds every duration (config::MAX_TIMEOUT and
+/// config::MAX_LIFETIME), so this is a second line of defence, not the rule.
+pub fn deadline(from: Instant, after: Duration) -> Instant {
+    let mut d = after;
+    loop {
+        if let Some(t) = from.checked_add(d) {
+            return t;
+        }
+        d /= 2;
+        if d.is_zero() {
+            return from;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -47,6 +69,23 @@ mod tests {
         assert_eq!(backoff(9), Duration::from_millis(25_600));
         assert_eq!(backoff(10), BACKOFF_CAP);
         assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
+
+    #[test]
+    fn deadline_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(deadline(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        assert_eq!(deadline(now, Duration::ZERO), now);
+        let far = deadline(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(100 * 365 * 24 * 3600), "{:?}", far - now);
+        // Saturating again from a far-away instant still does not panic.
+        assert!(deadline(far, Duration::MAX) >= far);
+        assert!(deadline(far, Duration::from_secs(10_000_000_000_000_000_000)) >= far);
+    }
+
+    #[test]
+    fn jittered_lifetime_saturates() {
+        assert_eq!(jittered_lifetime(Duration::MAX, 1), Duration::MAX);
     }
 
     #[test]

@@ -280,20 +280,20 @@ impl Machine {
             let wc = &g.config.workers;
             match w.state {
                 WorkerState::Booting => {
-                    consider(Some(w.spawned_at + wc.boot_timeout));
+                    consider(Some(policy::deadline(w.spawned_at, wc.boot_timeout)));
                     if let ReadyMode::Delay(d) = wc.ready {
                         if w.pid.is_some() {
-                            consider(Some(w.spawned_at + d));
+                            consider(Some(policy::deadline(w.spawned_at, d)));
                         }
                     }
                 }
                 WorkerState::Ready => {
                     if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        consider(Some(last + wd));
+                        consider(Some(policy::deadline(last, wd)));
                     }
                     consider(w.recycle_at);
                     if !w.healthy {
-                        consider(w.ready_at.map(|t| t + g.config.reload.min_healthy_time));
+                        consider(w.ready_at.map(|t| policy::deadline(t, g.config.reload.min_healthy_time)));
                     }
                 }
                 WorkerState::Stopping { kill_at } => consider(Some(kill_at)),
@@ -510,7 +510,7 @@ impl Machine {
                     self.detach(id);
                     let graceful = self.gen(generation).config.workers.graceful_timeout;
                     if let Some(w) = self.workers.get_mut(&id) {
-                        w.state = WorkerState::Stopping { kill_at: now + graceful };
+                        w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
                         w.since = now;
                     }
                 }
@@ -621,7 +621,7 @@ impl Machine {
         let have = self.gen(active).slots.len();
         let want = match to {
             ScaleTo::Count(n) => n,
-            ScaleTo::Delta(d) => (have as i64 + d).max(0) as usize,
+            ScaleTo::Delta(d) => (have as i64).saturating_add(d).max(0) as usize,
         };
         if !(1..=4096).contains(&want) {
             let why = format!("worker count must be 1..=4096, not {want}");
@@ -666,7 +666,7 @@ impl Machine {
         fx.push(Effect::Systemd(vec![
             SystemdMessage::Stopping,
             // systemd's TimeoutStopSec= may be shorter than our graceful_timeout.
-            SystemdMessage::ExtendTimeout(longest + Duration::from_secs(5)),
+            SystemdMessage::ExtendTimeout(longest.saturating_add(Duration::from_secs(5))),
         ]));
         let how = if fast { "fast stop: killing every worker" } else { "stopping: draining every worker" };
         fx.push(log(Level::Info, "stopping", how.into(), None, None, None));
@@ -696,24 +696,26 @@ impl Machine {
             match w.state {
                 WorkerState::Booting => {
                     if let (ReadyMode::Delay(d), Some(_)) = (wc.ready, w.pid) {
-                        if now >= w.spawned_at + d {
+                        if now >= policy::deadline(w.spawned_at, d) {
                             self.mark_ready(id, now, fx);
                             continue;
                         }
                     }
-                    if now >= w.spawned_at + wc.boot_timeout {
+                    if now >= policy::deadline(w.spawned_at, wc.boot_timeout) {
                         self.boot_timed_out(id, now, fx);
                     }
                 }
                 WorkerState::Ready => {
                     if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        if now >= last + wd {
+                        if now >= policy::deadline(last, wd) {
                             let why = format!("missed its watchdog ({} without WATCHDOG=1)", human(wd));
                             self.watchdog_expired(id, &why, now, fx);
                             continue;
                         }
                     }
-                    if !w.healthy && w.ready_at.is_some_and(|t| now >= t + g.config.reload.min_healthy_time) {
+                    if !w.healthy
+                        && w.ready_at.is_some_and(|t| now >= policy::deadline(t, g.config.reload.min_healthy_time))
+                    {
                         self.mark_healthy(id, fx);
                     }
                 }
@@ -764,7 +766,7 @@ impl Machine {
         let grace = self.gen(generation).config.workers.graceful_timeout.min(policy::WATCHDOG_KILL_GRACE);
         self.detach(id);
         if let Some(w) = self.workers.get_mut(&id) {
-            w.state = WorkerState::Stopping { kill_at: now + grace };
+            w.state = WorkerState::Stopping { kill_at: policy::deadline(now, grace) };
             w.since = now;
             match w.pid {
                 Some(pid) => fx.push(Effect::Signal { pid, signal: libc::SIGABRT }),
@@ -800,7 +802,7 @@ impl Machine {
         if let Some(w) = self.workers.get_mut(&id) {
             w.healthy = !proving;
             if let Some(lifetime) = max_lifetime {
-                w.recycle_at = Some(now + policy::jittered_lifetime(lifetime, id.0));
+                w.recycle_at = Some(policy::deadline(now, policy::jittered_lifetime(lifetime, id.0)));
             }
         }
         fx.push(log(
@@ -827,7 +829,9 @@ impl Machine {
                 // Progress: give systemd's start/reload timeout room for the next worker (and
                 // for this one's min_healthy_time window).
                 let room = boot_timeout.max(if proving { min_healthy } else { Duration::ZERO });
-                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(room + Duration::from_secs(5))]));
+                fx.push(Effect::Systemd(vec![SystemdMessage::ExtendTimeout(
+                    room.saturating_add(Duration::from_secs(5)),
+                )]));
             }
             _ => {}
         }
@@ -897,7 +901,7 @@ impl Machine {
         let wc = &self.gen(w.generation).config.workers;
         let (signal, graceful) = (wc.stop_signal, wc.graceful_timeout);
         let Some(w) = self.workers.get_mut(&id) else { return };
-        w.state = WorkerState::Stopping { kill_at: now + graceful };
+        w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
         w.since = now;
         match w.pid {
             Some(pid) => fx.push(Effect::Signal { pid, signal }),
@@ -925,7 +929,7 @@ impl Machine {
         }
         s.failures = s.failures.saturating_add(1);
         s.restarts = s.restarts.saturating_add(1);
-        s.not_before = Some(now + policy::backoff(s.failures));
+        s.not_before = Some(policy::deadline(now, policy::backoff(s.failures)));
         s.last_failure = Some(why.to_string());
         self.failure_counted = true;
     }
