@@ -15,6 +15,11 @@
 //!                    handover-all-at-once, handover-rolling)
 //! --e2e-root DIR     scenario 3: the tree holding tests/e2e/sandbox.sh and
 //!                    packaging/build-deb.sh (default: this repository)
+//! scale              only the scaling scenario (issue 13): 64 / 512 / 1,024 / 4,096 demo
+//!                    workers booting in 0.1 s; writes scale.json and scale.md (at most 20
+//!                    minutes; about 5 in practice)
+//! --sizes 64,512     scale: the worker counts (default 64,512,1024,4096)
+//! --memory-up-to N   scale: measure the idle cost of max_memory only up to N workers
 //! ```
 //!
 //! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
@@ -31,6 +36,7 @@ mod harness;
 mod master;
 mod reload;
 mod report;
+mod scale;
 mod stats;
 mod systemd;
 mod throughput;
@@ -66,6 +72,12 @@ pub struct Options {
     pub e2e_root: PathBuf,
     /// The arguments as given (for the docs).
     pub args: Vec<String>,
+    /// Only the scaling scenario.
+    pub scale: bool,
+    /// Its worker counts.
+    pub sizes: Vec<usize>,
+    /// Its `max_memory` measurement stops above this many workers.
+    pub memory_up_to: usize,
 }
 
 fn parse_args() -> Result<Option<Options>> {
@@ -85,6 +97,9 @@ fn parse_args() -> Result<Option<Options>> {
         filter: None,
         e2e_root: root.clone(),
         args: Vec::new(),
+        scale: false,
+        sizes: scale::SIZES.to_vec(),
+        memory_up_to: usize::MAX,
     };
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -108,6 +123,22 @@ fn parse_args() -> Result<Option<Options>> {
             "--note" => o.note = Some(value("--note")?),
             "--filter" => o.filter = Some(value("--filter")?),
             "--e2e-root" => o.e2e_root = PathBuf::from(value("--e2e-root")?),
+            "scale" | "--scale" => o.scale = true,
+            "--sizes" => {
+                o.sizes = value("--sizes")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=4096).contains(n))
+                            .context("--sizes takes 1-4096")
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--memory-up-to" => {
+                o.memory_up_to = value("--memory-up-to")?.parse().context("--memory-up-to takes a count")?
+            }
             other => bail!("unknown option {other:?} (see benches/handover/main.rs)"),
         }
     }
@@ -142,7 +173,13 @@ fn main() {
         default_hook(info);
     }));
     // The overall bound: past it, kill what we started and exit.
-    let limit = if opts.quick { QUICK_DEADLINE } else { FULL_DEADLINE };
+    let limit = if opts.quick {
+        QUICK_DEADLINE
+    } else if opts.scale {
+        scale::DEADLINE
+    } else {
+        FULL_DEADLINE
+    };
     std::thread::spawn(move || {
         std::thread::sleep(limit); // a deadline, not a synchronisation
         eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
@@ -150,7 +187,9 @@ fn main() {
         std::process::exit(3);
     });
     let started = Instant::now();
-    let code = match run(&opts) {
+    let outcome =
+        if opts.scale { scale::run(&opts.sizes, opts.memory_up_to, &opts.out).map(|_| 0) } else { run(&opts) };
+    let code = match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bench: {e:#}");
