@@ -71,6 +71,7 @@ impl Python {
             graceful_timeout: "15s".into(),
             strategy: "all-at-once".into(),
             max_surge: 1,
+            max_memory: None,
         }
     }
 }

@@ -308,6 +308,8 @@ pub struct WorkerSetup {
     pub strategy: String,
     /// `reload.max_surge`.
     pub max_surge: usize,
+    /// `workers.max_memory`, if set.
+    pub max_memory: Option<String>,
 }
 
 impl WorkerSetup {
@@ -324,6 +326,7 @@ impl WorkerSetup {
             graceful_timeout: "10s".into(),
             strategy: "all-at-once".into(),
             max_surge: 1,
+            max_memory: None,
         }
     }
 
@@ -369,6 +372,9 @@ impl WorkerSetup {
         t.push_str(&format!("[workers]\ncommand = [{}]\ncount = {}\n", argv.join(", "), self.count));
         if let Some(wd) = &self.working_directory {
             t.push_str(&format!("working_directory = {}\n", q(&wd.display().to_string())));
+        }
+        if let Some(m) = &self.max_memory {
+            t.push_str(&format!("max_memory = {}\n", q(m)));
         }
         if !self.env.is_empty() {
             let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();

@@ -17,6 +17,11 @@
 //!                    packaging/build-deb.sh (default: this repository)
 //! --soak MINUTES     scenario 7 (not run otherwise): the soak with faults, this long
 //!                    (10 is the reference figure; 1 for a smoke run)
+//! scale              only the scaling scenario (issue 13): 64 / 512 / 1,024 / 4,096 demo
+//!                    workers booting in 0.1 s; writes scale.json and scale.md (at most 20
+//!                    minutes; about 5 in practice)
+//! --sizes 64,512     scale: the worker counts (default 64,512,1024,4096)
+//! --memory-up-to N   scale: measure the idle cost of max_memory only up to N workers
 //! ```
 //!
 //! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
@@ -34,6 +39,7 @@ mod harness;
 mod master;
 mod reload;
 mod report;
+mod scale;
 mod soak;
 mod stats;
 mod systemd;
@@ -72,6 +78,12 @@ pub struct Options {
     pub args: Vec<String>,
     /// Scenario 7's length, if asked for.
     pub soak: Option<Duration>,
+    /// Only the scaling scenario.
+    pub scale: bool,
+    /// Its worker counts.
+    pub sizes: Vec<usize>,
+    /// Its `max_memory` measurement stops above this many workers.
+    pub memory_up_to: usize,
 }
 
 fn parse_args() -> Result<Option<Options>> {
@@ -92,6 +104,9 @@ fn parse_args() -> Result<Option<Options>> {
         e2e_root: root.clone(),
         args: Vec::new(),
         soak: None,
+        scale: false,
+        sizes: scale::SIZES.to_vec(),
+        memory_up_to: usize::MAX,
     };
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -125,6 +140,22 @@ fn parse_args() -> Result<Option<Options>> {
                 if !o.args.contains(&"--only".to_owned()) {
                     o.only = vec![]; // the soak alone, unless scenarios were named
                 }
+            }
+            "scale" | "--scale" => o.scale = true,
+            "--sizes" => {
+                o.sizes = value("--sizes")?
+                    .split(',')
+                    .map(|s| {
+                        s.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=4096).contains(n))
+                            .context("--sizes takes 1-4096")
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--memory-up-to" => {
+                o.memory_up_to = value("--memory-up-to")?.parse().context("--memory-up-to takes a count")?
             }
             other => bail!("unknown option {other:?} (see benches/handover/main.rs)"),
         }
@@ -160,7 +191,13 @@ fn main() {
         default_hook(info);
     }));
     // The overall bound: past it, kill what we started and exit.
-    let limit = if opts.quick { QUICK_DEADLINE } else { FULL_DEADLINE } + opts.soak.unwrap_or_default();
+    let limit = if opts.quick {
+        QUICK_DEADLINE
+    } else if opts.scale {
+        scale::DEADLINE
+    } else {
+        FULL_DEADLINE
+    } + opts.soak.unwrap_or_default();
     std::thread::spawn(move || {
         std::thread::sleep(limit); // a deadline, not a synchronisation
         eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
@@ -168,7 +205,9 @@ fn main() {
         std::process::exit(3);
     });
     let started = Instant::now();
-    let code = match run(&opts) {
+    let outcome =
+        if opts.scale { scale::run(&opts.sizes, opts.memory_up_to, &opts.out).map(|_| 0) } else { run(&opts) };
+    let code = match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bench: {e:#}");

@@ -17,6 +17,7 @@
 //! naming the functions that do each step.
 pub mod events;
 pub mod machine;
+pub mod memory;
 pub mod policy;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +41,7 @@ use crate::worker::readiness::NotifyServer;
 use crate::worker::{self, Launcher};
 
 use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
+use memory::MemorySource;
 
 /// How often worker memory is sampled when some generation sets `max_memory`.
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -131,6 +133,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         next_request: 1,
         last_status: String::new(),
         exit: None,
+        memory: memory::ProcScan::default(),
     };
     daemon.execute_all(effects);
     let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
@@ -160,6 +163,8 @@ struct Daemon {
     next_request: RequestId,
     last_status: String,
     exit: Option<i32>,
+    /// Where worker memory is read from (`max_memory`).
+    memory: memory::ProcScan,
 }
 
 impl Daemon {
@@ -180,7 +185,7 @@ impl Daemon {
                 return code;
             }
             // Only sample memory while some worker has a limit: no idle wake-ups otherwise.
-            let watch_memory = !self.machine.memory_watched().is_empty();
+            let watch_memory = self.machine.watches_memory();
             if watch_memory && memory_tick.is_none() {
                 memory_tick = Some(tokio::time::interval(MEMORY_SAMPLE_INTERVAL));
             } else if !watch_memory {
@@ -209,12 +214,21 @@ impl Daemon {
                         logging::event(Level::Warn, "notify-error", format!("WATCHDOG=1 to systemd: {e}"));
                     }
                 }
-                _ = tick(&mut memory_tick) => {
-                    for (pid, _limit) in self.machine.memory_watched() {
-                        let rss_bytes = worker::group_rss_bytes(pid);
-                        self.dispatch(Event::MemoryUsage { pid, rss_bytes });
-                    }
-                }
+                _ = tick(&mut memory_tick) => self.sample_memory(),
+            }
+        }
+    }
+
+    /// One memory sample of every watched worker, in one pass over the processes. Only the
+    /// workers over their limit are news for the machine (it ignores the others).
+    fn sample_memory(&mut self) {
+        let watched = self.machine.memory_watched();
+        let groups: Vec<machine::Pid> = watched.iter().map(|&(pid, _)| pid).collect();
+        let totals = self.memory.group_rss(&groups);
+        for (pid, limit) in watched {
+            let rss_bytes = totals.get(&pid).copied().unwrap_or(0);
+            if rss_bytes > limit {
+                self.dispatch(Event::MemoryUsage { pid, rss_bytes });
             }
         }
     }
@@ -273,7 +287,8 @@ impl Daemon {
     ) {
         match datagram {
             Ok(Ok(d)) => {
-                let pgid = worker::process_group_of(d.pid);
+                // A worker's own pid needs no process-group lookup (a system call).
+                let pgid = if self.machine.is_worker_pid(d.pid) { None } else { worker::process_group_of(d.pid) };
                 for message in d.messages {
                     self.dispatch(Event::Message { sender: d.pid, sender_pgid: pgid, message });
                 }

@@ -29,8 +29,18 @@ impl Machine {
                 }
             }
         }
-        for w in self.workers.values() {
+        for (id, w) in self.workers.iter() {
             assert!(self.generations.contains_key(&w.generation), "worker of a forgotten generation");
+            // `ready_count` counts ready workers and relies on this.
+            if w.state == WorkerState::Ready {
+                let current = self.generations.get(&w.generation).and_then(|g| g.slots.get(w.slot)?.current);
+                assert_eq!(current, Some(*id), "a ready worker is the current worker of its slot");
+            }
+        }
+        // The indexes (issue 13) agree with the tables they index.
+        self.workers.check_indexes();
+        for g in self.generations.values() {
+            g.slots.check_indexes();
         }
     }
 }

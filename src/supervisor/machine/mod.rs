@@ -43,6 +43,7 @@ use super::policy;
 
 pub use super::events::*;
 
+mod index;
 #[cfg(any(debug_assertions, test))]
 mod invariants;
 mod reconcile;
@@ -124,7 +125,7 @@ struct Generation {
     number: u64,
     config: Arc<Config>,
     role: Role,
-    slots: Vec<Slot>,
+    slots: index::Slots,
 }
 
 /// A worker's lifecycle state.
@@ -154,6 +155,8 @@ struct Worker {
     watchdog_last: Option<Instant>,
     recycle_at: Option<Instant>,
     status_text: Option<String>,
+    /// The durations of its generation's config that its deadlines depend on.
+    timing: Timing,
     /// When it became ready (`None` while booting).
     ready_at: Option<Instant>,
     /// Ready and up for the generation's `reload.min_healthy_time` since (see
@@ -161,12 +164,75 @@ struct Worker {
     healthy: bool,
 }
 
+/// The config durations a worker's deadlines are computed from (copied at spawn, so that
+/// [`Worker::deadline`] needs nothing but the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timing {
+    boot_timeout: Duration,
+    /// `ready = "<duration>"`: ready this long after the spawn.
+    ready_delay: Option<Duration>,
+    watchdog: Option<Duration>,
+    /// `reload.min_healthy_time`.
+    min_healthy: Duration,
+}
+
+impl Timing {
+    fn of(config: &Config) -> Timing {
+        let wc = &config.workers;
+        let ready_delay = match wc.ready {
+            ReadyMode::Delay(d) => Some(d),
+            _ => None,
+        };
+        Timing {
+            boot_timeout: wc.boot_timeout,
+            ready_delay,
+            watchdog: wc.watchdog,
+            min_healthy: config.reload.min_healthy_time,
+        }
+    }
+}
+
+impl Worker {
+    /// The earliest instant at which [`Machine::check_deadlines`] has something to do for
+    /// this worker (a deadline too far to represent is never).
+    fn deadline(&self) -> Option<Instant> {
+        let t = &self.timing;
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match self.state {
+            WorkerState::Booting => {
+                let boot = self.spawned_at.checked_add(t.boot_timeout);
+                let ready = match (t.ready_delay, self.pid) {
+                    (Some(d), Some(_)) => self.spawned_at.checked_add(d),
+                    _ => None,
+                };
+                earliest(boot, ready)
+            }
+            WorkerState::Ready => {
+                let watchdog = match (self.watchdog_last, t.watchdog) {
+                    (Some(last), Some(wd)) => last.checked_add(wd),
+                    _ => None,
+                };
+                let healthy = match (self.healthy, self.ready_at) {
+                    (false, Some(at)) => at.checked_add(t.min_healthy),
+                    _ => None,
+                };
+                earliest(earliest(watchdog, self.recycle_at), healthy)
+            }
+            WorkerState::Stopping { kill_at } => Some(kill_at),
+            WorkerState::Killed => None,
+        }
+    }
+}
+
 /// The supervisor's state. See the module documentation for the model.
 #[derive(Debug)]
 pub struct Machine {
     phase: Phase,
     generations: BTreeMap<u64, Generation>,
-    workers: BTreeMap<WorkerId, Worker>,
+    workers: index::Workers,
     active: u64,
     /// The number the next reload's generation gets: never reused in the daemon's life, so a
     /// rolled-back candidate keeps its number and `HANDOVER_GENERATION=n` names one version.
@@ -177,6 +243,10 @@ pub struct Machine {
     last_reload: Option<String>,
     /// Why the last reload failed, shown in `STATUS=` until a reload succeeds.
     last_reload_failure: Option<String>,
+    /// Check the invariants after every step (debug and test builds; the scaling test turns
+    /// it off, the checks being a pass over everything by design).
+    #[cfg(any(debug_assertions, test))]
+    invariant_checks: bool,
     /// Some slot of the active generation is failing (see [`Machine::degraded_slots`]); kept
     /// to log the transitions in and out.
     degraded: bool,
@@ -204,7 +274,7 @@ impl Machine {
         let mut m = Machine {
             phase: Phase::Starting,
             generations: BTreeMap::new(),
-            workers: BTreeMap::new(),
+            workers: index::Workers::default(),
             active: 1,
             next_generation: 2,
             next_worker: 1,
@@ -214,6 +284,8 @@ impl Machine {
             degraded: false,
             failure_counted: false,
             worker_output: WorkerOutput::default(),
+            #[cfg(any(debug_assertions, test))]
+            invariant_checks: true,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -267,45 +339,26 @@ impl Machine {
             .collect()
     }
 
+    /// Whether some ready worker's generation sets `max_memory` (cheap: per generation, not
+    /// per worker; the executor asks after every event).
+    pub fn watches_memory(&self) -> bool {
+        self.generations
+            .values()
+            .any(|g| g.config.workers.max_memory.is_some() && self.workers.counts(g.number).ready > 0)
+    }
+
+    /// Whether `pid` is a worker's (the executor skips resolving its process group then).
+    pub fn is_worker_pid(&self, pid: Pid) -> bool {
+        self.workers.by_pid(pid).is_some()
+    }
+
     /// The earliest instant at which [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        };
-        for w in self.workers.values() {
-            let Some(g) = self.generations.get(&w.generation) else { continue };
-            let wc = &g.config.workers;
-            match w.state {
-                WorkerState::Booting => {
-                    consider(Some(policy::deadline(w.spawned_at, wc.boot_timeout)));
-                    if let ReadyMode::Delay(d) = wc.ready {
-                        if w.pid.is_some() {
-                            consider(Some(policy::deadline(w.spawned_at, d)));
-                        }
-                    }
-                }
-                WorkerState::Ready => {
-                    if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        consider(Some(policy::deadline(last, wd)));
-                    }
-                    consider(w.recycle_at);
-                    if !w.healthy {
-                        consider(w.ready_at.map(|t| policy::deadline(t, g.config.reload.min_healthy_time)));
-                    }
-                }
-                WorkerState::Stopping { kill_at } => consider(Some(kill_at)),
-                WorkerState::Killed => {}
-            }
-        }
+        let mut next = self.workers.next_deadline();
         if !matches!(self.phase, Phase::Stopping { .. }) {
             for g in self.generations.values() {
-                for s in &g.slots {
-                    if s.wanted && s.current.is_none() {
-                        consider(s.not_before);
-                    }
+                if let Some(t) = g.slots.next_backoff() {
+                    next = Some(next.map_or(t, |n| n.min(t)));
                 }
             }
         }
@@ -350,17 +403,20 @@ impl Machine {
             self.update_degraded(&mut fx);
         }
         #[cfg(any(debug_assertions, test))]
-        self.check_invariants();
+        if self.invariant_checks {
+            self.check_invariants();
+        }
         fx
     }
 
     // ----------------------------------------------------------------- event handlers
 
     fn on_spawned(&mut self, id: WorkerId, pid: Pid, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         w.pid = Some(pid);
         let (generation, slot) = (w.generation, w.slot);
         let pending = w.stop_signal_pending.take();
+        drop(w);
         fx.push(log(
             Level::Debug,
             "worker-spawned",
@@ -385,7 +441,7 @@ impl Machine {
         let output = self.output_hint(w.pid);
         let Some(g) = self.generations.get_mut(&generation) else { return };
         let role = g.role;
-        let s = g.slots.get_mut(slot);
+        let s = g.slots.get(slot);
         let was_current = s.as_ref().is_some_and(|s| s.current == Some(id));
         let was_successor = s.as_ref().is_some_and(|s| s.successor == Some(id));
         match w.state {
@@ -416,7 +472,7 @@ impl Machine {
                 } else {
                     format!("{who} {why}{output}")
                 };
-                if let Some(s) = g.slots.get_mut(slot) {
+                if let Some(mut s) = g.slots.get_mut(slot) {
                     if was_current {
                         s.current = None;
                     }
@@ -428,7 +484,7 @@ impl Machine {
                     fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), w.pid));
                     self.fail_reload(reason, now, fx);
                 } else if role == Role::Outgoing {
-                    if let Some(s) = g.slots.get_mut(slot) {
+                    if let Some(mut s) = g.slots.get_mut(slot) {
                         if was_current {
                             s.wanted = false;
                         }
@@ -484,12 +540,12 @@ impl Machine {
                 }
             }
             WorkerMessage::Status(text) => {
-                if let Some(w) = self.workers.get_mut(&id) {
+                if let Some(mut w) = self.workers.get_mut(&id) {
                     w.status_text = Some(text);
                 }
             }
             WorkerMessage::Watchdog => {
-                if let Some(w) = self.workers.get_mut(&id) {
+                if let Some(mut w) = self.workers.get_mut(&id) {
                     w.watchdog_last = Some(now);
                 }
             }
@@ -509,7 +565,7 @@ impl Machine {
                     ));
                     self.detach(id);
                     let graceful = self.gen(generation).config.workers.graceful_timeout;
-                    if let Some(w) = self.workers.get_mut(&id) {
+                    if let Some(mut w) = self.workers.get_mut(&id) {
                         w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
                         w.since = now;
                     }
@@ -520,11 +576,11 @@ impl Machine {
 
     fn on_memory(&mut self, pid: Pid, rss: u64, now: Instant, fx: &mut Vec<Effect>) {
         let Some(id) = self.worker_by_pid(pid) else { return };
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         let Some(limit) = self.generations.get(&w.generation).and_then(|g| g.config.workers.max_memory) else { return };
         if rss > limit && w.state == WorkerState::Ready && w.recycle_at.is_none_or(|t| t > now) {
             w.recycle_at = Some(now);
-            let msg = format!("{} uses {} MiB > max_memory {} MiB; recycling", describe(w), rss >> 20, limit >> 20);
+            let msg = format!("{} uses {} MiB > max_memory {} MiB; recycling", describe(&w), rss >> 20, limit >> 20);
             fx.push(log(Level::Info, "worker-recycle", msg, Some(w.generation), Some(w.slot), w.pid));
         }
     }
@@ -637,7 +693,7 @@ impl Machine {
             }
         }
         let g = self.gen_mut(active);
-        g.slots.resize_with(want, || Slot { wanted: true, ..Slot::default() });
+        g.slots.resize(want);
         let msg = format!("scaled generation {active} from {have} to {want} workers");
         fx.push(log(Level::Info, "scaled", msg.clone(), Some(active), None, None));
         answer(fx, Outcome { generation: Some(active), ..Outcome::ok(msg) });
@@ -671,9 +727,7 @@ impl Machine {
         let how = if fast { "fast stop: killing every worker" } else { "stopping: draining every worker" };
         fx.push(log(Level::Info, "stopping", how.into(), None, None, None));
         for g in self.generations.values_mut() {
-            for s in &mut g.slots {
-                s.wanted = false;
-            }
+            g.slots.set_all_wanted(false);
         }
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
@@ -688,8 +742,8 @@ impl Machine {
     // ----------------------------------------------------------------- deadlines
 
     fn check_deadlines(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ids {
+        // Only workers whose deadline has come (the deadline index), in id order.
+        for id in self.workers.due(now) {
             let Some(w) = self.workers.get(&id) else { continue };
             let Some(g) = self.generations.get(&w.generation) else { continue };
             let wc = &g.config.workers;
@@ -765,7 +819,7 @@ impl Machine {
         fx.push(log(Level::Error, "worker-watchdog", msg.clone(), Some(generation), Some(slot), pid));
         let grace = self.gen(generation).config.workers.graceful_timeout.min(policy::WATCHDOG_KILL_GRACE);
         self.detach(id);
-        if let Some(w) = self.workers.get_mut(&id) {
+        if let Some(mut w) = self.workers.get_mut(&id) {
             w.state = WorkerState::Stopping { kill_at: policy::deadline(now, grace) };
             w.since = now;
             match w.pid {
@@ -783,7 +837,7 @@ impl Machine {
     // ----------------------------------------------------------------- transitions
 
     fn mark_ready(&mut self, id: WorkerId, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         if w.state != WorkerState::Booting {
             return;
         }
@@ -792,6 +846,7 @@ impl Machine {
         w.ready_at = Some(now);
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
         let boot = now.saturating_duration_since(w.spawned_at);
+        drop(w);
         let g = self.gen(generation);
         // Only a reload's new workers must prove themselves; the first generation has nothing
         // to fall back to, and a respawn or recycle replaces a single worker.
@@ -799,7 +854,7 @@ impl Machine {
         let proving = g.role == Role::Candidate && !min_healthy.is_zero();
         let wc = &g.config.workers;
         let (max_lifetime, boot_timeout) = (wc.max_lifetime, wc.boot_timeout);
-        if let Some(w) = self.workers.get_mut(&id) {
+        if let Some(mut w) = self.workers.get_mut(&id) {
             w.healthy = !proving;
             if let Some(lifetime) = max_lifetime {
                 w.recycle_at = Some(policy::deadline(now, policy::jittered_lifetime(lifetime, id.0)));
@@ -815,14 +870,15 @@ impl Machine {
         ));
         // A successor that is ready takes over its slot; the worker it replaces drains.
         let g = self.gen_mut(generation);
-        if let Some(s) = g.slots.get_mut(slot) {
-            if s.successor == Some(id) {
-                let old = s.current.replace(id);
+        let replaced = match g.slots.get_mut(slot) {
+            Some(mut s) if s.successor == Some(id) => {
                 s.successor = None;
-                if let Some(old) = old {
-                    self.stop_worker(old, now, fx);
-                }
+                s.current.replace(id)
             }
+            _ => None,
+        };
+        if let Some(old) = replaced {
+            self.stop_worker(old, now, fx);
         }
         match &self.phase {
             Phase::Starting | Phase::Reloading(_) => {
@@ -841,12 +897,13 @@ impl Machine {
     /// A new worker has stayed ready for `reload.min_healthy_time`: it now counts for the
     /// reload's commit and for retiring old workers.
     fn mark_healthy(&mut self, id: WorkerId, fx: &mut Vec<Effect>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         if w.healthy || w.state != WorkerState::Ready {
             return;
         }
         w.healthy = true;
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
+        drop(w); // re-indexed: it counts as healthy from here
         let window = human(self.gen(generation).config.reload.min_healthy_time);
         fx.push(log(
             Level::Info,
@@ -882,7 +939,7 @@ impl Machine {
     fn detach(&mut self, id: WorkerId) {
         let Some(w) = self.workers.get(&id) else { return };
         let (generation, slot) = (w.generation, w.slot);
-        if let Some(s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
+        if let Some(mut s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
             if s.current == Some(id) {
                 s.current = s.successor.take();
             } else if s.successor == Some(id) {
@@ -900,7 +957,7 @@ impl Machine {
         }
         let wc = &self.gen(w.generation).config.workers;
         let (signal, graceful) = (wc.stop_signal, wc.graceful_timeout);
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
         w.since = now;
         match w.pid {
@@ -912,7 +969,7 @@ impl Machine {
     /// SIGKILLs a worker's process group at once.
     fn kill_worker(&mut self, id: WorkerId, fx: &mut Vec<Effect>) {
         self.detach(id);
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
         match w.pid {
             Some(pid) => {
                 w.state = WorkerState::Killed;
@@ -923,7 +980,7 @@ impl Machine {
     }
 
     fn count_failure(&mut self, generation: u64, slot: usize, uptime: Duration, why: &str, now: Instant) {
-        let Some(s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else { return };
+        let Some(mut s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else { return };
         if uptime >= policy::BACKOFF_RESET_AFTER {
             s.failures = 0;
         }
@@ -1007,17 +1064,10 @@ impl Machine {
         for id in ids {
             self.stop_worker(id, now, fx);
         }
-        for s in &mut self.gen_mut(candidate).slots {
-            if s.current.is_none() {
-                s.wanted = false;
-            }
-        }
+        self.gen_mut(candidate).slots.unwant_vacant();
         // Rolling: slots of the previous generation retired during this reload are wanted
         // again; its ready candidate workers serve until they are replaced.
-        let prev = self.gen_mut(r.previous);
-        for s in &mut prev.slots {
-            s.wanted = true;
-        }
+        self.gen_mut(r.previous).slots.set_all_wanted(true);
         let msg =
             format!("reload to generation {candidate} failed, rolled back; generation {} serves: {reason}", r.previous);
         fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(candidate), None, None));
@@ -1045,9 +1095,7 @@ impl Machine {
         for n in old {
             let ids: Vec<WorkerId> =
                 self.workers.iter().filter(|(_, w)| w.generation == n).map(|(id, _)| *id).collect();
-            for s in &mut self.gen_mut(n).slots {
-                s.wanted = false;
-            }
+            self.gen_mut(n).slots.set_all_wanted(false);
             for id in ids {
                 self.stop_worker(id, now, fx);
             }
@@ -1080,7 +1128,7 @@ impl Machine {
     // ----------------------------------------------------------------- queries
 
     fn add_generation(&mut self, number: u64, config: Arc<Config>, role: Role) {
-        let slots = (0..config.workers.count).map(|_| Slot { wanted: true, ..Slot::default() }).collect();
+        let slots = index::Slots::wanted(config.workers.count);
         self.generations.insert(number, Generation { number, config, role, slots });
     }
 
@@ -1100,29 +1148,19 @@ impl Machine {
         }
     }
 
+    /// Ready workers of `generation`: a ready worker is always the current worker of its
+    /// slot (checked with the invariants), so this counts the slots that serve.
     fn ready_count(&self, generation: u64) -> usize {
-        self.gen(generation)
-            .slots
-            .iter()
-            .filter(|s| s.current.and_then(|id| self.workers.get(&id)).is_some_and(|w| w.state == WorkerState::Ready))
-            .count()
+        self.workers.counts(generation).ready
     }
 
-    /// Workers of `generation` that serve in their slot and are healthy.
+    /// Ready workers of `generation` that are healthy (see [`Machine::mark_healthy`]).
     fn healthy_count(&self, generation: u64) -> usize {
-        self.gen(generation)
-            .slots
-            .iter()
-            .filter(|s| {
-                s.current
-                    .and_then(|id| self.workers.get(&id))
-                    .is_some_and(|w| w.state == WorkerState::Ready && w.healthy)
-            })
-            .count()
+        self.workers.counts(generation).healthy
     }
 
     fn worker_by_pid(&self, pid: Pid) -> Option<WorkerId> {
-        self.workers.iter().find(|(_, w)| w.pid == Some(pid)).map(|(id, _)| *id)
+        self.workers.by_pid(pid)
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Instant;
 use crate::config::Strategy;
 
 use super::{
-    describe, log, Effect, Level, Machine, Phase, Role, SpawnRequest, SystemdMessage, Worker, WorkerId, WorkerState,
+    describe, log, Effect, Level, Machine, Phase, Role, SpawnRequest, SystemdMessage, Timing, Worker, WorkerId,
+    WorkerState,
 };
 
 impl Machine {
@@ -43,10 +44,10 @@ impl Machine {
             Phase::Reloading(r) => Some(r.candidate),
             _ => None,
         };
-        let live: std::collections::BTreeSet<u64> = self.workers.values().map(|w| w.generation).collect();
+        let workers = &self.workers;
         let mut forgotten = Vec::new();
         self.generations.retain(|&n, g| {
-            let keep = n == active || Some(n) == candidate || live.contains(&n) || g.slots.iter().any(|s| s.wanted);
+            let keep = n == active || Some(n) == candidate || workers.has_generation(n) || g.slots.wanted_count() > 0;
             if !keep {
                 forgotten.push(n);
             }
@@ -94,24 +95,24 @@ impl Machine {
             let g = self.gen(n);
             let mut budget = usize::MAX;
             if Some(n) == candidate && g.config.reload.strategy == Strategy::Rolling {
-                let booting =
-                    self.workers.values().filter(|w| w.generation == n && w.state == WorkerState::Booting).count();
+                let booting = self.workers.counts(n).booting;
                 budget = g.config.reload.max_surge.saturating_sub(booting);
             }
             if g.role == Role::Outgoing {
                 continue; // outgoing generations never spawn
             }
-            for slot in 0..g.slots.len() {
-                if budget == 0 {
-                    break;
-                }
-                let s = &self.gen(n).slots[slot];
-                if !s.wanted || s.current.is_some() || s.not_before.is_some_and(|t| t > now) {
-                    continue;
-                }
+            // Only the vacant slots (wanted, no worker), ascending, from the slot index.
+            let vacant: Vec<usize> = g
+                .slots
+                .vacant()
+                .filter(|&slot| g.slots[slot].not_before.is_none_or(|t| t <= now))
+                .take(budget)
+                .collect();
+            for slot in vacant {
                 let id = self.new_worker(n, slot, now, fx);
-                self.gen_mut(n).slots[slot].current = Some(id);
-                budget -= 1;
+                if let Some(mut s) = self.gen_mut(n).slots.get_mut(slot) {
+                    s.current = Some(id);
+                }
             }
         }
     }
@@ -128,6 +129,18 @@ impl Machine {
         let target = self.gen(incoming).slots.len();
         // A new worker replaces an old one only once it is healthy (min_healthy_time).
         let ready_in = self.healthy_count(incoming);
+        // Nothing to give up (the common case, decided from the counts alone).
+        let wanted_eligible: usize = self
+            .generations
+            .values()
+            .filter(|g| {
+                g.number != incoming && (g.role == Role::Outgoing || (others_include_active && g.role == Role::Active))
+            })
+            .map(|g| g.slots.wanted_count())
+            .sum();
+        if ready_in + wanted_eligible <= target {
+            return;
+        }
         // Candidates for retirement: outgoing generations first (oldest first), then, in a
         // rolling reload, the active generation; highest slot first, non-ready first.
         let mut order: Vec<(u64, usize)> = Vec::new();
@@ -154,9 +167,10 @@ impl Machine {
             if ready_in + wanted_others <= target {
                 break;
             }
-            let s = &mut self.gen_mut(n).slots[i];
+            let Some(mut s) = self.gen_mut(n).slots.get_mut(i) else { continue };
             s.wanted = false;
             let ids: Vec<WorkerId> = [s.current, s.successor].into_iter().flatten().collect();
+            drop(s);
             for id in ids {
                 self.stop_worker(id, now, fx);
             }
@@ -169,8 +183,21 @@ impl Machine {
             return;
         }
         let active = self.active;
-        for slot in 0..self.gen(active).slots.len() {
-            let s = &self.gen(active).slots[slot];
+        // A worker due for recycling has reached its deadline (recycle_at is one): only the
+        // due workers of the deadline index are candidates, in slot order.
+        let mut due: Vec<usize> = self
+            .workers
+            .due(now)
+            .into_iter()
+            .filter_map(|id| self.workers.get(&id))
+            .filter(|w| w.generation == active && w.state == WorkerState::Ready)
+            .filter(|w| w.recycle_at.is_some_and(|t| t <= now))
+            .map(|w| w.slot)
+            .collect();
+        due.sort_unstable();
+        due.dedup();
+        for slot in due {
+            let Some(s) = self.gen(active).slots.get(slot) else { continue };
             if !s.wanted || s.successor.is_some() || s.not_before.is_some_and(|t| t > now) {
                 continue;
             }
@@ -181,13 +208,16 @@ impl Machine {
             let msg = format!("recycling {}: starting its replacement", describe(cur));
             fx.push(log(Level::Info, "worker-recycle", msg, Some(active), Some(slot), cur.pid));
             let id = self.new_worker(active, slot, now, fx);
-            self.gen_mut(active).slots[slot].successor = Some(id);
+            if let Some(mut s) = self.gen_mut(active).slots.get_mut(slot) {
+                s.successor = Some(id);
+            }
         }
     }
 
     fn new_worker(&mut self, generation: u64, slot: usize, now: Instant, fx: &mut Vec<Effect>) -> WorkerId {
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
+        let timing = Timing::of(&self.gen(generation).config);
         self.workers.insert(
             id,
             Worker {
@@ -201,6 +231,7 @@ impl Machine {
                 watchdog_last: None,
                 recycle_at: None,
                 status_text: None,
+                timing,
                 ready_at: None,
                 healthy: false,
             },

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::control::proto;
 
-use super::{Machine, Phase, Role, Worker, WorkerState};
+use super::{Machine, Phase, Role, WorkerState};
 
 impl Machine {
     /// The one-line summary for `STATUS=` and `handover status`.
@@ -16,15 +16,10 @@ impl Machine {
             _ => "",
         };
         for g in self.generations.values().rev() {
+            // From the indexes: this line is rebuilt after every event.
             let ready = self.ready_count(g.number);
-            let draining = self
-                .workers
-                .values()
-                .filter(|w| {
-                    w.generation == g.number && matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)
-                })
-                .count();
-            let wanted = g.slots.iter().filter(|s| s.wanted).count();
+            let draining = self.workers.counts(g.number).draining;
+            let wanted = g.slots.wanted_count();
             let mut p = match g.role {
                 Role::Candidate if !g.config.reload.min_healthy_time.is_zero() => format!(
                     "gen {}: reloading {ready}/{} ready, {} healthy",
@@ -75,16 +70,14 @@ impl Machine {
             .values()
             .rev()
             .map(|g| {
-                let of = |f: &dyn Fn(&Worker) -> bool| {
-                    self.workers.values().filter(|w| w.generation == g.number && f(w)).count()
-                };
+                let counts = self.workers.counts(g.number);
                 proto::GenerationStatus {
                     generation: g.number,
                     role: g.role.as_str().into(),
-                    wanted: g.slots.iter().filter(|s| s.wanted).count(),
-                    ready: of(&|w| w.state == WorkerState::Ready),
-                    booting: of(&|w| w.state == WorkerState::Booting),
-                    draining: of(&|w| matches!(w.state, WorkerState::Stopping { .. } | WorkerState::Killed)),
+                    wanted: g.slots.wanted_count(),
+                    ready: counts.ready,
+                    booting: counts.booting,
+                    draining: counts.draining,
                 }
             })
             .collect();

@@ -1,0 +1,92 @@
+//! Memory sampling for `max_memory`: how much every watched worker's process group uses,
+//! in one pass per sample whatever the number of workers (issue 13: one pass over /proc per
+//! worker made a 512-worker master spend half a core idle).
+//!
+//! [`MemorySource`] is the seam: [`ProcScan`] reads `/proc/<pid>/stat` of every process once
+//! and adds up the RSS by process group; a cgroup-per-worker mode would implement the same
+//! trait by reading each worker's `memory.current`.
+use std::collections::HashMap;
+use std::io::Read;
+
+use super::machine::Pid;
+
+/// Where the executor gets worker memory from.
+pub trait MemorySource {
+    /// The resident memory of each process group in `groups` (a worker's pid is its group's
+    /// id), in bytes; a group that has no process left is absent or 0.
+    fn group_rss(&mut self, groups: &[Pid]) -> HashMap<Pid, u64>;
+}
+
+/// Sums `/proc/<pid>/stat` RSS by process group, reading every process once per sample.
+#[derive(Debug)]
+pub struct ProcScan {
+    page_size: u64,
+    /// Reused between processes and samples: no allocation per process.
+    buf: Vec<u8>,
+    path: String,
+}
+
+impl Default for ProcScan {
+    fn default() -> Self {
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096);
+        ProcScan { page_size: page_size as u64, buf: Vec::with_capacity(512), path: String::with_capacity(32) }
+    }
+}
+
+impl MemorySource for ProcScan {
+    fn group_rss(&mut self, groups: &[Pid]) -> HashMap<Pid, u64> {
+        let mut totals: HashMap<Pid, u64> = groups.iter().map(|&g| (g, 0)).collect();
+        let Ok(dir) = std::fs::read_dir("/proc") else { return totals };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
+            self.path.clear();
+            self.path.push_str("/proc/");
+            self.path.push_str(pid);
+            self.path.push_str("/stat");
+            self.buf.clear();
+            // A process may have exited since the directory was read: skip it.
+            let Ok(mut f) = std::fs::File::open(&self.path) else { continue };
+            if f.read_to_end(&mut self.buf).is_err() {
+                continue;
+            }
+            let Some((pgrp, rss_pages)) = parse_stat(&self.buf) else { continue };
+            if let Some(total) = totals.get_mut(&pgrp) {
+                *total += rss_pages * self.page_size;
+            }
+        }
+        totals
+    }
+}
+
+/// `(pgrp, rss in pages)` from the text of `/proc/<pid>/stat`.
+fn parse_stat(stat: &[u8]) -> Option<(Pid, u64)> {
+    // The command name (field 2) may contain spaces and parentheses: the fields we want
+    // follow the last ')'. After it: state(3) ppid(4) pgrp(5) … rss(24).
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let pgrp = fields.nth(2)?.parse().ok()?;
+    let rss = fields.nth(18)?.parse().ok()?;
+    Some((pgrp, rss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_follow_the_last_parenthesis() {
+        let stat = b"1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 100 1000000 77 18446744073709551615";
+        assert_eq!(parse_stat(stat), Some((1234, 77)));
+        assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    #[test]
+    fn one_pass_finds_this_process_group() {
+        let me = nix::unistd::getpgrp().as_raw();
+        let totals = ProcScan::default().group_rss(&[me, -5]);
+        assert!(totals[&me] > 0, "this test's own group uses memory: {totals:?}");
+        assert_eq!(totals[&-5], 0, "a group that does not exist");
+    }
+}
