@@ -71,6 +71,11 @@ pub struct DemoWorkerArgs {
     /// Replaces "hello from handover demo" in the answer to `GET /`.
     #[arg(long, value_name = "TEXT")]
     pub message: Option<String>,
+
+    /// Create the file DIR/sleep-started when a `/sleep` request starts (tests wait for it
+    /// instead of sleeping).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub mark_dir: Option<std::path::PathBuf>,
 }
 
 /// Default greeting of `GET /`.
@@ -273,7 +278,9 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
         );
     }
     let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
-    let app = Arc::new(App::new(message, &state));
+    let mut app = App::new(message, &state);
+    app.mark_dir = args.mark_dir.clone();
+    let app = Arc::new(app);
     eprintln!("{prefix} serving {} socket(s)", listeners.len());
 
     let notify = !args.no_notify;
@@ -419,6 +426,8 @@ pub struct App {
     info: Vec<u8>,
     /// How long a draining connection may stay idle ([`DRAIN_IDLE_GRACE`]; shorter in tests).
     drain_idle_grace: Duration,
+    /// `--mark-dir`: where `/sleep` marks its start.
+    mark_dir: Option<std::path::PathBuf>,
     /// Test hook: told about each request as it starts, so tests wait on events rather than
     /// on sleeps. `None` outside tests.
     observer: Option<mpsc::UnboundedSender<ServerEvent>>,
@@ -449,6 +458,7 @@ impl App {
             hello,
             info,
             drain_idle_grace: DRAIN_IDLE_GRACE,
+            mark_dir: None,
             observer: None,
         }
     }
@@ -612,6 +622,11 @@ async fn perform(action: Action, app: &App) -> Reply<'_> {
         Action::Hello => Reply::text(200, "OK", &app.hello[..]),
         Action::Info => Reply { content_type: "application/json", ..Reply::text(200, "OK", &app.info[..]) },
         Action::Sleep(ms) => {
+            if let Some(dir) = &app.mark_dir {
+                if let Err(e) = std::fs::write(dir.join("sleep-started"), b"") {
+                    eprintln!("{} cannot mark the /sleep start in {}: {e}", app.prefix, dir.display());
+                }
+            }
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Reply::text(200, "OK", format!("slept {ms} ms\n").into_bytes())
         }
@@ -1004,9 +1019,8 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let grace = Duration::from_millis(200);
-        let app = Arc::new(
-            App::new(DEFAULT_MESSAGE, &test_state()).with_observer(events_tx).with_drain_idle_grace(grace),
-        );
+        let app =
+            Arc::new(App::new(DEFAULT_MESSAGE, &test_state()).with_observer(events_tx).with_drain_idle_grace(grace));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(vec![Listener::Tcp(listener)], app, async {
             let _ = stop_rx.await;
