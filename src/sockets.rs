@@ -385,8 +385,8 @@ mod tests {
     #[test]
     fn accepted_sockets_inherit_nodelay_from_the_listener_handover_binds() {
         for nodelay in [true, false] {
-            let fd = bind_listener(&ListenAddress::Tcp("127.0.0.1:0".parse().expect("addr")), 8, nodelay)
-                .expect("bind");
+            let fd =
+                bind_listener(&ListenAddress::Tcp("127.0.0.1:0".parse().expect("addr")), 8, nodelay).expect("bind");
             let listener = std::net::TcpListener::from(fd);
             let addr = listener.local_addr().expect("addr");
             let _client = std::net::TcpStream::connect(addr).expect("connect");
