@@ -6,7 +6,8 @@
 # Prepares what the scenarios need, then runs `cargo bench --bench handover -- ARGS`
 # (the program is benches/handover/main.rs; its header lists every option):
 #   - gunicorn in a venv of its own, target/bench-venv (python3 -m venv + pip, pinned below);
-#   - wrk, from Debian's packages (apt-get, when run as root and it is missing).
+#   - wrk, from Debian's packages (apt-get, when run as root and it is missing): scenarios 1, 2
+#     and 6 are counted a second time by wrk (keep-alive, never retries); 4 measures with it.
 # --quick needs neither: it runs scenario 1 for handover with the built-in demo worker and
 # exits 1 if a request failed (about a minute; usable as a CI smoke test).
 #
@@ -38,7 +39,7 @@ if ((!quick)); then
       apt-get update -q >/dev/null
       DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends wrk >/dev/null
     else
-      echo "run.sh: wrk is missing: apt-get install wrk (scenario 4 needs it)" >&2
+      echo "run.sh: wrk is missing: apt-get install wrk (scenarios 1, 2, 4 and 6 need it)" >&2
       exit 1
     fi
   fi

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
-//! reloads (broken, never ready); 3 `systemctl restart` and `kill -9` of the master under a
+//! reloads (broken, never ready); 1 and 2 are run a second time under wrk, a client that keeps
+//! connections alive and never retries (the first time, the load generator retries a request
+//! a closing keep-alive connection never answered, as RFC 9112 allows); 3 `systemctl restart` and `kill -9` of the master under a
 //! real systemd (needs the e2e harness); 4 throughput by hand vs under handover (wrk);
 //! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers.
 //!
@@ -220,6 +222,32 @@ fn run(opts: &Options) -> Result<i32> {
         let r = reload::failed_reload_gunicorn(py)?;
         eprintln!("{}", report::failed_line(&r));
         results.failed_reloads.push(r);
+    }
+    if let (true, Some(py)) = (wants(1) || wants(2), &python) {
+        section("1+2 again, counted by wrk (keep-alive, never retries)");
+        let app = reload::App::Gunicorn(py);
+        let mut runs: Vec<(reload::Server, &str)> = Vec::new();
+        if wants(1) {
+            for server in [
+                reload::Server::GunicornHup,
+                reload::Server::Handover("all-at-once", 1),
+                reload::Server::Handover("rolling", 1),
+            ] {
+                if selected(opts, server) {
+                    runs.push((server, "2"));
+                }
+            }
+        }
+        if wants(2) {
+            runs.push((reload::Server::Handover("all-at-once", 1), "broken"));
+            runs.push((reload::Server::Handover("all-at-once", 1), "hang"));
+            runs.push((reload::Server::GunicornHup, "broken"));
+        }
+        for (server, version) in runs {
+            let r = reload::reload_under_wrk(server, &app, version)?;
+            eprintln!("{}", report::wrk_line(&r));
+            results.wrk_reloads.push(r);
+        }
     }
     if wants(3) {
         section("3: systemctl restart and kill -9 of the master under systemd");

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::master::{MasterCost, ScaleRun};
-use crate::reload::{FailedReload, ReloadRun};
+use crate::reload::{FailedReload, ReloadRun, WrkReload};
 use crate::stats::median;
 use crate::systemd::Restart;
 use crate::throughput::Throughput;
@@ -90,6 +90,8 @@ pub struct Results {
     pub reload: Vec<ReloadRun>,
     /// Scenario 2.
     pub failed_reloads: Vec<FailedReload>,
+    /// Scenarios 1 and 2 again, counted by wrk (never retries).
+    pub wrk_reloads: Vec<WrkReload>,
     /// Scenario 3.
     pub restart: Option<Restart>,
     /// Scenario 4.
@@ -221,6 +223,7 @@ impl Results {
             note: opts.note.clone(),
             reload: Vec::new(),
             failed_reloads: Vec::new(),
+            wrk_reloads: Vec::new(),
             restart: None,
             throughput: None,
             master: None,
@@ -267,6 +270,26 @@ impl Results {
                 format!(
                     "{} sent, {} failed, exit {:?}, served by {:?}",
                     r.counts.sent, r.counts.failed, r.exit, r.counts.by_generation
+                ),
+            );
+        }
+        for r in self.wrk_reloads.iter().filter(|r| r.server.starts_with("handover")) {
+            let expected_exit = if r.version == "2" { 0 } else { 1 };
+            check(
+                format!(
+                    "{}: reload to version {} under wrk (never retries): 0 failed requests (socket errors, non-2xx)",
+                    r.server, r.version
+                ),
+                r.counts.errors() == 0 && r.exit == Some(expected_exit),
+                format!(
+                    "{} requests, socket errors connect {} read {} write {} timeout {}, non-2xx {}, exit {:?}",
+                    r.counts.requests,
+                    r.counts.connect,
+                    r.counts.read,
+                    r.counts.write,
+                    r.counts.timeout,
+                    r.counts.non_2xx,
+                    r.exit
                 ),
             );
         }
@@ -405,6 +428,20 @@ pub fn failed_line(r: &FailedReload) -> String {
     )
 }
 
+/// One line per wrk reload run, for the console.
+pub fn wrk_line(r: &WrkReload) -> String {
+    format!(
+        "{} to version {} under wrk: {} requests, {} socket errors (read {}), {} non-2xx, exit {:?}",
+        r.server,
+        r.version,
+        r.counts.requests,
+        r.counts.connect + r.counts.read + r.counts.write + r.counts.timeout,
+        r.counts.read,
+        r.counts.non_2xx,
+        r.exit
+    )
+}
+
 /// Scenario 4 summary line.
 pub fn throughput_line(t: &Throughput) -> String {
     format!(
@@ -519,6 +556,42 @@ pub fn tables(r: &Results) -> String {
                 outcome,
                 x.returned_s.map_or("—".into(), |t| format!("{t:.2} s")),
                 by_gen(&x.counts)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !r.wrk_reloads.is_empty() {
+        let _ = writeln!(
+            s,
+            "**1 and 2 again, counted by a client that never retries** — wrk keeps its {} connections alive and \
+             never retries a request (the load generator above retries one that a closing keep-alive connection \
+             never answered, RFC 9112 §9.3.1, and counts it under \"retried\"): every request a drain drops is a \
+             socket error here. Same apps and reloads; wrk runs from 2 s before the trigger to past the outcome.\n",
+            r.wrk_reloads.first().map_or(0, |_| crate::reload::CLIENTS)
+        );
+        let _ = writeln!(s, "| server | new version | wrk requests | socket errors (connect / read / write / timeout) | non-2xx | outcome |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for x in &r.wrk_reloads {
+            let outcome = match (x.server.starts_with("handover"), x.exit) {
+                (true, Some(c)) => format!("`handover reload` exits {c}"),
+                (true, None) => "?".into(),
+                (false, Some(c)) => format!("gunicorn's master exits {c}: site down"),
+                (false, None) => "gunicorn's master keeps running".into(),
+            };
+            let c = &x.counts;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | **{}** ({} / {} / {} / {}) | **{}** | {} |",
+                x.server,
+                x.version,
+                thousands(c.requests),
+                thousands(c.connect + c.read + c.write + c.timeout),
+                c.connect,
+                c.read,
+                c.write,
+                c.timeout,
+                thousands(c.non_2xx),
+                outcome
             );
         }
         let _ = writeln!(s);
@@ -664,18 +737,23 @@ pub fn tables(r: &Results) -> String {
         let _ = writeln!(s, "| strategy | clients | reload took | requests | failed | longest gap steady → reload | max latency steady → reload |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for x in &r.scale {
+            // wrk reports no per-request timeline: no gaps, no windowed latencies.
+            let (gaps, latencies) = if x.clients.starts_with("wrk") {
+                ("—".to_owned(), "—".to_owned())
+            } else {
+                (
+                    format!("{} → {}", fms(x.steady.gap_ms), fms(x.during.gap_ms)),
+                    format!("{} → {}", fms(x.steady.max_ms), fms(x.during.max_ms)),
+                )
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} s | {} | **{}** | {} → {} | {} → {} |",
+                "| {} | {} | {:.2} s | {} | **{}** | {gaps} | {latencies} |",
                 strategy(x),
                 x.clients,
                 x.reload_s,
                 thousands(x.counts.sent),
                 x.counts.failed,
-                fms(x.steady.gap_ms),
-                fms(x.during.gap_ms),
-                fms(x.steady.max_ms),
-                fms(x.during.max_ms)
             );
         }
         let _ = writeln!(s);
@@ -822,6 +900,21 @@ fn readme_section(r: &Results) -> String {
             fms(h.during.max_ms)
         );
     }
+    let wrk_find = |server: &str, version: &str| {
+        r.wrk_reloads.iter().find(|x| x.server.starts_with(server) && x.version == version)
+    };
+    if let (Some(g), Some(h)) = (wrk_find("gunicorn", "2"), wrk_find("handover all-at-once", "2")) {
+        let hr = wrk_find("handover rolling", "2");
+        let _ = writeln!(
+            s,
+            "| the same reload counted by wrk (keep-alive, never retries): socket errors + non-2xx | {} of {} | {} of {} (all-at-once){} |",
+            thousands(g.counts.errors()),
+            thousands(g.counts.requests),
+            thousands(h.counts.errors()),
+            thousands(h.counts.requests),
+            hr.map_or(String::new(), |x| format!(", {} of {} (rolling)", thousands(x.counts.errors()), thousands(x.counts.requests)))
+        );
+    }
     if let Some(x) = &r.restart {
         for (op, label) in
             [("systemctl restart", "`systemctl restart`"), ("kill -9 of the master", "`kill -9` of the master")]
@@ -853,6 +946,16 @@ fn readme_section(r: &Results) -> String {
             h.counts.failed,
             h.exit.unwrap_or(-1),
             h.returned_s.unwrap_or(0.0)
+        );
+    }
+    if let (Some(g), Some(h)) = (wrk_find("gunicorn", "broken"), wrk_find("handover", "broken")) {
+        let _ = writeln!(
+            s,
+            "| the same, counted by wrk: socket errors + non-2xx | {} ({} requests answered) | {} ({} answered) |",
+            thousands(g.counts.errors()),
+            thousands(g.counts.requests),
+            thousands(h.counts.errors()),
+            thousands(h.counts.requests)
         );
     }
     if let Some(t) = &r.throughput {

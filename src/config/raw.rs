@@ -354,7 +354,7 @@ impl RawListen {
             address,
             // In range by the check above.
             backlog: u32::try_from(backlog).unwrap_or(u32::MAX),
-            nodelay: self.nodelay.as_ref().map_or(true, |v| *v.get_ref()),
+            nodelay: self.nodelay.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
 }
