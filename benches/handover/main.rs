@@ -5,7 +5,7 @@
 //! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
 //!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
 //!                    timing checks are reported, not enforced). About a minute.
-//! --only 1,2,4       run only these scenarios (1-6)
+//! --only 1,2,4       run only these scenarios (1-7)
 //! --venv DIR         the venv with gunicorn (default target/bench-venv)
 //! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
 //! --publish          also write docs/benchmarks.md, docs/benchmark-reload.svg and the README's
@@ -22,7 +22,9 @@
 //! connections alive and never retries (the first time, the load generator retries a request
 //! a closing keep-alive connection never answered, as RFC 9112 allows); 3 `systemctl restart` and `kill -9` of the master under a
 //! real systemd (needs the e2e harness); 4 throughput by hand vs under handover (wrk);
-//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers.
+//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers; 7 real servers
+//! (tests/real_apps/) against themselves run alone: the gunicorn recipe's memory vs
+//! `gunicorn --preload -w 4`, uvicorn `--fd 3` keep-alive latency vs `uvicorn --port`.
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
@@ -31,6 +33,7 @@
 mod gunicorn;
 mod harness;
 mod master;
+mod realapps;
 mod reload;
 mod report;
 mod stats;
@@ -79,7 +82,7 @@ fn parse_args() -> Result<Option<Options>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         quick: false,
-        only: vec![1, 2, 3, 4, 5, 6],
+        only: vec![1, 2, 3, 4, 5, 6, 7],
         venv: root.join("target/bench-venv"),
         out: root.join("target/bench"),
         publish: false,
@@ -102,7 +105,7 @@ fn parse_args() -> Result<Option<Options>> {
             "--only" => {
                 o.only = value("--only")?
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=6).contains(n)).context("--only takes 1-6"))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=7).contains(n)).context("--only takes 1-7"))
                     .collect::<Result<_>>()?;
             }
             "--venv" => o.venv = PathBuf::from(value("--venv")?),
@@ -271,6 +274,12 @@ fn run(opts: &Options) -> Result<i32> {
         }
         results.master = cost;
         results.scale = scale;
+    }
+    if wants(7) && !opts.quick {
+        section("7: real servers: gunicorn recipe memory, uvicorn --fd 3 latency");
+        let r = realapps::run(&opts.venv)?;
+        eprintln!("{}", report::realapps_line(&r));
+        results.realapps = Some(r);
     }
     results.finish(started.elapsed());
     // --quick gates on failed requests only; a full run on every check.

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::master::{MasterCost, ScaleRun};
+use crate::realapps::RealApps;
 use crate::reload::{FailedReload, ReloadRun, WrkReload};
 use crate::stats::median;
 use crate::systemd::Restart;
@@ -100,6 +101,8 @@ pub struct Results {
     pub master: Option<MasterCost>,
     /// Scenario 6.
     pub scale: Vec<ScaleRun>,
+    /// Scenario 7.
+    pub realapps: Option<RealApps>,
     /// The guarantees checked against these figures.
     pub checks: Vec<Check>,
     /// Length of the whole run, seconds.
@@ -228,6 +231,7 @@ impl Results {
             throughput: None,
             master: None,
             scale: Vec::new(),
+            realapps: None,
             checks: Vec::new(),
             duration_s: 0.0,
         })
@@ -310,6 +314,23 @@ impl Results {
                     ),
                 );
             }
+        }
+        if let Some(x) = &self.realapps {
+            check(
+                "memory of the README's gunicorn recipe <= 1.05 x gunicorn --preload -w 4 (PSS, 80 MB app)".into(),
+                x.memory_ratio <= 1.05,
+                format!("{:.1} MiB vs {:.1} MiB: {:.3}", x.recipe_mib, x.gunicorn_alone_mib, x.memory_ratio),
+            );
+            check(
+                "uvicorn --fd 3 behind handover: keep-alive p50 <= 1.2 x uvicorn --port".into(),
+                x.latency_ratio <= 1.2,
+                format!(
+                    "median p50 {:.3} ms vs {:.3} ms: {:.2}",
+                    median(x.fd_p50_ms.clone()),
+                    median(x.port_p50_ms.clone()),
+                    x.latency_ratio
+                ),
+            );
         }
         if let Some(m) = &self.master {
             if let Some(r64) = m.rss.iter().find(|r| r.workers == 64) {
@@ -425,6 +446,23 @@ pub fn failed_line(r: &FailedReload) -> String {
     format!(
         "  {} -> {}: sent {} failed {}; returned/exited {:?}s exit {:?}; gap {:.1}ms; {}",
         r.server, r.version, r.counts.sent, r.counts.failed, r.returned_s, r.exit, r.during.gap_ms, r.reason
+    )
+}
+
+/// Scenario 7 summary line.
+pub fn realapps_line(x: &RealApps) -> String {
+    format!(
+        "  memory: recipe {:.1} MiB, gunicorn --preload -w 4 {:.1} MiB ({:.3}); 4 x -w 1 {:.1} MiB ({:.2}); \
+         uvicorn p50 --fd 3 {:?} vs --port {:?} ms ({:.2}); nodelay off {:.2} ms",
+        x.recipe_mib,
+        x.gunicorn_alone_mib,
+        x.memory_ratio,
+        x.four_arbiters_mib,
+        x.four_arbiters_ratio,
+        x.fd_p50_ms,
+        x.port_p50_ms,
+        x.latency_ratio,
+        x.fd_without_nodelay_p50_ms
     )
 }
 
@@ -758,6 +796,44 @@ pub fn tables(r: &Results) -> String {
         }
         let _ = writeln!(s);
     }
+    if let Some(x) = &r.realapps {
+        let _ = writeln!(
+            s,
+            "**7. Real servers against themselves run alone** ({}; the apps and recipes of `tests/real_apps/`). \
+             Memory: an app that builds 80 MB at import, 4 workers, PSS of every process (handover's included), once \
+             all serve. Latency: `{}` keep-alive p50, {} rounds alternating between the set-ups (median).\n",
+            x.versions,
+            x.wrk,
+            x.port_p50_ms.len()
+        );
+        let _ = writeln!(s, "| what | baseline | under handover | ratio |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| memory: README recipe (1 handover worker: `gunicorn --preload -w 4`) | `gunicorn --preload -w 4`: {:.1} MiB | {:.1} MiB | **{:.3}** |",
+            x.gunicorn_alone_mib, x.recipe_mib, x.memory_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| memory: 4 handover workers × `gunicorn -w 1` | `gunicorn --preload -w 4`: {:.1} MiB | {:.1} MiB | {:.2} |",
+            x.gunicorn_alone_mib, x.four_arbiters_mib, x.four_arbiters_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| uvicorn keep-alive p50: `--fd 3` on handover's socket (`nodelay` on) | `uvicorn --port`: {} | {} | **{:.2}** |",
+            fms(median(x.port_p50_ms.clone())),
+            fms(median(x.fd_p50_ms.clone())),
+            x.latency_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| the same with `nodelay = false` | `uvicorn --port`: {} | {} | {:.0} |",
+            fms(median(x.port_p50_ms.clone())),
+            fms(x.fd_without_nodelay_p50_ms),
+            x.fd_without_nodelay_p50_ms / median(x.port_p50_ms.clone())
+        );
+        let _ = writeln!(s);
+    }
     if !r.checks.is_empty() {
         let _ = writeln!(s, "**Checks** (SPEC §8 against these figures)\n");
         for c in &r.checks {
@@ -862,7 +938,7 @@ fn readme_section(r: &Results) -> String {
     let _ = writeln!(s, "{README_BEGIN}");
     let _ = writeln!(
         s,
-        "`benches/run.sh` runs the benchmark suite (loopback only, about {:.0} minutes; it installs gunicorn into \
+        "`benches/run.sh` runs the benchmark suite (loopback only, about {:.0} minutes; it installs gunicorn and uvicorn into \
          `target/bench-venv` and wrk from Debian's packages); `benches/run.sh --quick` is a one-minute smoke run. \
          The figures below come from its latest run, {} on {} cores ({}); every scenario, method and version is in \
          [docs/benchmarks.md](docs/benchmarks.md).\n",
@@ -982,6 +1058,21 @@ fn readme_section(r: &Results) -> String {
             m.spawn.workers,
             m.spawn.ratio,
             m.spawn.handover_rate / m.spawn.confirmed_rate
+        );
+    }
+    if let Some(x) = &r.realapps {
+        let _ = writeln!(
+            s,
+            "| memory, app building 80 MB at import, 4 workers (PSS of all processes) | `--preload -w 4`: {:.1} MiB | **{:.3}×** with the README's recipe (one handover worker running `gunicorn --preload -w 4`) |",
+            x.gunicorn_alone_mib, x.memory_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| uvicorn keep-alive p50, `--fd 3` on handover's socket vs `uvicorn --port` | — | **{:.2}×** ({} vs {}; {:.0}× with `nodelay = false`) |",
+            x.latency_ratio,
+            fms(median(x.fd_p50_ms.clone())),
+            fms(median(x.port_p50_ms.clone())),
+            x.fd_without_nodelay_p50_ms / median(x.port_p50_ms.clone())
         );
     }
     for x in &r.scale {
