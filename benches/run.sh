@@ -5,8 +5,10 @@
 #
 # Prepares what the scenarios need, then runs `cargo bench --bench handover -- ARGS`
 # (the program is benches/handover/main.rs; its header lists every option):
-#   - gunicorn in a venv of its own, target/bench-venv (python3 -m venv + pip, pinned below);
-#   - wrk, from Debian's packages (apt-get, when run as root and it is missing).
+#   - gunicorn and uvicorn in a venv of their own, target/bench-venv (python3 -m venv + pip,
+#     pinned below);
+#   - wrk, from Debian's packages (apt-get, when run as root and it is missing): scenarios 1, 2
+#     and 6 are counted a second time by wrk (keep-alive, never retries); 4 measures with it.
 # --quick needs neither: it runs scenario 1 for handover with the built-in demo worker and
 # exits 1 if a request failed (about a minute; usable as a CI smoke test).
 #
@@ -21,16 +23,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 GUNICORN_VERSION=27.0.1
+UVICORN_VERSION=0.54.0
 VENV=$ROOT/target/bench-venv
 
 quick=0
 for a in "$@"; do [[ $a == --quick ]] && quick=1; done
 
 if ((!quick)); then
-  if [[ ! -x $VENV/bin/gunicorn ]] || ! "$VENV/bin/gunicorn" --version 2>/dev/null | grep -q "$GUNICORN_VERSION"; then
-    echo "run.sh: creating $VENV with gunicorn $GUNICORN_VERSION" >&2
+  if [[ ! -x $VENV/bin/gunicorn ]] || ! "$VENV/bin/gunicorn" --version 2>/dev/null | grep -q "$GUNICORN_VERSION" \
+    || ! "$VENV/bin/uvicorn" --version 2>/dev/null | grep -q "$UVICORN_VERSION"; then
+    echo "run.sh: creating $VENV with gunicorn $GUNICORN_VERSION and uvicorn $UVICORN_VERSION" >&2
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "gunicorn==$GUNICORN_VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "gunicorn==$GUNICORN_VERSION" "uvicorn==$UVICORN_VERSION"
   fi
   if ! command -v wrk >/dev/null; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
@@ -38,7 +42,7 @@ if ((!quick)); then
       apt-get update -q >/dev/null
       DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends wrk >/dev/null
     else
-      echo "run.sh: wrk is missing: apt-get install wrk (scenario 4 needs it)" >&2
+      echo "run.sh: wrk is missing: apt-get install wrk (scenarios 1, 2, 4 and 6 need it)" >&2
       exit 1
     fi
   fi

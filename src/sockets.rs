@@ -188,7 +188,7 @@ impl Sockets {
                     }
                 }
             }
-            let fd = bind_listener(&l.address, l.backlog).map_err(|source| SocketError::Bind {
+            let fd = bind_listener(&l.address, l.backlog, l.nodelay).map_err(|source| SocketError::Bind {
                 name: l.name.clone(),
                 address: l.address.to_string(),
                 source,
@@ -366,14 +366,20 @@ pub fn describe_local(fd: BorrowedFd<'_>) -> String {
     }
 }
 
-/// Binds and listens on `address` (CLOEXEC, blocking, SO_REUSEADDR for TCP).
-pub fn bind_listener(address: &ListenAddress, backlog: u32) -> io::Result<OwnedFd> {
+/// Binds and listens on `address` (CLOEXEC, blocking, SO_REUSEADDR for TCP). With `nodelay`,
+/// a TCP socket gets TCP_NODELAY, which Linux copies to every socket accepted from it: a
+/// worker that never sets it itself (uvicorn `--fd`, which takes the fd for a unix socket)
+/// then answers keep-alive requests without Nagle's delay. Ignored for unix sockets.
+pub fn bind_listener(address: &ListenAddress, backlog: u32, nodelay: bool) -> io::Result<OwnedFd> {
     let backlog = Backlog::new(backlog.min(i32::MAX as u32) as i32).map_err(io::Error::from)?;
     match address {
         ListenAddress::Tcp(sa) => {
             let family = if sa.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
             let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
             socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+            if nodelay {
+                socket::setsockopt(&fd, socket::sockopt::TcpNoDelay, &true)?;
+            }
             let addr: SockaddrStorage = match sa {
                 std::net::SocketAddr::V4(v4) => (*v4).into(),
                 std::net::SocketAddr::V6(v6) => (*v6).into(),
@@ -420,7 +426,7 @@ mod tests {
             Some(p) => ListenAddress::Unix(p.into()),
             None => ListenAddress::Tcp(address.parse().expect("addr")),
         };
-        Listen { name: name.into(), address, backlog: 16 }
+        Listen { name: name.into(), address, backlog: 16, nodelay: true }
     }
 
     fn passed(name: &str, l: &std::net::TcpListener) -> NamedFd {
@@ -541,10 +547,25 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("app.sock");
         let live = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-        let err = bind_listener(&ListenAddress::Unix(path.clone()), 8).expect_err("in use");
+        let err = bind_listener(&ListenAddress::Unix(path.clone()), 8, true).expect_err("in use");
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         drop(live); // the file stays, nobody listens: stale
-        let fd = bind_listener(&ListenAddress::Unix(path.clone()), 8).expect("rebind");
+        let fd = bind_listener(&ListenAddress::Unix(path.clone()), 8, true).expect("rebind");
         assert_eq!(describe_local(fd.as_fd()), format!("unix:{}", path.display()));
+    }
+
+    /// `nodelay` (issue 9): sockets accepted from a listener handover bound inherit its
+    /// TCP_NODELAY, which is what fixes workers that never set it (uvicorn `--fd`).
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener_handover_binds() {
+        for nodelay in [true, false] {
+            let fd =
+                bind_listener(&ListenAddress::Tcp("127.0.0.1:0".parse().expect("addr")), 8, nodelay).expect("bind");
+            let listener = std::net::TcpListener::from(fd);
+            let addr = listener.local_addr().expect("addr");
+            let _client = std::net::TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            assert_eq!(accepted.nodelay().expect("getsockopt"), nodelay, "nodelay = {nodelay}");
+        }
     }
 }

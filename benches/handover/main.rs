@@ -5,7 +5,7 @@
 //! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
 //!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
 //!                    timing checks are reported, not enforced). About a minute.
-//! --only 1,2,4       run only these scenarios (1-6)
+//! --only 1,2,4       run only these scenarios (1-7)
 //! --venv DIR         the venv with gunicorn (default target/bench-venv)
 //! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
 //! --publish          also write docs/benchmarks.md, docs/benchmark-reload.svg and the README's
@@ -15,7 +15,7 @@
 //!                    handover-all-at-once, handover-rolling)
 //! --e2e-root DIR     scenario 3: the tree holding tests/e2e/sandbox.sh and
 //!                    packaging/build-deb.sh (default: this repository)
-//! --soak MINUTES     scenario 7 (not run otherwise): the soak with faults, this long
+//! --soak MINUTES     scenario 8 (not run otherwise): the soak with faults, this long
 //!                    (10 is the reference figure; 1 for a smoke run)
 //! scale              only the scaling scenario (issue 13): 64 / 512 / 1,024 / 4,096 demo
 //!                    workers booting in 0.1 s; writes scale.json and scale.md (at most 20
@@ -25,10 +25,15 @@
 //! ```
 //!
 //! Scenarios: 1 reload under load (handover all-at-once and rolling, gunicorn HUP); 2 failed
-//! reloads (broken, never ready); 3 `systemctl restart` and `kill -9` of the master under a
+//! reloads (broken, never ready); 1 and 2 are run a second time under wrk, a client that keeps
+//! connections alive and never retries (the first time, the load generator retries a request
+//! a closing keep-alive connection never answered, as RFC 9112 allows); 3 `systemctl restart` and `kill -9` of the master under a
 //! real systemd (needs the e2e harness); 4 throughput by hand vs under handover (wrk);
-//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers; 7 a soak with
-//! faults (reloads every 5 s, SIGKILLed workers, misbehaving control clients, notify noise).
+//! 5 cost of the master (RSS, idle CPU, spawn rate); 6 reloads of 512 workers; 7 real servers
+//! (tests/real_apps/) against themselves run alone: the gunicorn recipe's memory vs
+//! `gunicorn --preload -w 4`, uvicorn `--fd 3` keep-alive latency vs `uvicorn --port`.
+//! 8 a soak with faults (reloads every 5 s, SIGKILLed workers, misbehaving control clients,
+//! notify noise), only with `--soak MINUTES`.
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
@@ -37,6 +42,7 @@
 mod gunicorn;
 mod harness;
 mod master;
+mod realapps;
 mod reload;
 mod report;
 mod scale;
@@ -95,7 +101,7 @@ fn parse_args() -> Result<Option<Options>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         quick: false,
-        only: vec![1, 2, 3, 4, 5, 6],
+        only: vec![1, 2, 3, 4, 5, 6, 7],
         venv: root.join("target/bench-venv"),
         out: root.join("target/bench"),
         publish: false,
@@ -122,7 +128,7 @@ fn parse_args() -> Result<Option<Options>> {
             "--only" => {
                 o.only = value("--only")?
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=6).contains(n)).context("--only takes 1-6"))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=7).contains(n)).context("--only takes 1-7"))
                     .collect::<Result<_>>()?;
             }
             "--venv" => o.venv = PathBuf::from(value("--venv")?),
@@ -309,6 +315,32 @@ fn run(opts: &Options) -> Result<i32> {
         eprintln!("{}", report::failed_line(&r));
         results.failed_reloads.push(r);
     }
+    if let (true, Some(py)) = (wants(1) || wants(2), &python) {
+        section("1+2 again, counted by wrk (keep-alive, never retries)");
+        let app = reload::App::Gunicorn(py);
+        let mut runs: Vec<(reload::Server, &str)> = Vec::new();
+        if wants(1) {
+            for server in [
+                reload::Server::GunicornHup,
+                reload::Server::Handover("all-at-once", 1),
+                reload::Server::Handover("rolling", 1),
+            ] {
+                if selected(opts, server) {
+                    runs.push((server, "2"));
+                }
+            }
+        }
+        if wants(2) {
+            runs.push((reload::Server::Handover("all-at-once", 1), "broken"));
+            runs.push((reload::Server::Handover("all-at-once", 1), "hang"));
+            runs.push((reload::Server::GunicornHup, "broken"));
+        }
+        for (server, version) in runs {
+            let r = reload::reload_under_wrk(server, &app, version)?;
+            eprintln!("{}", report::wrk_line(&r));
+            results.wrk_reloads.push(r);
+        }
+    }
     if wants(3) {
         section("3: systemctl restart and kill -9 of the master under systemd");
         let r = systemd::run(&opts.e2e_root)?;
@@ -332,9 +364,15 @@ fn run(opts: &Options) -> Result<i32> {
         results.master = cost;
         results.scale = scale;
     }
+    if wants(7) && !opts.quick {
+        section("7: real servers: gunicorn recipe memory, uvicorn --fd 3 latency");
+        let r = realapps::run(&opts.venv)?;
+        eprintln!("{}", report::realapps_line(&r));
+        results.realapps = Some(r);
+    }
     let soaked = match opts.soak {
         Some(d) => {
-            section("7: soak with faults");
+            section("8: soak with faults");
             let s = soak::run(d)?;
             eprintln!("{}", s.line());
             Some(s)

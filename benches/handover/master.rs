@@ -298,6 +298,41 @@ fn scale_reload(h: &Handover, strategy: &str, surge: usize, keep_alive: bool) ->
     })
 }
 
+/// Scenario 6's reload counted by wrk (keep-alive, never retries) instead of the load
+/// generator: its socket errors and non-2xx answers are the failed requests.
+fn scale_reload_wrk(h: &Handover) -> Result<ScaleRun> {
+    const SECS: u64 = 8;
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args(["-t1", "-c4", &format!("-d{SECS}s"), "--timeout", "10s"]).arg(format!("http://{}/", h.addr));
+    let wrk = std::thread::spawn(move || crate::harness::run_bounded("wrk", cmd, Duration::from_secs(SECS + 30)));
+    std::thread::sleep(Duration::from_secs(2)); // steady load before the trigger: a window, not a wait
+    let out = h.cli(&["reload"], Duration::from_secs(180))?;
+    let w = wrk.join().map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+    if w.code != 0 {
+        bail!("wrk failed ({}): {}{}", w.code, w.stdout, w.stderr);
+    }
+    let c = crate::reload::WrkCounts::parse(&w.stdout);
+    if out.code != 0 {
+        eprintln!("bench: reload of {MANY} (wrk) exited {}: {}\n{}", out.code, out.stderr, h.log_tail());
+    }
+    Ok(ScaleRun {
+        workers: MANY,
+        strategy: "all-at-once".into(),
+        max_surge: 1,
+        clients: "wrk keep-alive, never retries".into(),
+        reload_s: out.took.as_secs_f64(),
+        exit: out.code,
+        counts: Counts {
+            sent: c.requests + c.connect + c.read + c.write + c.timeout,
+            ok: c.requests - c.non_2xx.min(c.requests),
+            failed: c.errors(),
+            ..Counts::default()
+        },
+        steady: Window::default(),
+        during: Window::default(),
+    })
+}
+
 /// Runs scenario 5 and/or 6.
 pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>)> {
     let mut rss = Vec::new();
@@ -360,6 +395,13 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
             runs.push(r);
             wait_workers(&h, MANY, Duration::from_secs(120))?;
         }
+        setup.strategy = "all-at-once".into();
+        setup.max_surge = 1;
+        h.rewrite(&setup)?;
+        let r = scale_reload_wrk(&h)?;
+        eprintln!("{}", crate::report::scale_line(&r));
+        runs.push(r);
+        wait_workers(&h, MANY, Duration::from_secs(120))?;
     } else {
         reload_ok(&h)?;
         wait_workers(&h, MANY, Duration::from_secs(120))?;

@@ -370,3 +370,123 @@ pub fn failed_reload_gunicorn(py: &Python) -> Result<FailedReload> {
         steady: Window::of(&report, trigger.saturating_sub(Duration::from_secs(1)), trigger),
     })
 }
+
+/// What wrk, a client that never retries, counted over one run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WrkCounts {
+    /// Requests completed.
+    pub requests: u64,
+    /// Socket errors: connect, read, write, timeout.
+    pub connect: u64,
+    /// Read errors (EOF or reset on a connection with a request outstanding).
+    pub read: u64,
+    /// Write errors.
+    pub write: u64,
+    /// Requests that took longer than wrk's `--timeout`.
+    pub timeout: u64,
+    /// Non-2xx or 3xx answers.
+    pub non_2xx: u64,
+}
+
+impl WrkCounts {
+    /// Socket errors and bad answers together: what a user of wrk sees as failures.
+    pub fn errors(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout + self.non_2xx
+    }
+
+    /// From wrk's output.
+    pub fn parse(text: &str) -> WrkCounts {
+        let mut w = WrkCounts::default();
+        for line in text.lines().map(str::trim) {
+            if let Some((n, _)) = line.split_once(" requests in ") {
+                w.requests = n.trim().parse().unwrap_or(0);
+            } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+                for part in rest.split(',') {
+                    let mut it = part.split_whitespace();
+                    let (Some(key), Some(n)) = (it.next(), it.next().and_then(|n| n.parse().ok())) else {
+                        continue;
+                    };
+                    match key {
+                        "connect" => w.connect = n,
+                        "read" => w.read = n,
+                        "write" => w.write = n,
+                        "timeout" => w.timeout = n,
+                        _ => {}
+                    }
+                }
+            } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+                w.non_2xx = n.trim().parse().unwrap_or(0);
+            }
+        }
+        w
+    }
+}
+
+/// Scenarios 1 and 2 again, counted by wrk instead of the load generator: wrk keeps
+/// connections alive and never retries a request (the load generator retries one that a
+/// closing keep-alive connection never answered, as RFC 9112 §9.3.1 allows), so any request
+/// a drain drops shows here.
+#[derive(Debug, Clone, Serialize)]
+pub struct WrkReload {
+    /// Human-readable server set-up.
+    pub server: String,
+    /// "2" (a good version), "broken" or "never-ready".
+    pub version: String,
+    /// wrk's command line, without the URL.
+    pub wrk: String,
+    /// What wrk counted over the whole run (warm-up, reload, tail).
+    pub counts: WrkCounts,
+    /// Exit code of `handover reload`, or of gunicorn's master if it died.
+    pub exit: Option<i32>,
+}
+
+/// wrk's connections: as many as the load generator's clients.
+const WRK_CONNECTIONS: usize = CLIENTS;
+
+/// One reload of `server` to `version` ("2", "broken" or "hang") under wrk.
+pub fn reload_under_wrk(server: Server, app: &App<'_>, version: &str) -> Result<WrkReload> {
+    let dir = tempfile::tempdir()?;
+    let version_file = dir.path().join("version");
+    set_version(&version_file, "1")?;
+    let (mut running, addr) = start_server(server, app, &version_file, "5s")?;
+    // Long enough for the warm-up, the slowest reload (rolling: 4 imports of 2 s one after
+    // the other) and a tail; --timeout far above any latency a working reload causes.
+    let secs = match server {
+        Server::Handover("rolling", _) => 16,
+        _ => 9,
+    };
+    let args =
+        vec!["-t1".to_owned(), format!("-c{WRK_CONNECTIONS}"), format!("-d{secs}s"), "--timeout".into(), "10s".into()];
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args(&args).arg(format!("http://{addr}/"));
+    let wrk = std::thread::spawn(move || crate::harness::run_bounded("wrk", cmd, Duration::from_secs(secs + 30)));
+    std::thread::sleep(WARMUP + Duration::from_secs(1)); // steady load before the trigger: a window, not a wait
+    set_version(&version_file, version)?;
+    let exit = match &mut running {
+        Running::Handover(h) => Some(h.cli(&["reload"], Duration::from_secs(60))?.code),
+        Running::Gunicorn(g) => {
+            g.hup();
+            None
+        }
+    };
+    let out = wrk.join().map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+    let exit = match &mut running {
+        Running::Gunicorn(g) => g.exited(),
+        Running::Handover(_) => exit,
+    };
+    if out.code != 0 {
+        bail!("wrk failed ({}): {}{}", out.code, out.stdout, out.stderr);
+    }
+    let counts = WrkCounts::parse(&out.stdout);
+    if counts.requests == 0 {
+        bail!("wrk made no request:\n{}", out.stdout);
+    }
+    stop_server(running)?;
+    Ok(WrkReload {
+        server: server.describe(app),
+        version: if version == "hang" { "never-ready".into() } else { version.into() },
+        wrk: format!("wrk {}", args.join(" ")),
+        counts,
+        exit,
+    })
+}

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::master::{MasterCost, ScaleRun};
-use crate::reload::{FailedReload, ReloadRun};
+use crate::realapps::RealApps;
+use crate::reload::{FailedReload, ReloadRun, WrkReload};
 use crate::stats::median;
 use crate::systemd::Restart;
 use crate::throughput::Throughput;
@@ -90,6 +91,8 @@ pub struct Results {
     pub reload: Vec<ReloadRun>,
     /// Scenario 2.
     pub failed_reloads: Vec<FailedReload>,
+    /// Scenarios 1 and 2 again, counted by wrk (never retries).
+    pub wrk_reloads: Vec<WrkReload>,
     /// Scenario 3.
     pub restart: Option<Restart>,
     /// Scenario 4.
@@ -98,6 +101,8 @@ pub struct Results {
     pub master: Option<MasterCost>,
     /// Scenario 6.
     pub scale: Vec<ScaleRun>,
+    /// Scenario 7.
+    pub realapps: Option<RealApps>,
     /// The guarantees checked against these figures.
     pub checks: Vec<Check>,
     /// Length of the whole run, seconds.
@@ -221,10 +226,12 @@ impl Results {
             note: opts.note.clone(),
             reload: Vec::new(),
             failed_reloads: Vec::new(),
+            wrk_reloads: Vec::new(),
             restart: None,
             throughput: None,
             master: None,
             scale: Vec::new(),
+            realapps: None,
             checks: Vec::new(),
             duration_s: 0.0,
         })
@@ -270,6 +277,26 @@ impl Results {
                 ),
             );
         }
+        for r in self.wrk_reloads.iter().filter(|r| r.server.starts_with("handover")) {
+            let expected_exit = if r.version == "2" { 0 } else { 1 };
+            check(
+                format!(
+                    "{}: reload to version {} under wrk (never retries): 0 failed requests (socket errors, non-2xx)",
+                    r.server, r.version
+                ),
+                r.counts.errors() == 0 && r.exit == Some(expected_exit),
+                format!(
+                    "{} requests, socket errors connect {} read {} write {} timeout {}, non-2xx {}, exit {:?}",
+                    r.counts.requests,
+                    r.counts.connect,
+                    r.counts.read,
+                    r.counts.write,
+                    r.counts.timeout,
+                    r.counts.non_2xx,
+                    r.exit
+                ),
+            );
+        }
         if let Some(t) = &self.throughput {
             let errors: u64 = t.by_hand.iter().chain(&t.handover).map(|r| r.errors).sum();
             check(
@@ -287,6 +314,23 @@ impl Results {
                     ),
                 );
             }
+        }
+        if let Some(x) = &self.realapps {
+            check(
+                "memory of the README's gunicorn recipe <= 1.05 x gunicorn --preload -w 4 (PSS, 80 MB app)".into(),
+                x.memory_ratio <= 1.05,
+                format!("{:.1} MiB vs {:.1} MiB: {:.3}", x.recipe_mib, x.gunicorn_alone_mib, x.memory_ratio),
+            );
+            check(
+                "uvicorn --fd 3 behind handover: keep-alive p50 <= 1.2 x uvicorn --port".into(),
+                x.latency_ratio <= 1.2,
+                format!(
+                    "median p50 {:.3} ms vs {:.3} ms: {:.2}",
+                    median(x.fd_p50_ms.clone()),
+                    median(x.port_p50_ms.clone()),
+                    x.latency_ratio
+                ),
+            );
         }
         if let Some(m) = &self.master {
             if let Some(r64) = m.rss.iter().find(|r| r.workers == 64) {
@@ -405,6 +449,37 @@ pub fn failed_line(r: &FailedReload) -> String {
     )
 }
 
+/// Scenario 7 summary line.
+pub fn realapps_line(x: &RealApps) -> String {
+    format!(
+        "  memory: recipe {:.1} MiB, gunicorn --preload -w 4 {:.1} MiB ({:.3}); 4 x -w 1 {:.1} MiB ({:.2}); \
+         uvicorn p50 --fd 3 {:?} vs --port {:?} ms ({:.2}); nodelay off {:.2} ms",
+        x.recipe_mib,
+        x.gunicorn_alone_mib,
+        x.memory_ratio,
+        x.four_arbiters_mib,
+        x.four_arbiters_ratio,
+        x.fd_p50_ms,
+        x.port_p50_ms,
+        x.latency_ratio,
+        x.fd_without_nodelay_p50_ms
+    )
+}
+
+/// One line per wrk reload run, for the console.
+pub fn wrk_line(r: &WrkReload) -> String {
+    format!(
+        "{} to version {} under wrk: {} requests, {} socket errors (read {}), {} non-2xx, exit {:?}",
+        r.server,
+        r.version,
+        r.counts.requests,
+        r.counts.connect + r.counts.read + r.counts.write + r.counts.timeout,
+        r.counts.read,
+        r.counts.non_2xx,
+        r.exit
+    )
+}
+
 /// Scenario 4 summary line.
 pub fn throughput_line(t: &Throughput) -> String {
     format!(
@@ -519,6 +594,42 @@ pub fn tables(r: &Results) -> String {
                 outcome,
                 x.returned_s.map_or("—".into(), |t| format!("{t:.2} s")),
                 by_gen(&x.counts)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !r.wrk_reloads.is_empty() {
+        let _ = writeln!(
+            s,
+            "**1 and 2 again, counted by a client that never retries** — wrk keeps its {} connections alive and \
+             never retries a request (the load generator above retries one that a closing keep-alive connection \
+             never answered, RFC 9112 §9.3.1, and counts it under \"retried\"): every request a drain drops is a \
+             socket error here. Same apps and reloads; wrk runs from 2 s before the trigger to past the outcome.\n",
+            r.wrk_reloads.first().map_or(0, |_| crate::reload::CLIENTS)
+        );
+        let _ = writeln!(s, "| server | new version | wrk requests | socket errors (connect / read / write / timeout) | non-2xx | outcome |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for x in &r.wrk_reloads {
+            let outcome = match (x.server.starts_with("handover"), x.exit) {
+                (true, Some(c)) => format!("`handover reload` exits {c}"),
+                (true, None) => "?".into(),
+                (false, Some(c)) => format!("gunicorn's master exits {c}: site down"),
+                (false, None) => "gunicorn's master keeps running".into(),
+            };
+            let c = &x.counts;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | **{}** ({} / {} / {} / {}) | **{}** | {} |",
+                x.server,
+                x.version,
+                thousands(c.requests),
+                thousands(c.connect + c.read + c.write + c.timeout),
+                c.connect,
+                c.read,
+                c.write,
+                c.timeout,
+                thousands(c.non_2xx),
+                outcome
             );
         }
         let _ = writeln!(s);
@@ -664,20 +775,63 @@ pub fn tables(r: &Results) -> String {
         let _ = writeln!(s, "| strategy | clients | reload took | requests | failed | longest gap steady → reload | max latency steady → reload |");
         let _ = writeln!(s, "|---|---|---|---|---|---|---|");
         for x in &r.scale {
+            // wrk reports no per-request timeline: no gaps, no windowed latencies.
+            let (gaps, latencies) = if x.clients.starts_with("wrk") {
+                ("—".to_owned(), "—".to_owned())
+            } else {
+                (
+                    format!("{} → {}", fms(x.steady.gap_ms), fms(x.during.gap_ms)),
+                    format!("{} → {}", fms(x.steady.max_ms), fms(x.during.max_ms)),
+                )
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.2} s | {} | **{}** | {} → {} | {} → {} |",
+                "| {} | {} | {:.2} s | {} | **{}** | {gaps} | {latencies} |",
                 strategy(x),
                 x.clients,
                 x.reload_s,
                 thousands(x.counts.sent),
                 x.counts.failed,
-                fms(x.steady.gap_ms),
-                fms(x.during.gap_ms),
-                fms(x.steady.max_ms),
-                fms(x.during.max_ms)
             );
         }
+        let _ = writeln!(s);
+    }
+    if let Some(x) = &r.realapps {
+        let _ = writeln!(
+            s,
+            "**7. Real servers against themselves run alone** ({}; the apps and recipes of `tests/real_apps/`). \
+             Memory: an app that builds 80 MB at import, 4 workers, PSS of every process (handover's included), once \
+             all serve. Latency: `{}` keep-alive p50, {} rounds alternating between the set-ups (median).\n",
+            x.versions,
+            x.wrk,
+            x.port_p50_ms.len()
+        );
+        let _ = writeln!(s, "| what | baseline | under handover | ratio |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| memory: README recipe (1 handover worker: `gunicorn --preload -w 4`) | `gunicorn --preload -w 4`: {:.1} MiB | {:.1} MiB | **{:.3}** |",
+            x.gunicorn_alone_mib, x.recipe_mib, x.memory_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| memory: 4 handover workers × `gunicorn -w 1` | `gunicorn --preload -w 4`: {:.1} MiB | {:.1} MiB | {:.2} |",
+            x.gunicorn_alone_mib, x.four_arbiters_mib, x.four_arbiters_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| uvicorn keep-alive p50: `--fd 3` on handover's socket (`nodelay` on) | `uvicorn --port`: {} | {} | **{:.2}** |",
+            fms(median(x.port_p50_ms.clone())),
+            fms(median(x.fd_p50_ms.clone())),
+            x.latency_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| the same with `nodelay = false` | `uvicorn --port`: {} | {} | {:.0} |",
+            fms(median(x.port_p50_ms.clone())),
+            fms(x.fd_without_nodelay_p50_ms),
+            x.fd_without_nodelay_p50_ms / median(x.port_p50_ms.clone())
+        );
         let _ = writeln!(s);
     }
     if !r.checks.is_empty() {
@@ -784,7 +938,7 @@ fn readme_section(r: &Results) -> String {
     let _ = writeln!(s, "{README_BEGIN}");
     let _ = writeln!(
         s,
-        "`benches/run.sh` runs the benchmark suite (loopback only, about {:.0} minutes; it installs gunicorn into \
+        "`benches/run.sh` runs the benchmark suite (loopback only, about {:.0} minutes; it installs gunicorn and uvicorn into \
          `target/bench-venv` and wrk from Debian's packages); `benches/run.sh --quick` is a one-minute smoke run. \
          The figures below come from its latest run, {} on {} cores ({}); every scenario, method and version is in \
          [docs/benchmarks.md](docs/benchmarks.md).\n",
@@ -822,6 +976,21 @@ fn readme_section(r: &Results) -> String {
             fms(h.during.max_ms)
         );
     }
+    let wrk_find = |server: &str, version: &str| {
+        r.wrk_reloads.iter().find(|x| x.server.starts_with(server) && x.version == version)
+    };
+    if let (Some(g), Some(h)) = (wrk_find("gunicorn", "2"), wrk_find("handover all-at-once", "2")) {
+        let hr = wrk_find("handover rolling", "2");
+        let _ = writeln!(
+            s,
+            "| the same reload counted by wrk (keep-alive, never retries): socket errors + non-2xx | {} of {} | {} of {} (all-at-once){} |",
+            thousands(g.counts.errors()),
+            thousands(g.counts.requests),
+            thousands(h.counts.errors()),
+            thousands(h.counts.requests),
+            hr.map_or(String::new(), |x| format!(", {} of {} (rolling)", thousands(x.counts.errors()), thousands(x.counts.requests)))
+        );
+    }
     if let Some(x) = &r.restart {
         for (op, label) in
             [("systemctl restart", "`systemctl restart`"), ("kill -9 of the master", "`kill -9` of the master")]
@@ -855,6 +1024,16 @@ fn readme_section(r: &Results) -> String {
             h.returned_s.unwrap_or(0.0)
         );
     }
+    if let (Some(g), Some(h)) = (wrk_find("gunicorn", "broken"), wrk_find("handover", "broken")) {
+        let _ = writeln!(
+            s,
+            "| the same, counted by wrk: socket errors + non-2xx | {} ({} requests answered) | {} ({} answered) |",
+            thousands(g.counts.errors()),
+            thousands(g.counts.requests),
+            thousands(h.counts.errors()),
+            thousands(h.counts.requests)
+        );
+    }
     if let Some(t) = &r.throughput {
         let _ = writeln!(
             s,
@@ -879,6 +1058,21 @@ fn readme_section(r: &Results) -> String {
             m.spawn.workers,
             m.spawn.ratio,
             m.spawn.handover_rate / m.spawn.confirmed_rate
+        );
+    }
+    if let Some(x) = &r.realapps {
+        let _ = writeln!(
+            s,
+            "| memory, app building 80 MB at import, 4 workers (PSS of all processes) | `--preload -w 4`: {:.1} MiB | **{:.3}×** with the README's recipe (one handover worker running `gunicorn --preload -w 4`) |",
+            x.gunicorn_alone_mib, x.memory_ratio
+        );
+        let _ = writeln!(
+            s,
+            "| uvicorn keep-alive p50, `--fd 3` on handover's socket vs `uvicorn --port` | — | **{:.2}×** ({} vs {}; {:.0}× with `nodelay = false`) |",
+            x.latency_ratio,
+            fms(median(x.fd_p50_ms.clone())),
+            fms(median(x.port_p50_ms.clone())),
+            x.fd_without_nodelay_p50_ms / median(x.port_p50_ms.clone())
         );
     }
     for x in &r.scale {

@@ -1,4 +1,4 @@
-//! Scenario 7: a soak with faults (issue 7). For `--soak-minutes` (10 by default): a reload
+//! Scenario 8: a soak with faults (issue 7). For `--soak-minutes` (10 by default): a reload
 //! every 5 s under continuous load, one worker SIGKILLed per cycle, control clients that
 //! connect and drop (or send a request and never read), and notify datagrams from a process
 //! that is not a worker. Reported: requests sent and failed (only those in flight on killed

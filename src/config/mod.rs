@@ -56,6 +56,8 @@ pub struct Listen {
     pub address: ListenAddress,
     /// `listen(2)` backlog for sockets handover binds itself.
     pub backlog: u32,
+    /// TCP_NODELAY on TCP sockets handover binds itself (accepted sockets inherit it).
+    pub nodelay: bool,
 }
 
 /// The address of a listening socket.

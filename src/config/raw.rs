@@ -88,6 +88,8 @@ struct RawListen {
     address: Spanned<String>,
     /// Default 1024, 1..=65535.
     backlog: Option<Spanned<i64>>,
+    /// Default true: TCP_NODELAY on TCP sockets handover binds.
+    nodelay: Option<Spanned<bool>>,
 }
 
 /// The `[workers]` table (required).
@@ -423,6 +425,7 @@ impl RawListen {
             address,
             // In range by the check above.
             backlog: u32::try_from(backlog).unwrap_or(u32::MAX),
+            nodelay: self.nodelay.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
 }
@@ -1049,6 +1052,7 @@ backlog = 4096
 [[listen]]
 name = "v6"
 address = "[::]:8000"
+nodelay = false
 
 [[listen]]
 name = "local"
@@ -1083,12 +1087,19 @@ max_surge = 2
                     name: "http".into(),
                     address: ListenAddress::Tcp("127.0.0.1:8000".parse().unwrap()),
                     backlog: 4096,
+                    nodelay: true,
                 },
-                Listen { name: "v6".into(), address: ListenAddress::Tcp("[::]:8000".parse().unwrap()), backlog: 1024 },
+                Listen {
+                    name: "v6".into(),
+                    address: ListenAddress::Tcp("[::]:8000".parse().unwrap()),
+                    backlog: 1024,
+                    nodelay: false,
+                },
                 Listen {
                     name: "local".into(),
                     address: ListenAddress::Unix("/run/app/app.sock".into()),
                     backlog: 1024,
+                    nodelay: true,
                 },
             ]
         );
@@ -1210,7 +1221,7 @@ max_surge = 2
         assert_eq!(
             e.to_string(),
             "/etc/handover/app.toml:8:1: listen[1].backlgo: unknown key, expected one of \
-             `name`, `address`, `backlog`"
+             `name`, `address`, `backlog`, `nodelay`"
         );
         // Unknown table inside [workers] too.
         let e = fx.err("[workers]\ncommand = [\"app\"]\n[workers.extra]\nx = 1\n");

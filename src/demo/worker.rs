@@ -12,8 +12,9 @@
 //! 3. take the listening sockets, send `READY=1` on `NOTIFY_SOCKET`, and [`serve`];
 //! 4. on SIGTERM/SIGINT: stop accepting (the sockets are shared, so queued connections wait in
 //!    the kernel for the other workers), finish requests in flight with `Connection: close`,
-//!    close idle keep-alive connections, exit 0 once no connection is left. SIGQUIT exits at
-//!    once.
+//!    keep each idle keep-alive connection until its next request arrives and answer that one
+//!    with `Connection: close` (an idle connection is closed only after [`DRAIN_IDLE_GRACE`]),
+//!    exit 0 once no connection is left. SIGQUIT exits at once.
 //!
 //! # References
 //! `sd_listen_fds(3)`, `sd_notify(3)`, RFC 9112 §9.6 (tear-down).
@@ -22,13 +23,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use listenfd::ListenFd;
-use nix::sys::socket::MsgFlags;
 use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -78,6 +77,11 @@ pub struct DemoWorkerArgs {
     /// Replaces "hello from handover demo" in the answer to `GET /`.
     #[arg(long, value_name = "TEXT")]
     pub message: Option<String>,
+
+    /// Create the file DIR/sleep-started when a `/sleep` request starts (tests wait for it
+    /// instead of sleeping).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub mark_dir: Option<std::path::PathBuf>,
 }
 
 /// Default greeting of `GET /`.
@@ -89,12 +93,20 @@ const READ_CHUNK: usize = 4096;
 /// How long a closing connection keeps reading (and discarding) what the client still sends
 /// after our final response. Bounded so a client that never closes cannot hold up a drain.
 const LINGER_TIME: Duration = Duration::from_secs(2);
-/// How long a connection that has not sent its first request yet may take to send it once
-/// the drain has begun. Such a connection is *new*, not idle: its client connected to serve
-/// a request that may still be on the wire, and closing it would fail that request (nothing
-/// lets a client retry on a fresh connection). Go's `http.Server.Shutdown` waits 5 s for the
-/// same reason.
-const NEW_CONNECTION_GRACE: Duration = Duration::from_secs(5);
+/// How long a draining worker keeps an idle connection open for the client's next request.
+///
+/// Closing an idle keep-alive connection the moment the drain begins races with a client
+/// that is sending its next request on it: the request is lost, and a client that never
+/// retries (wrk, `ab -k`, any POST) reports an error. So the drain keeps each open
+/// connection until its next request arrives, answers that one with `Connection: close`,
+/// and closes a connection only once it has stayed idle this long — from then on the race
+/// is as unlikely as at any server's idle timeout. 5 s is far above the reuse interval of a
+/// client under load (microseconds to milliseconds), equals the idle timeout clients
+/// already cope with from Node (`keepAliveTimeout`) and uvicorn (`--timeout-keep-alive`),
+/// and stays well below handover's default `graceful_timeout` (30 s). It also covers a
+/// connection accepted just before the drain that has not sent its first request yet: its
+/// client connected to send one, and Go's `http.Server.Shutdown` waits as long for it.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(5);
 /// How many bytes a closing connection discards at most before giving up on the client.
 const LINGER_MAX_BYTES: usize = 256 * 1024;
 /// Pause after an accept error that would otherwise repeat at once (EMFILE and friends leave
@@ -272,7 +284,9 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
         );
     }
     let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
-    let app = Arc::new(App::new(message, &state));
+    let mut app = App::new(message, &state);
+    app.mark_dir = args.mark_dir.clone();
+    let app = Arc::new(app);
     eprintln!("{prefix} serving {} socket(s)", listeners.len());
 
     let notify = !args.no_notify;
@@ -424,6 +438,10 @@ pub struct App {
     hello: Vec<u8>,
     /// Body of `GET /info`.
     info: Vec<u8>,
+    /// How long a draining connection may stay idle ([`DRAIN_IDLE_GRACE`]; shorter in tests).
+    drain_idle_grace: Duration,
+    /// `--mark-dir`: where `/sleep` marks its start.
+    mark_dir: Option<std::path::PathBuf>,
     /// Test hook: told about each request as it starts, so tests wait on events rather than
     /// on sleeps. `None` outside tests.
     observer: Option<mpsc::UnboundedSender<ServerEvent>>,
@@ -449,7 +467,20 @@ impl App {
             // Unreachable for this plain struct, but an error body beats a panic.
             Err(e) => format!("{{\"error\":\"cannot serialize the startup state: {e}\"}}\n").into_bytes(),
         };
-        App { prefix: format!("demo-worker {}", state.label()), hello, info, observer: None }
+        App {
+            prefix: format!("demo-worker {}", state.label()),
+            hello,
+            info,
+            drain_idle_grace: DRAIN_IDLE_GRACE,
+            mark_dir: None,
+            observer: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_drain_idle_grace(mut self, grace: Duration) -> Self {
+        self.drain_idle_grace = grace;
+        self
     }
 
     #[cfg(test)]
@@ -461,7 +492,9 @@ impl App {
 
 /// Serves `app` on `listeners` until `shutdown` completes, then drains: stops accepting
 /// (dropping the listeners), lets requests in flight finish with `Connection: close`,
-/// closes idle keep-alive connections, and returns once no connection is left.
+/// answers the next request of each idle keep-alive connection with `Connection: close`
+/// (closing a connection that stays idle [`DRAIN_IDLE_GRACE`]), and returns once no
+/// connection is left.
 ///
 /// Must run inside a tokio runtime; connections are spawned as tasks (on the demo worker's
 /// current-thread runtime, all on the one thread).
@@ -534,23 +567,9 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
 }
 
 /// A connected stream of either kind.
-trait Peer: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static {}
+trait Peer: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl Peer for TcpStream {}
 impl Peer for UnixStream {}
-
-/// Whether request bytes are waiting in the kernel for `fd`, checked with a real syscall
-/// (tokio's `try_read` trusts its cached readiness, which may lag behind the socket).
-fn input_pending(fd: RawFd) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        nix::sys::socket::recv(
-            fd,
-            &mut byte,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
-        Ok(n) if n > 0
-    )
-}
 
 /// What a request asks for, decided from its head before the body is skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -617,6 +636,11 @@ async fn perform(action: Action, app: &App) -> Reply<'_> {
         Action::Hello => Reply::text(200, "OK", &app.hello[..]),
         Action::Info => Reply { content_type: "application/json", ..Reply::text(200, "OK", &app.info[..]) },
         Action::Sleep(ms) => {
+            if let Some(dir) = &app.mark_dir {
+                if let Err(e) = std::fs::write(dir.join("sleep-started"), b"") {
+                    eprintln!("{} cannot mark the /sleep start in {}: {e}", app.prefix, dir.display());
+                }
+            }
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Reply::text(200, "OK", format!("slept {ms} ms\n").into_bytes())
         }
@@ -672,9 +696,6 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut start = 0usize;
     let mut out: Vec<u8> = Vec::with_capacity(512);
-    // No request served yet on this connection: it is new, never idle (see
-    // NEW_CONNECTION_GRACE).
-    let mut fresh = true;
     loop {
         // Serve a complete request if one is buffered (pipelining included).
         let head = match http::parse_request(&buf[start..]) {
@@ -720,7 +741,6 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                     Err(_) => return End::Close,
                 }
             }
-            fresh = false;
             let reply = perform(head.action, app).await;
             // Checked after the work is done: a request that was in flight when the drain
             // began is answered, and told that the connection ends.
@@ -764,12 +784,6 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
         }
         let idle = buf.is_empty();
         let is_draining = *drain.borrow();
-        if idle && is_draining && !fresh && !input_pending(stream.as_raw_fd()) {
-            // Idle keep-alive connection and we are draining: close it. A request the client
-            // sends at this very moment races with our FIN; RFC 9112 §9.3.1 lets the client
-            // retry it, as it was never answered.
-            return End::Close;
-        }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
@@ -780,16 +794,16 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                 read = stream.read_buf(&mut buf) => read,
                 () = draining(drain) => continue,
             }
-        } else if idle && fresh {
-            // Draining, and the client's first request has not arrived yet: wait for it, a
-            // bounded time.
-            match tokio::time::timeout(NEW_CONNECTION_GRACE, stream.read_buf(&mut buf)).await {
+        } else if idle {
+            // Draining and idle: wait for the client's next request (it may be on the wire
+            // already) and answer it with `Connection: close`; close only after the bound.
+            match tokio::time::timeout(app.drain_idle_grace, stream.read_buf(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => return End::Close,
             }
         } else {
-            // Busy (a partial request is buffered, or bytes are pending while draining): the
-            // request will be answered, so just wait for the rest of it.
+            // Busy (a partial request is buffered): the request will be answered, so just
+            // wait for the rest of it.
             stream.read_buf(&mut buf).await
         };
         match read {
@@ -1012,13 +1026,15 @@ mod tests {
 
     /// Keep-alive, pipelining and endpoints over TCP, then a graceful stop: the in-flight
     /// `/sleep` is answered with `Connection: close`, the idle keep-alive connection is
-    /// closed, and `serve` returns.
+    /// closed once it has stayed idle for the drain's grace, and `serve` returns.
     #[tokio::test]
     async fn tcp_keep_alive_and_graceful_stop() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let app = Arc::new(App::new(DEFAULT_MESSAGE, &test_state()).with_observer(events_tx));
+        let grace = Duration::from_millis(200);
+        let app =
+            Arc::new(App::new(DEFAULT_MESSAGE, &test_state()).with_observer(events_tx).with_drain_idle_grace(grace));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(vec![Listener::Tcp(listener)], app, async {
             let _ = stop_rx.await;
@@ -1061,8 +1077,9 @@ mod tests {
 
         stop_tx.send(()).expect("server still running");
 
-        // The idle keep-alive connection is closed without waiting for the sleeper.
+        // The idle keep-alive connection is closed once it has stayed idle for the grace.
         expect_eof(&mut idle).await;
+        assert!(started.elapsed() >= grace, "idle connection closed before the grace: {:?}", started.elapsed());
         // The in-flight request completes, told that the connection ends.
         let r = read_response(&mut busy, &mut Vec::new()).await;
         assert_eq!(r.status(), "200");
@@ -1077,14 +1094,16 @@ mod tests {
 
     /// Over a unix socket: a connection that has sent part of a request when the stop begins
     /// is busy, so it still gets its response (with `Connection: close`); an idle one is
-    /// closed; an oversized head gets 431.
+    /// closed after the drain's grace; an oversized head gets 431.
     #[tokio::test]
     async fn unix_busy_connection_is_answered_during_drain() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("demo.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let app = Arc::new(App::new("unix", &test_state()).with_observer(events_tx));
+        let app = Arc::new(
+            App::new("unix", &test_state()).with_observer(events_tx).with_drain_idle_grace(Duration::from_millis(100)),
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(vec![Listener::Unix(listener)], app, async {
             let _ = stop_rx.await;
@@ -1141,6 +1160,48 @@ mod tests {
         expect_eof(&mut busy).await;
         // The server lingers until the client closes its side (see `linger_close`).
         drop(busy);
+        timeout(DEADLINE, server).await.expect("serve returns once drained").expect("serve task");
+    }
+
+    /// The race of issue 14: a client that sends its next request on a kept-alive connection
+    /// just after the drain began must get an answer (with `Connection: close`), not an EOF.
+    /// The old drain closed idle connections at once, and wrk counted a read error.
+    #[tokio::test]
+    async fn idle_keep_alive_connection_gets_its_next_request_answered_during_drain() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let app = Arc::new(App::new(DEFAULT_MESSAGE, &test_state()).with_observer(events_tx));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(vec![Listener::Tcp(listener)], app, async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let r = read_response(&mut conn, &mut buf).await;
+        assert!(!r.closes(), "{}", r.head);
+        wait_request(&mut events, "/").await;
+
+        stop_tx.send(()).expect("server still running");
+        // The drain has begun once the listener is gone (the test holds no other copy).
+        timeout(DEADLINE, async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the listener closes when the drain begins");
+
+        // The idle connection's next request, sent during the drain, is answered...
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let r = read_response(&mut conn, &mut buf).await;
+        assert_eq!(r.status(), "200");
+        // ... and told that the connection ends, which it then does.
+        assert!(r.closes(), "{}", r.head);
+        expect_eof(&mut conn).await;
+        drop(conn);
         timeout(DEADLINE, server).await.expect("serve returns once drained").expect("serve task");
     }
 }
