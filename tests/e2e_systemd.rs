@@ -345,11 +345,36 @@ fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
     let old_main = sb.prop(UNIT, "MainPID")?;
     let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, false), (ADMIN_PORT, true)])?;
     load.wait_ok(100)?;
+    // And a client that never retries (issue 14): wrk, keep-alive, across the restart. Its
+    // timeout outlasts the restart's hole (the app's boot), which requests wait out in the
+    // socket's backlog.
+    let wrk = Command::new("wrk")
+        .args(["-t1", "-c8", "-d5s", "--timeout", "10s"])
+        .arg(format!("http://127.0.0.1:{HTTP_PORT}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("wrk (apt-get install wrk; tests/real_apps/setup.sh does): {e}"))?;
+    std::thread::sleep(Duration::from_millis(1000)); // wrk's steady load before the restart
     let t0 = Instant::now();
     sb.systemctl(&["restart", UNIT])?;
     let took = t0.elapsed();
     load.wait_more_ok(100)?;
     let reports = load.stop();
+    let wrk = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
+    let wrk_out = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let wrk_requests = wrk_out.lines().find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.to_string()));
+    ensure!(
+        wrk.status.success() && wrk_requests.is_some(),
+        "wrk failed: {wrk_out}{}",
+        String::from_utf8_lossy(&wrk.stderr)
+    );
+    let wrk_errors: Vec<&str> =
+        wrk_out.lines().map(str::trim).filter(|l| l.starts_with("Socket errors") || l.starts_with("Non-2xx")).collect();
+    ensure!(
+        wrk_errors.is_empty(),
+        "wrk (never retries) saw errors across systemctl restart: {wrk_errors:?}\n{wrk_out}"
+    );
     let new_main = sb.prop(UNIT, "MainPID")?;
     ensure!(new_main != old_main, "MainPID did not change ({old_main})");
     let after = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
@@ -369,6 +394,10 @@ fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
         format!(
             "same sockets after restart: inode :{HTTP_PORT}={} (socket unit), :{ADMIN_PORT}={} (fd store)",
             inodes.0, inodes.1
+        ),
+        format!(
+            "wrk keep-alive across the restart: {} requests, 0 socket errors, 0 non-2xx",
+            wrk_requests.unwrap_or_default()
         ),
     ];
     check_no_failures(&reports, &mut notes)?;
