@@ -468,6 +468,79 @@ mod tests {
         assert!(line.contains("\"ok\":false") && line.contains("evicted"), "{line}");
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Status {}),
+                Just(Request::Reload {}),
+                Just(Request::Upgrade {}),
+                any::<usize>().prop_map(|count| Request::Scale { count }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// A line as the server reads it (at most MAX_REQUEST_BYTES + 1 bytes): never a
+            /// panic; an oversized one is refused with a reason; anything else is a request
+            /// or a reason why not.
+            #[test]
+            fn arbitrary_lines_never_panic(mut line in proptest::collection::vec(any::<u8>(), 0..MAX_REQUEST_BYTES + 2)) {
+                line.truncate(MAX_REQUEST_BYTES + 1);
+                match decode_request(&line) {
+                    Decoded::TooLong(why) => {
+                        prop_assert!(line.len() > MAX_REQUEST_BYTES && !line.ends_with(b"\n"));
+                        prop_assert!(why.contains("longer than"));
+                    }
+                    Decoded::Malformed(why) => prop_assert!(why.starts_with("malformed request")),
+                    Decoded::Request(_) => {}
+                }
+            }
+
+            /// Oversized input of any content is refused, never parsed.
+            #[test]
+            fn oversized_lines_are_refused(fill in any::<u8>().prop_filter("no newline", |b| *b != b'\n')) {
+                let line = vec![fill; MAX_REQUEST_BYTES + 1];
+                prop_assert!(matches!(decode_request(&line), Decoded::TooLong(_)));
+            }
+
+            /// Every request the client can send decodes to itself, with or without CR.
+            #[test]
+            fn every_request_round_trips(req in request(), crlf in any::<bool>()) {
+                let mut line = serde_json::to_vec(&req).expect("serialize");
+                line.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+                prop_assert_eq!(decode_request(&line), Decoded::Request(req));
+            }
+        }
+
+        #[tokio::test]
+        async fn an_oversized_line_gets_an_error_reply_from_the_server() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("control.sock");
+            let server = ControlServer::bind(&path).expect("bind");
+            let (tx, _rx) = mpsc::channel(4);
+            tokio::spawn(server.serve(tx));
+            for len in [MAX_REQUEST_BYTES + 1, 3 * MAX_REQUEST_BYTES] {
+                let line = roundtrip(&path, &vec![b'{'; len]).await;
+                let reply: Reply = serde_json::from_str(line.trim()).expect("a JSON reply");
+                assert_oversize_refused(&reply);
+            }
+        }
+
+        fn assert_oversize_refused(reply: &Reply) {
+            match reply {
+                Reply::Done(o) => {
+                    assert!(!o.ok);
+                    assert!(o.error.as_deref().unwrap_or("").contains("longer than"), "{o:?}");
+                }
+                other => panic!("not a final reply: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_live_control_socket_is_not_stolen() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");

@@ -329,6 +329,55 @@ mod tests {
         assert!(parse(b"hello").expect_err("no =").contains("malformed"));
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn no_control(s: &str) -> bool {
+            !s.chars().any(char::is_control)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Any bytes at all: no panic, and nothing that comes out (STATUS= text or the
+            /// reason of a rejection) carries a control character.
+            #[test]
+            fn arbitrary_bytes_never_panic_nor_leak_control_characters(payload in proptest::collection::vec(any::<u8>(), 0..MAX_DATAGRAM)) {
+                match parse(&payload) {
+                    Ok(messages) => {
+                        for m in messages {
+                            if let WorkerMessage::Status(text) = m {
+                                prop_assert!(no_control(&text), "{text:?}");
+                                prop_assert!(text.chars().count() <= 256);
+                            }
+                        }
+                    }
+                    Err(reason) => prop_assert!(no_control(&reason), "{reason:?}"),
+                }
+            }
+
+            /// Text-shaped payloads (the interesting case: valid UTF-8 with KEY=VALUE lines
+            /// and any characters, C0/C1 controls included, in the values).
+            #[test]
+            fn status_text_is_always_clean(
+                lines in proptest::collection::vec(("(STATUS|READY|WATCHDOG|X_[A-Z]{1,3})", any::<String>()), 0..8)
+            ) {
+                let payload: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                match parse(payload.as_bytes()) {
+                    Ok(messages) => {
+                        for m in messages {
+                            if let WorkerMessage::Status(text) = m {
+                                prop_assert!(no_control(&text), "{text:?}");
+                            }
+                        }
+                    }
+                    Err(reason) => prop_assert!(no_control(&reason), "{reason:?}"),
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn datagrams_carry_the_senders_pid() {
         let dir = tempfile::tempdir().expect("tempdir");
