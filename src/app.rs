@@ -333,8 +333,11 @@ pub fn status(a: StatusArgs) -> i32 {
 /// The human-readable `handover status` table.
 pub fn render_status(s: &Status) -> String {
     use std::fmt::Write as _;
+    // Worker text is cleaned where it is received; clean every string again here, so that
+    // nothing in a reply can drive the terminal.
+    let clean = crate::worker::readiness::strip_control_chars;
     let mut out = String::new();
-    let _ = writeln!(out, "{} (pid {}): {}: {}", s.name, s.pid, s.phase, s.summary);
+    let _ = writeln!(out, "{} (pid {}): {}: {}", clean(&s.name), s.pid, clean(&s.phase), clean(&s.summary));
     let _ = writeln!(
         out,
         "\n{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
@@ -344,7 +347,12 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(
             out,
             "{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
-            g.generation, g.role, g.wanted, g.ready, g.booting, g.draining
+            g.generation,
+            clean(&g.role),
+            g.wanted,
+            g.ready,
+            g.booting,
+            g.draining
         );
     }
     let _ = writeln!(
@@ -359,10 +367,10 @@ pub fn render_status(s: &Status) -> String {
             w.generation,
             w.slot,
             w.pid,
-            w.state,
+            clean(&w.state),
             w.since_secs,
             w.restarts,
-            w.status.as_deref().unwrap_or("")
+            clean(w.status.as_deref().unwrap_or(""))
         );
     }
     if !s.failing.is_empty() {
@@ -386,10 +394,10 @@ pub fn render_status(s: &Status) -> String {
     }
     let _ = writeln!(out, "\n{:<16} {:<8} ADDRESS", "SOCKET", "ORIGIN");
     for k in &s.sockets {
-        let _ = writeln!(out, "{:<16} {:<8} {}", k.name, k.origin, k.address);
+        let _ = writeln!(out, "{:<16} {:<8} {}", clean(&k.name), clean(&k.origin), clean(&k.address));
     }
     if let Some(last) = &s.last_reload {
-        let _ = writeln!(out, "\nlast reload: {last}");
+        let _ = writeln!(out, "\nlast reload: {}", clean(last));
     }
     out
 }

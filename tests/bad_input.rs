@@ -110,7 +110,7 @@ fn malformed_control_requests_get_errors_and_change_nothing() {
 #[test]
 fn notify_datagrams_from_strangers_and_garbage_change_nothing() {
     let d = Daemon::start(Options::default());
-    let notify = d.control.with_extension("notify");
+    let notify = handover::supervisor::worker_notify_path(&d.control);
     let s = UnixDatagram::unbound().unwrap();
     s.send_to(b"READY=1\nSTOPPING=1\nWATCHDOG=trigger\n", &notify).unwrap(); // from a non-worker
     s.send_to(b"\xff\xfe\xfd", &notify).unwrap();

@@ -30,7 +30,11 @@ fn a_worker_gets_its_own_pid_its_sockets_and_nothing_else() {
     let ignored = u64::from_str_radix(info["sig_ignored"].as_str().unwrap(), 16).unwrap();
     assert_eq!(ignored & !(1 << (libc::SIGPIPE - 1)), 0, "ignored signals leaked: {ignored:x}");
     let notify = info["notify_socket"].as_str().unwrap();
-    assert_eq!(notify, d.control.with_extension("notify").display().to_string(), "handover's own NOTIFY_SOCKET");
+    assert_eq!(
+        notify,
+        handover::supervisor::worker_notify_path(&d.control).display().to_string(),
+        "handover's own NOTIFY_SOCKET"
+    );
     let env = &info["env"];
     assert_eq!(env["HANDOVER_GENERATION"], "1");
     assert!(["0", "1", "2"].contains(&env["HANDOVER_WORKER_SLOT"].as_str().unwrap()));

@@ -338,6 +338,8 @@ impl RawConfig {
         let control_socket =
             control_socket_path(src.file, &name, self.control_socket.as_ref().map(|s| s.get_ref().as_str()), env)
                 .and_then(|p| check_socket_path(&p).map(|()| p))
+                // The workers' notify socket is derived from it: refuse a collision here.
+                .and_then(|p| crate::worker::readiness::check_control_socket_path(&p).map(|()| p))
                 .map_err(|why| src.maybe_at(socket_span, "control_socket", why))?;
 
         let pidfile = match &self.pidfile {

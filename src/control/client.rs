@@ -45,7 +45,14 @@ pub fn call(
     let protocol = |why: String| ClientError::Protocol { path: path.to_path_buf(), why };
     let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(|e| protocol(format!("write: {e}")))?;
+    if let Err(write_error) = stream.write_all(&line) {
+        // The daemon may have refused us with a reason and closed before reading: the
+        // reason is still in our receive buffer, and says more than "Broken pipe".
+        return match read_refusal(&stream) {
+            Some(outcome) => Ok(Some(outcome)),
+            None => Err(protocol(format!("write: {write_error}"))),
+        };
+    }
     if !wait {
         return Ok(None);
     }
@@ -73,5 +80,40 @@ pub fn call(
             Ok(Reply::Done(outcome)) => return Ok(Some(outcome)),
             Err(e) => return Err(protocol(format!("unreadable reply {:?}: {e}", buf.trim_end()))),
         }
+    }
+}
+
+/// The final reply already waiting on a connection whose write failed, if any.
+fn read_refusal(stream: &UnixStream) -> Option<Outcome> {
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    match serde_json::from_str::<Reply>(line.trim_end()) {
+        Ok(Reply::Done(outcome)) => Some(outcome),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_reported_with_its_reason_not_as_a_broken_pipe() {
+        // Whether the request is written before the server closes (then read as the reply)
+        // or after (EPIPE, then the reason is read from the receive buffer), the caller gets
+        // the reason.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.write_all(b"{\"ok\":false,\"error\":\"too many control clients\"}\n").expect("write");
+            // Closed without reading the request.
+        });
+        let request = Request::Scale { count: 1 };
+        let outcome = call(&path, &request, Some(Duration::from_secs(5)), true, |_| {}).expect("an answer");
+        server.join().expect("server");
+        assert_eq!(outcome.expect("outcome").error.as_deref(), Some("too many control clients"));
     }
 }

@@ -6,25 +6,49 @@
 //! SO_PEERCRED: root or our own uid only. Malformed or oversized requests get
 //! `{"ok":false,"error":…}` and change nothing; a client that disconnects mid-reload does not
 //! disturb the reload.
+//!
+//! # Limits: an administrator always gets through
+//! Every client may be hostile (any process of our uid can connect), so no client can hold
+//! a resource the next one needs:
+//! - at most [`MAX_CLIENTS`] connections; when a new one arrives and all are taken, the one
+//!   that has made no progress for the longest (no request read, no reply taken) is
+//!   **evicted**, unless it waits for a reload or scale it asked for. Only if every
+//!   connection waits for one is the newcomer refused;
+//! - one request in flight per connection: the next line is read only once the reply to
+//!   the last one was written, so pipelined requests wait in the kernel's socket buffer;
+//! - the output buffered for a connection is one request's replies (a reload's progress
+//!   lines and its result) plus the kernel's socket buffer; a reply line the client does not
+//!   take within [`WRITE_TIMEOUT`] drops the client;
+//! - a connection that sends no complete request within [`IDLE_TIMEOUT`] is closed.
+//!
+//! A client that is refused, evicted or timed out while idle gets one line saying why
+//! (`{"ok":false,"error":"…"}`) before the close, if its socket takes it within
+//! [`NOTICE_TIMEOUT`].
 pub mod client;
 pub mod proto;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use proto::{Outcome, Reply, Request, MAX_REQUEST_BYTES};
 
-/// How many clients may be connected at once; more are told to retry.
+/// How many clients may be connected at once; a newcomer evicts the idlest one.
 pub const MAX_CLIENTS: usize = 64;
-/// How long a client may take to send a request line.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may stay without sending a complete request.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may leave a reply line untaken before it is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the one-line reason for a refusal, eviction or idle close may take to write.
+pub const NOTICE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// A request handed to the supervisor, with the channel for its replies. The request is
 /// answered when the supervisor sends a [`Reply::Done`]; dropping the sender ends the
@@ -46,7 +70,8 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path` with mode 0600, creating its directory (0755) if missing and replacing
-    /// a stale socket file. Fails if another daemon listens there.
+    /// a stale socket file. Fails if another daemon listens there (on a stream or a datagram
+    /// socket) or if the path is not a socket.
     pub fn bind(path: &Path) -> io::Result<ControlServer> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -54,7 +79,7 @@ impl ControlServer {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
             }
         }
-        crate::sockets::remove_stale_unix_socket(path)?;
+        crate::worker::readiness::remove_stale_socket(path)?;
         // Bind with a restrictive umask-independent mode: bind, then chmod before anyone
         // could have been served (the listener is not polled until `serve`).
         let std_listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -70,7 +95,7 @@ impl ControlServer {
 
     /// Accepts clients forever, forwarding their requests to `commands`.
     pub async fn serve(self, commands: mpsc::Sender<Command>) {
-        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let clients = Clients::default();
         loop {
             let stream = match self.listener.accept().await {
                 Ok((s, _)) => s,
@@ -85,20 +110,28 @@ impl ControlServer {
                     continue;
                 }
             };
-            let commands = commands.clone();
-            let permit = slots.clone().try_acquire_owned();
-            tokio::spawn(async move {
-                match permit {
-                    Ok(_permit) => serve_client(stream, commands).await,
-                    Err(_) => {
-                        let _ = write_reply(
-                            &mut { stream },
-                            &Reply::Done(Outcome::error("too many control clients; try again")),
-                        )
-                        .await;
-                    }
+            match stream.peer_cred() {
+                Ok(cred) if peer_allowed(cred.uid()) => {}
+                Ok(cred) => {
+                    let why = format!("uid {} may not control this daemon", cred.uid());
+                    tokio::spawn(notice(stream, why));
+                    continue;
                 }
-            });
+                Err(_) => continue,
+            }
+            match clients.admit(Instant::now()) {
+                Ok((id, evicted)) => {
+                    let commands = commands.clone();
+                    let clients = clients.clone();
+                    tokio::spawn(async move {
+                        serve_client(stream, commands, &clients, id, evicted).await;
+                        clients.leave(id);
+                    });
+                }
+                Err(why) => {
+                    tokio::spawn(notice(stream, why));
+                }
+            }
         }
     }
 }
@@ -114,63 +147,224 @@ fn peer_allowed(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
-async fn serve_client(stream: UnixStream, commands: mpsc::Sender<Command>) {
-    match stream.peer_cred() {
-        Ok(cred) if peer_allowed(cred.uid()) => {}
-        Ok(cred) => {
-            let mut stream = stream;
-            let why = format!("uid {} may not control this daemon", cred.uid());
-            let _ = write_reply(&mut stream, &Reply::Done(Outcome::error(why))).await;
-            return;
-        }
-        Err(_) => return,
+/// Writes one `{"ok":false,"error":why}` line (if the socket takes it in time), then closes.
+async fn notice(mut stream: UnixStream, why: String) {
+    let _ = tokio::time::timeout(NOTICE_TIMEOUT, write_reply(&mut stream, &Reply::Done(Outcome::error(why)))).await;
+}
+
+/// Identifies one connection in [`Clients`].
+type ClientId = u64;
+
+/// The connected clients, for eviction.
+#[derive(Debug, Clone, Default)]
+struct Clients {
+    inner: Arc<Mutex<ClientTable>>,
+}
+
+#[derive(Debug, Default)]
+struct ClientTable {
+    next_id: ClientId,
+    slots: HashMap<ClientId, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// When a request was last read or a reply last taken (or the connection was made).
+    last_progress: Instant,
+    /// Waiting for a reload or scale it asked for: not evicted.
+    protected: bool,
+    /// Fired to evict the connection.
+    evict: Option<oneshot::Sender<()>>,
+}
+
+impl Clients {
+    fn table(&self) -> std::sync::MutexGuard<'_, ClientTable> {
+        // A panic elsewhere cannot leave the table inconsistent (every update is one
+        // statement), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut line = Vec::new();
-        let limit = (MAX_REQUEST_BYTES + 1) as u64;
-        let read = tokio::time::timeout(REQUEST_TIMEOUT, (&mut reader).take(limit).read_until(b'\n', &mut line)).await;
-        let n = match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) | Err(_) => return, // I/O error or idle too long
-        };
-        if n == 0 {
-            return; // client closed
-        }
-        if !line.ends_with(b"\n") && line.len() > MAX_REQUEST_BYTES {
-            let why = format!("request longer than {MAX_REQUEST_BYTES} bytes");
-            let _ = write_reply(&mut write, &Reply::Done(Outcome::error(why))).await;
-            return; // cannot find the next line boundary reliably
-        }
-        let request: Request = match serde_json::from_slice(trim_newline(&line)) {
-            Ok(r) => r,
-            Err(e) => {
-                let why = format!("malformed request: {e}");
-                if write_reply(&mut write, &Reply::Done(Outcome::error(why))).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        if commands.send(Command { request, replies: tx }).await.is_err() {
-            let _ = write_reply(&mut write, &Reply::Done(Outcome::error("the daemon is shutting down"))).await;
-            return;
-        }
-        loop {
-            let Some(reply) = rx.recv().await else {
-                let _ = write_reply(&mut write, &Reply::Done(Outcome::error("the daemon dropped the request"))).await;
-                return;
+
+    /// Makes room for a new client (evicting the idlest unprotected one if all slots are
+    /// taken) and registers it; returns its id and the receiver its eviction fires. Err: the
+    /// reason it is refused.
+    fn admit(&self, now: Instant) -> Result<(ClientId, oneshot::Receiver<()>), String> {
+        let mut t = self.table();
+        if t.slots.len() >= MAX_CLIENTS {
+            let victim =
+                t.slots.iter().filter(|(_, s)| !s.protected).min_by_key(|(_, s)| s.last_progress).map(|(id, _)| *id);
+            let Some(victim) = victim else {
+                return Err(format!(
+                    "too many control clients: all {MAX_CLIENTS} wait for a reload or scale; try again when it is done"
+                ));
             };
-            let last = matches!(reply, Reply::Done(_));
-            if write_reply(&mut write, &reply).await.is_err() {
-                return; // the client went away; the operation goes on without it
-            }
-            if last {
-                break;
+            if let Some(mut slot) = t.slots.remove(&victim) {
+                if let Some(evict) = slot.evict.take() {
+                    let _ = evict.send(());
+                }
             }
         }
+        let id = t.next_id;
+        t.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        t.slots.insert(id, Slot { last_progress: now, protected: false, evict: Some(tx) });
+        Ok((id, rx))
+    }
+
+    /// Records progress (a request read, a reply taken) and whether the client now waits
+    /// for a reload or scale.
+    fn progress(&self, id: ClientId, protected: bool) {
+        if let Some(slot) = self.table().slots.get_mut(&id) {
+            slot.last_progress = Instant::now();
+            slot.protected = protected;
+        }
+    }
+
+    fn leave(&self, id: ClientId) {
+        self.table().slots.remove(&id);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table().slots.len()
+    }
+}
+
+/// One client connection.
+struct Connection<'a> {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    clients: &'a Clients,
+    id: ClientId,
+    /// A reply line is partly written: no other line may follow it.
+    mid_line: bool,
+}
+
+/// How a connection's conversation ended.
+enum End {
+    /// Closed by the client, by an error, or after a reply it would not take.
+    Quiet,
+    /// Closed for sending nothing within [`IDLE_TIMEOUT`]: tell it why.
+    Idle,
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    commands: mpsc::Sender<Command>,
+    clients: &Clients,
+    id: ClientId,
+    mut evicted: oneshot::Receiver<()>,
+) {
+    let (read, write) = stream.into_split();
+    let mut conn = Connection { reader: BufReader::new(read), writer: write, clients, id, mid_line: false };
+    let why = tokio::select! {
+        Ok(()) = &mut evicted => format!(
+            "evicted: {MAX_CLIENTS} control clients were connected and this one had been idle the longest; reconnect"
+        ),
+        end = conn.converse(&commands) => match end {
+            End::Quiet => return,
+            End::Idle => format!("closed: no request within {}s", IDLE_TIMEOUT.as_secs()),
+        },
+    };
+    if !conn.mid_line {
+        let reply = Reply::Done(Outcome::error(why));
+        let _ = tokio::time::timeout(NOTICE_TIMEOUT, write_reply(&mut conn.writer, &reply)).await;
+    }
+}
+
+impl Connection<'_> {
+    async fn converse(&mut self, commands: &mpsc::Sender<Command>) -> End {
+        loop {
+            let mut line = Vec::new();
+            let limit = (MAX_REQUEST_BYTES + 1) as u64;
+            let read =
+                tokio::time::timeout(IDLE_TIMEOUT, (&mut self.reader).take(limit).read_until(b'\n', &mut line)).await;
+            let n = match read {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return End::Quiet,
+                Err(_) => return End::Idle,
+            };
+            if n == 0 {
+                return End::Quiet; // client closed
+            }
+            let request = match decode_request(&line) {
+                Decoded::Request(r) => r,
+                Decoded::TooLong(why) => {
+                    let _ = self.reply(&Reply::Done(Outcome::error(why))).await;
+                    return End::Quiet; // cannot find the next line boundary reliably
+                }
+                Decoded::Malformed(why) => {
+                    if self.reply(&Reply::Done(Outcome::error(why))).await.is_err() {
+                        return End::Quiet;
+                    }
+                    continue;
+                }
+            };
+            let waits_for_change = matches!(request, Request::Reload {} | Request::Scale { .. } | Request::Upgrade {});
+            self.clients.progress(self.id, waits_for_change);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            if commands.send(Command { request, replies: tx }).await.is_err() {
+                let _ = self.reply(&Reply::Done(Outcome::error("the daemon is shutting down"))).await;
+                return End::Quiet;
+            }
+            loop {
+                let Some(reply) = rx.recv().await else {
+                    let _ = self.reply(&Reply::Done(Outcome::error("the daemon dropped the request"))).await;
+                    return End::Quiet;
+                };
+                let last = matches!(reply, Reply::Done(_));
+                if last {
+                    // Answered: from now on only the client's reading holds the connection.
+                    self.clients.progress(self.id, false);
+                }
+                if self.reply(&reply).await.is_err() {
+                    return End::Quiet; // gone or not reading; the operation goes on without it
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Writes one reply line within [`WRITE_TIMEOUT`]; taking it counts as progress.
+    async fn reply(&mut self, reply: &Reply) -> io::Result<()> {
+        let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.mid_line = true;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&line)).await {
+            Ok(Ok(())) => {
+                self.mid_line = false;
+                let protected = matches!(reply, Reply::Progress { .. });
+                self.clients.progress(self.id, protected);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client does not read its replies")),
+        }
+    }
+}
+
+/// A request line, decoded.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    /// A valid request.
+    Request(Request),
+    /// Not a request (bad JSON, unknown command, extra fields): the reason.
+    Malformed(String),
+    /// Longer than [`MAX_REQUEST_BYTES`] without a newline: the reason. The connection is
+    /// closed after the reply, since the next line boundary is unknown.
+    TooLong(String),
+}
+
+/// Decodes one line as read by the server (at most `MAX_REQUEST_BYTES + 1` bytes, with its
+/// newline if one was found within them). Never panics, whatever the bytes.
+pub fn decode_request(line: &[u8]) -> Decoded {
+    if !line.ends_with(b"\n") && line.len() > MAX_REQUEST_BYTES {
+        return Decoded::TooLong(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+    }
+    match serde_json::from_slice(trim_newline(line)) {
+        Ok(r) => Decoded::Request(r),
+        Err(e) => Decoded::Malformed(format!("malformed request: {e}")),
     }
 }
 
@@ -223,6 +417,128 @@ mod tests {
         let line = roundtrip(&path, b"{\"cmd\":\"status\"}\n").await;
         assert_eq!(line.trim(), r#"{"ok":true,"message":"fine"}"#);
         answer.await.expect("supervisor side");
+    }
+
+    #[test]
+    fn a_newcomer_evicts_the_idlest_unprotected_client_and_is_refused_only_when_all_wait() {
+        let clients = Clients::default();
+        let t0 = Instant::now();
+        let mut receivers = Vec::new();
+        for i in 0..MAX_CLIENTS {
+            let (id, rx) = clients.admit(t0 + Duration::from_millis(i as u64)).expect("room");
+            receivers.push((id, rx));
+        }
+        // The oldest one waits for a reload: the second oldest goes instead.
+        clients.progress(receivers[0].0, true);
+        let (_, _newcomer) = clients.admit(Instant::now()).expect("evicts");
+        assert_eq!(clients.len(), MAX_CLIENTS);
+        assert!(receivers[0].1.try_recv().is_err(), "a client waiting for a reload stays");
+        assert!(receivers[1].1.try_recv().is_ok(), "the idlest one is evicted");
+        for (id, _) in &receivers[2..] {
+            clients.progress(*id, true);
+        }
+        // All but the newcomer are protected: the next newcomer evicts the previous one.
+        assert!(clients.admit(Instant::now()).is_ok());
+        let mut t = clients.table();
+        for slot in t.slots.values_mut() {
+            slot.protected = true;
+        }
+        drop(t);
+        let why = clients.admit(Instant::now()).expect_err("everyone waits for a reload");
+        assert!(why.contains("too many control clients"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn an_evicted_idle_client_is_told_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("control.sock");
+        let server = ControlServer::bind(&path).expect("bind");
+        let (tx, _rx) = mpsc::channel(4);
+        tokio::spawn(server.serve(tx));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CLIENTS + 1 {
+            idle.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        let mut reader = BufReader::new(idle.remove(0));
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+            .await
+            .expect("the reason in time")
+            .expect("read");
+        assert!(line.contains("\"ok\":false") && line.contains("evicted"), "{line}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn request() -> impl Strategy<Value = Request> {
+            prop_oneof![
+                Just(Request::Status {}),
+                Just(Request::Reload {}),
+                Just(Request::Upgrade {}),
+                any::<usize>().prop_map(|count| Request::Scale { count }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// A line as the server reads it (at most MAX_REQUEST_BYTES + 1 bytes): never a
+            /// panic; an oversized one is refused with a reason; anything else is a request
+            /// or a reason why not.
+            #[test]
+            fn arbitrary_lines_never_panic(mut line in proptest::collection::vec(any::<u8>(), 0..MAX_REQUEST_BYTES + 2)) {
+                line.truncate(MAX_REQUEST_BYTES + 1);
+                match decode_request(&line) {
+                    Decoded::TooLong(why) => {
+                        prop_assert!(line.len() > MAX_REQUEST_BYTES && !line.ends_with(b"\n"));
+                        prop_assert!(why.contains("longer than"));
+                    }
+                    Decoded::Malformed(why) => prop_assert!(why.starts_with("malformed request")),
+                    Decoded::Request(_) => {}
+                }
+            }
+
+            /// Oversized input of any content is refused, never parsed.
+            #[test]
+            fn oversized_lines_are_refused(fill in any::<u8>().prop_filter("no newline", |b| *b != b'\n')) {
+                let line = vec![fill; MAX_REQUEST_BYTES + 1];
+                prop_assert!(matches!(decode_request(&line), Decoded::TooLong(_)));
+            }
+
+            /// Every request the client can send decodes to itself, with or without CR.
+            #[test]
+            fn every_request_round_trips(req in request(), crlf in any::<bool>()) {
+                let mut line = serde_json::to_vec(&req).expect("serialize");
+                line.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+                prop_assert_eq!(decode_request(&line), Decoded::Request(req));
+            }
+        }
+
+        #[tokio::test]
+        async fn an_oversized_line_gets_an_error_reply_from_the_server() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("control.sock");
+            let server = ControlServer::bind(&path).expect("bind");
+            let (tx, _rx) = mpsc::channel(4);
+            tokio::spawn(server.serve(tx));
+            for len in [MAX_REQUEST_BYTES + 1, 3 * MAX_REQUEST_BYTES] {
+                let line = roundtrip(&path, &vec![b'{'; len]).await;
+                let reply: Reply = serde_json::from_str(line.trim()).expect("a JSON reply");
+                assert_oversize_refused(&reply);
+            }
+        }
+
+        fn assert_oversize_refused(reply: &Reply) {
+            match reply {
+                Reply::Done(o) => {
+                    assert!(!o.ok);
+                    assert!(o.error.as_deref().unwrap_or("").contains("longer than"), "{o:?}");
+                }
+                other => panic!("not a final reply: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod events;
 pub mod machine;
 pub mod memory;
 pub mod policy;
+pub mod rejects;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, LoadEnv};
@@ -38,10 +39,11 @@ use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
 use crate::systemd::{monotonic_usec, Notifier};
 use crate::worker::readiness::NotifyServer;
-use crate::worker::{self, Launcher};
+use crate::worker::{self, Launcher, WorkerProcess};
 
 use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
 use memory::MemorySource;
+use rejects::RejectTally;
 
 /// How often worker memory is sampled when some generation sets `max_memory`.
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -89,9 +91,10 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-/// The path of the workers' NOTIFY_SOCKET, next to the control socket.
+/// The path of the workers' NOTIFY_SOCKET, next to the control socket (see
+/// [`worker::readiness::notify_path_for`]).
 pub fn worker_notify_path(control_socket: &Path) -> PathBuf {
-    control_socket.with_extension("notify")
+    worker::readiness::notify_path_for(control_socket)
 }
 
 /// Runs the daemon until it has stopped; returns the process exit code.
@@ -129,6 +132,8 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         notifier,
         config_path,
         load_env,
+        processes: HashMap::new(),
+        rejects: RejectTally::default(),
         waiters: HashMap::new(),
         next_request: 1,
         last_status: String::new(),
@@ -157,6 +162,11 @@ struct Daemon {
     notifier: Notifier,
     config_path: PathBuf,
     load_env: LoadEnv,
+    /// Every spawned worker not reaped yet, by pid: the only way workers are signalled, so
+    /// a pid is never signalled once reaped (its handle, and pidfd, are gone by then).
+    processes: HashMap<machine::Pid, WorkerProcess>,
+    /// Dropped notify datagrams, logged as a summary at most once per interval.
+    rejects: RejectTally,
     /// Control requests waiting for their final reply. A sender whose client went away
     /// fails silently; the operation goes on.
     waiters: HashMap<RequestId, mpsc::UnboundedSender<Reply>>,
@@ -201,7 +211,20 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            // Armed only while dropped datagrams wait to be summarised.
+            let reject_summary_due = self.rejects.summary_due();
+            let reject_summary = async {
+                match reject_summary_due {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = reject_summary => {
+                    if let Some(line) = self.rejects.summary(Instant::now()) {
+                        logging::event(Level::Warn, "notify-rejected", line);
+                    }
+                }
                 sig = signals.recv() => match sig {
                     SignalEvent::Child => self.reap(&notify_server),
                     other => self.on_signal(other),
@@ -257,26 +280,40 @@ impl Daemon {
 
     /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left).
     ///
+    /// Each exited child is first only looked at (waitid with WNOWAIT): while it is an
+    /// unreaped zombie its pid, and so its process group id, cannot be reused, and that is
+    /// the moment to SIGKILL whatever the worker left in its group. Only then is it reaped
+    /// and its handle (pidfd) dropped; the machine's `KillGroup` for a reaped worker finds
+    /// no handle and sends nothing.
+    ///
     /// What a worker said just before it died (STOPPING=1, say) must be heard before its
-    /// exit, not afterwards as a stranger's. Once `waitpid` has returned a child, every
-    /// datagram it sent is in the notify socket's queue, so the queue is read after each
-    /// reaped child and before its exit is dispatched. (Reading it once per SIGCHLD is not
-    /// enough: a second child may send and exit between that read and its `waitpid`.)
+    /// exit, not afterwards as a stranger's. Once a child has exited, every datagram it sent
+    /// is in the notify socket's queue, so the queue is read after each child and before its
+    /// exit is dispatched. (Reading it once per SIGCHLD is not enough: a second child may
+    /// send and exit between that read and its reaping.)
     fn reap(&mut self, notify_server: &NotifyServer) {
         loop {
-            let exited = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, flags) {
+                Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
+                Ok(_) | Err(_) => return,
+            };
+            if let Some(process) = self.processes.get(&pid.as_raw()) {
+                process.kill_group();
+            }
+            let exited = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     let core = if core { ", core dumped" } else { "" };
                     (pid, format!("killed by {}{core}", sig.as_str()))
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
+                Ok(_) | Err(_) => return,
             };
             while let Ok(Some(d)) = notify_server.try_recv() {
                 self.on_datagram(Ok(d));
             }
             let (pid, status) = exited;
+            self.processes.remove(&pid.as_raw());
             self.dispatch(Event::Exited { pid: pid.as_raw(), status });
         }
     }
@@ -289,19 +326,38 @@ impl Daemon {
             Ok(Ok(d)) => {
                 // A worker's own pid needs no process-group lookup (a system call).
                 let pgid = if self.machine.is_worker_pid(d.pid) { None } else { worker::process_group_of(d.pid) };
+                // Only workers and the processes in their groups are heard; anyone else is
+                // counted here rather than logged per datagram (by the machine).
+                let known = |p: Option<machine::Pid>| p.is_some_and(|p| self.processes.contains_key(&p));
+                if !known(Some(d.pid)) && !known(pgid) {
+                    let reason = format!("pid {} is not a worker (nor in a worker's process group)", d.pid);
+                    let rejected = worker::readiness::Rejected {
+                        pid: Some(d.pid),
+                        kind: worker::readiness::RejectKind::UnknownSender,
+                        reason,
+                    };
+                    self.on_rejected(&rejected);
+                    return;
+                }
                 for message in d.messages {
                     self.dispatch(Event::Message { sender: d.pid, sender_pgid: pgid, message });
                 }
             }
-            Ok(Err(rejected)) => logging::record(&machine::LogRecord {
+            Ok(Err(rejected)) => self.on_rejected(&rejected),
+            Err(e) => logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}")),
+        }
+    }
+
+    fn on_rejected(&mut self, rejected: &worker::readiness::Rejected) {
+        if let Some(line) = self.rejects.note(rejected, Instant::now()) {
+            logging::record(&machine::LogRecord {
                 level: Level::Warn,
                 event: "notify-rejected",
-                message: format!("dropped a notify datagram: {}", rejected.reason),
+                message: line,
                 generation: None,
                 slot: None,
                 pid: rejected.pid,
-            }),
-            Err(e) => logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}")),
+            });
         }
     }
 
@@ -386,15 +442,27 @@ impl Daemon {
         for effect in effects {
             match effect {
                 Effect::Spawn(req) => match self.launcher.launch(&req, &self.sockets) {
-                    Ok(pid) => produced.push(Event::Spawned { worker: req.worker, pid }),
+                    Ok(process) => {
+                        let pid = process.pid();
+                        self.processes.insert(pid, process);
+                        produced.push(Event::Spawned { worker: req.worker, pid });
+                    }
                     Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
                 },
+                // A pid without a handle was reaped already: nothing to signal (and its
+                // group was killed before it was reaped, see `reap`).
                 Effect::Signal { pid, signal } => {
-                    if let Err(e) = worker::signal_process(pid, signal) {
-                        logging::event(Level::Warn, "signal-error", format!("signal {signal} to pid {pid}: {e}"));
+                    if let Some(process) = self.processes.get(&pid) {
+                        if let Err(e) = process.signal(signal) {
+                            logging::event(Level::Warn, "signal-error", format!("signal {signal} to pid {pid}: {e}"));
+                        }
                     }
                 }
-                Effect::KillGroup { pid } => worker::kill_process_group(pid),
+                Effect::KillGroup { pid } => {
+                    if let Some(process) = self.processes.get(&pid) {
+                        process.kill_group();
+                    }
+                }
                 Effect::Systemd(messages) => self.notify_systemd(&messages),
                 Effect::Reply { requester, reply } => {
                     let last = matches!(reply, Reply::Done(_));

@@ -3,12 +3,15 @@
 //!
 //! - [`spawn`]: the fenced fork/exec (the only `unsafe` process code).
 //! - [`readiness`]: handover's NOTIFY_SOCKET for workers.
+//! - [`WorkerProcess`]: a spawned worker's pidfd, through which it is signalled.
 //! - [`Launcher`]: turns a [`SpawnRequest`] into a [`spawn::SpawnSpec`] (environment,
 //!   sockets, working directory).
 pub mod readiness;
 pub mod spawn;
 
 use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::sockets::Sockets;
@@ -25,8 +28,9 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Spawns the worker described by `req` with the sockets of its generation's config.
-    pub fn launch(&self, req: &SpawnRequest, sockets: &Sockets) -> Result<Pid, String> {
+    /// Spawns the worker described by `req` with the sockets of its generation's config;
+    /// returns the handle to signal it through.
+    pub fn launch(&self, req: &SpawnRequest, sockets: &Sockets) -> Result<WorkerProcess, String> {
         let fds = sockets.fds_for(&req.config).map_err(|e| e.to_string())?;
         let names: Vec<&str> = fds.iter().map(|(n, _)| *n).collect();
         let protocol = [
@@ -44,34 +48,98 @@ impl Launcher {
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
             cwd: wc.working_directory.as_deref(),
         };
-        spawn::spawn(&spec).map_err(|e| e.to_string())
+        // The pidfd is taken here rather than in `spawn`: the child cannot be reaped before
+        // this returns (only the caller's event loop reaps), so the pid is still ours.
+        spawn::spawn(&spec).map(WorkerProcess::open).map_err(|e| e.to_string())
     }
 }
 
-/// Sends `signal` to the process `pid` (not its group). ESRCH (already gone) is fine.
-pub fn signal_process(pid: Pid, signal: i32) -> std::io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions; pid is one of our unreaped
-    // children (the supervisor forgets a pid only after reaping it), so it cannot have been
-    // reused by another process.
-    let r = unsafe { libc::kill(pid, signal) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            return Err(e);
+/// A spawned, not yet reaped worker, and the only way the supervisor signals it.
+///
+/// It holds a pidfd (pidfd_open(2), taken right after the spawn, while the child cannot have
+/// been reaped: only the supervisor's event loop reaps, and it is the caller). Signals go
+/// through the pidfd, so they reach this process or nobody: never a later process that
+/// reused the pid. On kernels without pidfds (before 5.3: ENOSYS) it falls back to kill(2),
+/// which is safe for the same reason as long as the handle is dropped when the worker is
+/// reaped, which the supervisor does (dropping closes the pidfd).
+#[derive(Debug)]
+pub struct WorkerProcess {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl WorkerProcess {
+    /// Takes a handle on our unreaped child `pid`.
+    pub fn open(pid: Pid) -> WorkerProcess {
+        WorkerProcess { pid, pidfd: pidfd_open(pid) }
+    }
+
+    /// Its pid (also its process group id).
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Whether signals go through a pidfd (false on kernels without pidfd_open).
+    pub fn has_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
+
+    /// Sends `signal` to the worker (not its group). A worker that has exited but is not
+    /// reaped yet is fine (ESRCH is ignored).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        let r = match &self.pidfd {
+            // SAFETY: pidfd_send_signal(2) with a pidfd we own, a null siginfo (the kernel
+            // fills in a SI_USER one, as kill does) and no flags; no memory is passed.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                )
+            },
+            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our unreaped child
+            // (the handle is dropped when it is reaped), so the pid cannot have been reused.
+            None => unsafe { libc::kill(self.pid, signal) as libc::c_long },
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// SIGKILLs the worker's process group (the worker and everything it forked that stayed
+    /// in its group), then the worker itself in case it left its group.
+    ///
+    /// Sound only while the worker is not reaped (which holding `&self` guarantees): an
+    /// unreaped worker, even a zombie, keeps its pid, so no other process can hold that pid
+    /// or lead a group with that id. This is why the supervisor kills a dead worker's group
+    /// before it reaps the worker (see `supervisor::Daemon::reap`), never after.
+    pub fn kill_group(&self) {
+        // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the
+        // group whose id is the worker's pid, created by `spawn` with setpgid, which cannot
+        // be another group while the worker is unreaped (see above). ESRCH (an empty group)
+        // is fine.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let _ = self.signal(libc::SIGKILL);
+    }
 }
 
-/// SIGKILLs the process group `pgid` (a worker and everything it forked); also the worker
-/// itself, in case it left its group.
-pub fn kill_process_group(pgid: Pid) {
-    // SAFETY: as in `signal_process`; a negative pid addresses the group whose id is the
-    // worker's pid, created by `spawn` with setpgid(0, 0).
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-        libc::kill(pgid, libc::SIGKILL);
+/// A pidfd for `pid`, or None where the kernel has none (ENOSYS) or refuses (then signals
+/// fall back to kill(2) before reaping, see [`WorkerProcess`]).
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags (0: the pidfd is close-on-exec by
+    // default) and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    if fd < 0 {
+        return None;
     }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The resident memory of a process group, in bytes: the sum of RSS over every process
@@ -100,4 +168,26 @@ pub fn group_rss_bytes(pgid: Pid) -> u64 {
 /// The process group of `pid`, if it still exists.
 pub fn process_group_of(pid: Pid) -> Option<Pid> {
     nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).ok().map(|p| p.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep")
+    }
+
+    #[test]
+    fn signals_go_through_the_pidfd_and_reach_the_worker() {
+        let mut child = sleeper();
+        let w = WorkerProcess::open(child.id() as Pid);
+        assert!(w.has_pidfd(), "this kernel has pidfd_open (5.3+)");
+        w.signal(libc::SIGTERM).expect("signal");
+        let status = child.wait().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Reaped: the pidfd still names the dead process, never a newcomer with its pid.
+        w.signal(libc::SIGTERM).expect("ESRCH is fine");
+    }
 }

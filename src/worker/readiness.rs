@@ -4,9 +4,29 @@
 //! Workers speak the sd_notify(3) protocol to it exactly as they would to systemd:
 //! `READY=1`, `STATUS=…`, `STOPPING=1`, `WATCHDOG=1`, `WATCHDOG=trigger`. Unknown keys are
 //! ignored, as systemd does. Datagrams without credentials, oversized or not UTF-8 are
-//! reported and dropped; nothing a worker sends can disturb the daemon.
+//! dropped (and counted by the supervisor, which logs a summary at most every
+//! `supervisor::REJECT_SUMMARY_INTERVAL`); nothing a worker sends can disturb the daemon.
+//!
+//! # Where it lives
+//! [`notify_path_for`]: the control socket's full path with `.notify` appended
+//! (`control.sock` → `control.sock.notify`). It cannot collide with another daemon's files:
+//! a second daemon's notify socket is its own control socket's path plus `.notify`, equal to
+//! ours only if the control sockets are the same path (which [`bind`](NotifyServer::bind)'s
+//! liveness check and the control socket's own refuse); a second daemon's control socket
+//! equal to our notify path would end in `.notify`, which the config check refuses
+//! ([`check_control_socket_path`]). (The former scheme replaced the extension, so `x.sock`
+//! and `x.ctl` shared `x.notify`.) A private directory would work as well but adds a second
+//! thing to create, own and clean up next to a directory the admin chose.
+//!
+//! # Mode
+//! 0600 after bind, whatever the umask: sending to a unix datagram socket needs write
+//! permission on its file, so only handover's own uid (which workers run as) and root can
+//! send. Were workers ever to run as another uid, the socket would have to be given to a
+//! group they are in with mode 0620; senders are authenticated by SCM_CREDENTIALS in any
+//! case.
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
@@ -27,12 +47,108 @@ pub struct Datagram {
     pub messages: Vec<WorkerMessage>,
 }
 
+/// What the file name of the workers' NOTIFY_SOCKET adds to the control socket's.
+pub const NOTIFY_SUFFIX: &str = ".notify";
+
+/// The longest path a unix socket address holds (sun_path without its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The workers' NOTIFY_SOCKET of the daemon whose control socket is `control_socket`: its
+/// full path with [`NOTIFY_SUFFIX`] appended (see the module doc for why).
+pub fn notify_path_for(control_socket: &Path) -> PathBuf {
+    let mut p = control_socket.as_os_str().to_owned();
+    p.push(NOTIFY_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// Refuses a `control_socket` that would collide with a daemon's notify socket (it ends in
+/// [`NOTIFY_SUFFIX`]) or whose notify socket path would not fit in a socket address.
+pub fn check_control_socket_path(control_socket: &Path) -> Result<(), String> {
+    if control_socket.as_os_str().as_encoded_bytes().ends_with(NOTIFY_SUFFIX.as_bytes()) {
+        return Err(format!(
+            "must not end in \"{NOTIFY_SUFFIX}\": such names are the workers' NOTIFY_SOCKETs \
+             (the control socket path + \"{NOTIFY_SUFFIX}\")"
+        ));
+    }
+    let notify = notify_path_for(control_socket);
+    let len = notify.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "is too long: the workers' NOTIFY_SOCKET {} would be {len} bytes, more than a unix \
+             socket path holds ({MAX_SOCKET_PATH})",
+            notify.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Removes `path` if it is a socket nobody listens on; refuses (AddrInUse) if something
+/// does, and (AlreadyExists) if it is not a socket. Checks with a datagram and then a stream
+/// connect, so a live socket of either type is recognised (a connect to a socket of the
+/// other type fails with EPROTOTYPE, which says nothing about whether it is live).
+pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; not removing it", path.display()),
+            ))
+        }
+        Ok(_) => {}
+    }
+    let in_use =
+        || io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", path.display()));
+    let datagram = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path));
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::ECONNREFUSED);
+    match datagram {
+        Ok(()) => Err(in_use()),
+        Err(e) if refused(&e) => std::fs::remove_file(path),
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(in_use()),
+            Err(e) if refused(&e) => std::fs::remove_file(path),
+            Err(e) => {
+                Err(io::Error::new(e.kind(), format!("{}: cannot tell whether it is in use: {e}", path.display())))
+            }
+        },
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: cannot tell whether it is in use: {e}", path.display()))),
+    }
+}
+
+/// Why a datagram was dropped, as counted in the supervisor's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectKind {
+    /// No SCM_CREDENTIALS (cannot happen with SO_PASSCRED; counted all the same).
+    NoCredentials,
+    /// Longer than [`MAX_DATAGRAM`].
+    Oversize,
+    /// Not UTF-8, or a line without `=`.
+    Malformed,
+    /// From a process that is not a worker nor in a worker's process group.
+    UnknownSender,
+}
+
+impl RejectKind {
+    /// How the summary names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RejectKind::NoCredentials => "without sender credentials",
+            RejectKind::Oversize => "oversized",
+            RejectKind::Malformed => "malformed",
+            RejectKind::UnknownSender => "from processes that are not workers",
+        }
+    }
+}
+
 /// A datagram that was dropped, and why (for the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// The sender, when known.
     pub pid: Option<i32>,
-    /// Why it was dropped.
+    /// The kind of rejection, for counting.
+    pub kind: RejectKind,
+    /// Why it was dropped, in words (free of control characters).
     pub reason: String,
 }
 
@@ -44,12 +160,11 @@ pub struct NotifyServer {
 }
 
 impl NotifyServer {
-    /// Binds the socket at `path` (replacing a stale file) with SO_PASSCRED, non-blocking.
+    /// Binds the socket at `path` with SO_PASSCRED, non-blocking, mode 0600. A stale
+    /// socket file there is replaced; a live one (another daemon's) is an AddrInUse error,
+    /// and anything that is not a socket is left alone (an error too).
     pub fn bind(path: &Path) -> io::Result<NotifyServer> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_stale_socket(path)?;
         let fd = socket::socket(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -57,6 +172,11 @@ impl NotifyServer {
             None,
         )?;
         socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+        // Bound under the umask; made 0600 before any worker exists to send to it.
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         socket::setsockopt(&fd, socket::sockopt::PassCred, &true)?;
         // SAFETY: `fd` is a socket we just created and own; AsyncFd takes ownership, so it is
         // registered with this reactor only and cannot be closed while registered.
@@ -125,17 +245,24 @@ fn receive(fd: &OwnedFd) -> io::Result<Result<Datagram, Rejected>> {
     let len = msg.bytes;
     let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
     let Some(pid) = pid else {
-        return Ok(Err(Rejected { pid: None, reason: "datagram without sender credentials".into() }));
+        let reason = "datagram without sender credentials".into();
+        return Ok(Err(Rejected { pid: None, kind: RejectKind::NoCredentials, reason }));
     };
     if truncated {
-        return Ok(Err(Rejected { pid: Some(pid), reason: format!("datagram longer than {MAX_DATAGRAM} bytes") }));
+        let reason = format!("datagram longer than {MAX_DATAGRAM} bytes");
+        return Ok(Err(Rejected { pid: Some(pid), kind: RejectKind::Oversize, reason }));
     }
-    Ok(parse(&buf[..len])
-        .map(|messages| Datagram { pid, messages })
-        .map_err(|reason| Rejected { pid: Some(pid), reason }))
+    Ok(parse(&buf[..len]).map(|messages| Datagram { pid, messages }).map_err(|reason| Rejected {
+        pid: Some(pid),
+        kind: RejectKind::Malformed,
+        reason,
+    }))
 }
 
 /// Parses a sd_notify payload: newline-separated `KEY=VALUE`, unknown keys ignored.
+/// `STATUS=` text is stripped of control characters ([`strip_control_chars`]) and cut to 256
+/// characters; an error's text quotes the payload escaped, so neither carries control
+/// characters.
 pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "datagram is not UTF-8".to_string())?;
     let mut out = Vec::new();
@@ -148,7 +275,7 @@ pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
             ("STOPPING", "1") => out.push(WorkerMessage::Stopping),
             ("WATCHDOG", "1") => out.push(WorkerMessage::Watchdog),
             ("WATCHDOG", "trigger") => out.push(WorkerMessage::WatchdogTrigger),
-            ("STATUS", s) => out.push(WorkerMessage::Status(s.chars().take(256).collect())),
+            ("STATUS", s) => out.push(WorkerMessage::Status(strip_control_chars(s).chars().take(256).collect())),
             _ => {} // MAINPID=, ERRNO=, X_*: meaningful to systemd only, or unknown.
         }
     }
@@ -157,6 +284,20 @@ pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
+}
+
+/// `text` without control characters (C0 including ESC, CR, LF and TAB; DEL; C1), so that
+/// text a worker chose cannot move a terminal's cursor, recolour it, or forge a line when it
+/// is shown by `handover status`, logged, or passed on to systemd's `STATUS=`.
+///
+/// Worker text is cleaned once, where the datagram is parsed ([`parse`]); renderers call
+/// this again as a second line of defence.
+pub fn strip_control_chars(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(text.chars().filter(|c| !c.is_control()).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
 }
 
 #[cfg(test)]
@@ -176,9 +317,65 @@ mod tests {
     }
 
     #[test]
+    fn status_text_loses_its_control_characters() {
+        let m = parse(b"STATUS=\x1b[31mred\x1b[0m\rforged\x7f\xc2\x9b2J\tend").expect("parse");
+        assert_eq!(m, vec![WorkerMessage::Status("[31mred[0mforged2Jend".into())]);
+        assert_eq!(strip_control_chars("plain text"), "plain text");
+    }
+
+    #[test]
     fn garbage_is_rejected_with_a_reason() {
         assert!(parse(b"\xff\xfe").expect_err("not UTF-8").contains("UTF-8"));
         assert!(parse(b"hello").expect_err("no =").contains("malformed"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn no_control(s: &str) -> bool {
+            !s.chars().any(char::is_control)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Any bytes at all: no panic, and nothing that comes out (STATUS= text or the
+            /// reason of a rejection) carries a control character.
+            #[test]
+            fn arbitrary_bytes_never_panic_nor_leak_control_characters(payload in proptest::collection::vec(any::<u8>(), 0..MAX_DATAGRAM)) {
+                match parse(&payload) {
+                    Ok(messages) => {
+                        for m in messages {
+                            if let WorkerMessage::Status(text) = m {
+                                prop_assert!(no_control(&text), "{text:?}");
+                                prop_assert!(text.chars().count() <= 256);
+                            }
+                        }
+                    }
+                    Err(reason) => prop_assert!(no_control(&reason), "{reason:?}"),
+                }
+            }
+
+            /// Text-shaped payloads (the interesting case: valid UTF-8 with KEY=VALUE lines
+            /// and any characters, C0/C1 controls included, in the values).
+            #[test]
+            fn status_text_is_always_clean(
+                lines in proptest::collection::vec(("(STATUS|READY|WATCHDOG|X_[A-Z]{1,3})", any::<String>()), 0..8)
+            ) {
+                let payload: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                match parse(payload.as_bytes()) {
+                    Ok(messages) => {
+                        for m in messages {
+                            if let WorkerMessage::Status(text) = m {
+                                prop_assert!(no_control(&text), "{text:?}");
+                            }
+                        }
+                    }
+                    Err(reason) => prop_assert!(no_control(&reason), "{reason:?}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]

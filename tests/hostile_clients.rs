@@ -1,0 +1,381 @@
+//! Hostile same-uid clients and workers (issue 7): control clients that never read or never
+//! send, a second daemon next to the first, notify floods, terminal escapes in `STATUS=`,
+//! signals to reaped workers. Against the real binary; each prints `numbers:` lines.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// More clients than the control socket has slots.
+const HOSTILE_CLIENTS: usize = 80;
+/// How long an administrator's command may take under attack before the test fails (a
+/// generous bound for a loaded CI machine; the figures printed are what it took).
+const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `handover ARGS -c CONFIG` within `ADMIN_DEADLINE`; returns (success, stderr, secs).
+fn admin(config: &Path, args: &[&str]) -> (bool, String, f64) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).arg("-c").arg(config);
+    let t = Instant::now();
+    let out = run_with_deadline(cmd, ADMIN_DEADLINE);
+    let stderr = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stderr, t.elapsed().as_secs_f64())
+}
+
+fn assert_admin_gets_through(d: &Daemon, what: &str) -> (f64, f64) {
+    let (ok, out, reload_secs) = admin(&d.config, &["reload"]);
+    assert!(ok, "{what}: handover reload failed after {reload_secs:.2}s: {out}\nlog:\n{}", d.log());
+    let (ok, out, status_secs) = admin(&d.config, &["status"]);
+    assert!(ok, "{what}: handover status failed after {status_secs:.2}s: {out}");
+    assert!(out.contains("running"), "{what}: status shows the daemon: {out}");
+    (reload_secs, status_secs)
+}
+
+#[test]
+fn pipelining_clients_that_never_read_cannot_lock_out_reload_and_status() {
+    let _x = exclusive();
+    let d = Daemon::start(Options::default());
+    let request = b"{\"cmd\":\"status\"}\n".repeat(4096);
+    let mut clients = Vec::new();
+    let mut pipelined = 0usize;
+    for _ in 0..HOSTILE_CLIENTS {
+        let mut s = UnixStream::connect(&d.control).unwrap();
+        s.set_nonblocking(true).unwrap();
+        // As many requests as the socket takes without blocking; never a read.
+        loop {
+            match s.write(&request) {
+                Ok(n) if n > 0 && pipelined < 64 << 20 => pipelined += n,
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => break, // evicted already
+            }
+        }
+        clients.push(s);
+    }
+    let (reload_secs, status_secs) = assert_admin_gets_through(&d, "pipelining clients");
+    println!(
+        "numbers: control pipelining-never-reading clients={HOSTILE_CLIENTS} pipelined_bytes={pipelined} \
+         reload_secs={reload_secs:.3} status_secs={status_secs:.3}"
+    );
+    assert_eq!(http_get(d.addr, "/").0, 200);
+    drop(clients);
+}
+
+#[test]
+fn idle_clients_cannot_lock_out_reload_and_status_and_the_evicted_are_told_why() {
+    let _x = exclusive();
+    let d = Daemon::start(Options::default());
+    let clients: Vec<UnixStream> = (0..HOSTILE_CLIENTS).map(|_| UnixStream::connect(&d.control).unwrap()).collect();
+    let (reload_secs, status_secs) = assert_admin_gets_through(&d, "idle clients");
+    println!(
+        "numbers: control idle clients={HOSTILE_CLIENTS} reload_secs={reload_secs:.3} status_secs={status_secs:.3}"
+    );
+    // The oldest idle client was evicted to make room, with a one-line reason.
+    let first = &clients[0];
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    BufReader::new(first).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(v["ok"], false, "{line}");
+    assert!(v["error"].as_str().unwrap_or("").contains("evicted"), "{line}");
+}
+
+/// Starts a second daemon whose config is `cfg`, with its own emulated systemd notify
+/// socket; returns it once it sent READY=1.
+fn start_second_daemon(dir: &Path, cfg: &Path) -> KillOnDrop {
+    let notify_path = dir.join("second-systemd-notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let log = std::fs::File::create(dir.join("second.log")).unwrap();
+    let child = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+            panic!("second daemon not ready: {e}; log:\n{}", std::fs::read_to_string(dir.join("second.log")).unwrap())
+        });
+        if buf[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") {
+            return child;
+        }
+    }
+}
+
+#[test]
+fn two_daemons_whose_control_sockets_differ_only_in_extension_both_reload() {
+    let _x = exclusive();
+    let a = Daemon::start(Options::default());
+    let dir = a.dir.path();
+    // The second daemon: control socket control.ctl next to the first's control.sock.
+    let addr_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg_b = dir.join("second.toml");
+    let text = config_text(dir, &Options::default(), Some(addr_b)).replace("control.sock", "control.ctl");
+    std::fs::write(&cfg_b, text).unwrap();
+    let _b = start_second_daemon(dir, &cfg_b);
+    let notify_a = handover::supervisor::worker_notify_path(&a.control);
+    let notify_b = handover::supervisor::worker_notify_path(&dir.join("control.ctl"));
+    assert_ne!(notify_a, notify_b);
+    let (ok, out, secs_a) = admin(&a.config, &["reload"]);
+    assert!(ok, "the first daemon's reload after {secs_a:.2}s: {out}\nlog:\n{}", a.log());
+    let (ok, out, secs_b) = admin(&cfg_b, &["reload"]);
+    assert!(ok, "the second daemon's reload after {secs_b:.2}s: {out}");
+    println!("numbers: notify two-daemons first_reload_secs={secs_a:.3} second_reload_secs={secs_b:.3}");
+    // Explicit mode, whatever the umask.
+    for p in [&notify_a, &notify_b] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+}
+
+#[test]
+fn a_live_notify_socket_is_never_stolen_and_a_colliding_control_socket_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("app.sock");
+    let squatter_path = handover::supervisor::worker_notify_path(&control);
+    let squatter = UnixDatagram::bind(&squatter_path).unwrap();
+    let cfg = dir.path().join("app.toml");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = config_text(dir.path(), &Options::default(), Some(addr)).replace("control.sock", "app.sock");
+    std::fs::write(&cfg, &text).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "-c"]).arg(&cfg).env_remove("NOTIFY_SOCKET").env_remove("LISTEN_FDS");
+    let out = run_with_deadline(cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a live notify socket must stop the start: {stderr}");
+    assert!(stderr.contains("in use"), "says why: {stderr}");
+    // The squatter still owns its socket.
+    let probe = UnixDatagram::unbound().unwrap();
+    probe.send_to(b"still mine", &squatter_path).expect("the live socket was left alone");
+    let mut buf = [0u8; 32];
+    squatter.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = squatter.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still mine");
+
+    // A control socket that is another daemon's notify socket name: refused by check.
+    std::fs::write(&cfg, text.replace("app.sock", "other.sock.notify")).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["check", "-c"]).arg(&cfg);
+    let out = run_with_deadline(cmd, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("control_socket") && stderr.contains(".notify"), "{stderr}");
+}
+
+#[test]
+fn a_notify_flood_from_a_stranger_is_summarised_and_the_daemon_still_reloads() {
+    let _x = exclusive();
+    let d = Daemon::start(Options::default());
+    let notify = handover::supervisor::worker_notify_path(&d.control);
+    let s = UnixDatagram::unbound().unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    const FLOOD: usize = 100_000;
+    let t = Instant::now();
+    for i in 0..FLOOD {
+        s.send_to(b"READY=1\nSTATUS=not a worker", &notify).unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+    }
+    let flood_secs = t.elapsed().as_secs_f64();
+    let (ok, out, reload_secs) = admin(&d.config, &["reload"]);
+    assert!(ok, "reload after the flood: {out}");
+    // One line at once, then one summary once the interval is over (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains("more notify datagrams") {
+        assert!(Instant::now() < deadline, "no summary of the flood:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log();
+    let lines = log.lines().filter(|l| l.contains("notify datagram") || l.contains("not a worker")).count();
+    println!("numbers: notify flood datagrams={FLOOD} send_secs={flood_secs:.2} log_lines={lines} reload_secs={reload_secs:.3}");
+    assert!(lines <= 3, "{lines} log lines for the flood:\n{log}");
+    assert!(log.contains(&format!("{} more notify datagrams", FLOOD - 1)), "the count is reported:\n{log}");
+}
+
+/// Sends `payload` to `notify` from a new process in the process group `pgid` (a worker's:
+/// it counts as that worker), as a worker's child would.
+fn send_from_group(pgid: i32, notify: &Path, payload: &[u8]) {
+    // Everything the child needs is prepared before fork.
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = notify.as_os_str().as_encoded_bytes();
+    assert!(path.len() < addr.sun_path.len());
+    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    let payload = payload.to_vec();
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: the closure only makes async-signal-safe calls (setpgid, socket, sendto, close)
+    // on memory prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, pgid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::sendto(
+                fd,
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            libc::close(fd);
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().expect("sender ran");
+    assert!(status.success());
+}
+
+#[test]
+fn control_characters_in_a_workers_status_text_never_reach_the_terminal() {
+    let d = Daemon::start(Options::default());
+    let pid = d.worker_pids(1, "ready")[0];
+    let notify = handover::supervisor::worker_notify_path(&d.control);
+    send_from_group(pid, &notify, b"STATUS=\x1b[2J\x1b[31mevil\rforged\x07\x7f\xc2\x9bdone\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let v = d.status();
+        let w = v["workers"].as_array().unwrap().iter().find(|w| w["pid"] == pid).cloned().unwrap();
+        if let Some(t) = w["status"].as_str() {
+            break t.to_string();
+        }
+        assert!(Instant::now() < deadline, "STATUS= never arrived: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(text, "[2J[31mevilforgeddone");
+    let out = d.cli(&["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("evilforgeddone"), "{table}");
+    assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+    let systemd_status: Vec<String> =
+        d.notify.all().iter().filter_map(|n| n.get("STATUS").map(str::to_string)).collect();
+    assert!(systemd_status.iter().all(|s| !s.chars().any(char::is_control)), "{systemd_status:?}");
+}
+
+/// The open fds of `pid`.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn the_masters_fd_count_is_stable_across_many_worker_replacements() {
+    let _x = exclusive();
+    let d = Daemon::start(Options::default());
+    assert!(d.cli(&["reload"]).status.success());
+    let before = fd_count(d.pid());
+    const RELOADS: usize = 10;
+    for i in 0..RELOADS {
+        let out = d.cli(&["reload"]);
+        assert!(out.status.success(), "reload {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The replaced workers are reaped once they have drained: wait for that.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.status()["workers"].as_array().unwrap().len() != 3 {
+        assert!(Instant::now() < deadline, "old workers not reaped: {}", d.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = fd_count(d.pid());
+    println!("numbers: fds master before={before} after={after} worker_replacements={}", RELOADS * 3);
+    assert_eq!(before, after, "the master's fds grew over {RELOADS} reloads");
+}
+
+/// `strace`, if installed (CI installs it; see .ci/run).
+fn strace() -> Option<PathBuf> {
+    ["/usr/bin/strace", "/bin/strace"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+#[test]
+fn a_reaped_worker_is_never_signalled() {
+    let Some(strace) = strace() else {
+        panic!("strace is needed to watch the master's signals (apt-get install strace)");
+    };
+    let _x = exclusive();
+    let d = Daemon::start(Options::default());
+    let trace = d.dir.path().join("strace.log");
+    let mut tracer = Command::new(strace)
+        .args(["-e", "trace=kill,pidfd_send_signal,wait4,waitid", "-o"])
+        .arg(&trace)
+        .args(["-p", &d.pid().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says "Process N attached" on stderr once it traces the master.
+    let stderr = tracer.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("attached") => break,
+            Ok(_) => continue,
+            Err(e) => panic!("strace did not attach: {e}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victims = d.worker_pids(1, "ready");
+    for &pid in &victims {
+        // SAFETY: a worker this test's daemon started; the master reaps it.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(d.cli(&["reload"]).status.success());
+    while d.status()["workers"].as_array().unwrap().len() != 3 {
+        assert!(Instant::now() < deadline, "workers not replaced: {}", d.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: our own strace child.
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let _ = tracer.wait();
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let mut reaped = std::collections::BTreeSet::new();
+    let mut offences = Vec::new();
+    for line in log.lines() {
+        if line.starts_with("wait4(") {
+            if let Some(pid) =
+                line.rsplit("= ").next().and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse::<i32>().ok())
+            {
+                if pid > 0 {
+                    reaped.insert(pid);
+                }
+            }
+        } else if let Some(args) = line.strip_prefix("kill(") {
+            let target = args.split(',').next().and_then(|p| p.trim().parse::<i32>().ok()).unwrap_or(0);
+            if reaped.contains(&target.abs()) {
+                offences.push(line.to_string());
+            }
+        }
+    }
+    println!("numbers: signals reaped={} kill_after_reap={}", reaped.len(), offences.len());
+    assert!(reaped.len() >= victims.len(), "the trace saw the reaping:\n{log}");
+    assert!(offences.is_empty(), "signals to reaped pids: {offences:#?}\n{log}");
+}
