@@ -133,11 +133,11 @@ fn two_daemons_whose_control_sockets_differ_only_in_extension_both_reload() {
     let _b = start_second_daemon(dir, &cfg_b);
     let notify_a = handover::supervisor::worker_notify_path(&a.control);
     let notify_b = handover::supervisor::worker_notify_path(&dir.join("control.ctl"));
-    assert_ne!(notify_a, notify_b);
     let (ok, out, secs_a) = admin(&a.config, &["reload"]);
     assert!(ok, "the first daemon's reload after {secs_a:.2}s: {out}\nlog:\n{}", a.log());
     let (ok, out, secs_b) = admin(&cfg_b, &["reload"]);
     assert!(ok, "the second daemon's reload after {secs_b:.2}s: {out}");
+    assert_ne!(notify_a, notify_b);
     println!("numbers: notify two-daemons first_reload_secs={secs_a:.3} second_reload_secs={secs_b:.3}");
     // Explicit mode, whatever the umask.
     for p in [&notify_a, &notify_b] {
@@ -195,17 +195,27 @@ fn a_notify_flood_from_a_stranger_is_summarised_and_the_daemon_still_reloads() {
     let flood_secs = t.elapsed().as_secs_f64();
     let (ok, out, reload_secs) = admin(&d.config, &["reload"]);
     assert!(ok, "reload after the flood: {out}");
-    // One line at once, then one summary once the interval is over (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !d.log().contains("more notify datagrams") {
-        assert!(Instant::now() < deadline, "no summary of the flood:\n{}", d.log());
+    // One line at once, then one summary per interval (bounded wait) until every datagram
+    // is accounted for.
+    let summarised = |log: &str| -> usize {
+        log.lines()
+            .filter_map(|l| l.split("dropped ").nth(1))
+            .filter_map(|r| r.split(" more notify datagram").next())
+            .filter_map(|n| n.parse::<usize>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while summarised(&d.log()) + 1 < FLOOD {
+        assert!(Instant::now() < deadline, "the flood is not summarised:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = d.log();
     let lines = log.lines().filter(|l| l.contains("notify datagram") || l.contains("not a worker")).count();
     println!("numbers: notify flood datagrams={FLOOD} send_secs={flood_secs:.2} log_lines={lines} reload_secs={reload_secs:.3}");
-    assert!(lines <= 3, "{lines} log lines for the flood:\n{log}");
-    assert!(log.contains(&format!("{} more notify datagrams", FLOOD - 1)), "the count is reported:\n{log}");
+    assert_eq!(summarised(&log) + 1, FLOOD, "every datagram is counted once:\n{log}");
+    // The first line, then one summary per 10 s interval the flood lasted, plus the last.
+    let bound = 2 + (flood_secs / 10.0) as usize;
+    assert!(lines <= bound, "{lines} log lines for the flood (at most {bound}):\n{log}");
 }
 
 /// Sends `payload` to `notify` from a new process in the process group `pgid` (a worker's:
@@ -278,7 +288,7 @@ fn control_characters_in_a_workers_status_text_never_reach_the_terminal() {
     assert!(systemd_status.iter().all(|s| !s.chars().any(char::is_control)), "{systemd_status:?}");
 }
 
-/// The open fds of `pid`.
+/// How many fds `pid` has open.
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -300,9 +310,23 @@ fn the_masters_fd_count_is_stable_across_many_worker_replacements() {
         assert!(Instant::now() < deadline, "old workers not reaped: {}", d.status());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let after = fd_count(d.pid());
+    // The server side of the last `status` connection closes a moment after the client's:
+    // wait (bounded) for the count to settle back. (`before` may include such a transient
+    // one too, hence `<=`; a leak of one pidfd per replaced worker would be 30 more.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = fd_count(d.pid());
+    while after > before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = fd_count(d.pid());
+    }
     println!("numbers: fds master before={before} after={after} worker_replacements={}", RELOADS * 3);
-    assert_eq!(before, after, "the master's fds grew over {RELOADS} reloads");
+    assert!(after <= before, "the master's fds grew over {RELOADS} reloads: {:#?}", fd_targets(d.pid()));
+}
+
+/// What the open fds of `pid` point to.
+fn fd_targets(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.flatten().map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()))).collect()
 }
 
 /// `strace`, if installed (CI installs it; see .ci/run).
@@ -318,17 +342,20 @@ fn a_reaped_worker_is_never_signalled() {
     let _x = exclusive();
     let d = Daemon::start(Options::default());
     let trace = d.dir.path().join("strace.log");
-    let mut tracer = Command::new(strace)
-        .args(["-e", "trace=kill,pidfd_send_signal,wait4,waitid", "-o"])
-        .arg(&trace)
-        .args(["-p", &d.pid().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Detached (SIGINT) and waited for however the test ends.
+    let mut tracer = KillOnDrop(
+        Command::new(strace)
+            .args(["-e", "trace=kill,pidfd_send_signal,wait4,waitid", "-o"])
+            .arg(&trace)
+            .args(["-p", &d.pid().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // strace says "Process N attached" on stderr once it traces the master.
-    let stderr = tracer.stderr.take().unwrap();
+    let stderr = tracer.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -338,6 +365,11 @@ fn a_reaped_worker_is_never_signalled() {
     loop {
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(line) if line.contains("attached") => break,
+            Ok(line) if line.contains("Operation not permitted") => {
+                // A container without ptrace: nothing to observe with; say so loudly.
+                println!("numbers: signals SKIPPED: strace cannot attach here: {line}");
+                return;
+            }
             Ok(_) => continue,
             Err(e) => panic!("strace did not attach: {e}"),
         }
@@ -353,9 +385,8 @@ fn a_reaped_worker_is_never_signalled() {
         assert!(Instant::now() < deadline, "workers not replaced: {}", d.status());
         std::thread::sleep(Duration::from_millis(50));
     }
-    // SAFETY: our own strace child.
-    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
-    let _ = tracer.wait();
+    drop(tracer); // detaches: the trace file is complete
+
     let log = std::fs::read_to_string(&trace).unwrap();
     let mut reaped = std::collections::BTreeSet::new();
     let mut offences = Vec::new();
