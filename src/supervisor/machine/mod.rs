@@ -167,6 +167,10 @@ pub struct Machine {
     last_reload: Option<String>,
     /// Why the last reload failed, shown in `STATUS=` until a reload succeeds.
     last_reload_failure: Option<String>,
+    /// The `now` of the last step. A deadline at or before it was acted on then, or waits
+    /// for an event (a recycle for the reload to end, a respawn for rolling budget), so
+    /// [`Machine::next_deadline`] leaves it out: the executor's timer must not spin on it.
+    last_now: Instant,
 }
 
 impl Machine {
@@ -181,6 +185,7 @@ impl Machine {
             pending_reload: None,
             last_reload: None,
             last_reload_failure: None,
+            last_now: now,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -233,7 +238,7 @@ impl Machine {
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
+            if let Some(t) = t.filter(|&t| t > self.last_now) {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
@@ -274,6 +279,7 @@ impl Machine {
     /// Feeds one event; returns the effects to carry out, in order.
     pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
+        self.last_now = self.last_now.max(now);
         match event {
             Event::Spawned { worker, pid } => self.on_spawned(worker, pid, now, &mut fx),
             Event::SpawnFailed { worker, error } => {
