@@ -538,4 +538,6 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;

@@ -476,6 +476,30 @@ fn max_lifetime_recycles_a_worker_only_once_its_successor_is_ready() {
 }
 
 #[test]
+fn a_recycle_waiting_for_its_successor_leaves_no_deadline_in_the_past() {
+    // Found by prop_tests: the old worker's recycle_at stayed the next deadline while its
+    // successor booted, so the executor's timer fired at once, again and again (a busy
+    // loop for up to boot_timeout). Likewise during a reload, when recycling waits.
+    let mut cfg = config(1, Strategy::AllAtOnce, 1);
+    cfg.workers.max_lifetime = Some(Duration::from_secs(100));
+    let mut sim = Sim::new(cfg.clone());
+    sim.ready_all(1);
+    sim.run_timer(); // the successor is spawned and boots
+    assert_eq!(sim.pids_of(1).len(), 2);
+    let next = sim.m.next_deadline().expect("the successor's boot_timeout");
+    assert_eq!(next, sim.now + cfg.workers.boot_timeout);
+
+    cfg.workers.boot_timeout = Duration::from_secs(200);
+    let mut sim = Sim::new(cfg.clone());
+    sim.ready_all(1);
+    sim.reload(cfg.clone(), None);
+    sim.advance(Duration::from_secs(111)); // past max_lifetime + jitter; the candidate boots
+    assert_eq!(sim.pids_of(1).len(), 1, "no recycling during a reload");
+    let next = sim.m.next_deadline().expect("the candidate's boot_timeout");
+    assert!(next > sim.now, "a deadline {:?} in the past", sim.now - next);
+}
+
+#[test]
 fn max_memory_recycles_a_worker_over_the_limit() {
     let mut cfg = config(2, Strategy::AllAtOnce, 1);
     cfg.workers.max_memory = Some(100 << 20);

@@ -215,9 +215,10 @@ impl Workers {
         self.indexes.counts.contains_key(&generation)
     }
 
-    /// The earliest worker deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.indexes.deadlines.first().map(|&(t, _)| t)
+    /// The earliest worker deadline later than `after`.
+    pub fn next_deadline_after(&self, after: Instant) -> Option<Instant> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.indexes.deadlines.range((Excluded((after, WorkerId(u64::MAX))), Unbounded)).next().map(|&(t, _)| t)
     }
 
     /// Workers whose deadline is at or before `now`, in id order.
@@ -341,9 +342,10 @@ impl Slots {
         self.vacant.iter().copied()
     }
 
-    /// The earliest backoff deadline of a vacant slot.
-    pub fn next_backoff(&self) -> Option<Instant> {
-        self.backoff.first().map(|&(t, _)| t)
+    /// The earliest backoff deadline of a vacant slot later than `after`.
+    pub fn next_backoff_after(&self, after: Instant) -> Option<Instant> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.backoff.range((Excluded((after, usize::MAX)), Unbounded)).next().map(|&(t, _)| t)
     }
 
     /// Recomputes the indexes and compares (for the invariant checks).

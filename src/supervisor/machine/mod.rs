@@ -254,6 +254,10 @@ pub struct Machine {
     failure_counted: bool,
     /// Where a worker's output goes, for messages about failed workers.
     worker_output: WorkerOutput,
+    /// The `now` of the last step. A deadline at or before it was acted on then, or waits
+    /// for an event (a recycle for the reload to end, a respawn for rolling budget), so
+    /// [`Machine::next_deadline`] leaves it out: the executor's timer must not spin on it.
+    last_now: Instant,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -286,6 +290,7 @@ impl Machine {
             worker_output: WorkerOutput::default(),
             #[cfg(any(debug_assertions, test))]
             invariant_checks: true,
+            last_now: now,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -354,10 +359,11 @@ impl Machine {
 
     /// The earliest instant at which [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut next = self.workers.next_deadline();
+        // Deadlines at or before the last step were acted on then, or wait for an event.
+        let mut next = self.workers.next_deadline_after(self.last_now);
         if !matches!(self.phase, Phase::Stopping { .. }) {
             for g in self.generations.values() {
-                if let Some(t) = g.slots.next_backoff() {
+                if let Some(t) = g.slots.next_backoff_after(self.last_now) {
                     next = Some(next.map_or(t, |n| n.min(t)));
                 }
             }
@@ -368,6 +374,7 @@ impl Machine {
     /// Feeds one event; returns the effects to carry out, in order.
     pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
+        self.last_now = self.last_now.max(now);
         match event {
             Event::Spawned { worker, pid } => self.on_spawned(worker, pid, now, &mut fx),
             Event::SpawnFailed { worker, error } => {
