@@ -18,8 +18,9 @@
 //! --soak MINUTES     scenario 8 (not run otherwise): the soak with faults, this long
 //!                    (10 is the reference figure; 1 for a smoke run)
 //! scale              only the scaling scenario (issue 13): 64 / 512 / 1,024 / 4,096 demo
-//!                    workers booting in 0.1 s; writes scale.json and scale.md (at most 20
-//!                    minutes; about 5 in practice)
+//!                    workers booting in 0.1 s; writes scale.json and scale.md, with
+//!                    --publish also the table in docs/benchmarks.md (at most 20 minutes;
+//!                    about 6 in practice)
 //! --sizes 64,512     scale: the worker counts (default 64,512,1024,4096)
 //! --memory-up-to N   scale: measure the idle cost of max_memory only up to N workers
 //! ```
@@ -211,8 +212,11 @@ fn main() {
         std::process::exit(3);
     });
     let started = Instant::now();
-    let outcome =
-        if opts.scale { scale::run(&opts.sizes, opts.memory_up_to, &opts.out).map(|_| 0) } else { run(&opts) };
+    let outcome = if opts.scale {
+        scale::run(&opts.sizes, opts.memory_up_to, &opts.out, opts.publish).map(|_| 0)
+    } else {
+        run(&opts)
+    };
     let code = match outcome {
         Ok(code) => code,
         Err(e) => {
