@@ -388,11 +388,17 @@ fn run(opts: &Options) -> Result<i32> {
         std::fs::create_dir_all(&opts.out)?;
         std::fs::write(opts.out.join("soak.json"), serde_json::to_string_pretty(s)?)?;
         std::fs::write(opts.out.join("soak.md"), format!("{}\n", s.line()))?;
-        results.checks.extend(soak_checks(s));
+        let checks = soak_checks(s);
+        if opts.publish {
+            soak::publish(s, &checks)?;
+        }
+        results.checks.extend(checks);
     }
     // --quick gates on failed requests only; a full run on every check.
     let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
-    report::write(&results, opts)?;
+    // A soak alone publishes only its own section, not an empty results page.
+    let page_opts = Options { publish: opts.publish && !opts.only.is_empty(), ..opts.clone() };
+    report::write(&results, &page_opts)?;
     for c in &results.checks {
         eprintln!("check {}: {} ({})", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
     }

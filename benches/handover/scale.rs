@@ -207,17 +207,7 @@ const END: &str = "<!-- scale:end -->";
 /// Replaces the table between the markers of docs/benchmarks.md's scaling section (or adds
 /// the section); the rest of the section is prose kept as it is.
 fn publish_table(md: &str) -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    let page = std::fs::read_to_string(&path)?;
-    let block = format!("{BEGIN}\n{}\n{md}{END}\n", run_line());
-    let updated = match (page.find(BEGIN), page.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let after = &page[e + END.len()..];
-            format!("{}{block}{}", &page[..b], after.strip_prefix('\n').unwrap_or(after))
-        }
-        _ => format!("{}{}\n\n{block}", page.trim_end_matches('\n').to_owned() + "\n", crate::report::SCALE_HEADING),
-    };
-    std::fs::write(&path, updated)?;
+    crate::report::publish_block(crate::report::SCALE_HEADING, BEGIN, END, &format!("{}\n{md}", run_line()))?;
     eprintln!("bench: published the scaling table in docs/benchmarks.md");
     Ok(())
 }
