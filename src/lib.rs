@@ -34,8 +34,9 @@
 //! - [`supervisor`]: the state machine and its executor.
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`signals`], [`logging`], [`cli`], [`app`]: the edges.
-//! - [`demo`], [`loadgen`]: the built-in demo app and a bounded load generator used by the
-//!   demo, the tests and the benchmarks.
+//! - [`demo`], [`loadgen`], [`measure`]: the built-in demo app, a bounded load generator and
+//!   the readings (wrk's report, a process tree's memory) used by the demo, the tests and the
+//!   benchmarks.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -46,6 +47,7 @@ pub mod control;
 pub mod demo;
 pub mod loadgen;
 pub mod logging;
+pub mod measure;
 pub mod signals;
 pub mod sockets;
 pub mod supervisor;

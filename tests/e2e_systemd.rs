@@ -363,18 +363,13 @@ fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
     let reports = load.stop();
     let wrk = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
     let wrk_out = String::from_utf8_lossy(&wrk.stdout).into_owned();
-    let wrk_requests = wrk_out.lines().find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.to_string()));
+    let counted = handover::measure::WrkReport::parse(&wrk_out);
     ensure!(
-        wrk.status.success() && wrk_requests.is_some(),
+        wrk.status.success() && counted.requests > 0,
         "wrk failed: {wrk_out}{}",
         String::from_utf8_lossy(&wrk.stderr)
     );
-    let wrk_errors: Vec<&str> =
-        wrk_out.lines().map(str::trim).filter(|l| l.starts_with("Socket errors") || l.starts_with("Non-2xx")).collect();
-    ensure!(
-        wrk_errors.is_empty(),
-        "wrk (never retries) saw errors across systemctl restart: {wrk_errors:?}\n{wrk_out}"
-    );
+    ensure!(counted.errors() == 0, "wrk (never retries) saw errors across systemctl restart: {counted:?}\n{wrk_out}");
     let new_main = sb.prop(UNIT, "MainPID")?;
     ensure!(new_main != old_main, "MainPID did not change ({old_main})");
     let after = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
@@ -395,10 +390,7 @@ fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
             "same sockets after restart: inode :{HTTP_PORT}={} (socket unit), :{ADMIN_PORT}={} (fd store)",
             inodes.0, inodes.1
         ),
-        format!(
-            "wrk keep-alive across the restart: {} requests, 0 socket errors, 0 non-2xx",
-            wrk_requests.unwrap_or_default()
-        ),
+        format!("wrk keep-alive across the restart: {} requests, 0 socket errors, 0 non-2xx", counted.requests),
     ];
     check_no_failures(&reports, &mut notes)?;
     Ok(notes)

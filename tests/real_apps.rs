@@ -302,23 +302,7 @@ impl Drop for Handover {
     }
 }
 
-/// What wrk reported.
-#[derive(Debug, Default, Clone, Copy)]
-struct Wrk {
-    requests: u64,
-    connect: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
-    non_2xx: u64,
-    p50_ms: f64,
-}
-
-impl Wrk {
-    fn socket_errors(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout
-    }
-}
+use handover::measure::{process_tree, pss_kib, WrkReport as Wrk};
 
 /// wrk with keep-alive (its only mode), never retrying; `connections` over one thread.
 fn spawn_wrk(addr: SocketAddr, connections: u32, seconds: u32) -> Child {
@@ -351,55 +335,9 @@ fn finish_wrk(child: Child, seconds: u32) -> Wrk {
 }
 
 fn parse_wrk(text: &str) -> Wrk {
-    let mut w = Wrk::default();
-    for line in text.lines().map(str::trim) {
-        if let Some((n, _)) = line.split_once(" requests in ") {
-            w.requests = n.trim().parse().unwrap_or(0);
-        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-            for part in rest.split(',') {
-                let mut it = part.split_whitespace();
-                let (Some(key), Some(n)) = (it.next(), it.next().and_then(|n| n.parse().ok())) else { continue };
-                match key {
-                    "connect" => w.connect = n,
-                    "read" => w.read = n,
-                    "write" => w.write = n,
-                    "timeout" => w.timeout = n,
-                    _ => {}
-                }
-            }
-        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            w.non_2xx = n.trim().parse().unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("50%") {
-            w.p50_ms = parse_wrk_duration_ms(v.trim());
-        }
-    }
+    let w = Wrk::parse(text);
     assert!(w.requests > 0, "wrk made no request:\n{text}");
     w
-}
-
-/// wrk prints latencies as `812.00us`, `1.23ms` or `2.01s`.
-fn parse_wrk_duration_ms(v: &str) -> f64 {
-    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().map_or(f64::NAN, |n| n * scale)
-}
-
-#[test]
-fn wrk_output_is_parsed() {
-    let text = "  1 threads and 8 connections\n  Latency Distribution\n     50%  812.00us\n     99%    2.01s\n\
-                  552124 requests in 8.06s, 67.93MB read\n  Socket errors: connect 0, read 26, write 1, timeout 2\n\
-                  Non-2xx or 3xx responses: 3\n";
-    let w = parse_wrk(text);
-    assert_eq!((w.requests, w.read, w.write, w.timeout, w.non_2xx), (552124, 26, 1, 2, 3));
-    assert_eq!(w.socket_errors(), 29);
-    assert!((w.p50_ms - 0.812).abs() < 1e-9, "{}", w.p50_ms);
 }
 
 /// The reload scenarios of one worker kind (see the file's header).
@@ -527,33 +465,6 @@ fn node_recipe_reloads_rolls_back_and_drains() {
     reload_rollback_and_stop(node());
 }
 
-/// The pids of `pid` and all its descendants (via /proc/PID/task/*/children).
-fn process_tree(pid: i32) -> Vec<i32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        let p = all[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-            }
-        }
-        i += 1;
-    }
-    all
-}
-
-/// Proportional set size of `pid` in KiB (shared pages divided among their sharers).
-fn pss_kib(pid: i32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until the tree under `pid` has `n` processes and serves, then returns its total PSS
 /// (after a few requests, so every worker has run the app once).
 fn settled_pss(pid: i32, n: usize, addr: SocketAddr, what: &str) -> (u64, usize) {
@@ -632,7 +543,7 @@ fn gunicorn_recipe_memory_matches_gunicorn_preload() {
 fn p50_ms(addr: SocketAddr) -> f64 {
     let w = finish_wrk(spawn_wrk(addr, 4, 2), 2);
     assert_eq!(w.socket_errors() + w.non_2xx, 0, "{w:?}");
-    w.p50_ms
+    w.p50_ms.unwrap_or(f64::NAN)
 }
 
 /// Issue 9 item 2: uvicorn `--fd 3` on a socket handover binds answers keep-alive requests

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use handover::measure::{process_tree, pss_kib};
+
 use crate::harness::{handover_bin, run_bounded, Proc};
 use crate::stats::median;
 
@@ -131,32 +133,6 @@ impl Bound {
     }
 }
 
-/// The pids of `pid` and all its descendants.
-fn process_tree(pid: i32) -> Vec<i32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", all[i])) {
-            for t in tasks.flatten() {
-                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-            }
-        }
-        i += 1;
-    }
-    all
-}
-
-fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// One GET on a fresh connection; true on a 200.
 fn get_ok(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
@@ -210,7 +186,7 @@ fn wrk_p50_ms(addr: SocketAddr) -> Result<f64> {
     let mut cmd = Command::new("wrk");
     cmd.args(WRK_ARGS).arg(format!("http://{addr}/"));
     let out = run_bounded("wrk", cmd, Duration::from_secs(30))?;
-    let counts = crate::reload::WrkCounts::parse(&out.stdout);
+    let counts = handover::measure::WrkReport::parse(&out.stdout);
     if out.code != 0 || counts.errors() > 0 {
         bail!("wrk failed or saw errors ({}): {}", out.code, out.stdout);
     }

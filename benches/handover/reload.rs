@@ -371,56 +371,7 @@ pub fn failed_reload_gunicorn(py: &Python) -> Result<FailedReload> {
     })
 }
 
-/// What wrk, a client that never retries, counted over one run.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct WrkCounts {
-    /// Requests completed.
-    pub requests: u64,
-    /// Socket errors: connect, read, write, timeout.
-    pub connect: u64,
-    /// Read errors (EOF or reset on a connection with a request outstanding).
-    pub read: u64,
-    /// Write errors.
-    pub write: u64,
-    /// Requests that took longer than wrk's `--timeout`.
-    pub timeout: u64,
-    /// Non-2xx or 3xx answers.
-    pub non_2xx: u64,
-}
-
-impl WrkCounts {
-    /// Socket errors and bad answers together: what a user of wrk sees as failures.
-    pub fn errors(&self) -> u64 {
-        self.connect + self.read + self.write + self.timeout + self.non_2xx
-    }
-
-    /// From wrk's output.
-    pub fn parse(text: &str) -> WrkCounts {
-        let mut w = WrkCounts::default();
-        for line in text.lines().map(str::trim) {
-            if let Some((n, _)) = line.split_once(" requests in ") {
-                w.requests = n.trim().parse().unwrap_or(0);
-            } else if let Some(rest) = line.strip_prefix("Socket errors:") {
-                for part in rest.split(',') {
-                    let mut it = part.split_whitespace();
-                    let (Some(key), Some(n)) = (it.next(), it.next().and_then(|n| n.parse().ok())) else {
-                        continue;
-                    };
-                    match key {
-                        "connect" => w.connect = n,
-                        "read" => w.read = n,
-                        "write" => w.write = n,
-                        "timeout" => w.timeout = n,
-                        _ => {}
-                    }
-                }
-            } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
-                w.non_2xx = n.trim().parse().unwrap_or(0);
-            }
-        }
-        w
-    }
-}
+pub use handover::measure::WrkReport as WrkCounts;
 
 /// Scenarios 1 and 2 again, counted by wrk instead of the load generator: wrk keeps
 /// connections alive and never retries a request (the load generator retries one that a
