@@ -32,6 +32,12 @@ fn master_rss_with_4_and_64_workers_and_idle_cpu() {
         let kib = rss_kib(d.pid());
         rss.push((workers, kib));
         if workers == 64 {
+            // Idle means idle: the reload's old generation has drained and been reaped.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !d.worker_pids(1, "draining").is_empty() || !d.worker_pids(1, "killed").is_empty() {
+                assert!(Instant::now() < deadline, "generation 1 still draining after 20 s: {}", d.status());
+                std::thread::sleep(Duration::from_millis(20)); // polling, bounded by the deadline
+            }
             let before = cpu_ticks(d.pid());
             let t = Instant::now();
             std::thread::sleep(Duration::from_secs(2)); // the idle window being measured
