@@ -190,22 +190,7 @@ fn wrk_p50_ms(addr: SocketAddr) -> Result<f64> {
     if out.code != 0 || counts.errors() > 0 {
         bail!("wrk failed or saw errors ({}): {}", out.code, out.stdout);
     }
-    let v = out
-        .stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("50%"))
-        .map(str::trim)
-        .with_context(|| format!("no 50% line in wrk's output:\n{}", out.stdout))?;
-    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    Ok(num.parse::<f64>().with_context(|| format!("wrk's p50 {v:?}"))? * scale)
+    counts.p50_ms.with_context(|| format!("no 50% line in wrk's output:\n{}", out.stdout))
 }
 
 /// Runs scenario 7 with the servers of `venv`.

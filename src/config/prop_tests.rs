@@ -214,7 +214,7 @@ fn runner(cases: u32) -> RunnerConfig {
 
 #[test]
 fn the_seed_is_valid() {
-    let c = parse(Path::new(FILE), SEED, &env()).unwrap();
+    let c = parse(Path::new(FILE), SEED, &env()).unwrap(); // unwrap-ok: a test module (the seed config is valid)
     assert_eq!(c.workers.count, 4);
 }
 
