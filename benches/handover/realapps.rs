@@ -200,31 +200,15 @@ pub fn run(venv: &Path) -> Result<RealApps> {
     if !uvicorn.exists() {
         bail!("{} not found: run benches/run.sh (it installs uvicorn into the venv)", uvicorn.display());
     }
-    let versions = format!(
-        "{}; {}",
-        crate::harness::run_bounded(
-            "gunicorn",
-            {
-                let mut c = Command::new(&gunicorn);
-                c.arg("--version");
-                c
-            },
-            Duration::from_secs(30)
-        )?
-        .stdout
-        .trim(),
-        crate::harness::run_bounded(
-            "uvicorn",
-            {
-                let mut c = Command::new(&uvicorn);
-                c.arg("--version");
-                c
-            },
-            Duration::from_secs(30)
-        )?
-        .stdout
-        .trim()
-    );
+    let version_of = |program: &Path| -> Result<String> {
+        let mut c = Command::new(program);
+        c.arg("--version");
+        Ok(crate::harness::run_bounded(&program.display().to_string(), c, Duration::from_secs(30))?
+            .stdout
+            .trim()
+            .to_owned())
+    };
+    let versions = format!("{}; {}", version_of(&gunicorn)?, version_of(&uvicorn)?);
 
     // Memory.
     let env = [("APP_BALLAST_MB", "80"), ("APP_IMPORT_SECONDS", "0"), ("PYTHONDONTWRITEBYTECODE", "1")];

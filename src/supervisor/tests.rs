@@ -9,7 +9,8 @@ use crate::control::proto::Reply;
 
 use super::machine::*;
 
-fn config(count: usize, strategy: Strategy, max_surge: usize) -> Config {
+/// A valid config for machine tests (also used by `machine::index`'s tests).
+pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Config {
     Config {
         path: "/etc/handover/app.toml".into(),
         name: "app".into(),

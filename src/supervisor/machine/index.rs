@@ -411,32 +411,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crate::config::{Config, ReadyMode, Reload, Strategy};
+    use crate::config::{Config, Strategy};
     use crate::supervisor::machine::{Effect, Event, Machine, Pid, WorkerMessage};
 
     fn config(count: usize) -> Config {
-        Config {
-            path: "/etc/handover/app.toml".into(),
-            name: "app".into(),
-            control_socket: "/run/handover/app/control.sock".into(),
-            pidfile: None,
-            listen: vec![],
-            workers: crate::config::Workers {
-                command: vec!["/bin/app".into()],
-                program: "/bin/app".into(),
-                count,
-                working_directory: None,
-                env: Default::default(),
-                ready: ReadyMode::Notify,
-                boot_timeout: Duration::from_secs(10),
-                watchdog: None,
-                stop_signal: libc::SIGTERM,
-                graceful_timeout: Duration::from_secs(30),
-                max_lifetime: None,
-                max_memory: Some(1 << 30),
-            },
-            reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },
-        }
+        let mut c = crate::supervisor::tests::config(count, Strategy::AllAtOnce, 1);
+        c.workers.max_memory = Some(1 << 30);
+        c
     }
 
     /// Drives a start and one all-at-once reload of `n` workers through the machine the way
