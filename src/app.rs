@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, ReloadArgs, ScaleArgs, StatusArgs, Target};
+use crate::cli::{Cli, Command, ReloadArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{self, LoadEnv};
 use crate::control::client::{self, ClientError};
 use crate::control::proto::{Outcome, Request, Status};
@@ -32,7 +32,8 @@ pub fn main(cli: Cli) -> i32 {
         Command::Reload(a) => reload(a),
         Command::Status(a) => status(a),
         Command::Scale(a) => scale(a),
-        Command::Upgrade(t) => simple_request(&t, &Request::Upgrade {}),
+        Command::Upgrade(a) => upgrade(a),
+        Command::HandoffCheck(a) => crate::upgrade::handoff_check(a.format, &a.config),
         Command::Demo(a) => crate::demo::tour::run(a),
         Command::DemoWorker(a) => match crate::demo::worker::run(a) {
             Ok(()) => EXIT_OK,
@@ -44,10 +45,22 @@ pub fn main(cli: Cli) -> i32 {
     }
 }
 
-/// `handover run`: adopt systemd's fds, load the config, serve until stopped.
+/// `handover run`: adopt systemd's fds, load the config, serve until stopped. In the new
+/// binary of `handover upgrade`, take over from the old one instead.
 pub fn run_daemon(path: PathBuf) -> i32 {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // SAFETY: called from main before any thread exists (the tokio runtime is built below,
-    // and clap does not start threads); nothing else has adopted fds 3.. .
+    // and clap does not start threads); nothing else has taken the hand-off's descriptor.
+    if let Some(handoff) = unsafe { crate::upgrade::exec::take_from_env() } {
+        return match handoff {
+            Ok(h) => resume_daemon(h, argv),
+            Err(e) => {
+                eprintln!("handover: taking over from the previous binary: {e}");
+                EXIT_FAILED
+            }
+        };
+    }
+    // SAFETY: as above: before any thread exists; nothing else has adopted fds 3.. .
     let inherited = match unsafe { crate::systemd::adopt_from_env() } {
         Ok(i) => i,
         Err(e) => {
@@ -83,13 +96,20 @@ pub fn run_daemon(path: PathBuf) -> i32 {
     for s in sockets.status() {
         logging::event(Level::Info, "sockets", format!("socket {:?} on {} ({})", s.name, s.address, s.origin));
     }
-    let base_env: Vec<_> = std::env::vars_os().collect();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            logging::event(Level::Error, "startup", format!("cannot start the event loop: {e}"));
-            return EXIT_FAILED;
-        }
+    let now = supervisor::unix_now();
+    let binary = argv.first().and_then(|a0| crate::upgrade::resolve_binary(a0, load_env.path.as_ref()));
+    let identity = supervisor::Identity {
+        binary,
+        argv,
+        started_unix: now,
+        version_since_unix: now,
+        upgrades: 0,
+        upgraded_from: None,
+    };
+    let systemd = crate::upgrade::SystemdRecord {
+        notify_socket: inherited.notify_socket,
+        watchdog: inherited.watchdog,
+        fdstore_enabled: inherited.fdstore_enabled,
     };
     let setup = supervisor::Setup {
         config: Arc::new(config),
@@ -98,7 +118,61 @@ pub fn run_daemon(path: PathBuf) -> i32 {
         sockets,
         notifier,
         watchdog: inherited.watchdog,
-        base_env,
+        base_env: std::env::vars_os().collect(),
+        identity,
+        systemd,
+        resume: None,
+    };
+    serve(setup)
+}
+
+/// The new binary of `handover upgrade`: the old one's sockets, workers and state.
+fn resume_daemon(mut h: crate::upgrade::HandOff, argv: Vec<std::ffi::OsString>) -> i32 {
+    let Some(active) = h.machine.generations.iter().find(|g| g.number == h.machine.active) else {
+        eprintln!("handover: taking over from the previous binary: no active generation in the hand-off");
+        return EXIT_FAILED;
+    };
+    let config = active.config.clone();
+    logging::init(&config.name);
+    let notifier = Notifier::new(h.systemd.notify_socket.clone());
+    let sockets = match Sockets::adopt(std::mem::take(&mut h.sockets), notifier.clone(), h.systemd.fdstore_enabled) {
+        Ok(s) => s,
+        Err(e) => {
+            logging::event(Level::Error, "upgrade", format!("taking over the listening sockets: {e}"));
+            return EXIT_FAILED;
+        }
+    };
+    let identity = supervisor::Identity {
+        binary: Some(h.binary.clone()),
+        argv,
+        started_unix: h.started_unix,
+        version_since_unix: supervisor::unix_now(),
+        upgrades: h.upgrades,
+        upgraded_from: Some(h.from_version.clone()),
+    };
+    let setup = supervisor::Setup {
+        config: Arc::new(config),
+        config_path: h.config_path.clone(),
+        load_env: LoadEnv::from_process(),
+        sockets,
+        notifier,
+        watchdog: h.systemd.watchdog,
+        base_env: std::env::vars_os().collect(),
+        identity,
+        systemd: h.systemd.clone(),
+        resume: Some(h),
+    };
+    serve(setup)
+}
+
+/// Runs the supervisor on a current-thread runtime.
+fn serve(setup: supervisor::Setup) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            logging::event(Level::Error, "startup", format!("cannot start the event loop: {e}"));
+            return EXIT_FAILED;
+        }
     };
     match runtime.block_on(supervisor::run(setup)) {
         Ok(code) => code,
@@ -299,6 +373,26 @@ fn simple_request(t: &Target, request: &Request) -> i32 {
     }
 }
 
+/// `handover upgrade`: exit 0 once the new binary runs the daemon.
+pub fn upgrade(a: UpgradeArgs) -> i32 {
+    let path = match control_path(&a.target) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let timeout = match a.timeout.as_deref().map(config::parse_duration).transpose() {
+        Ok(t) => t.unwrap_or(Duration::from_secs(300)),
+        Err(e) => {
+            eprintln!("handover: --timeout: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match client::call(&path, &Request::Upgrade {}, Some(timeout), true, |_| {}) {
+        Ok(Some(outcome)) => report(&outcome),
+        Ok(None) => EXIT_OK,
+        Err(e) => client_error(&e),
+    }
+}
+
 /// `handover scale N`.
 pub fn scale(a: ScaleArgs) -> i32 {
     simple_request(&a.target, &Request::Scale { count: a.count })
@@ -338,6 +432,18 @@ pub fn render_status(s: &Status) -> String {
     let clean = crate::worker::readiness::strip_control_chars;
     let mut out = String::new();
     let _ = writeln!(out, "{} (pid {}): {}: {}", clean(&s.name), s.pid, clean(&s.phase), clean(&s.summary));
+    if !s.version.is_empty() {
+        let now = crate::supervisor::unix_now();
+        let ago = |t: f64| crate::supervisor::machine::human(Duration::from_secs_f64((now - t).max(0.0)));
+        let mut line = format!("handover {} for {}", clean(&s.version), ago(s.version_since_unix));
+        if let Some(from) = &s.upgraded_from {
+            let _ = write!(line, " (upgraded in place from {})", clean(from));
+        }
+        if s.upgrades > 0 {
+            let _ = write!(line, "; daemon up {}, {} upgrade(s)", ago(s.started_unix), s.upgrades);
+        }
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(
         out,
         "\n{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",

@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/handover/handover.toml";
 /// `systemctl reload` rolls a new generation of workers in and returns only once it serves,
 /// or rolls it back and fails; `systemctl restart` refuses no connection.
 #[derive(Debug, Parser)]
-#[command(name = "handover", version, about, long_about = None, propagate_version = true)]
+#[command(name = "handover", version = crate::upgrade::VERSION, about, long_about = None, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 ok; 1 operation failed (reload rolled back, daemon said no); \
 2 bad usage or bad config; 3 daemon unreachable.\nSee handover(1) and handover.toml(5).")]
 pub struct Cli {
@@ -35,8 +35,14 @@ pub enum Command {
     Status(StatusArgs),
     /// Change the worker count of the serving generation at runtime.
     Scale(ScaleArgs),
-    /// Re-exec the handover binary in place (not available in this version).
-    Upgrade(Target),
+    /// Replace the daemon's handover binary in place with the file at the path it started
+    /// from: same pid, workers keep serving. Exit 0 once the new binary runs the daemon, 1 if
+    /// the upgrade was refused or failed (the old binary still runs it).
+    Upgrade(UpgradeArgs),
+    /// Pre-flight of `handover upgrade`, run by the daemon on the new binary (not for
+    /// direct use): does this binary accept a hand-off of format N?
+    #[command(hide = true)]
+    HandoffCheck(HandoffCheckArgs),
     /// The quick start: serve a demo app on 127.0.0.1:8080 with 4 workers and reload it
     /// under load.
     Demo(DemoArgs),
@@ -83,6 +89,29 @@ pub struct ReloadArgs {
     /// Return as soon as the daemon has the request.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+/// `handover upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    /// Which daemon.
+    pub target: Target,
+    /// Give up waiting after this long (e.g. "2m"); the upgrade itself goes on. Exit 1.
+    /// Default: 5m (an upgrade asked for during a reload waits for it).
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+}
+
+/// `handover handoff-check` (hidden).
+#[derive(Debug, Args)]
+pub struct HandoffCheckArgs {
+    /// The hand-off format the running daemon writes.
+    #[arg(long)]
+    pub format: u32,
+    /// The daemon's config file.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 /// `handover status`.

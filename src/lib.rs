@@ -33,6 +33,7 @@
 //! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
 //! - [`supervisor`]: the state machine and its executor.
 //! - [`control`]: the control socket protocol, server and client.
+//! - [`upgrade`]: `handover upgrade`, the binary replaced in place (pre-flight, hand-off, exec).
 //! - [`signals`], [`logging`], [`cli`], [`app`]: the edges.
 //! - [`demo`], [`loadgen`], [`measure`]: the built-in demo app, a bounded load generator and
 //!   the readings (wrk's report, a process tree's memory) used by the demo, the tests and the
@@ -52,4 +53,5 @@ pub mod signals;
 pub mod sockets;
 pub mod supervisor;
 pub mod systemd;
+pub mod upgrade;
 pub mod worker;

@@ -135,6 +135,61 @@ impl Sockets {
         Sockets { list, notifier, fdstore_enabled, first_prepare: true }
     }
 
+    /// The sockets as plain records for `handover upgrade` (the descriptors stay open).
+    pub fn handoff_records(&self) -> Vec<crate::upgrade::SocketRecord> {
+        self.list
+            .iter()
+            .map(|s| crate::upgrade::SocketRecord {
+                fd: s.fd.as_raw_fd(),
+                name: s.name.clone(),
+                origin: match s.origin {
+                    Origin::Systemd => "systemd".into(),
+                    Origin::Bound => "bound".into(),
+                },
+                claimed: s.claimed,
+                bound_for: s.bound_for.clone(),
+                rebindable: s.rebindable,
+                stored: s.stored,
+            })
+            .collect()
+    }
+
+    /// The registry the previous binary handed over at `handover upgrade`: each record's
+    /// descriptor is taken over (close-on-exec set again) and must be a socket.
+    pub fn adopt(
+        records: Vec<crate::upgrade::SocketRecord>,
+        notifier: Notifier,
+        fdstore_enabled: bool,
+    ) -> io::Result<Sockets> {
+        use std::os::fd::FromRawFd;
+        let mut list = Vec::with_capacity(records.len());
+        for r in records {
+            if r.fd <= 2 {
+                return Err(io::Error::other(format!("socket {:?}: fd {} is not a socket", r.name, r.fd)));
+            }
+            // SAFETY: the previous binary handed this descriptor over for this socket alone
+            // (named in the hand-off), and nothing else in this process took it.
+            let fd = unsafe { OwnedFd::from_raw_fd(r.fd) };
+            let stat = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
+            if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return Err(io::Error::other(format!("socket {:?}: fd {} is not a socket", r.name, r.fd)));
+            }
+            crate::worker::readiness::set_cloexec(&fd)?;
+            let address = describe_local(fd.as_fd());
+            list.push(ListenSocket {
+                name: r.name,
+                fd,
+                origin: if r.origin == "bound" { Origin::Bound } else { Origin::Systemd },
+                address,
+                claimed: r.claimed,
+                bound_for: r.bound_for,
+                rebindable: r.rebindable,
+                stored: r.stored,
+            });
+        }
+        Ok(Sockets { list, notifier, fdstore_enabled, first_prepare: false })
+    }
+
     /// Makes sure every `[[listen]]` entry has a socket: claims passed ones by name, then by
     /// address, binds (and stores) the rest. Returns warnings to log. Idempotent; called at
     /// start and before each reload with the new config. On error, sockets bound by this

@@ -11,6 +11,7 @@ mod prop_tests;
 mod raw;
 mod units;
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A validated configuration, as the supervisor uses it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// The file this configuration was read from (absolute when given absolute).
     pub path: PathBuf,
@@ -48,7 +49,7 @@ pub struct Config {
 }
 
 /// One `[[listen]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listen {
     /// Matched against LISTEN_FDNAMES; also the FDNAME in systemd's fd store.
     pub name: String,
@@ -61,7 +62,7 @@ pub struct Listen {
 }
 
 /// The address of a listening socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ListenAddress {
     /// A TCP socket (`"127.0.0.1:8000"`, `"[::]:8000"`).
     Tcp(SocketAddr),
@@ -79,7 +80,7 @@ impl fmt::Display for ListenAddress {
 }
 
 /// The `[workers]` table: what to run and how to judge it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workers {
     /// The argv as written (`command[0]` unresolved).
     pub command: Vec<String>,
@@ -109,7 +110,7 @@ pub struct Workers {
 }
 
 /// When a spawned worker counts as ready (`workers.ready`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadyMode {
     /// It sends `READY=1` to handover's NOTIFY_SOCKET.
     Notify,
@@ -120,7 +121,7 @@ pub enum ReadyMode {
 }
 
 /// The `[reload]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reload {
     /// How a new generation replaces the old one.
     pub strategy: Strategy,
@@ -134,7 +135,7 @@ pub struct Reload {
 }
 
 /// `reload.strategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Strategy {
     /// Start the whole new generation; retire the old one once all are ready.
     AllAtOnce,

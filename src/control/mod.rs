@@ -59,6 +59,30 @@ pub struct Command {
     pub request: Request,
     /// Where replies go (progress lines, then the final one).
     pub replies: mpsc::UnboundedSender<Reply>,
+    /// For `upgrade` and `reload`: a second descriptor of the client's connection, so that
+    /// `handover upgrade` can hand the connection to the new binary, which answers on it.
+    /// Dropping it changes nothing (the connection's own task holds the first).
+    pub connection: Option<std::os::fd::OwnedFd>,
+}
+
+/// A connection taken over from the previous binary at `handover upgrade`, and what it
+/// waits for.
+#[derive(Debug)]
+pub struct Adopted {
+    /// The connection.
+    pub stream: std::os::fd::OwnedFd,
+    /// What to do first: answer it, or handle the request it sent to the old binary.
+    pub start: AdoptedStart,
+}
+
+/// See [`Adopted`].
+#[derive(Debug)]
+pub enum AdoptedStart {
+    /// Write this reply (the answer to `handover upgrade`), then serve the connection.
+    Reply(Box<Reply>),
+    /// Handle this request as if it had just been read (a reload asked for during the
+    /// upgrade, honoured by the new binary).
+    Request(Request),
 }
 
 /// The bound control socket; removed from the file system when dropped.
@@ -88,14 +112,60 @@ impl ControlServer {
         Ok(ControlServer { listener: UnixListener::from_std(std_listener)?, path: path.to_path_buf() })
     }
 
+    /// Takes over the listening socket a previous handover binary bound at `path`
+    /// (`handover upgrade`). Clients that connected during the exec wait in its backlog.
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<ControlServer> {
+        crate::worker::readiness::set_cloexec(&fd)?;
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true)?;
+        Ok(ControlServer { listener: UnixListener::from_std(std_listener)?, path: path.to_path_buf() })
+    }
+
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The listening socket's descriptor (handed over at `handover upgrade`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.listener.as_raw_fd()
+    }
+
     /// Accepts clients forever, forwarding their requests to `commands`.
     pub async fn serve(self, commands: mpsc::Sender<Command>) {
+        self.serve_with(commands, Vec::new()).await
+    }
+
+    /// [`ControlServer::serve`], first taking over `adopted` connections.
+    pub async fn serve_with(self, commands: mpsc::Sender<Command>, adopted: Vec<Adopted>) {
         let clients = Clients::default();
+        for Adopted { stream, start } in adopted {
+            let stream = std::os::unix::net::UnixStream::from(stream);
+            let stream = match crate::worker::readiness::set_cloexec(&stream)
+                .and_then(|()| stream.set_nonblocking(true))
+                .and_then(|()| UnixStream::from_std(stream))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::logging::event(
+                        crate::supervisor::machine::Level::Warn,
+                        "control-error",
+                        format!("taking over a control connection: {e}"),
+                    );
+                    continue;
+                }
+            };
+            // Never refused: the table is empty, and they are at most a few.
+            if let Ok((id, evicted)) = clients.admit(Instant::now()) {
+                let commands = commands.clone();
+                let clients = clients.clone();
+                tokio::spawn(async move {
+                    serve_adopted(stream, start, commands, &clients, id, evicted).await;
+                    clients.leave(id);
+                });
+            }
+        }
         loop {
             let stream = match self.listener.accept().await {
                 Ok((s, _)) => s,
@@ -252,6 +322,40 @@ async fn serve_client(
     commands: mpsc::Sender<Command>,
     clients: &Clients,
     id: ClientId,
+    evicted: oneshot::Receiver<()>,
+) {
+    serve_connection(stream, None, commands, clients, id, evicted).await
+}
+
+/// A connection taken over at `handover upgrade`: answered or its request handled first.
+async fn serve_adopted(
+    stream: UnixStream,
+    start: AdoptedStart,
+    commands: mpsc::Sender<Command>,
+    clients: &Clients,
+    id: ClientId,
+    evicted: oneshot::Receiver<()>,
+) {
+    let first = match start {
+        AdoptedStart::Request(r) => Some(r),
+        AdoptedStart::Reply(reply) => {
+            let mut stream = stream;
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write_reply(&mut stream, reply.as_ref())).await;
+            if !matches!(written, Ok(Ok(()))) {
+                return;
+            }
+            return serve_connection(stream, None, commands, clients, id, evicted).await;
+        }
+    };
+    serve_connection(stream, first, commands, clients, id, evicted).await
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    first: Option<Request>,
+    commands: mpsc::Sender<Command>,
+    clients: &Clients,
+    id: ClientId,
     mut evicted: oneshot::Receiver<()>,
 ) {
     let (read, write) = stream.into_split();
@@ -260,7 +364,7 @@ async fn serve_client(
         Ok(()) = &mut evicted => format!(
             "evicted: {MAX_CLIENTS} control clients were connected and this one had been idle the longest; reconnect"
         ),
-        end = conn.converse(&commands) => match end {
+        end = conn.converse(&commands, first) => match end {
             End::Quiet => return,
             End::Idle => format!("closed: no request within {}s", IDLE_TIMEOUT.as_secs()),
         },
@@ -272,8 +376,14 @@ async fn serve_client(
 }
 
 impl Connection<'_> {
-    async fn converse(&mut self, commands: &mpsc::Sender<Command>) -> End {
+    async fn converse(&mut self, commands: &mpsc::Sender<Command>, mut first: Option<Request>) -> End {
         loop {
+            if let Some(request) = first.take() {
+                if self.handle(commands, request).await.is_err() {
+                    return End::Quiet;
+                }
+                continue;
+            }
             let mut line = Vec::new();
             let limit = (MAX_REQUEST_BYTES + 1) as u64;
             let read =
@@ -299,31 +409,51 @@ impl Connection<'_> {
                     continue;
                 }
             };
-            let waits_for_change = matches!(request, Request::Reload {} | Request::Scale { .. } | Request::Upgrade {});
-            self.clients.progress(self.id, waits_for_change);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            if commands.send(Command { request, replies: tx }).await.is_err() {
-                let _ = self.reply(&Reply::Done(Outcome::error("the daemon is shutting down"))).await;
+            if self.handle(commands, request).await.is_err() {
                 return End::Quiet;
             }
-            loop {
-                let Some(reply) = rx.recv().await else {
-                    let _ = self.reply(&Reply::Done(Outcome::error("the daemon dropped the request"))).await;
-                    return End::Quiet;
-                };
-                let last = matches!(reply, Reply::Done(_));
-                if last {
-                    // Answered: from now on only the client's reading holds the connection.
-                    self.clients.progress(self.id, false);
-                }
-                if self.reply(&reply).await.is_err() {
-                    return End::Quiet; // gone or not reading; the operation goes on without it
-                }
-                if last {
-                    break;
-                }
+        }
+    }
+
+    /// Hands one request to the supervisor and writes its replies. Err: the connection is
+    /// done (the client is gone or not reading, or the daemon dropped the request).
+    async fn handle(&mut self, commands: &mpsc::Sender<Command>, request: Request) -> Result<(), ()> {
+        let waits_for_change = matches!(request, Request::Reload {} | Request::Scale { .. } | Request::Upgrade {});
+        self.clients.progress(self.id, waits_for_change);
+        // Only these may be handed to a new binary by `handover upgrade` (see `Command`).
+        let connection = match request {
+            Request::Reload {} | Request::Upgrade {} => self.duplicate(),
+            _ => None,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if commands.send(Command { request, replies: tx, connection }).await.is_err() {
+            let _ = self.reply(&Reply::Done(Outcome::error("the daemon is shutting down"))).await;
+            return Err(());
+        }
+        loop {
+            let Some(reply) = rx.recv().await else {
+                let _ = self.reply(&Reply::Done(Outcome::error("the daemon dropped the request"))).await;
+                return Err(());
+            };
+            let last = matches!(reply, Reply::Done(_));
+            if last {
+                // Answered: from now on only the client's reading holds the connection.
+                self.clients.progress(self.id, false);
+            }
+            if self.reply(&reply).await.is_err() {
+                return Err(()); // gone or not reading; the operation goes on without it
+            }
+            if last {
+                return Ok(());
             }
         }
+    }
+
+    /// A second descriptor of this connection (close-on-exec), or None if none can be made.
+    fn duplicate(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        let stream: &UnixStream = self.writer.as_ref();
+        stream.as_fd().try_clone_to_owned().ok()
     }
 
     /// Writes one reply line within [`WRITE_TIMEOUT`]; taking it counts as progress.

@@ -24,7 +24,7 @@ pub enum Request {
         /// The new count (1..=4096).
         count: usize,
     },
-    /// Re-exec the handover binary in place (not available yet).
+    /// Re-execute the handover binary in place (the file at the path it started from).
     Upgrade {},
 }
 
@@ -133,6 +133,22 @@ pub struct Status {
     /// degraded while this is not empty.
     #[serde(default)]
     pub failing: Vec<FailingSlotStatus>,
+    /// The running handover's version.
+    #[serde(default)]
+    pub version: String,
+    /// Since when this version runs the daemon (the start, or the last upgrade), in seconds
+    /// since the epoch.
+    #[serde(default)]
+    pub version_since_unix: f64,
+    /// When the daemon first started (upgrades keep it), in seconds since the epoch.
+    #[serde(default)]
+    pub started_unix: f64,
+    /// In-place upgrades in the daemon's life.
+    #[serde(default)]
+    pub upgrades: u32,
+    /// The version before the last upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<String>,
 }
 
 /// A slot in crash-loop backoff, in [`Status`].

@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod policy;
 pub mod rejects;
+mod upgrading;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -38,6 +39,7 @@ use crate::signals::{SignalEvent, Signals};
 use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
 use crate::systemd::{monotonic_usec, Notifier};
+use crate::upgrade;
 use crate::worker::readiness::NotifyServer;
 use crate::worker::{self, Launcher, WorkerProcess};
 
@@ -65,6 +67,45 @@ pub struct Setup {
     pub watchdog: Option<Duration>,
     /// handover's environment without systemd's variables (the base of workers' env).
     pub base_env: Vec<(OsString, OsString)>,
+    /// Who this daemon is: its binary (for `handover upgrade`), its command line, since when.
+    pub identity: Identity,
+    /// What systemd told us at start, handed over at an upgrade.
+    pub systemd: upgrade::SystemdRecord,
+    /// Set in the new binary of an upgrade: the state the old one handed over (its sockets
+    /// are already in `sockets`).
+    pub resume: Option<upgrade::HandOff>,
+}
+
+/// Who the daemon is, for `handover status` and `handover upgrade`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The binary's path as resolved at the first start (see [`upgrade::resolve_binary`]);
+    /// None if it could not be resolved (then upgrades are refused).
+    pub binary: Option<PathBuf>,
+    /// The command line, re-used by the exec of an upgrade.
+    pub argv: Vec<OsString>,
+    /// When the daemon first started (seconds since the epoch).
+    pub started_unix: f64,
+    /// When this binary took over (the start, or the last upgrade).
+    pub version_since_unix: f64,
+    /// Upgrades in the daemon's life.
+    pub upgrades: u32,
+    /// The version before the last upgrade.
+    pub upgraded_from: Option<String>,
+}
+
+/// Now, in seconds since the epoch (0 if the clock is before it).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One reading of [`Instant`] and `CLOCK_MONOTONIC` together (see [`machine::snapshot`]).
+pub fn time_base() -> machine::snapshot::TimeBase {
+    let instant = Instant::now();
+    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .unwrap_or(0);
+    machine::snapshot::TimeBase { instant, monotonic_ns }
 }
 
 /// Errors that stop the daemon before it serves.
@@ -89,6 +130,9 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The state handed over by the previous binary could not be taken over.
+    #[error("taking over from the previous binary: {0}")]
+    Resume(String),
 }
 
 /// The path of the workers' NOTIFY_SOCKET, next to the control socket (see
@@ -99,17 +143,39 @@ pub fn worker_notify_path(control_socket: &Path) -> PathBuf {
 
 /// Runs the daemon until it has stopped; returns the process exit code.
 pub async fn run(setup: Setup) -> Result<i32, RunError> {
-    let Setup { config, config_path, load_env, sockets, notifier, watchdog, base_env } = setup;
+    let Setup { config, config_path, load_env, sockets, notifier, watchdog, base_env, identity, systemd, mut resume } =
+        setup;
     let control_path = config.control_socket.clone();
-    let control = ControlServer::bind(&control_path)
-        .map_err(|source| RunError::Control { path: control_path.clone(), source })?;
     let notify_path = worker_notify_path(&control_path);
-    let notify_server =
-        NotifyServer::bind(&notify_path).map_err(|source| RunError::Notify { path: notify_path.clone(), source })?;
-    // Installed before the first READY=1 (sent only once generation 1 is ready).
+    let taken = |fd: i32| {
+        // SAFETY: the previous binary handed this descriptor over for this socket alone
+        // (named in the hand-off), and nothing else in this process took it.
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+    };
+    let (control, notify_server) = match &resume {
+        Some(h) if h.control_fd > 2 && h.notify_fd > 2 && h.control_fd != h.notify_fd => (
+            ControlServer::adopt(taken(h.control_fd), &control_path)
+                .map_err(|source| RunError::Control { path: control_path.clone(), source })?,
+            NotifyServer::adopt(taken(h.notify_fd), &notify_path)
+                .map_err(|source| RunError::Notify { path: notify_path.clone(), source })?,
+        ),
+        Some(h) => return Err(RunError::Resume(format!("bad descriptors {} and {}", h.control_fd, h.notify_fd))),
+        None => (
+            ControlServer::bind(&control_path)
+                .map_err(|source| RunError::Control { path: control_path.clone(), source })?,
+            NotifyServer::bind(&notify_path)
+                .map_err(|source| RunError::Notify { path: notify_path.clone(), source })?,
+        ),
+    };
+    let control_fd = control.as_raw_fd();
+    // Installed before the first READY=1 (sent only once generation 1 is ready). The new
+    // binary of an upgrade starts with every signal blocked (see `upgrade`): what arrived
+    // during the exec is pending and is delivered to these handlers now.
     let signals = Signals::install().map_err(RunError::Signals)?;
+    crate::signals::unblock_all().map_err(RunError::Signals)?;
     let (commands_tx, commands) = mpsc::channel(16);
-    tokio::spawn(control.serve(commands_tx));
+    let adopted = resume.as_mut().map(|h| adopted_connections(h, &identity, taken)).unwrap_or_default();
+    tokio::spawn(control.serve_with(commands_tx, adopted));
     let pidfile = config.pidfile.as_deref().and_then(|p| match crate::app::Pidfile::write(p, std::process::id()) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -118,13 +184,15 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
     });
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
-    let (mut machine, effects) = Machine::start(config, Instant::now());
-    // Workers inherit our stdout and stderr: where ours go, theirs go.
-    machine.set_worker_output(if logging::stderr_is_journal() {
-        machine::WorkerOutput::Journal
-    } else {
-        machine::WorkerOutput::Stderr
-    });
+    let (internal_tx, internal) = mpsc::unbounded_channel();
+    let (machine, effects) = match &mut resume {
+        Some(h) => {
+            let state = std::mem::replace(&mut h.machine, empty_state());
+            let machine = Machine::restore(state, &time_base(), Instant::now()).map_err(RunError::Resume)?;
+            (machine, Vec::new())
+        }
+        None => Machine::start(config, Instant::now()),
+    };
     let mut daemon = Daemon {
         machine,
         sockets,
@@ -135,13 +203,29 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         processes: HashMap::new(),
         rejects: RejectTally::default(),
         waiters: HashMap::new(),
-        next_request: 1,
+        next_request: resume.as_ref().map_or(1, |h| h.next_request.max(1)),
         last_status: String::new(),
         exit: None,
         memory: memory::ProcScan::default(),
+        identity,
+        systemd,
+        control_fd,
+        notify_fd: notify_server.as_raw_fd(),
+        upgrade: UpgradeState::default(),
+        upgrade_exec_due: false,
+        internal_tx,
     };
-    daemon.execute_all(effects);
-    let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
+    // Workers inherit our stdout and stderr: where ours go, theirs go.
+    daemon.machine.set_worker_output(if logging::stderr_is_journal() {
+        machine::WorkerOutput::Journal
+    } else {
+        machine::WorkerOutput::Stderr
+    });
+    match resume {
+        Some(h) => daemon.resume(h, &notify_server),
+        None => daemon.execute_all(effects),
+    }
+    let code = daemon.event_loop(signals, notify_server, commands, internal, watchdog).await;
     if let Some(p) = pidfile {
         let path = p.path().to_path_buf();
         if !p.remove() {
@@ -153,6 +237,98 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
     }
     Ok(code)
+}
+
+/// A placeholder for the machine state moved out of a hand-off.
+fn empty_state() -> machine::snapshot::MachineState {
+    machine::snapshot::MachineState {
+        active: 0,
+        next_generation: 0,
+        next_worker: 0,
+        generations: Vec::new(),
+        workers: Vec::new(),
+        last_reload: None,
+        last_reload_failure: None,
+        degraded: false,
+        output_to_journal: false,
+    }
+}
+
+/// The control connections the previous binary handed over, with what each waits for: the
+/// `handover upgrade` clients get their answer first.
+fn adopted_connections(
+    h: &mut upgrade::HandOff,
+    identity: &Identity,
+    taken: impl Fn(i32) -> std::os::fd::OwnedFd,
+) -> Vec<crate::control::Adopted> {
+    let message = upgraded_message(&h.from_version, identity);
+    std::mem::take(&mut h.connections)
+        .into_iter()
+        .filter(|c| c.fd > 2)
+        .map(|c| crate::control::Adopted {
+            stream: taken(c.fd),
+            start: match c.waits_for {
+                upgrade::Waits::Upgrade => {
+                    crate::control::AdoptedStart::Reply(Box::new(Reply::Done(Outcome::ok(message.clone()))))
+                }
+                upgrade::Waits::Request(r) => crate::control::AdoptedStart::Request(r),
+            },
+        })
+        .collect()
+}
+
+fn upgraded_message(from: &str, identity: &Identity) -> String {
+    let binary = identity.binary.as_deref().map_or_else(|| "?".into(), |b| b.display().to_string());
+    format!("upgraded in place: handover {from} -> {} ({binary}), pid {} kept", upgrade::VERSION, std::process::id())
+}
+
+/// Where `handover upgrade` stands (the executor's side; the machine knows nothing of it).
+#[derive(Debug, Default)]
+struct UpgradeState {
+    step: UpgradeStep,
+    /// Who waits for the result: control clients (with a second descriptor of their
+    /// connection, handed to the new binary) and SIGUSR2 (nobody to answer: logged).
+    requesters: Vec<UpgradeRequester>,
+    /// Reloads asked for during the upgrade: honoured by the new binary (or by this one
+    /// if the upgrade fails).
+    held: Vec<Command>,
+    /// A SIGHUP arrived during the upgrade.
+    reload_pending: bool,
+}
+
+#[derive(Debug, Default)]
+enum UpgradeStep {
+    #[default]
+    Idle,
+    /// Waiting for the running reload (or gen 1's start) to finish.
+    WaitingForQuiet,
+    /// The new binary's pre-flight runs.
+    Checking {
+        pid: i32,
+        deadline: Instant,
+        /// How it exited (words, and whether with code 0), once reaped.
+        exit: Option<(String, bool)>,
+        /// What it printed, once it closed its output.
+        output: Option<Vec<u8>>,
+    },
+}
+
+#[derive(Debug)]
+struct UpgradeRequester {
+    replies: Option<mpsc::UnboundedSender<Reply>>,
+    connection: Option<std::os::fd::OwnedFd>,
+}
+
+/// Events from the executor's own helpers (threads), fed to the event loop.
+#[derive(Debug)]
+enum Internal {
+    /// The upgrade pre-flight's output, complete.
+    PreflightOutput {
+        /// The check's pid.
+        pid: i32,
+        /// What it printed (stdout and stderr).
+        output: Vec<u8>,
+    },
 }
 
 struct Daemon {
@@ -175,6 +351,16 @@ struct Daemon {
     exit: Option<i32>,
     /// Where worker memory is read from (`max_memory`).
     memory: memory::ProcScan,
+    identity: Identity,
+    systemd: upgrade::SystemdRecord,
+    /// The control socket's listening descriptor (owned by the control server's task).
+    control_fd: std::os::fd::RawFd,
+    /// The workers' notify socket's descriptor (owned by the event loop).
+    notify_fd: std::os::fd::RawFd,
+    upgrade: UpgradeState,
+    /// The pre-flight accepted: re-execute at the top of the next loop turn.
+    upgrade_exec_due: bool,
+    internal_tx: mpsc::UnboundedSender<Internal>,
 }
 
 impl Daemon {
@@ -183,6 +369,7 @@ impl Daemon {
         mut signals: Signals,
         notify_server: NotifyServer,
         mut commands: mpsc::Receiver<Command>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
         watchdog: Option<Duration>,
     ) -> i32 {
         // Half of systemd's interval, but never a period whose next tick the clock cannot
@@ -194,6 +381,7 @@ impl Daemon {
             if let Some(code) = self.exit {
                 return code;
             }
+            self.advance_upgrade(&mut signals, &mut commands).await;
             // Only sample memory while some worker has a limit: no idle wake-ups otherwise.
             let watch_memory = self.machine.watches_memory();
             if watch_memory && memory_tick.is_none() {
@@ -219,14 +407,30 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            let upgrade_deadline = match self.upgrade.step {
+                UpgradeStep::Checking { deadline, .. } => Some(deadline),
+                _ => None,
+            };
+            let upgrade_timer = async {
+                match upgrade_deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = upgrade_timer => self.preflight_timed_out(),
+                Some(msg) = internal.recv() => match msg {
+                    Internal::PreflightOutput { pid, output } => self.on_preflight_output(pid, output),
+                },
                 () = reject_summary => {
                     if let Some(line) = self.rejects.summary(Instant::now()) {
                         logging::event(Level::Warn, "notify-rejected", line);
                     }
                 }
                 sig = signals.recv() => match sig {
-                    SignalEvent::Child => self.reap(&notify_server),
+                    SignalEvent::Child => {
+                        self.reap(&notify_server);
+                    }
                     other => self.on_signal(other),
                 },
                 datagram = notify_server.recv() => self.on_datagram(datagram),
@@ -259,8 +463,18 @@ impl Daemon {
     fn on_signal(&mut self, sig: SignalEvent) {
         match sig {
             SignalEvent::Child => {} // reaped by the event loop, which owns the notify socket
-            SignalEvent::Stop => self.dispatch(Event::StopRequested { fast: false }),
-            SignalEvent::FastStop => self.dispatch(Event::StopRequested { fast: true }),
+            SignalEvent::Stop | SignalEvent::FastStop => {
+                self.dispatch(Event::StopRequested { fast: sig == SignalEvent::FastStop });
+                self.fail_upgrade("the daemon is stopping; upgrade abandoned");
+            }
+            SignalEvent::Reload if self.upgrading() => {
+                logging::event(
+                    Level::Info,
+                    "reload-requested",
+                    "SIGHUP: reload requested; held until the upgrade is done",
+                );
+                self.upgrade.reload_pending = true;
+            }
             SignalEvent::Reload => {
                 logging::event(Level::Info, "reload-requested", "SIGHUP: reload requested");
                 let config = self.load_config();
@@ -270,15 +484,15 @@ impl Daemon {
             SignalEvent::FewerWorkers => {
                 self.dispatch(Event::ScaleRequested { to: ScaleTo::Delta(-1), requester: None })
             }
-            SignalEvent::Upgrade => logging::event(
-                Level::Warn,
-                "upgrade-unavailable",
-                "SIGUSR2: in-place upgrade is not available in this version; ignored",
-            ),
+            SignalEvent::Upgrade => {
+                logging::event(Level::Info, "upgrade", "SIGUSR2: upgrade in place requested");
+                self.begin_upgrade(UpgradeRequester { replies: None, connection: None });
+            }
         }
     }
 
-    /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left).
+    /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left); returns
+    /// how many workers it reaped.
     ///
     /// Each exited child is first only looked at (waitid with WNOWAIT): while it is an
     /// unreaped zombie its pid, and so its process group id, cannot be reused, and that is
@@ -291,13 +505,25 @@ impl Daemon {
     /// is in the notify socket's queue, so the queue is read after each child and before its
     /// exit is dispatched. (Reading it once per SIGCHLD is not enough: a second child may
     /// send and exit between that read and its reaping.)
-    fn reap(&mut self, notify_server: &NotifyServer) {
+    fn reap(&mut self, notify_server: &NotifyServer) -> usize {
+        let mut reaped = 0;
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             let pid = match waitid(Id::All, flags) {
                 Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
-                Ok(_) | Err(_) => return,
+                Ok(_) | Err(_) => return reaped,
             };
+            if let UpgradeStep::Checking { pid: check, exit, .. } = &mut self.upgrade.step {
+                if *check == pid.as_raw() {
+                    *exit = Some(match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, code)) => (format!("exited with code {code}"), code == 0),
+                        Ok(WaitStatus::Signaled(_, sig, _)) => (format!("was killed by {}", sig.as_str()), false),
+                        Ok(_) | Err(_) => ("vanished".into(), false),
+                    });
+                    self.judge_preflight();
+                    continue;
+                }
+            }
             if let Some(process) = self.processes.get(&pid.as_raw()) {
                 process.kill_group();
             }
@@ -307,7 +533,7 @@ impl Daemon {
                     let core = if core { ", core dumped" } else { "" };
                     (pid, format!("killed by {}{core}", sig.as_str()))
                 }
-                Ok(_) | Err(_) => return,
+                Ok(_) | Err(_) => return reaped,
             };
             while let Ok(Some(d)) = notify_server.try_recv() {
                 self.on_datagram(Ok(d));
@@ -315,6 +541,7 @@ impl Daemon {
             let (pid, status) = exited;
             self.processes.remove(&pid.as_raw());
             self.dispatch(Event::Exited { pid: pid.as_raw(), status });
+            reaped += 1;
         }
     }
 
@@ -362,12 +589,25 @@ impl Daemon {
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let Command { request, replies } = cmd;
+        if self.upgrading() && matches!(cmd.request, Request::Reload {}) {
+            logging::event(Level::Info, "reload-requested", "reload requested; held until the upgrade is done");
+            self.upgrade.held.push(cmd);
+            return;
+        }
+        let Command { request, replies, connection } = cmd;
         match request {
             Request::Status {} => {
                 let mut status = self.machine.status(Instant::now());
                 status.pid = std::process::id();
                 status.sockets = self.sockets.status();
+                status.version = upgrade::VERSION.to_string();
+                status.version_since_unix = self.identity.version_since_unix;
+                status.started_unix = self.identity.started_unix;
+                status.upgrades = self.identity.upgrades;
+                status.upgraded_from = self.identity.upgraded_from.clone();
+                if let Some(note) = self.upgrade_note() {
+                    status.summary = format!("{}; {note}", status.summary);
+                }
                 let outcome = Outcome { status: Some(status), ..Outcome::ok("status") };
                 let _ = replies.send(Reply::Done(outcome));
             }
@@ -382,7 +622,8 @@ impl Daemon {
                 self.dispatch(Event::ScaleRequested { to: ScaleTo::Count(count), requester: Some(id) });
             }
             Request::Upgrade {} => {
-                let _ = replies.send(Reply::Done(Outcome::error("in-place upgrade is not available in this version")));
+                logging::event(Level::Info, "upgrade", "upgrade in place requested on the control socket");
+                self.begin_upgrade(UpgradeRequester { replies: Some(replies), connection });
             }
         }
     }
@@ -491,7 +732,7 @@ impl Daemon {
         // A lifecycle change carries the status line in the same datagram, so systemctl
         // status is never a step behind READY=1/RELOADING=1/STOPPING=1.
         let lifecycle = messages.iter().any(|m| !matches!(m, SystemdMessage::ExtendTimeout(_)));
-        let line = self.machine.status_line();
+        let line = self.status_line();
         for m in messages {
             match m {
                 SystemdMessage::Ready => states.push(NotifyState::Ready),
@@ -516,8 +757,17 @@ impl Daemon {
         }
     }
 
-    fn publish_status(&mut self) {
+    /// The machine's `STATUS=` line, with the upgrade in progress if there is one.
+    fn status_line(&self) -> String {
         let line = self.machine.status_line();
+        match self.upgrade_note() {
+            Some(note) => format!("{line}; {note}"),
+            None => line,
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let line = self.status_line();
         if line != self.last_status {
             if let Err(e) = self.notifier.send(&[NotifyState::Status(&line)]) {
                 logging::event(Level::Debug, "notify-error", format!("STATUS= to systemd: {e}"));

@@ -184,6 +184,22 @@ impl NotifyServer {
         Ok(NotifyServer { fd, path: path.to_path_buf() })
     }
 
+    /// Takes over the socket a previous handover binary bound at `path` (`handover
+    /// upgrade`): the same socket, so datagrams workers sent during the hand-off are still
+    /// queued in it. SO_PASSCRED and O_NONBLOCK were set on the socket and survive the exec.
+    pub fn adopt(fd: OwnedFd, path: &Path) -> io::Result<NotifyServer> {
+        set_cloexec(&fd)?;
+        // SAFETY: as in `bind`: we own `fd` (handed over by the previous binary for this
+        // purpose only), and AsyncFd takes ownership of it.
+        let fd = unsafe { AsyncFd::register(fd) }?;
+        Ok(NotifyServer { fd, path: path.to_path_buf() })
+    }
+
+    /// The socket's descriptor (handed over at `handover upgrade`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
     /// Where workers send (their `NOTIFY_SOCKET`).
     pub fn path(&self) -> &Path {
         &self.path
@@ -298,6 +314,13 @@ pub fn strip_control_chars(text: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(text)
     }
+}
+
+/// Sets FD_CLOEXEC on `fd` again: a descriptor handed across `handover upgrade`'s exec had
+/// it cleared, and workers must not inherit it.
+pub fn set_cloexec(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop).map_err(io::Error::from)
 }
 
 #[cfg(test)]

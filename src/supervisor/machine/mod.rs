@@ -47,6 +47,7 @@ mod index;
 #[cfg(any(debug_assertions, test))]
 mod invariants;
 mod reconcile;
+pub mod snapshot;
 mod status;
 
 /// The daemon's phase.
@@ -350,6 +351,11 @@ impl Machine {
         self.generations
             .values()
             .any(|g| g.config.workers.max_memory.is_some() && self.workers.counts(g.number).ready > 0)
+    }
+
+    /// Pids of every worker (the new binary of an upgrade takes handles on them).
+    pub fn worker_pids(&self) -> Vec<Pid> {
+        self.workers.values().filter_map(|w| w.pid).collect()
     }
 
     /// Whether `pid` is a worker's (the executor skips resolving its process group then).

@@ -130,6 +130,8 @@ impl Machine {
                     next_attempt_secs: f.next_attempt.map(|t| t.saturating_duration_since(now).as_secs_f64()),
                 })
                 .collect(),
+            // The executor's to fill in (the machine knows no binary, nor the wall clock).
+            ..proto::Status::default()
         }
     }
 }
