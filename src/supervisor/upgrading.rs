@@ -12,6 +12,8 @@
 //! - a second upgrade request joins the one in progress.
 use std::time::Instant;
 
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use crate::control::proto::{Outcome, Reply, Request};
@@ -303,7 +305,18 @@ impl Daemon {
         for pid in self.machine.worker_pids() {
             self.processes.insert(pid, WorkerProcess::open(pid));
         }
-        let gone = self.reap(notify_server);
+        let mut gone = self.reap(notify_server);
+        // A worker that is no longer our child at all was reaped by someone else during the
+        // exec (a wrapper script in its place, say): it is gone, and its exit unknown.
+        for pid in self.machine.worker_pids() {
+            let ours =
+                waitid(Id::Pid(Pid::from_raw(pid)), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            if ours == Err(nix::errno::Errno::ECHILD) {
+                self.processes.remove(&pid);
+                self.dispatch(Event::Exited { pid, status: "vanished during the upgrade (reaped elsewhere)".into() });
+                gone += 1;
+            }
+        }
         let took = time_base().monotonic_ns.saturating_sub(h.exec_monotonic_ns);
         let mut msg = upgraded_message(&h.from_version, &self.identity);
         msg.push_str(&format!(

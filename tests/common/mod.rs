@@ -147,6 +147,9 @@ pub struct Options {
     pub socket_activation: bool,
     /// systemd's watchdog for the daemon (WATCHDOG_USEC, WATCHDOG_PID = the daemon's pid).
     pub systemd_watchdog: Option<Duration>,
+    /// Run the daemon from this path instead of the binary under test (the upgrade tests
+    /// put a copy there, to replace it as a package upgrade would).
+    pub daemon_binary: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -158,6 +161,7 @@ impl Default for Options {
             extra: String::new(),
             socket_activation: true,
             systemd_watchdog: None,
+            daemon_binary: None,
         }
     }
 }
@@ -177,6 +181,7 @@ pub struct Daemon {
     /// The socket the emulated systemd holds (socket activation only).
     pub listener: Option<TcpListener>,
     watchdog: Option<Duration>,
+    daemon_binary: Option<PathBuf>,
     child: Option<Child>,
     seen_pids: Mutex<BTreeSet<i32>>,
 }
@@ -233,6 +238,7 @@ impl Daemon {
             notify,
             listener,
             watchdog: opts.systemd_watchdog,
+            daemon_binary: opts.daemon_binary.clone(),
             child: None,
             seen_pids: Mutex::new(BTreeSet::new()),
             dir,
@@ -249,7 +255,7 @@ impl Daemon {
         // LISTEN_PID=$$ then exec: the pid systemd would set, the daemon's own. SIGUSR1 is
         // ignored on purpose: an ignored signal the daemon inherits must not reach workers.
         cmd.args(["-c", "trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
-            .arg(bin())
+            .arg(self.daemon_binary.clone().unwrap_or_else(bin))
             .arg(&self.config)
             .env("NOTIFY_SOCKET", self.dir.path().join("systemd-notify"))
             .env_remove("LISTEN_FDS")

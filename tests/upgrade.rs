@@ -1,0 +1,337 @@
+//! `handover upgrade` against the real binary (SPEC §5, issue 8): the daemon runs from a
+//! copy of the binary in the test's directory, and the tests replace that file as a package
+//! upgrade does (a new file renamed over the path), then ask for the upgrade.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{bin, exclusive, http_get, run_with_deadline, Daemon, Options};
+
+/// A copy of the binary under test in `dir`, for the daemon to run from.
+fn installed_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("bin/handover");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(bin(), &path).unwrap();
+    path
+}
+
+/// Puts `content` at `path` as a package manager does: a new file renamed over it (the old
+/// inode, which the daemon may be running, is untouched).
+fn replace(path: &Path, content: &[u8], mode: u32) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A daemon running from a copy of the binary (in a directory kept as long as the daemon).
+fn start_from_copy(opts: Options) -> (Daemon, PathBuf, tempfile::TempDir) {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let copy = installed_copy(bin_dir.path());
+    let d = Daemon::start(Options { daemon_binary: Some(copy.clone()), ..opts });
+    (d, copy, bin_dir)
+}
+
+fn upgrade(d: &Daemon) -> (bool, String, String) {
+    let out = d.cli(&["upgrade"]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+fn sorted(mut v: Vec<i32>) -> Vec<i32> {
+    v.sort_unstable();
+    v
+}
+
+/// The second binary: the same code built with another version string and hand-off format 2
+/// (`HANDOVER_BUILD_VERSION`, `HANDOVER_HANDOFF_FORMAT`), in its own target directory
+/// seeded from the test's (only the handover crate is rebuilt).
+fn binary_b() -> PathBuf {
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    B.get_or_init(|| {
+        let release = bin().parent().unwrap().to_path_buf();
+        let target = release.parent().unwrap().join("upgrade-b");
+        let out = target.join("release/handover");
+        if !target.join("release").exists() {
+            std::fs::create_dir_all(&target).unwrap();
+            let st = Command::new("cp").arg("-a").arg(&release).arg(&target).status().unwrap();
+            assert!(st.success(), "seeding {}", target.display());
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--release", "--locked", "--bin", "handover", "--target-dir"])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HANDOVER_HANDOFF_FORMAT", "2")
+            .env("HANDOVER_BUILD_VERSION", "0.1.0+b");
+        let built = run_with_deadline(cmd, Duration::from_secs(900));
+        assert!(built.status.success(), "building binary B: {}", String::from_utf8_lossy(&built.stderr));
+        out
+    })
+    .clone()
+}
+
+#[test]
+fn twenty_upgrades_under_load_keep_every_pid_lose_nothing_and_leak_nothing() {
+    let _x = exclusive();
+    let (d, path, _bin) = start_from_copy(Options::default());
+    let master = d.pid();
+    let workers = sorted(d.worker_pids(1, "ready"));
+    assert_eq!(workers.len(), 3);
+    let fds_before = fd_count(master);
+    for keep_alive in [false, true] {
+        let load = d.load(4, keep_alive);
+        let t0 = load.started_at();
+        // Steady state first, as long as the upgrades will take.
+        let steady_for = Duration::from_millis(1000);
+        while t0.elapsed() < steady_for {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let from = t0.elapsed();
+        let started = Instant::now();
+        for i in 0..10 {
+            // A new file at the path each time, as a package upgrade leaves it.
+            replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
+            let (ok, stdout, stderr) = upgrade(&d);
+            assert!(ok, "upgrade {i} failed: {stderr}\nlog:\n{}", d.log());
+            assert!(stdout.contains(&format!("pid {master} kept")), "{stdout}");
+        }
+        let took = started.elapsed();
+        let to = t0.elapsed();
+        std::thread::sleep(Duration::from_millis(200));
+        let report = load.stop();
+        assert_eq!(report.failed, 0, "failed requests across upgrades: {:?}\nlog:\n{}", report.failures, d.log());
+        let steady = report.longest_gap_within(Duration::from_millis(100), from);
+        let during = report.longest_gap_within(from, to);
+        println!(
+            "numbers: 10 upgrades keep_alive={keep_alive} under load in {took:?} ({:?} each): sent {} failed {}; longest gap during {during:?} vs steady {steady:?}",
+            took / 10,
+            report.sent,
+            report.failed
+        );
+        // handover is not in the data path: the workers serve through the exec.
+        assert!(
+            during <= steady * 3 + Duration::from_millis(50),
+            "a hole of {during:?} during the upgrades (steady {steady:?})"
+        );
+    }
+    let st = d.status();
+    assert_eq!(st["pid"], master, "the master's pid stays");
+    assert_eq!(sorted(d.worker_pids(1, "ready")), workers, "the same workers serve");
+    assert_eq!(st["upgrades"], 20);
+    assert_eq!(st["upgraded_from"], env!("CARGO_PKG_VERSION"));
+    let fds_after = fd_count(master);
+    println!("numbers: master fds before {fds_before}, after 20 upgrades {fds_after}");
+    assert_eq!(fds_after, fds_before, "descriptors leaked across upgrades");
+    let log = d.log();
+    assert_eq!(log.matches("upgraded in place").count(), 20, "{log}");
+    // The workers' parent is still the master.
+    for w in &workers {
+        let stat = std::fs::read_to_string(format!("/proc/{w}/stat")).unwrap();
+        let ppid: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(ppid, master);
+    }
+}
+
+#[test]
+fn a_broken_new_binary_fails_the_upgrade_and_changes_nothing() {
+    let (d, path, _bin) = start_from_copy(Options::default());
+    let master = d.pid();
+    let workers = sorted(d.worker_pids(1, "ready"));
+    let cases: [(&str, Vec<u8>, u32, &str); 4] = [
+        ("a script that exits 1", b"#!/bin/sh\necho 'exec format gone wrong' >&2\nexit 1\n".to_vec(), 0o755, "exec format gone wrong"),
+        ("a file that is not executable", std::fs::read(bin()).unwrap(), 0o644, "Permission denied"),
+        ("a program that is not handover", std::fs::read("/bin/true").unwrap(), 0o755, "without answering"),
+        (
+            "a handover that refuses the format",
+            b"#!/bin/sh\necho '{\"accepts\":false,\"version\":\"9.0.0\",\"format\":7,\"reason\":\"format 1 retired\"}'\nexit 1\n"
+                .to_vec(),
+            0o755,
+            "format 1 retired",
+        ),
+    ];
+    for (what, content, mode, expect) in cases {
+        replace(&path, &content, mode);
+        let started = Instant::now();
+        let (ok, _, stderr) = upgrade(&d);
+        println!("numbers: upgrade to {what}: refused in {:?}: {}", started.elapsed(), stderr.trim());
+        assert!(!ok, "upgrade to {what} succeeded");
+        assert!(stderr.contains(expect), "{what}: {stderr}");
+        let st = d.status();
+        assert_eq!(st["pid"], master);
+        assert_eq!(st["upgrades"], 0);
+        assert_eq!(sorted(d.worker_pids(1, "ready")), workers, "{what}: workers changed");
+        assert_eq!(http_get(d.addr, "/").0, 200, "{what}: not serving");
+    }
+    assert!(d.log().contains("upgrade failed"), "{}", d.log());
+    // And a good binary afterwards goes through.
+    replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
+    let (ok, _, stderr) = upgrade(&d);
+    assert!(ok, "{stderr}\n{}", d.log());
+}
+
+#[test]
+fn a_worker_that_dies_during_the_hand_off_is_reaped_and_replaced() {
+    let (d, path, _bin) = start_from_copy(Options { worker_args: vec![], ..Options::default() });
+    let workers = sorted(d.worker_pids(1, "ready"));
+    // The "new binary" kills one of its children (the workers: it runs as the master's pid)
+    // in the middle of the exec, then becomes handover.
+    let real = path.with_file_name("handover-real");
+    std::fs::copy(bin(), &real).unwrap();
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = run ]; then\n  victim=$(cut -d' ' -f1 /proc/$$/task/$$/children)\n  kill -9 \"$victim\"\n  echo \"killed $victim\" >&2\nfi\nexec {} \"$@\"\n",
+        real.display()
+    );
+    replace(&path, script.as_bytes(), 0o755);
+    let (ok, _, stderr) = upgrade(&d);
+    assert!(ok, "{stderr}\n{}", d.log());
+    let log = d.log();
+    let victim: i32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("killed "))
+        .expect("the script killed a worker")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(workers.contains(&victim), "{victim} is not one of {workers:?}");
+    assert!(log.contains("1 exited during the hand-off"), "{log}");
+    // The slot gets a new worker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = d.worker_pids(1, "ready");
+        if ready.len() == 3 && !ready.contains(&victim) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replacement for {victim}: {ready:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn formats_a_newer_binary_takes_over_and_an_older_one_refuses() {
+    let b = binary_b();
+    let (d, path, _bin) = start_from_copy(Options::default());
+    let master = d.pid();
+    let workers = sorted(d.worker_pids(1, "ready"));
+    let version_a = env!("CARGO_PKG_VERSION");
+    replace(&path, &std::fs::read(&b).unwrap(), 0o755);
+    let (ok, stdout, stderr) = upgrade(&d);
+    assert!(ok, "A (format 1) -> B (format 2): {stderr}\n{}", d.log());
+    assert!(stdout.contains(&format!("handover {version_a} -> 0.1.0+b")), "{stdout}");
+    let st = d.status();
+    assert_eq!(st["version"], "0.1.0+b");
+    assert_eq!(st["pid"], master);
+    assert_eq!(sorted(d.worker_pids(1, "ready")), workers);
+    // Back to A: A reads format 1 only, B wrote format 2. Refused, B goes on.
+    replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
+    let (ok, _, stderr) = upgrade(&d);
+    assert!(!ok, "B (format 2) -> A (format 1) went through");
+    assert!(stderr.contains("not 2") && stderr.contains("restart the service"), "{stderr}");
+    let st = d.status();
+    assert_eq!(st["version"], "0.1.0+b");
+    assert_eq!(sorted(d.worker_pids(1, "ready")), workers);
+    assert_eq!(http_get(d.addr, "/").0, 200);
+}
+
+/// A new binary whose pre-flight takes `secs` (then it is the real handover).
+fn slow_check_script(path: &Path, secs: &str) {
+    let real = path.with_file_name("handover-real");
+    std::fs::copy(bin(), &real).unwrap();
+    let script =
+        format!("#!/bin/sh\nif [ \"$1\" = handoff-check ]; then sleep {secs}; fi\nexec {} \"$@\"\n", real.display());
+    replace(path, script.as_bytes(), 0o755);
+}
+
+fn wait_status(d: &Daemon, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = d.status();
+        if pred(&st) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {st}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_asked_for_during_the_upgrade_is_honoured_by_the_new_binary() {
+    let (d, path, _bin) = start_from_copy(Options::default());
+    slow_check_script(&path, "1");
+    let upgrading = {
+        let mut cmd = Command::new(bin());
+        cmd.args(["upgrade", "-c"]).arg(&d.config);
+        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
+    };
+    wait_status(&d, "the pre-flight", |st| st["summary"].as_str().unwrap_or("").contains("upgrading: checking"));
+    let reload = d.cli(&["reload"]);
+    let up = upgrading.join().unwrap();
+    assert!(up.status.success(), "upgrade: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(reload.status.success(), "reload: {}\n{}", String::from_utf8_lossy(&reload.stderr), d.log());
+    let log = d.log();
+    let held = log.find("held until the upgrade is done").expect("the reload was held");
+    let upgraded = log.find("upgraded in place").expect("upgraded");
+    let reloaded = log.find("reload succeeded").expect("reloaded");
+    assert!(held < upgraded && upgraded < reloaded, "order: held, upgraded, reloaded:\n{log}");
+    assert_eq!(d.status()["active_generation"], 2);
+}
+
+#[test]
+fn an_upgrade_asked_for_during_a_reload_waits_for_it() {
+    let opts = Options { worker_args: vec!["--boot-delay".into(), "1s".into()], ..Options::default() };
+    let (d, _path, _bin) = start_from_copy(opts);
+    let reloading = {
+        let mut cmd = Command::new(bin());
+        cmd.args(["reload", "-c"]).arg(&d.config);
+        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
+    };
+    wait_status(&d, "the reload", |st| st["phase"] == "reloading");
+    let (ok, _, stderr) = upgrade(&d);
+    assert!(ok, "{stderr}");
+    let reload = reloading.join().unwrap();
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let log = d.log();
+    let waits = log.find("upgrade waits for the running reload").expect("it waited");
+    let reloaded = log.find("reload succeeded").expect("reloaded");
+    let executed = log.find("upgrade: executing").expect("executed");
+    assert!(waits < reloaded && reloaded < executed, "{log}");
+    assert_eq!(d.status()["active_generation"], 2);
+}
+
+#[test]
+fn sigterm_during_the_upgrade_stops_cleanly_and_sigusr2_upgrades() {
+    let (mut d, path, _bin) = start_from_copy(Options::default());
+    // SIGUSR2: the same upgrade, its result in the log.
+    d.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("upgraded in place") {
+        assert!(Instant::now() < deadline, "SIGUSR2 did not upgrade:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.status()["upgrades"], 1);
+    slow_check_script(&path, "5");
+    let upgrading = {
+        let mut cmd = Command::new(bin());
+        cmd.args(["upgrade", "-c"]).arg(&d.config);
+        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
+    };
+    wait_status(&d, "the pre-flight", |st| st["summary"].as_str().unwrap_or("").contains("upgrading: checking"));
+    d.signal(libc::SIGTERM);
+    let up = upgrading.join().unwrap();
+    assert!(!up.status.success());
+    assert!(String::from_utf8_lossy(&up.stderr).contains("stopping"), "{}", String::from_utf8_lossy(&up.stderr));
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0, "{}", d.log());
+}
