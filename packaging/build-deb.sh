@@ -14,8 +14,9 @@
 #   /usr/share/doc/handover/examples/app.toml (and systemd/: app.service, app.socket,
 #     notify-reload.conf), copyright
 #   /etc/handover/ (empty: one APP.toml per app goes here)
-# Set SOURCE_DATE_EPOCH for reproducible timestamps (default: the last commit's time), and
-# HANDOVER_BIN to package another build of the binary.
+# Set SOURCE_DATE_EPOCH for reproducible timestamps (default: the last commit's time),
+# HANDOVER_BIN to package another build of the binary, and HANDOVER_DEB_VERSION to give it
+# another version.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +29,9 @@ for c in cargo dpkg-deb gzip; do command -v "$c" >/dev/null || die "missing $c";
 BIN=${HANDOVER_BIN:-$ROOT/target/release/handover}
 [[ -x $BIN ]] || die "no $BIN; run cargo build --release first"
 
-VERSION=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
+# HANDOVER_DEB_VERSION: another upstream version (the e2e upgrade test packages a second
+# build of the binary, which reports that version, as a newer package).
+VERSION=${HANDOVER_DEB_VERSION:-$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)}
 [[ -n $VERSION ]] || die "cannot read the version from Cargo.toml"
 ARCH=$(dpkg --print-architecture)
 DEBVER=$VERSION-1
@@ -88,18 +91,10 @@ Description: systemd-native master for pre-forked web workers
  Ships the unit templates handover@.service and handover@.socket; put one
  /etc/handover/APP.toml per app and run handover@APP.
 EOF
-# The unit files are new or changed: tell a running systemd. Nothing is enabled or started:
-# which apps run is the admin's choice (handover@APP needs /etc/handover/APP.toml first).
+# Maintainer scripts (packaging/maintainer/): daemon-reload, and on upgrade `handover
+# upgrade` of every running handover@APP (in place: no app is restarted).
 for script in postinst postrm; do
-  cat > "$PKG/DEBIAN/$script" <<'EOF'
-#!/bin/sh
-set -e
-if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-	systemctl daemon-reload >/dev/null 2>&1 || true
-fi
-exit 0
-EOF
-  chmod 0755 "$PKG/DEBIAN/$script"
+  install -m 0755 "packaging/maintainer/$script" "$PKG/DEBIAN/$script"
 done
 (cd "$PKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) \
   > "$PKG/DEBIAN/md5sums"

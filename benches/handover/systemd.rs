@@ -1,4 +1,4 @@
-//! Scenario 3: `systemctl restart` and `kill -9` of the master under a real systemd 254,
+//! Scenario 3: `systemctl restart`, `handover upgrade` and `kill -9` of the master under a real systemd,
 //! through the e2e harness (`tests/e2e/sandbox.sh` boots systemd as PID 1 of a container
 //! with the host's network; `packaging/build-deb.sh` builds the package it installs).
 //!
@@ -256,6 +256,22 @@ pub fn run(e2e_root: &Path) -> Result<Restart> {
             sb.run(&["systemctl", "restart", UNIT])?;
             Ok(())
         })?;
+        eprintln!("{}", line(&r));
+        runs.push(r);
+    }
+    // The same app and load, `handover upgrade` instead of a restart (issue 8): the binary
+    // re-executes in place; the workers serve throughout.
+    for keep_alive in [false, true] {
+        wait_for("every worker ready", Duration::from_secs(30), || all_ready(&sb))?;
+        let main = sb.prop(UNIT, "MainPID")?;
+        let r = measured("handover upgrade", keep_alive, &sb, |sb| {
+            sb.run(&["handover", "upgrade", "-c", CONFIG])?;
+            Ok(())
+        })?;
+        let after = sb.prop(UNIT, "MainPID")?;
+        if after != main {
+            bail!("handover upgrade changed MainPID from {main} to {after}");
+        }
         eprintln!("{}", line(&r));
         runs.push(r);
     }
