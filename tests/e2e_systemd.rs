@@ -24,6 +24,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use handover::loadgen::{self, LoadHandle, LoadReport, LoadSpec, Target};
+
+mod common;
 use serde_json::Value;
 
 /// The socket unit's port (handover@app.socket, FileDescriptorName=http).
@@ -72,6 +74,8 @@ fn systemd_e2e() {
         }
     }
     let deb = build_deb(&root);
+    // Version B of the package for scenario 11: a second build, another version string.
+    let deb_b = build_deb_of(&root, &common::binary_b(), common::VERSION_B);
     let mut sb = Sandbox::up(&root, deb.parent().expect("deb dir"));
     let mut results: Vec<(&str, R<Vec<String>>)> = Vec::new();
     let setup = setup(&mut sb, &deb);
@@ -104,6 +108,18 @@ fn systemd_e2e() {
             }
             results.push((name, r));
         }
+        let name = "11 package upgrade A -> B under load: upgraded in place, same MainPID and workers, 0 failed";
+        eprintln!("\n=== {name}");
+        let t0 = Instant::now();
+        let r = s11_package_upgrade(&mut sb, &deb, &deb_b);
+        match &r {
+            Ok(_) => eprintln!("--- ok ({:.1}s)", t0.elapsed().as_secs_f64()),
+            Err(e) => {
+                eprintln!("--- FAILED ({:.1}s): {e}", t0.elapsed().as_secs_f64());
+                sb.dump_journal();
+            }
+        }
+        results.push((name, r));
     }
     eprintln!("\n=== summary (container boot {:.2}s)", sb.boot_secs);
     let (mut passed, mut failed) = (0, 0);
@@ -686,6 +702,66 @@ fn s10_plain_units(sb: &mut Sandbox) -> R<Vec<String>> {
 /// The app's config: the socket unit's socket (http, matched by name) and one handover
 /// binds itself (admin, kept in the fd store); 3 demo workers with a 1 s boot, plus `extra`
 /// worker flags (a broken version).
+/// Installs package B over A under load (dpkg's postinst upgrades the running instance in
+/// place), then A over B: A cannot read B's hand-off format, so the postinst falls back to
+/// `systemctl restart`, which refuses no connection either.
+fn s11_package_upgrade(sb: &mut Sandbox, deb_a: &Path, deb_b: &Path) -> R<Vec<String>> {
+    sb.reset()?;
+    let name = |d: &Path| d.file_name().and_then(|n| n.to_str()).map(str::to_owned).ok_or("deb name");
+    let (a, b) = (name(deb_a)?, name(deb_b)?);
+    let main = sb.prop(UNIT, "MainPID")?;
+    let before = sb.status()?;
+    let version_a = before["version"].as_str().unwrap_or("").to_owned();
+    let old_pids = pids(&before);
+    let cursor = sb.journal_cursor()?;
+    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
+    load.wait_ok(100)?;
+    let t0 = Instant::now();
+    let installed = sb.sh(&format!("dpkg -i /mnt/deb/{b} 2>&1"))?;
+    let took = t0.elapsed();
+    load.wait_more_ok(100)?;
+    let reports = load.stop();
+    let after = sb.status()?;
+    ensure!(installed.contains("upgraded in place"), "the postinst did not upgrade in place: {installed}");
+    ensure!(sb.prop(UNIT, "MainPID")? == main, "MainPID changed across the package upgrade");
+    ensure!(pids(&after) == old_pids, "worker pids changed: {old_pids:?} -> {:?}", pids(&after));
+    ensure!(after["version"] == common::VERSION_B, "handover status reports {} after the upgrade", after["version"]);
+    ensure!(after["upgraded_from"] == version_a.as_str(), "upgraded_from: {}", after["upgraded_from"]);
+    let journal = sb.run(&["journalctl", "-u", UNIT, "--after-cursor", &cursor, "-o", "json", "--no-pager"])?;
+    let upgrade_entries = journal.lines().filter(|l| l.contains("\"HANDOVER_EVENT\":\"upgrade\"")).count();
+    ensure!(upgrade_entries >= 3, "HANDOVER_EVENT=upgrade entries: {upgrade_entries}");
+    let mut notes = vec![
+        format!(
+            "dpkg -i {b} under load took {}: MainPID {main} kept, {} workers kept, status reports {}; {upgrade_entries} journal entries HANDOVER_EVENT=upgrade",
+            ms(took),
+            old_pids.len(),
+            after["version"]
+        ),
+    ];
+    check_no_failures(&reports, &mut notes)?;
+    // Back to A: refused in the pre-flight (A reads hand-off format 1, B wrote 2); the
+    // postinst restarts the unit instead.
+    let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, true)])?;
+    load.wait_ok(100)?;
+    let installed = sb.sh(&format!("dpkg -i /mnt/deb/{a} 2>&1"))?;
+    load.wait_more_ok(100)?;
+    let reports = load.stop();
+    ensure!(installed.contains("restarting it instead"), "no fallback to restart: {installed}");
+    ensure!(sb.prop(UNIT, "MainPID")? != main, "MainPID kept although A refused B's format");
+    wait_for("every worker ready", Duration::from_secs(30), || {
+        let st = sb.status()?;
+        Ok(workers(&st).iter().filter(|w| w.state == "ready").count() == WORKERS)
+    })?;
+    let back = sb.status()?;
+    ensure!(back["version"] == version_a.as_str(), "after the downgrade status reports {}", back["version"]);
+    notes.push(format!(
+        "dpkg -i {a} (older hand-off format): upgrade refused, postinst restarted the unit; {}",
+        version_a
+    ));
+    check_no_failures(&reports, &mut notes)?;
+    Ok(notes)
+}
+
 fn app_config(extra: &[&str], boot_timeout: Option<&str>) -> String {
     let mut args = vec!["/usr/bin/handover", "demo-worker", "--boot-delay", "1s"];
     args.extend_from_slice(extra);
@@ -914,6 +990,19 @@ fn build_deb(root: &Path) -> PathBuf {
     let out = Command::new(root.join("packaging/build-deb.sh"))
         .arg("--no-build")
         .env("HANDOVER_BIN", env!("CARGO_BIN_EXE_handover"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running packaging/build-deb.sh");
+    assert!(out.status.success(), "packaging/build-deb.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Builds a .deb of `binary` as version `version` (a newer package of the same code).
+fn build_deb_of(root: &Path, binary: &Path, version: &str) -> PathBuf {
+    let out = Command::new(root.join("packaging/build-deb.sh"))
+        .arg("--no-build")
+        .env("HANDOVER_BIN", binary)
+        .env("HANDOVER_DEB_VERSION", version)
         .stderr(Stdio::inherit())
         .output()
         .expect("running packaging/build-deb.sh");

@@ -8,10 +8,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{bin, exclusive, http_get, run_with_deadline, Daemon, Options};
+use common::{bin, binary_b, exclusive, http_get, run_with_deadline, Daemon, Options};
 
 /// A copy of the binary under test in `dir`, for the daemon to run from.
 fn installed_copy(dir: &Path) -> PathBuf {
@@ -54,34 +53,6 @@ fn fd_count(pid: i32) -> usize {
 fn sorted(mut v: Vec<i32>) -> Vec<i32> {
     v.sort_unstable();
     v
-}
-
-/// The second binary: the same code built with another version string and hand-off format 2
-/// (`HANDOVER_BUILD_VERSION`, `HANDOVER_HANDOFF_FORMAT`), in its own target directory
-/// seeded from the test's (only the handover crate is rebuilt).
-fn binary_b() -> PathBuf {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| {
-        let release = bin().parent().unwrap().to_path_buf();
-        let target = release.parent().unwrap().join("upgrade-b");
-        let out = target.join("release/handover");
-        if !target.join("release").exists() {
-            std::fs::create_dir_all(&target).unwrap();
-            let st = Command::new("cp").arg("-a").arg(&release).arg(&target).status().unwrap();
-            assert!(st.success(), "seeding {}", target.display());
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--release", "--locked", "--bin", "handover", "--target-dir"])
-            .arg(&target)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("HANDOVER_HANDOFF_FORMAT", "2")
-            .env("HANDOVER_BUILD_VERSION", "0.1.0+b");
-        let built = run_with_deadline(cmd, Duration::from_secs(900));
-        assert!(built.status.success(), "building binary B: {}", String::from_utf8_lossy(&built.stderr));
-        out
-    })
-    .clone()
 }
 
 #[test]
@@ -230,9 +201,9 @@ fn formats_a_newer_binary_takes_over_and_an_older_one_refuses() {
     replace(&path, &std::fs::read(&b).unwrap(), 0o755);
     let (ok, stdout, stderr) = upgrade(&d);
     assert!(ok, "A (format 1) -> B (format 2): {stderr}\n{}", d.log());
-    assert!(stdout.contains(&format!("handover {version_a} -> 0.1.0+b")), "{stdout}");
+    assert!(stdout.contains(&format!("handover {version_a} -> {}", common::VERSION_B)), "{stdout}");
     let st = d.status();
-    assert_eq!(st["version"], "0.1.0+b");
+    assert_eq!(st["version"], common::VERSION_B);
     assert_eq!(st["pid"], master);
     assert_eq!(sorted(d.worker_pids(1, "ready")), workers);
     // Back to A: A reads format 1 only, B wrote format 2. Refused, B goes on.
@@ -241,7 +212,7 @@ fn formats_a_newer_binary_takes_over_and_an_older_one_refuses() {
     assert!(!ok, "B (format 2) -> A (format 1) went through");
     assert!(stderr.contains("not 2") && stderr.contains("restart the service"), "{stderr}");
     let st = d.status();
-    assert_eq!(st["version"], "0.1.0+b");
+    assert_eq!(st["version"], common::VERSION_B);
     assert_eq!(sorted(d.worker_pids(1, "ready")), workers);
     assert_eq!(http_get(d.addr, "/").0, 200);
 }

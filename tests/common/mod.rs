@@ -475,3 +475,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The version string of [`binary_b`].
+pub const VERSION_B: &str = "0.1.0+b";
+
+/// A second handover binary for the upgrade tests: the same code built with another version
+/// string and hand-off format 2 (`HANDOVER_BUILD_VERSION`, `HANDOVER_HANDOFF_FORMAT` at
+/// compile time), in its own target directory seeded from the test's, so only the handover
+/// crate is rebuilt. Built once per test binary (and kept between runs).
+pub fn binary_b() -> PathBuf {
+    static B: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let release = bin().parent().unwrap().to_path_buf();
+        let target = release.parent().unwrap().join("upgrade-b");
+        if !target.join("release").exists() {
+            std::fs::create_dir_all(&target).unwrap();
+            let st = Command::new("cp").arg("-a").arg(&release).arg(&target).status().unwrap();
+            assert!(st.success(), "seeding {}", target.display());
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--release", "--locked", "--bin", "handover", "--target-dir"])
+            .arg(&target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("HANDOVER_HANDOFF_FORMAT", "2")
+            .env("HANDOVER_BUILD_VERSION", VERSION_B);
+        let built = run_with_deadline(cmd, Duration::from_secs(900));
+        assert!(built.status.success(), "building binary B: {}", String::from_utf8_lossy(&built.stderr));
+        target.join("release/handover")
+    })
+    .clone()
+}
