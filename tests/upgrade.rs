@@ -217,6 +217,13 @@ fn formats_a_newer_binary_takes_over_and_an_older_one_refuses() {
     assert_eq!(http_get(d.addr, "/").0, 200);
 }
 
+/// `handover CMD -c CONFIG` in a thread (the test goes on while it waits).
+fn in_background(d: &Daemon, cmd: &str) -> std::thread::JoinHandle<std::process::Output> {
+    let mut c = Command::new(bin());
+    c.args([cmd, "-c"]).arg(&d.config);
+    std::thread::spawn(move || run_with_deadline(c, Duration::from_secs(60)))
+}
+
 /// A new binary whose pre-flight takes `secs` (then it is the real handover).
 fn slow_check_script(path: &Path, secs: &str) {
     let real = path.with_file_name("handover-real");
@@ -242,11 +249,7 @@ fn wait_status(d: &Daemon, what: &str, pred: impl Fn(&serde_json::Value) -> bool
 fn a_reload_asked_for_during_the_upgrade_is_honoured_by_the_new_binary() {
     let (d, path, _bin) = start_from_copy(Options::default());
     slow_check_script(&path, "1");
-    let upgrading = {
-        let mut cmd = Command::new(bin());
-        cmd.args(["upgrade", "-c"]).arg(&d.config);
-        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
-    };
+    let upgrading = in_background(&d, "upgrade");
     wait_status(&d, "the pre-flight", |st| st["summary"].as_str().unwrap_or("").contains("upgrading: checking"));
     let reload = d.cli(&["reload"]);
     let up = upgrading.join().unwrap();
@@ -264,11 +267,7 @@ fn a_reload_asked_for_during_the_upgrade_is_honoured_by_the_new_binary() {
 fn an_upgrade_asked_for_during_a_reload_waits_for_it() {
     let opts = Options { worker_args: vec!["--boot-delay".into(), "1s".into()], ..Options::default() };
     let (d, _path, _bin) = start_from_copy(opts);
-    let reloading = {
-        let mut cmd = Command::new(bin());
-        cmd.args(["reload", "-c"]).arg(&d.config);
-        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
-    };
+    let reloading = in_background(&d, "reload");
     wait_status(&d, "the reload", |st| st["phase"] == "reloading");
     let (ok, _, stderr) = upgrade(&d);
     assert!(ok, "{stderr}");
@@ -294,11 +293,7 @@ fn sigterm_during_the_upgrade_stops_cleanly_and_sigusr2_upgrades() {
     }
     assert_eq!(d.status()["upgrades"], 1);
     slow_check_script(&path, "5");
-    let upgrading = {
-        let mut cmd = Command::new(bin());
-        cmd.args(["upgrade", "-c"]).arg(&d.config);
-        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
-    };
+    let upgrading = in_background(&d, "upgrade");
     wait_status(&d, "the pre-flight", |st| st["summary"].as_str().unwrap_or("").contains("upgrading: checking"));
     d.signal(libc::SIGTERM);
     let up = upgrading.join().unwrap();
