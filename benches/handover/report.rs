@@ -377,6 +377,29 @@ impl Results {
                 format!("{} sent, {} failed, back after {:.2} s", x.counts.sent, x.counts.failed, x.back_s),
             );
         }
+        // An upgrade in place never stops the workers: no failure, and no hole longer than a
+        // tenth of the restart's (which is one app boot) in the same run.
+        let restart_gap = self
+            .restart
+            .iter()
+            .flat_map(|r| &r.runs)
+            .filter(|x| x.operation == "systemctl restart")
+            .map(|x| x.during.gap_ms)
+            .fold(f64::NAN, f64::min);
+        for x in self.restart.iter().flat_map(|r| &r.runs).filter(|x| x.operation == "handover upgrade") {
+            check(
+                format!("handover upgrade ({}): 0 failed requests, hole < 1/10 of systemctl restart's", x.clients),
+                x.counts.failed == 0 && !(x.during.gap_ms >= restart_gap / 10.0),
+                format!(
+                    "{} sent, {} failed; longest gap {:.1} ms vs restart {:.0} ms ({:.3}x)",
+                    x.counts.sent,
+                    x.counts.failed,
+                    x.during.gap_ms,
+                    restart_gap,
+                    x.during.gap_ms / restart_gap
+                ),
+            );
+        }
         for s in &self.scale {
             check(
                 format!(
