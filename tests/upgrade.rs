@@ -58,7 +58,9 @@ fn sorted(mut v: Vec<i32>) -> Vec<i32> {
 #[test]
 fn twenty_upgrades_under_load_keep_every_pid_lose_nothing_and_leak_nothing() {
     let _x = exclusive();
-    let (d, path, _bin) = start_from_copy(Options::default());
+    // An app that takes 1 s to boot: a restart (or gunicorn's HUP) leaves a hole that long.
+    let opts = Options { worker_args: vec!["--boot-delay".into(), "1s".into()], ..Options::default() };
+    let (d, path, _bin) = start_from_copy(opts);
     let master = d.pid();
     let workers = sorted(d.worker_pids(1, "ready"));
     assert_eq!(workers.len(), 3);
@@ -93,11 +95,10 @@ fn twenty_upgrades_under_load_keep_every_pid_lose_nothing_and_leak_nothing() {
             report.sent,
             report.failed
         );
-        // handover is not in the data path: the workers serve through the exec.
-        assert!(
-            during <= steady * 3 + Duration::from_millis(50),
-            "a hole of {during:?} during the upgrades (steady {steady:?})"
-        );
+        // handover is not in the data path: the workers serve through the exec. On this
+        // shared 2-core machine scheduling alone makes gaps of tens of ms, so the bound is
+        // half the app's boot, the least a restart would cost (as in tests/reload.rs).
+        assert!(during < Duration::from_millis(500), "a hole of {during:?} during the upgrades (steady {steady:?})");
     }
     let st = d.status();
     assert_eq!(st["pid"], master, "the master's pid stays");
@@ -163,7 +164,7 @@ fn a_worker_that_dies_during_the_hand_off_is_reaped_and_replaced() {
     let real = path.with_file_name("handover-real");
     std::fs::copy(bin(), &real).unwrap();
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = run ]; then\n  victim=$(cut -d' ' -f1 /proc/$$/task/$$/children)\n  kill -9 \"$victim\"\n  echo \"killed $victim\" >&2\n  # Until it is a zombie (bounded): its exit is then for the new binary to find.\n  n=0\n  while [ \"$(cut -d' ' -f3 /proc/$victim/stat)\" != Z ] && [ $n -lt 100000 ]; do n=$((n+1)); done\nfi\nexec {} \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1\" = run ]; then\n  victim=$(cut -d' ' -f1 /proc/$$/task/$$/children)\n  kill -9 \"$victim\"\n  echo \"killed $victim\" >&2\n  # Until it is a zombie, or gone if the shell reaped it (bounded; builtins only): its\n  # exit is then for the new binary to find.\n  n=0\n  while [ $n -lt 1000000 ] && read -r _ _ state _ < /proc/$victim/stat 2>/dev/null && [ \"$state\" != Z ]; do n=$((n+1)); done\nfi\nexec {} \"$@\"\n",
         real.display()
     );
     replace(&path, script.as_bytes(), 0o755);
