@@ -342,6 +342,18 @@ fn the_rpm_holds_the_debs_files_and_is_rpmlint_clean() {
     let scripts = run_ok(60, Command::new("rpm").args(["-qp", "--scripts"]).arg(rpm()));
     assert!(scripts.contains("systemctl daemon-reload"), "no daemon-reload scriptlet:\n{scripts}");
 
+    // Installed into an empty root (no dependencies there, no scriptlets: it is not a
+    // Fedora system): the payload unpacks, `rpm -V` finds every file as the header
+    // describes it, and the installed binary runs.
+    let root_dir = work().join("rpm-root");
+    let _ = std::fs::remove_dir_all(&root_dir);
+    std::fs::create_dir_all(&root_dir).unwrap_or_else(|e| panic!("creating {}: {e}", root_dir.display()));
+    run_ok(60, Command::new("rpm").arg("--root").arg(&root_dir).arg("--initdb"));
+    run_ok(60, Command::new("rpm").arg("--root").arg(&root_dir).args(["-i", "--nodeps", "--noscripts"]).arg(rpm()));
+    run_ok(60, Command::new("rpm").arg("--root").arg(&root_dir).args(["-V", "--nodeps", "handover"]));
+    let version = run_ok(10, Command::new(root_dir.join("usr/bin/handover")).arg("--version"));
+    assert_eq!(version.trim(), format!("handover {}", env!("CARGO_PKG_VERSION")));
+
     let out = run(120, Command::new("rpmlint").arg("-c").arg(root().join("packaging/rpmlint.toml")).arg(rpm()));
     let text = String::from_utf8_lossy(&out.stdout);
     println!("rpmlint {}:\n{text}", rpm().display());
