@@ -363,3 +363,25 @@ fn the_rpm_holds_the_debs_files_and_is_rpmlint_clean() {
     assert!(text.contains("0 errors, 0 warnings"), "rpmlint did not check the package:\n{text}");
     assert!(out.status.success(), "rpmlint failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn completions_fail_cleanly_on_a_bad_shell_or_a_full_disk() {
+    // clap_complete would panic on a failed write (and the release build aborts on panic):
+    // handover writes the script itself and reports the error.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("opening /dev/full");
+    // (Not through `run`, which captures standard output.)
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(bin())
+        .args(["completions", "bash"])
+        .stdout(full)
+        .output()
+        .expect("running handover completions");
+    assert_eq!(out.status.code(), Some(1), "writing to /dev/full: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("completions: writing to standard output"), "stderr: {err}");
+
+    let out = run(10, Command::new(bin()).args(["completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: bash"));
+}
