@@ -262,6 +262,13 @@ fn fish_completes_the_subcommands_from_the_deb() {
     let home = work().join("fish-home");
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap_or_else(|e| panic!("creating {}: {e}", home.display()));
+    // Installed, fish finds the file because /usr/share/fish/vendor_completions.d is on its
+    // default completion path.
+    let default_path = run_ok(10, Command::new("fish").args(["-c", "string join \\n -- $fish_complete_path"]));
+    assert!(
+        default_path.lines().any(|l| l == "/usr/share/fish/vendor_completions.d"),
+        "fish's $fish_complete_path lacks /usr/share/fish/vendor_completions.d:\n{default_path}"
+    );
     let path = format!("{}:{}", deb_tree().join("usr/bin").display(), std::env::var("PATH").unwrap_or_default());
     check_completions("fish", |line| {
         let out = run_ok(
@@ -284,6 +291,13 @@ fn fish_completes_the_subcommands_from_the_deb() {
 #[test]
 fn zsh_completes_the_subcommands_from_the_deb() {
     need("zsh", "apt-get install zsh");
+    // The test puts the unpacked directory first on $fpath; installed, the file is found
+    // because Debian's zsh has the package's directory on its default $fpath.
+    let fpath_default = run_ok(10, Command::new("zsh").args(["-f", "-c", "print -l $fpath"]));
+    assert!(
+        fpath_default.lines().any(|l| l == "/usr/share/zsh/vendor-completions"),
+        "zsh's default $fpath lacks /usr/share/zsh/vendor-completions, where the .deb puts _handover:\n{fpath_default}"
+    );
     let script = root().join("tests/packaging/zsh-complete.zsh");
     let fpath = deb_tree().join("usr/share/zsh/vendor-completions");
     let n = std::sync::atomic::AtomicUsize::new(0);
