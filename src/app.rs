@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, ReloadArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
+use crate::cli::{Cli, Command, CompletionsArgs, ReloadArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{self, LoadEnv};
 use crate::control::client::{self, ClientError};
 use crate::control::proto::{Outcome, Request, Status};
@@ -42,6 +42,7 @@ pub fn main(cli: Cli) -> i32 {
                 EXIT_FAILED
             }
         },
+        Command::Completions(a) => completions(&a),
     }
 }
 
@@ -506,6 +507,23 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(out, "\nlast reload: {}", clean(last));
     }
     out
+}
+
+/// `handover completions SHELL`: the completion script, generated from the clap definition
+/// (hidden subcommands left out), so it cannot drift from the command line.
+pub fn completions(a: &CompletionsArgs) -> i32 {
+    // clap_complete panics when its writer fails; it writes to memory, and the one write
+    // to stdout below reports its error.
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut crate::cli::completion_command(), "handover", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("handover: completions: writing to standard output: {e}");
+            EXIT_FAILED
+        }
+    }
 }
 
 #[cfg(test)]

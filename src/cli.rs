@@ -49,6 +49,10 @@ pub enum Command {
     /// The built-in demo worker (spawned by `handover demo`; not for direct use).
     #[command(hide = true)]
     DemoWorker(crate::demo::worker::DemoWorkerArgs),
+    /// Print the shell completion script for SHELL on standard output (the packages install
+    /// the bash, zsh and fish ones; see handover(1), COMPLETIONS).
+    #[command(hide = true)]
+    Completions(CompletionsArgs),
 }
 
 /// `-c FILE`.
@@ -153,6 +157,27 @@ pub struct DemoArgs {
     pub tour_only: bool,
 }
 
+/// `handover completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for: bash, zsh, fish, elvish or powershell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// The command line the completion scripts offer: [`Cli`]'s, without its hidden subcommands
+/// (clap_complete's generators would list them, and their options, like visible ones).
+pub fn completion_command() -> clap::Command {
+    use clap::CommandFactory;
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    clap::Command::new("handover")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .subcommand_required(true)
+        .subcommands(visible)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +194,26 @@ mod tests {
         assert!(r.is_err());
         let r = Cli::try_parse_from(["handover", "scale", "3", "--control", "/x.sock"]).expect("parse");
         assert!(matches!(r.command, Command::Scale(ScaleArgs { count: 3, .. })));
+    }
+
+    #[test]
+    fn completions_offer_the_visible_subcommands_and_the_top_level_options() {
+        let names = |c: &clap::Command| -> Vec<String> {
+            let mut c = c.clone();
+            c.build();
+            c.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| s.get_name().to_owned()).collect()
+        };
+        let args = |c: &clap::Command| -> Vec<String> {
+            let mut c = c.clone();
+            c.build();
+            c.get_arguments().map(|a| a.get_id().to_string()).collect()
+        };
+        let completed = completion_command();
+        assert_eq!(names(&completed), names(&Cli::command()));
+        assert_eq!(args(&completed), args(&Cli::command()));
+        let mut built = completed.clone();
+        built.build();
+        assert!(built.get_subcommands().all(|s| !s.is_hide_set()), "a hidden subcommand is offered");
+        completed.debug_assert();
     }
 }
