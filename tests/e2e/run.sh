@@ -56,6 +56,6 @@ for v in $versions; do
   summary+=("run.sh: systemd $v: $result in $((SECONDS - t0)) s (root fs ${t_root} s)")
   echo "${summary[-1]}"
 done
-printf '%s\n' "${summary[@]}"
+((${#summary[@]} < 2)) || printf '%s\n' "${summary[@]}"
 echo "run.sh: e2e suite done for systemd ${versions}: $failed version(s) failed"
 ((failed == 0))
