@@ -808,7 +808,8 @@ fn s11_unprivileged(sb: &mut Sandbox) -> R<Vec<String>> {
     // No JIT-breaking default: Node (scenario 12) needs W^X off.
     ensure!(sb.prop(UNIT, "MemoryDenyWriteExecute")? == "no", "MemoryDenyWriteExecute= is on");
     let (score, worst) = sb.security_exposure(UNIT)?;
-    ensure!(score <= 2.5, "systemd-analyze security rates {UNIT} {score} (> 2.5); worst items: {worst:?}");
+    let within_limit = score <= 2.5;
+    ensure!(within_limit, "systemd-analyze security rates {UNIT} {score} (> 2.5); worst items: {worst:?}");
     Ok(vec![
         format!("master pid {main} and workers {worker_pids:?} run as {user} ({uid}:{gid}), not root"),
         "control socket: root and the service user get `handover status`; nobody is refused".into(),
