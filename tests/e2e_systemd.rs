@@ -780,6 +780,11 @@ fn s11_unprivileged(sb: &mut Sandbox) -> R<Vec<String>> {
     ensure!(out.status.success(), "`handover status` as the service user {user} failed: {}", text(&out));
     let out = as_user(65534, 65534)?;
     ensure!(!out.status.success(), "`handover status` as nobody succeeded: {}", text(&out));
+    // Root drives a reload through the control socket directly, not only through systemctl.
+    let gen_before = active_gen(&sb.status()?)?;
+    sb.run(&["handover", "reload", "-c", CONFIG])?;
+    let gen_after = active_gen(&sb.status()?)?;
+    ensure!(gen_after == gen_before + 1, "`handover reload` as root: generation {gen_before} -> {gen_after}");
     // Delegate=yes: the unit's cgroup belongs to the service user, and it can create child
     // cgroups there from inside the unit's own mount namespace (where the hardening applies).
     ensure!(sb.prop(UNIT, "Delegate")? == "yes", "Delegate= is not yes");
@@ -812,7 +817,7 @@ fn s11_unprivileged(sb: &mut Sandbox) -> R<Vec<String>> {
     ensure!(within_limit, "systemd-analyze security rates {UNIT} {score} (> 2.5); worst items: {worst:?}");
     Ok(vec![
         format!("master pid {main} and workers {worker_pids:?} run as {user} ({uid}:{gid}), not root"),
-        "control socket: root and the service user get `handover status`; nobody is refused".into(),
+        format!("control socket: root and the service user get `handover status`, root's `handover reload` took gen {gen_before} -> {gen_after}; nobody is refused"),
         format!("Delegate=yes: {cgroup} owned by {uid}, a child cgroup can be created from inside the unit"),
         format!("systemd-analyze security {UNIT}: exposure {score} (limit 2.5); open items: {}", worst.join("; ")),
     ])
