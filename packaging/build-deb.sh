@@ -10,6 +10,7 @@
 # The package holds:
 #   /usr/bin/handover
 #   /usr/lib/systemd/system/handover@.service, handover@.socket
+#   /usr/lib/systemd/system-generators/handover-generator (notify-reload guard for systemd < 253)
 #   /usr/share/man/man1/handover.1.gz, /usr/share/man/man5/handover.toml.5.gz
 #   /usr/share/doc/handover/examples/app.toml (and systemd/: app.service, app.socket,
 #     notify-reload.conf), copyright, changelog.Debian.gz
@@ -60,7 +61,7 @@ DEB=$PKG.deb
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 
 rm -rf "$PKG"
-install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/systemd/system" \
+install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/systemd/system" "$PKG/usr/lib/systemd/system-generators" \
   "$PKG/usr/share/man/man1" "$PKG/usr/share/man/man5" \
   "$PKG/usr/share/doc/handover/examples/systemd" "$PKG/etc/handover"
 
@@ -69,6 +70,7 @@ install -m 0755 "$BIN" "$PKG/usr/bin/handover"
 if command -v strip >/dev/null; then strip --strip-unneeded --remove-section=.comment "$PKG/usr/bin/handover"; fi
 
 install -m 0644 systemd/handover@.service systemd/handover@.socket "$PKG/usr/lib/systemd/system/"
+install -m 0755 systemd/handover-generator "$PKG/usr/lib/systemd/system-generators/"
 install -m 0644 systemd/app.service systemd/app.socket systemd/notify-reload.conf \
   "$PKG/usr/share/doc/handover/examples/systemd/"
 install -m 0644 packaging/examples/app.toml "$PKG/usr/share/doc/handover/examples/"

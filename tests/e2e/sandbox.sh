@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# sandbox.sh: boot a real systemd 254 (Debian bookworm-backports) as PID 1 of a container
-# of its own, for handover's end-to-end tests, on a host whose PID 1 need not be systemd.
+# sandbox.sh: boot a real systemd (Debian's 252, 254, 257 or sid's; E2E_SYSTEMD) as PID 1 of
+# a container of its own, for handover's end-to-end tests, on a host whose PID 1 need not be
+# systemd.
 #
 #   tests/e2e/sandbox.sh build [--force]   build/refresh the cached root fs (~1 min, network)
 #   tests/e2e/sandbox.sh up                boot; prints "pid1=<host pid> boot_s=<s> state=<state>"
@@ -11,7 +12,8 @@
 #
 # Why a container and not the host: systemd must be PID 1 to manage units, and booting it on
 # the host root would let it take over host mounts, cgroups and /tmp. Here it gets:
-#  - its own root: a debootstrap bookworm minbase (cached in $E2E_DIR/rootfs) as the
+#  - its own root: a debootstrap minbase of the Debian suite that has the chosen systemd
+#    (cached in $E2E_DIR/rootfs-$E2E_SYSTEMD, one per version) as the
 #    read-only lower layer of an overlay whose upper layer is a tmpfs that exists only in
 #    the container's private mount namespace: nothing it writes reaches the host disk, and
 #    every `up` starts from the same clean state;
@@ -29,9 +31,12 @@
 # Needs root and: bash, util-linux (unshare, nsenter, setsid, script, flock, findmnt,
 # setpriv), apt-get/dpkg-deb (to fetch debootstrap without installing it), wget, gpgv,
 # perl, mknod; a kernel with overlayfs and cgroup2 (cgroup.kill: 5.14+). The first `up` on
-# a machine downloads packages from deb.debian.org (bookworm + bookworm-backports).
+# a machine (per version) downloads packages from deb.debian.org.
 #
 # Environment (all optional):
+#   E2E_SYSTEMD       which systemd: 252 (bookworm), 254 (bookworm-backports; the default),
+#                     257 (trixie) or sid (the newest Debian has; apt's Check-Valid-Until is
+#                     off for it, so a snapshot mirror works)
 #   E2E_NAME          instance name, must start with "handover-e2e" (default: handover-e2e)
 #   E2E_DIR           state dir; last component must contain "handover-e2e"
 #                     (default: /var/lib/handover-e2e)
@@ -41,19 +46,31 @@
 #   E2E_TMPFS_SIZE    size of the tmpfs holding the overlay's upper layer (default: 1g)
 set -euo pipefail
 
-RECIPE=1   # bump when the root fs recipe changes; `up` rebuilds a root fs with another stamp
-SUITE=bookworm
+RECIPE=2   # bump when the root fs recipe changes; `up` rebuilds a root fs with another stamp
+SYSTEMD_WANTED=${E2E_SYSTEMD:-254}
+# The Debian suite that has each systemd; -t BACKPORTS takes systemd & co from backports.
+BACKPORTS=""; APT_CONF=""
+case $SYSTEMD_WANTED in
+  252) SUITE=bookworm ;;
+  254) SUITE=bookworm; BACKPORTS=bookworm-backports ;;
+  257) SUITE=trixie ;;
+  sid) SUITE=sid
+       # A snapshot mirror's Release file is past its Valid-Until date.
+       APT_CONF='Acquire::Check-Valid-Until "false";' ;;
+  *) echo "sandbox.sh: E2E_SYSTEMD must be 252, 254, 257 or sid (got $SYSTEMD_WANTED)" >&2; exit 1 ;;
+esac
 NAME=${E2E_NAME:-handover-e2e}
 BASE=${E2E_DIR:-/var/lib/handover-e2e}
 MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
-ROOTFS=$BASE/rootfs
+ROOTFS=$BASE/rootfs-$SYSTEMD_WANTED
 RUNDIR=$BASE/run/$NAME
 BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-60}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
-# systemd and its libraries from backports (254 there; bookworm itself has 252, which lacks
-# Type=notify-reload and FileDescriptorStorePreserve=); dbus for systemctl; procps for
-# debugging (ps, pgrep by the person looking).
-PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps"
+# systemd and its libraries; dbus for systemctl; procps for debugging (ps, pgrep by the
+# person looking); python3 and nodejs for the e2e suite's Python and Node apps (a Python
+# and a Node app must run unchanged under the hardened, unprivileged unit).
+PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps python3 nodejs"
+STAMP="recipe=$RECIPE systemd=$SYSTEMD_WANTED suite=$SUITE${BACKPORTS:+ -t $BACKPORTS} pkgs=$PKGS"
 CPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Capabilities removed from the bounding set of the container's PID 1 and of every `exec`:
 # device nodes, the host clock, modules, raw I/O, host network config, kernel log, audit,
@@ -140,7 +157,7 @@ in_ns() {  # run a command inside the container: all namespaces of its PID 1, fe
 }
 
 # ---------------------------------------------------------------- root fs
-rootfs_ok() { [[ -f $ROOTFS/.e2e-stamp && $(head -n1 "$ROOTFS/.e2e-stamp") == "recipe=$RECIPE pkgs=$PKGS" ]]; }
+rootfs_ok() { [[ -f $ROOTFS/.e2e-stamp && $(head -n1 "$ROOTFS/.e2e-stamp") == "$STAMP" ]]; }
 
 setup_min_dev() {  # setup_min_dev DIR: a minimal /dev on a fresh tmpfs (no host block devices)
   local d=$1
@@ -159,7 +176,8 @@ build_inner() {  # PID 1 of a throw-away pid+mount namespace: nothing it mounts 
   local tmp=$1 r=$1/rootfs
   DEBOOTSTRAP_DIR=$tmp/dbs/usr/share/debootstrap "$tmp/dbs/usr/sbin/debootstrap" \
     --variant=minbase "$SUITE" "$r" "$MIRROR"
-  echo "deb $MIRROR $SUITE-backports main" > "$r/etc/apt/sources.list.d/backports.list"
+  [[ -z $BACKPORTS ]] || echo "deb $MIRROR $BACKPORTS main" > "$r/etc/apt/sources.list.d/backports.list"
+  [[ -z $APT_CONF ]] || echo "$APT_CONF" > "$r/etc/apt/apt.conf.d/99handover-e2e"
   # No package may start a daemon during the build (there is no init to own it).
   printf '#!/bin/sh\nexit 101\n' > "$r/usr/sbin/policy-rc.d"; chmod 755 "$r/usr/sbin/policy-rc.d"
   mount -t proc proc "$r/proc"
@@ -170,7 +188,7 @@ build_inner() {  # PID 1 of a throw-away pid+mount namespace: nothing it mounts 
   "${ch[@]}" apt-get update -q
   # -t backports: every package that exists there (systemd & co) comes from there.
   # shellcheck disable=SC2086
-  "${ch[@]}" apt-get install -q -y --no-install-recommends -t "$SUITE-backports" $PKGS
+  "${ch[@]}" apt-get install -q -y --no-install-recommends ${BACKPORTS:+-t "$BACKPORTS"} $PKGS
   "${ch[@]}" apt-get clean
   rm -rf "$r"/var/lib/apt/lists/* "$r/usr/sbin/policy-rc.d"
   rm -f "$r"/etc/systemd/system/*.wants/*
@@ -179,7 +197,7 @@ build_inner() {  # PID 1 of a throw-away pid+mount namespace: nothing it mounts 
   mkdir -p "$r/etc/systemd/journald.conf.d"
   printf '[Journal]\nStorage=volatile\nRateLimitBurst=0\n' > "$r/etc/systemd/journald.conf.d/e2e.conf"
   ln -sf /usr/lib/systemd/system/multi-user.target "$r/etc/systemd/system/default.target"
-  { echo "recipe=$RECIPE pkgs=$PKGS"; "${ch[@]}" dpkg-query -W systemd libsystemd0 dbus; } > "$r/.e2e-stamp"
+  { echo "$STAMP"; "${ch[@]}" dpkg-query -W systemd libsystemd0 dbus python3 nodejs; } > "$r/.e2e-stamp"
 }
 
 do_build() {
@@ -197,7 +215,7 @@ do_build() {
     (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root debootstrap >/dev/null)
   fi
   dpkg-deb -x "$tmp"/debootstrap_*.deb "$tmp/dbs"
-  log "building root fs ($SUITE minbase + $SUITE-backports systemd) in $tmp ..."
+  log "building root fs for systemd $SYSTEMD_WANTED ($SUITE minbase${BACKPORTS:+ + $BACKPORTS}) in $tmp ..."
   if ! unshare --mount --pid --fork --uts --ipc --propagation private --mount-proc \
       "$SELF" __build-inner "$tmp" > "$tmp/build.log" 2>&1; then
     tail -n 30 "$tmp/build.log" >&2
