@@ -34,6 +34,7 @@ use crate::config::{self, Config, LoadEnv};
 use crate::control::proto::{Outcome, Reply, Request};
 use crate::control::{Command, ControlServer};
 use crate::logging;
+use crate::metrics::Metrics;
 use crate::signals::{SignalEvent, Signals};
 use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
@@ -118,6 +119,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
     });
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
+    let name = config.name.clone();
     let (mut machine, effects) = Machine::start(config, Instant::now());
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     machine.set_worker_output(if logging::stderr_is_journal() {
@@ -139,6 +141,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         last_status: String::new(),
         exit: None,
         memory: memory::ProcScan::default(),
+        metrics: Metrics::new(&name),
     };
     daemon.execute_all(effects);
     let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
@@ -175,6 +178,8 @@ struct Daemon {
     exit: Option<i32>,
     /// Where worker memory is read from (`max_memory`).
     memory: memory::ProcScan,
+    /// The counters derived from the machine's effects, and the `[metrics]` file.
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -191,6 +196,8 @@ impl Daemon {
             watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
+            // At most one write per turn, whatever the turn fed the machine.
+            self.metrics.flush(&self.machine);
             if let Some(code) = self.exit {
                 return code;
             }
@@ -419,7 +426,10 @@ impl Daemon {
     fn dispatch(&mut self, event: Event) {
         let mut queue = VecDeque::from([event]);
         while let Some(ev) = queue.pop_front() {
-            let effects = self.machine.step(ev, Instant::now());
+            let exited = exited_pid(&ev);
+            let now = Instant::now();
+            let effects = self.machine.step(ev, now);
+            self.metrics.observe(exited, &effects, now);
             for e in self.execute(effects) {
                 queue.push_back(e);
             }
@@ -428,9 +438,13 @@ impl Daemon {
     }
 
     fn execute_all(&mut self, effects: Vec<Effect>) {
+        self.metrics.observe(None, &effects, Instant::now());
         let mut queue: VecDeque<Event> = self.execute(effects).into();
         while let Some(ev) = queue.pop_front() {
-            let effects = self.machine.step(ev, Instant::now());
+            let exited = exited_pid(&ev);
+            let now = Instant::now();
+            let effects = self.machine.step(ev, now);
+            self.metrics.observe(exited, &effects, now);
             queue.extend(self.execute(effects));
         }
         self.publish_status();
@@ -527,6 +541,14 @@ impl Daemon {
     }
 }
 
+/// The pid of an `Exited` event: the metrics count the exit under the reason the step logs.
+fn exited_pid(event: &Event) -> Option<machine::Pid> {
+    match event {
+        Event::Exited { pid, .. } => Some(*pid),
+        _ => None,
+    }
+}
+
 /// Waits for the next tick of an optional interval (forever when there is none).
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -540,4 +562,4 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

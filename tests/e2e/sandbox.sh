@@ -39,6 +39,8 @@
 #   E2E_BIND          "SRC:DST[:rw] ..." host paths bound into the container (read-only default)
 #   E2E_BOOT_TIMEOUT  seconds to wait for boot (default: 60)
 #   E2E_TMPFS_SIZE    size of the tmpfs holding the overlay's upper layer (default: 1g)
+#   E2E_EXTRA_PKGS    more Debian packages for the root fs (openssh-server, say); give such a
+#                     root fs its own E2E_DIR (the package list is part of the recipe stamp)
 set -euo pipefail
 
 RECIPE=1   # bump when the root fs recipe changes; `up` rebuilds a root fs with another stamp
@@ -53,7 +55,7 @@ SELF=$(readlink -f "${BASH_SOURCE[0]}")
 # systemd and its libraries from backports (254 there; bookworm itself has 252, which lacks
 # Type=notify-reload and FileDescriptorStorePreserve=); dbus for systemctl; procps for
 # debugging (ps, pgrep by the person looking).
-PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps"
+PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps${E2E_EXTRA_PKGS:+ $E2E_EXTRA_PKGS}"
 CPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Capabilities removed from the bounding set of the container's PID 1 and of every `exec`:
 # device nodes, the host clock, modules, raw I/O, host network config, kernel log, audit,
