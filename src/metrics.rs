@@ -14,7 +14,7 @@
 //! (created exclusively, so a symlink planted there is never followed; mode 0644), then
 //! renamed over `NAME.prom`. node_exporter reads only `*.prom` files, so it never sees the
 //! temporary one.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::machine::{Effect, Level, Machine, Pid};
-use crate::{logging, supervisor::machine::Phase};
+use crate::logging;
+use crate::supervisor::machine::{Effect, Level, Machine, Phase, Pid};
 
 /// The upper bounds (seconds) of the reload duration histogram's buckets: from a small app's
 /// sub-second reload to a rolling reload of thousands of workers with a health window.
@@ -140,7 +140,7 @@ pub struct Metrics {
     /// Workers already condemned, with the reason their exit will count under.
     doomed: HashMap<Pid, &'static str>,
     /// Slots (generation, slot) whose worker failed: their next spawn is a restart.
-    failed_slots: std::collections::HashSet<(u64, usize)>,
+    failed_slots: HashSet<(u64, usize)>,
     /// What the file holds now, and where it is.
     written: Option<(PathBuf, String)>,
     /// The last write failed (logged once until a write succeeds again).
@@ -164,7 +164,7 @@ impl Metrics {
             state,
             reload_started: None,
             doomed: HashMap::new(),
-            failed_slots: Default::default(),
+            failed_slots: HashSet::new(),
             written: None,
             failing: false,
         }
@@ -420,8 +420,8 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// A sample value: Go-style floats (`0.5`, `60`, `1e-05` is fine too), never `inf`/`NaN` words
-/// Prometheus would not read.
+/// A sample value as Prometheus reads it: `0.5`, `60`; `+Inf`, `-Inf`, `NaN` for the
+/// non-finite ones (Rust would write `inf`).
 fn float(v: f64) -> String {
     if v.is_finite() {
         format!("{v}")
