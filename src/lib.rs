@@ -33,6 +33,8 @@
 //! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
 //! - [`supervisor`]: the state machine and its executor.
 //! - [`control`]: the control socket protocol, server and client.
+//! - [`metrics`]: counters derived from the machine's effects, written for Prometheus
+//!   (node_exporter's textfile collector) once per turn of the event loop.
 //! - [`upgrade`]: `handover upgrade`, the binary replaced in place (pre-flight, hand-off, exec).
 //! - [`signals`], [`logging`], [`cli`], [`app`]: the edges.
 //! - [`demo`], [`loadgen`], [`measure`]: the built-in demo app, a bounded load generator and
@@ -49,6 +51,7 @@ pub mod demo;
 pub mod loadgen;
 pub mod logging;
 pub mod measure;
+pub mod metrics;
 pub mod signals;
 pub mod sockets;
 pub mod supervisor;

@@ -120,7 +120,13 @@ fn twenty_upgrades_under_load_keep_every_pid_lose_nothing_and_leak_nothing() {
 
 #[test]
 fn a_broken_new_binary_fails_the_upgrade_and_changes_nothing() {
-    let (d, path, _bin) = start_from_copy(Options::default());
+    let metrics_dir = tempfile::tempdir().unwrap();
+    let textfile = metrics_dir.path().join("app.prom");
+    let extra = format!("[metrics]\ntextfile = {:?}\n", textfile.display().to_string());
+    let (d, path, _bin) = start_from_copy(Options { extra, ..Options::default() });
+    // A reload first: its count must survive the upgrade at the end.
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let master = d.pid();
     let workers = sorted(d.worker_pids(1, "ready"));
     let cases: [(&str, Vec<u8>, u32, &str); 4] = [
@@ -153,6 +159,20 @@ fn a_broken_new_binary_fails_the_upgrade_and_changes_nothing() {
     replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
     let (ok, _, stderr) = upgrade(&d);
     assert!(ok, "{stderr}\n{}", d.log());
+    // The metrics went across: the reload before, 4 failed upgrades, 1 good one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&textfile).unwrap_or_default();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has(r#"handover_upgrades_total{name="app",result="ok"} 1"#)
+            && has(r#"handover_upgrades_total{name="app",result="failed"} 4"#)
+            && has(r#"handover_reloads_total{name="app",result="ok"} 1"#)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics after the upgrades:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

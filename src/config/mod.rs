@@ -46,6 +46,17 @@ pub struct Config {
     pub workers: Workers,
     /// The `[reload]` table.
     pub reload: Reload,
+    /// The `[metrics]` table.
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// The `[metrics]` table: where handover publishes its metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    /// A `.prom` file in node_exporter's textfile-collector format, rewritten (temp file and
+    /// rename) whenever a metric changes. `None`: no metrics are written.
+    pub textfile: Option<PathBuf>,
 }
 
 /// One `[[listen]]` entry.

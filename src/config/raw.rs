@@ -8,8 +8,8 @@
 //! 3. the raw values are validated and defaults applied: the raw fields keep their spans
 //!    (`toml::Spanned`), so every error points at the offending value.
 use super::{
-    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, ReadyMode, Reload, Strategy, Workers, MAX_LIFETIME,
-    MAX_TIMEOUT,
+    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers,
+    MAX_LIFETIME, MAX_TIMEOUT,
 };
 use serde::{de, Deserialize};
 use std::collections::{BTreeMap, HashMap};
@@ -76,6 +76,16 @@ struct RawConfig {
     workers: RawWorkers,
     /// Default: all-at-once.
     reload: Option<RawReload>,
+    /// Default: no metrics.
+    metrics: Option<RawMetrics>,
+}
+
+/// The `[metrics]` table (optional).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawMetrics {
+    /// Default: none (no metrics written).
+    textfile: Option<Spanned<String>>,
 }
 
 /// One `[[listen]]` entry.
@@ -375,7 +385,52 @@ impl RawConfig {
         let workers = self.workers.validate(src, env)?;
         let reload = self.reload.as_ref().unwrap_or(&RawReload::default()).validate(src, &workers)?;
 
-        Ok(Config { path: src.file.to_path_buf(), name, control_socket, pidfile, listen, workers, reload })
+        let metrics = match &self.metrics {
+            None => Metrics::default(),
+            Some(m) => m.validate(src)?,
+        };
+
+        Ok(Config { path: src.file.to_path_buf(), name, control_socket, pidfile, listen, workers, reload, metrics })
+    }
+}
+
+impl RawMetrics {
+    fn validate(&self, src: &Source<'_>) -> Result<Metrics, ConfigError> {
+        let Some(t) = &self.textfile else { return Ok(Metrics::default()) };
+        let path = check_textfile(src.file, t.get_ref()).map_err(|why| src.at(t.span(), "metrics.textfile", why))?;
+        Ok(Metrics { textfile: Some(path) })
+    }
+}
+
+/// `metrics.textfile`: a file (relative to the config file's directory) whose name ends in
+/// `.prom` (node_exporter's textfile collector reads no other), in a directory that exists.
+fn check_textfile(file: &Path, text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    no_nul(text)?;
+    if text.ends_with('/') {
+        return Err(format!("\"{text}\" is a directory; name the file, e.g. \"{text}app.prom\""));
+    }
+    let path = relative_to_file(file, text);
+    if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+        return Err(format!("{} is a directory; name a file in it", path.display()));
+    }
+    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(format!("\"{text}\" does not name a file"));
+    };
+    if !file_name.ends_with(".prom") || file_name == ".prom" || file_name.starts_with('.') {
+        return Err(format!(
+            "{} must be named NAME.prom (node_exporter's textfile collector reads only *.prom files, \
+             and handover writes its temporary file as .NAME.prom.tmp beside it)",
+            path.display()
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(e) => Err(format!("its directory {}: {e}", dir.display())),
     }
 }
 
@@ -1026,6 +1081,7 @@ mod tests {
                     max_memory: None,
                 },
                 reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },
+                metrics: Metrics { textfile: None },
             }
         );
         let c = fx.ok(&format!("[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8000\"\n{MIN}[reload]\n"));
@@ -1191,13 +1247,46 @@ max_surge = 2
     }
 
     #[test]
+    fn metrics_textfile() {
+        let fx = Fx::new();
+        let dir = fx.dir.path().display().to_string();
+        let with = |v: &str| fx.parse(&format!("{MIN}[metrics]\ntextfile = \"{v}\"\n"));
+        assert_eq!(fx.ok(MIN).metrics.textfile, None);
+        assert_eq!(fx.ok(&format!("{MIN}[metrics]\n")).metrics.textfile, None);
+        let c = with(&format!("{dir}/app.prom")).unwrap();
+        assert_eq!(c.metrics.textfile, Some(fx.dir.path().join("app.prom")));
+        // Every error points at the value (line 4, column 12) and names the key.
+        let err = |v: &str| {
+            let e = with(v).unwrap_err();
+            assert_eq!(at(&e), (4, 12, "metrics.textfile"), "{v}: {e}");
+            e.message
+        };
+        assert!(err("").contains("must not be empty"));
+        assert!(err(&format!("{dir}/")).contains("is a directory"));
+        std::fs::create_dir(fx.dir.path().join("d.prom")).unwrap();
+        assert!(err(&format!("{dir}/d.prom")).contains("is a directory"));
+        assert!(err(&format!("{dir}/app.txt")).contains("NAME.prom"));
+        assert!(err(&format!("{dir}/.prom")).contains("NAME.prom"));
+        assert!(err(&format!("{dir}/no-such-dir/app.prom")).contains("no-such-dir"));
+        std::fs::write(fx.dir.path().join("file"), "").unwrap();
+        assert!(err(&format!("{dir}/file/app.prom")).contains("is not a directory"));
+        // A relative path is relative to the config file's directory, as pidfile is.
+        let file = fx.dir.path().join("app.toml");
+        let text = format!("{MIN}[metrics]\ntextfile = \"app.prom\"\n");
+        let c = parse(&file, &text, &fx.env).unwrap();
+        assert_eq!(c.metrics.textfile, Some(fx.dir.path().join("app.prom")));
+        let e = fx.err(&format!("{MIN}[metrics]\nfile = \"x.prom\"\n"));
+        assert_eq!(e.key, "metrics.file", "{e}");
+    }
+
+    #[test]
     fn unknown_key_top_level() {
         let fx = Fx::new();
         let e = fx.err(&format!("name = \"x\"\nzzz = 1\n{MIN}"));
         assert_eq!(
             e.to_string(),
             "/etc/handover/app.toml:2:1: zzz: unknown key, expected one of `name`, \
-             `control_socket`, `pidfile`, `listen`, `workers`, `reload`"
+             `control_socket`, `pidfile`, `listen`, `workers`, `reload`, `metrics`"
         );
     }
 

@@ -35,6 +35,7 @@ use crate::config::{self, Config, LoadEnv};
 use crate::control::proto::{Outcome, Reply, Request};
 use crate::control::{Command, ControlServer};
 use crate::logging;
+use crate::metrics::Metrics;
 use crate::signals::{SignalEvent, Signals};
 use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
@@ -193,6 +194,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
         None => Machine::start(config, Instant::now()),
     };
+    let name = machine.active_config().name.clone();
     let mut daemon = Daemon {
         machine,
         sockets,
@@ -214,6 +216,10 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         upgrade: UpgradeState::default(),
         upgrade_exec_due: false,
         internal_tx,
+        metrics: match resume.as_mut().and_then(|h| h.metrics.take()) {
+            Some(state) => Metrics::restore(&name, state),
+            None => Metrics::new(&name),
+        },
     };
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     daemon.machine.set_worker_output(if logging::stderr_is_journal() {
@@ -361,6 +367,8 @@ struct Daemon {
     /// The pre-flight accepted: re-execute at the top of the next loop turn.
     upgrade_exec_due: bool,
     internal_tx: mpsc::UnboundedSender<Internal>,
+    /// The counters derived from the machine's effects, and the `[metrics]` file.
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -378,6 +386,8 @@ impl Daemon {
             watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
+            // At most one write per turn, whatever the turn fed the machine.
+            self.metrics.flush(&self.machine);
             if let Some(code) = self.exit {
                 return code;
             }
@@ -660,7 +670,10 @@ impl Daemon {
     fn dispatch(&mut self, event: Event) {
         let mut queue = VecDeque::from([event]);
         while let Some(ev) = queue.pop_front() {
-            let effects = self.machine.step(ev, Instant::now());
+            let exited = exited_pid(&ev);
+            let now = Instant::now();
+            let effects = self.machine.step(ev, now);
+            self.metrics.observe(exited, &effects, now);
             for e in self.execute(effects) {
                 queue.push_back(e);
             }
@@ -669,9 +682,13 @@ impl Daemon {
     }
 
     fn execute_all(&mut self, effects: Vec<Effect>) {
+        self.metrics.observe(None, &effects, Instant::now());
         let mut queue: VecDeque<Event> = self.execute(effects).into();
         while let Some(ev) = queue.pop_front() {
-            let effects = self.machine.step(ev, Instant::now());
+            let exited = exited_pid(&ev);
+            let now = Instant::now();
+            let effects = self.machine.step(ev, now);
+            self.metrics.observe(exited, &effects, now);
             queue.extend(self.execute(effects));
         }
         self.publish_status();
@@ -777,6 +794,14 @@ impl Daemon {
     }
 }
 
+/// The pid of an `Exited` event: the metrics count the exit under the reason the step logs.
+fn exited_pid(event: &Event) -> Option<machine::Pid> {
+    match event {
+        Event::Exited { pid, .. } => Some(*pid),
+        _ => None,
+    }
+}
+
 /// Waits for the next tick of an optional interval (forever when there is none).
 async fn tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
@@ -790,4 +815,4 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,6 +32,7 @@ pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Conf
             max_memory: None,
         },
         reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO },
+        metrics: Default::default(),
     }
 }
 

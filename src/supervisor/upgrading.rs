@@ -223,6 +223,8 @@ impl Daemon {
                 handoff.connections.len()
             ),
         );
+        // The metrics file gets its last text before the writer thread ends with the exec.
+        self.metrics.sync();
         let env: Vec<_> = self.launcher.base_env.clone();
         let error = upgrade::exec::exec_in_place(&binary, &self.identity.argv, &env, &handoff);
         // Still here: the exec failed and nothing was handed over.
@@ -254,6 +256,7 @@ impl Daemon {
             reload_pending: self.upgrade.reload_pending,
             next_request: self.next_request,
             systemd: self.systemd.clone(),
+            metrics: Some(self.metrics.state().clone()),
         })
     }
 
@@ -277,6 +280,7 @@ impl Daemon {
             "upgrade",
             format!("upgrade failed, handover {} goes on: {reason}", upgrade::VERSION),
         );
+        self.metrics.record_upgrade(false);
         for r in requesters {
             self.answer(r, Err(reason.to_string()));
         }
@@ -325,6 +329,7 @@ impl Daemon {
             took as f64 / 1e6
         ));
         logging::event(Level::Info, "upgrade", msg);
+        self.metrics.record_upgrade(true);
         if h.reload_pending {
             self.on_signal(SignalEvent::Reload);
         }

@@ -115,6 +115,9 @@ pub struct HandOff {
     pub next_request: u64,
     /// What systemd told us at start (the variables are gone from the environment).
     pub systemd: SystemdRecord,
+    /// The `[metrics]` counters, so that they do not restart from zero.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::MetricsState>,
 }
 
 /// One listening socket in a [`HandOff`].

@@ -44,6 +44,8 @@
 #   E2E_BIND          "SRC:DST[:rw] ..." host paths bound into the container (read-only default)
 #   E2E_BOOT_TIMEOUT  seconds to wait for boot (default: 60)
 #   E2E_TMPFS_SIZE    size of the tmpfs holding the overlay's upper layer (default: 1g)
+#   E2E_EXTRA_PKGS    more Debian packages for the root fs (openssh-server, say); give such a
+#                     root fs its own E2E_DIR (the package list is part of the recipe stamp)
 set -euo pipefail
 
 RECIPE=2   # bump when the root fs recipe changes; `up` rebuilds a root fs with another stamp
@@ -68,8 +70,9 @@ BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-60}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 # systemd and its libraries; dbus for systemctl; procps for debugging (ps, pgrep by the
 # person looking); python3 and nodejs for the e2e suite's Python and Node apps (a Python
-# and a Node app must run unchanged under the hardened, unprivileged unit).
-PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps python3 nodejs"
+# and a Node app must run unchanged under the hardened, unprivileged unit); E2E_EXTRA_PKGS
+# adds more (the fleet test's sshd).
+PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps python3 nodejs${E2E_EXTRA_PKGS:+ $E2E_EXTRA_PKGS}"
 STAMP="recipe=$RECIPE systemd=$SYSTEMD_WANTED suite=$SUITE${BACKPORTS:+ -t $BACKPORTS} pkgs=$PKGS"
 CPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Capabilities removed from the bounding set of the container's PID 1 and of every `exec`:

@@ -56,6 +56,20 @@ impl Machine {
         line
     }
 
+    /// The workers of every generation by state (`booting`, `ready`, `draining`: told to
+    /// stop, or SIGKILLed and not reaped yet), for the metrics. From the indexes: cheap
+    /// whatever the number of workers.
+    pub fn workers_by_state(&self) -> [(&'static str, usize); 3] {
+        let (mut booting, mut ready, mut draining) = (0, 0, 0);
+        for g in self.generations.keys() {
+            let c = self.workers.counts(*g);
+            booting += c.booting;
+            ready += c.ready;
+            draining += c.draining;
+        }
+        [("booting", booting), ("ready", ready), ("draining", draining)]
+    }
+
     /// The state for `handover status` (sockets and pid are filled in by the executor).
     pub fn status(&self, now: Instant) -> proto::Status {
         let phase = match &self.phase {
