@@ -439,16 +439,29 @@ impl Daemon {
     /// Carries out effects; returns the events they produced.
     fn execute(&mut self, effects: Vec<Effect>) -> Vec<Event> {
         let mut produced = Vec::new();
-        for effect in effects {
+        let mut effects = effects.into_iter().peekable();
+        while let Some(effect) = effects.next() {
             match effect {
-                Effect::Spawn(req) => match self.launcher.launch(&req, &self.sockets) {
-                    Ok(process) => {
-                        let pid = process.pid();
-                        self.processes.insert(pid, process);
-                        produced.push(Event::Spawned { worker: req.worker, pid });
+                // A run of spawns (a start, a reload) is launched as one batch, in parallel.
+                Effect::Spawn(first) => {
+                    let mut batch = vec![first];
+                    while let Some(Effect::Spawn(_)) = effects.peek() {
+                        if let Some(Effect::Spawn(req)) = effects.next() {
+                            batch.push(req);
+                        }
                     }
-                    Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
-                },
+                    let launched = self.launcher.launch_all(&batch, &self.sockets);
+                    for (req, result) in batch.iter().zip(launched) {
+                        match result {
+                            Ok(process) => {
+                                let pid = process.pid();
+                                self.processes.insert(pid, process);
+                                produced.push(Event::Spawned { worker: req.worker, pid });
+                            }
+                            Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
+                        }
+                    }
+                }
                 // A pid without a handle was reaped already: nothing to signal (and its
                 // group was killed before it was reaped, see `reap`).
                 Effect::Signal { pid, signal } => {

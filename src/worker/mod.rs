@@ -47,12 +47,61 @@ impl Launcher {
             env: spawn::worker_env(&self.base_env, &wc.env, &protocol),
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
             cwd: wc.working_directory.as_deref(),
+            credentials: None,
+            cgroup: None,
         };
-        // The pidfd is taken here rather than in `spawn`: the child cannot be reaped before
-        // this returns (only the caller's event loop reaps), so the pid is still ours.
-        spawn::spawn(&spec).map(WorkerProcess::open).map_err(|e| e.to_string())
+        spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
+    }
+
+    /// Spawns every worker of `reqs`, on up to [`SPAWN_THREADS`] threads at once (as many
+    /// as there are CPUs): each spawn waits for its child's exec, which on one thread
+    /// serialises the execs; in parallel they overlap as a plain fork+exec loop's do, and
+    /// every exec error is still known when this returns. The results are in `reqs`' order.
+    pub fn launch_all(&self, reqs: &[SpawnRequest], sockets: &Sockets) -> Vec<Result<WorkerProcess, String>> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cpus.min(SPAWN_THREADS).min(reqs.len());
+        if threads <= 1 {
+            return reqs.iter().map(|r| self.launch(r, sockets)).collect();
+        }
+        let mut results: Vec<Option<Result<WorkerProcess, String>>> = Vec::new();
+        results.resize_with(reqs.len(), || None);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let spawner = std::thread::Builder::new().name("spawner".into());
+                    spawner.spawn_scoped(scope, move || {
+                        reqs.iter()
+                            .enumerate()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|(i, r)| (i, self.launch(r, sockets)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for (t, handle) in handles.into_iter().enumerate() {
+                match handle {
+                    Ok(h) => match h.join() {
+                        Ok(done) => done.into_iter().for_each(|(i, r)| results[i] = Some(r)),
+                        Err(_) => {
+                            // A panicking spawner (a bug): its requests are reported failed.
+                        }
+                    },
+                    // No thread: this thread does that share itself.
+                    Err(_) => {
+                        for (i, r) in reqs.iter().enumerate().skip(t).step_by(threads) {
+                            results[i] = Some(self.launch(r, sockets));
+                        }
+                    }
+                }
+            }
+        });
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err("the spawning thread panicked".to_owned()))).collect()
     }
 }
+
+/// The most threads [`Launcher::launch_all`] spawns on at once.
+pub const SPAWN_THREADS: usize = 4;
 
 /// A spawned, not yet reaped worker, and the only way the supervisor signals it.
 ///
@@ -72,6 +121,16 @@ impl WorkerProcess {
     /// Takes a handle on our unreaped child `pid`.
     pub fn open(pid: Pid) -> WorkerProcess {
         WorkerProcess { pid, pidfd: pidfd_open(pid) }
+    }
+
+    /// The handle of a child just spawned: the pidfd its clone returned, or one opened now
+    /// (the child cannot have been reaped yet: only the supervisor's event loop reaps, and it
+    /// is the caller).
+    pub fn from_spawned(spawned: spawn::Spawned) -> WorkerProcess {
+        match spawned.pidfd {
+            Some(fd) => WorkerProcess { pid: spawned.pid, pidfd: Some(fd) },
+            None => WorkerProcess::open(spawned.pid),
+        }
     }
 
     /// Its pid (also its process group id).
