@@ -161,11 +161,8 @@ fn parse_args() -> Result<Option<Options>> {
             "scale" | "--scale" => o.scale = true,
             "spawn" | "--spawn" => o.spawn = true,
             "--rounds" => {
-                o.rounds = value("--rounds")?
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=21).contains(n))
-                    .context("--rounds takes 1-21")?
+                o.rounds =
+                    value("--rounds")?.parse().ok().filter(|n| (1..=21).contains(n)).context("--rounds takes 1-21")?
             }
             "--sizes" => {
                 o.sizes = value("--sizes")?

@@ -117,7 +117,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             None
         }
     });
-    let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
+    let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf(), notify_owner: None };
     let (mut machine, effects) = Machine::start(config, Instant::now());
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     machine.set_worker_output(if logging::stderr_is_journal() {

@@ -25,6 +25,9 @@ pub struct Launcher {
     pub base_env: Vec<(OsString, OsString)>,
     /// The worker NOTIFY_SOCKET path.
     pub notify_socket: PathBuf,
+    /// Who owns the NOTIFY_SOCKET file now (uid, gid): it is given to the workers' identity
+    /// before they are spawned (sending needs write permission on it). `None`: as bound.
+    pub notify_owner: Option<(u32, u32)>,
 }
 
 impl Launcher {
@@ -47,7 +50,7 @@ impl Launcher {
             env: spawn::worker_env(&self.base_env, &wc.env, &protocol),
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
             cwd: wc.working_directory.as_deref(),
-            credentials: None,
+            credentials: wc.credentials.as_ref(),
             cgroup: None,
         };
         spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
@@ -57,11 +60,18 @@ impl Launcher {
     /// as there are CPUs): each spawn waits for its child's exec, which on one thread
     /// serialises the execs; in parallel they overlap as a plain fork+exec loop's do, and
     /// every exec error is still known when this returns. The results are in `reqs`' order.
-    pub fn launch_all(&self, reqs: &[SpawnRequest], sockets: &Sockets) -> Vec<Result<WorkerProcess, String>> {
+    pub fn launch_all(&mut self, reqs: &[SpawnRequest], sockets: &Sockets) -> Vec<Result<WorkerProcess, String>> {
+        // The newest identity asked for gets the socket (a batch holds one generation's).
+        if let Some(last) = reqs.last() {
+            if let Err(e) = self.give_notify_socket(last.config.workers.credentials.as_ref()) {
+                return reqs.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+        let this = &*self;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cpus.min(SPAWN_THREADS).min(reqs.len());
         if threads <= 1 {
-            return reqs.iter().map(|r| self.launch(r, sockets)).collect();
+            return reqs.iter().map(|r| this.launch(r, sockets)).collect();
         }
         let mut results: Vec<Option<Result<WorkerProcess, String>>> = Vec::new();
         results.resize_with(reqs.len(), || None);
@@ -74,7 +84,7 @@ impl Launcher {
                             .enumerate()
                             .skip(t)
                             .step_by(threads)
-                            .map(|(i, r)| (i, self.launch(r, sockets)))
+                            .map(|(i, r)| (i, this.launch(r, sockets)))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -90,13 +100,40 @@ impl Launcher {
                     // No thread: this thread does that share itself.
                     Err(_) => {
                         for (i, r) in reqs.iter().enumerate().skip(t).step_by(threads) {
-                            results[i] = Some(self.launch(r, sockets));
+                            results[i] = Some(this.launch(r, sockets));
                         }
                     }
                 }
             }
         });
         results.into_iter().map(|r| r.unwrap_or_else(|| Err("the spawning thread panicked".to_owned()))).collect()
+    }
+}
+
+impl Launcher {
+    /// Makes the NOTIFY_SOCKET file belong to the workers' uid and gid (mode 0600 stays):
+    /// they can send to it, other users still cannot (root can anyway), and the sender of
+    /// every datagram is authenticated by its SCM_CREDENTIALS pid regardless. Only a root
+    /// master has workers of another identity (the config check refuses it otherwise).
+    fn give_notify_socket(&mut self, credentials: Option<&spawn::Credentials>) -> Result<(), String> {
+        let wanted = match credentials {
+            Some(c) => (c.uid, c.gid),
+            None if self.notify_owner.is_none() => return Ok(()), // still as bound: ours
+            None => (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+        };
+        if self.notify_owner == Some(wanted) {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(&self.notify_socket, Some(wanted.0), Some(wanted.1)).map_err(|e| {
+            format!(
+                "giving the notify socket {} to uid {} gid {}: {e}",
+                self.notify_socket.display(),
+                wanted.0,
+                wanted.1
+            )
+        })?;
+        self.notify_owner = Some(wanted);
+        Ok(())
     }
 }
 

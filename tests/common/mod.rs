@@ -213,6 +213,9 @@ impl Daemon {
     /// Starts handover without waiting.
     pub fn spawn(opts: Options) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Searchable by everyone (tempdir makes it 0700): workers that run as another user
+        // (`[workers] user`) must reach the notify socket in it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let config = dir.path().join("app.toml");
         let (listener, addr, listen) = if opts.socket_activation {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind app socket");
