@@ -106,6 +106,9 @@ pub struct Workers {
     pub max_lifetime: Option<Duration>,
     /// Recycle a worker whose RSS, with its children, passes this many bytes.
     pub max_memory: Option<u64>,
+    /// A hard memory limit per worker (`memory.max` of its cgroup, with a cgroup per
+    /// worker): the kernel OOM-kills only that worker.
+    pub memory_limit: Option<u64>,
     /// `user`/`group`, resolved at load time (the NSS lookups happen here, never after the
     /// clone): the identity a root master switches its workers to. `None`: handover's own.
     pub credentials: Option<crate::worker::spawn::Credentials>,

@@ -112,6 +112,7 @@ struct RawWorkers {
     graceful_timeout: Option<Spanned<DurationText>>,
     max_lifetime: Option<Spanned<DurationText>>,
     max_memory: Option<Spanned<Scalar>>,
+    memory_limit: Option<Spanned<Scalar>>,
     user: Option<Spanned<Scalar>>,
     group: Option<Spanned<Scalar>>,
 }
@@ -546,6 +547,18 @@ impl RawWorkers {
             }
         };
 
+        let memory_limit = match &self.memory_limit {
+            None => None,
+            Some(m) => {
+                let bytes = match m.get_ref() {
+                    Scalar::Str(s) => units::parse_size(s),
+                    Scalar::Int(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".to_string()),
+                }
+                .map_err(|why| src.at(m.span(), "workers.memory_limit", why))?;
+                Some(bytes).filter(|b| *b != 0)
+            }
+        };
+
         let credentials = resolve_credentials(self.user.as_ref(), self.group.as_ref(), src, env)?;
 
         Ok(Workers {
@@ -562,6 +575,7 @@ impl RawWorkers {
             graceful_timeout,
             max_lifetime,
             max_memory,
+            memory_limit,
             credentials,
         })
     }
@@ -1129,6 +1143,15 @@ mod tests {
     }
 
     #[test]
+    fn memory_limit_is_a_size() {
+        let fx = Fx::new();
+        assert_eq!(fx.ok(&format!("{MIN}memory_limit = \"64M\"\n")).workers.memory_limit, Some(64 << 20));
+        assert_eq!(fx.ok(&format!("{MIN}memory_limit = \"0\"\n")).workers.memory_limit, None);
+        let e = fx.err(&format!("{MIN}memory_limit = -1\n"));
+        assert_eq!(at(&e), (3, 16, "workers.memory_limit"), "{e}");
+    }
+
+    #[test]
     fn workers_user_and_group_resolve_at_load_or_name_the_key() {
         let mut fx = Fx::new();
         fx.env.is_root = true;
@@ -1182,6 +1205,7 @@ mod tests {
                     graceful_timeout: Duration::from_secs(30),
                     max_lifetime: None,
                     max_memory: None,
+                    memory_limit: None,
                     credentials: None,
                 },
                 reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },

@@ -118,6 +118,17 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         }
     });
     let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf(), notify_owner: None };
+    // A cgroup per worker where ours is delegated; process groups otherwise.
+    let cgroups = match crate::cgroup::Tree::detect() {
+        Ok(tree) => {
+            logging::event(Level::Info, "cgroups", tree.describe());
+            Some(tree)
+        }
+        Err(why) => {
+            logging::event(Level::Debug, "cgroups", format!("process groups per worker: {why}"));
+            None
+        }
+    };
     let (mut machine, effects) = Machine::start(config, Instant::now());
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     machine.set_worker_output(if logging::stderr_is_journal() {
@@ -139,9 +150,11 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         last_status: String::new(),
         exit: None,
         memory: memory::ProcScan::default(),
+        cgroups,
     };
     daemon.execute_all(effects);
     let code = daemon.event_loop(signals, notify_server, commands, watchdog).await;
+    daemon.sweep_cgroups_at_exit();
     if let Some(p) = pidfile {
         let path = p.path().to_path_buf();
         if !p.remove() {
@@ -173,8 +186,10 @@ struct Daemon {
     next_request: RequestId,
     last_status: String,
     exit: Option<i32>,
-    /// Where worker memory is read from (`max_memory`).
+    /// Where worker memory is read from (`max_memory`) without a cgroup per worker.
     memory: memory::ProcScan,
+    /// The cgroup per worker, where handover's cgroup is delegated (plain data).
+    cgroups: Option<crate::cgroup::Tree>,
 }
 
 impl Daemon {
@@ -247,7 +262,15 @@ impl Daemon {
     fn sample_memory(&mut self) {
         let watched = self.machine.memory_watched();
         let groups: Vec<machine::Pid> = watched.iter().map(|&(pid, _)| pid).collect();
-        let totals = self.memory.group_rss(&groups);
+        // One small read per worker (memory.current, what the kernel charges it) where each
+        // has its own cgroup with the memory controller; one pass over /proc otherwise.
+        let totals = match &mut self.cgroups {
+            Some(tree) if tree.memory => {
+                tree.sweep();
+                tree.memory_of(&groups)
+            }
+            _ => self.memory.group_rss(&groups),
+        };
         for (pid, limit) in watched {
             let rss_bytes = totals.get(&pid).copied().unwrap_or(0);
             if rss_bytes > limit {
@@ -300,12 +323,20 @@ impl Daemon {
             };
             if let Some(process) = self.processes.get(&pid.as_raw()) {
                 process.kill_group();
+                if let Some(tree) = &self.cgroups {
+                    tree.kill(pid.as_raw());
+                }
             }
+            let oom = self.cgroups.as_ref().and_then(|t| t.oom_kills(pid.as_raw()));
             let exited = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     let core = if core { ", core dumped" } else { "" };
-                    (pid, format!("killed by {}{core}", sig.as_str()))
+                    let oom = match oom {
+                        Some(n) => format!(" (the kernel's OOM killer, {n} kill(s): memory_limit reached)"),
+                        None => String::new(),
+                    };
+                    (pid, format!("killed by {}{core}{oom}", sig.as_str()))
                 }
                 Ok(_) | Err(_) => return,
             };
@@ -314,6 +345,9 @@ impl Daemon {
             }
             let (pid, status) = exited;
             self.processes.remove(&pid.as_raw());
+            if let Some(tree) = &mut self.cgroups {
+                tree.release(pid.as_raw());
+            }
             self.dispatch(Event::Exited { pid: pid.as_raw(), status });
         }
     }
@@ -367,6 +401,17 @@ impl Daemon {
             Request::Status {} => {
                 let mut status = self.machine.status(Instant::now());
                 status.pid = std::process::id();
+                status.worker_isolation = match &self.cgroups {
+                    Some(tree) => {
+                        for w in &mut status.workers {
+                            let usage = tree.usage(w.pid);
+                            w.memory_bytes = usage.memory_bytes;
+                            w.cpu_usec = usage.cpu_usec;
+                        }
+                        tree.describe()
+                    }
+                    None => "process group per worker".to_owned(),
+                };
                 status.sockets = self.sockets.status();
                 let outcome = Outcome { status: Some(status), ..Outcome::ok("status") };
                 let _ = replies.send(Reply::Done(outcome));
@@ -450,15 +495,61 @@ impl Daemon {
                             batch.push(req);
                         }
                     }
-                    let launched = self.launcher.launch_all(&batch, &self.sockets);
-                    for (req, result) in batch.iter().zip(launched) {
+                    // With a cgroup per worker, each is created first and the child cloned
+                    // into it; a worker whose cgroup cannot be made is not spawned at all.
+                    let (mut launch, mut fds, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+                    let limited = batch.iter().any(|r| r.config.workers.memory_limit.is_some());
+                    if limited && !self.cgroups.as_ref().is_some_and(|t| t.memory) {
+                        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            logging::event(
+                                Level::Warn,
+                                "cgroups",
+                                "workers.memory_limit needs a cgroup per worker with the memory controller \
+                                 (a delegated cgroup, Delegate=yes): ignored",
+                            );
+                        }
+                    }
+                    for req in batch {
+                        match &self.cgroups {
+                            Some(tree) => {
+                                let limit = req.config.workers.memory_limit;
+                                match tree.create_worker(req.generation, req.slot, req.worker.0, limit) {
+                                    Ok((dir, fd)) => {
+                                        launch.push(req);
+                                        fds.push(Some(fd));
+                                        dirs.push(Some(dir));
+                                    }
+                                    Err(e) => produced.push(Event::SpawnFailed {
+                                        worker: req.worker,
+                                        error: format!("creating the worker's cgroup: {e}"),
+                                    }),
+                                }
+                            }
+                            None => {
+                                launch.push(req);
+                                dirs.push(None);
+                            }
+                        }
+                    }
+                    let launched = self.launcher.launch_all(&launch, &self.sockets, &fds);
+                    drop(fds);
+                    for ((req, result), dir) in launch.iter().zip(launched).zip(dirs) {
                         match result {
                             Ok(process) => {
                                 let pid = process.pid();
+                                if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
+                                    tree.adopt(pid, dir);
+                                }
                                 self.processes.insert(pid, process);
                                 produced.push(Event::Spawned { worker: req.worker, pid });
                             }
-                            Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
+                            Err(error) => {
+                                if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
+                                    tree.discard(dir);
+                                }
+                                produced.push(Event::SpawnFailed { worker: req.worker, error });
+                            }
                         }
                     }
                 }
@@ -474,6 +565,9 @@ impl Daemon {
                 Effect::KillGroup { pid } => {
                     if let Some(process) = self.processes.get(&pid) {
                         process.kill_group();
+                        if let Some(tree) = &self.cgroups {
+                            tree.kill(pid); // setsid() escapees included
+                        }
                     }
                 }
                 Effect::Systemd(messages) => self.notify_systemd(&messages),
@@ -497,6 +591,21 @@ impl Daemon {
             }
         }
         produced
+    }
+
+    /// At exit: the workers are gone; their cgroups that were not empty yet get a last
+    /// chance (a killed process takes a moment to leave), bounded to a second.
+    fn sweep_cgroups_at_exit(&mut self) {
+        let Some(tree) = &mut self.cgroups else { return };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        tree.sweep();
+        while !tree.doomed.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10)); // polling a file system, bounded
+            tree.sweep();
+        }
+        for dir in &tree.doomed {
+            logging::event(Level::Warn, "cgroups", format!("{} not removed: not empty", dir.display()));
+        }
     }
 
     fn notify_systemd(&mut self, messages: &[SystemdMessage]) {

@@ -11,7 +11,7 @@ pub mod spawn;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::sockets::Sockets;
@@ -33,7 +33,12 @@ pub struct Launcher {
 impl Launcher {
     /// Spawns the worker described by `req` with the sockets of its generation's config;
     /// returns the handle to signal it through.
-    pub fn launch(&self, req: &SpawnRequest, sockets: &Sockets) -> Result<WorkerProcess, String> {
+    pub fn launch(
+        &self,
+        req: &SpawnRequest,
+        sockets: &Sockets,
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> Result<WorkerProcess, String> {
         let fds = sockets.fds_for(&req.config).map_err(|e| e.to_string())?;
         let names: Vec<&str> = fds.iter().map(|(n, _)| *n).collect();
         let protocol = [
@@ -51,7 +56,7 @@ impl Launcher {
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
             cwd: wc.working_directory.as_deref(),
             credentials: wc.credentials.as_ref(),
-            cgroup: None,
+            cgroup,
         };
         spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
     }
@@ -60,7 +65,15 @@ impl Launcher {
     /// as there are CPUs): each spawn waits for its child's exec, which on one thread
     /// serialises the execs; in parallel they overlap as a plain fork+exec loop's do, and
     /// every exec error is still known when this returns. The results are in `reqs`' order.
-    pub fn launch_all(&mut self, reqs: &[SpawnRequest], sockets: &Sockets) -> Vec<Result<WorkerProcess, String>> {
+    ///
+    /// `cgroups`, when not empty, has for each request the cgroup to start it in.
+    pub fn launch_all(
+        &mut self,
+        reqs: &[SpawnRequest],
+        sockets: &Sockets,
+        cgroups: &[Option<OwnedFd>],
+    ) -> Vec<Result<WorkerProcess, String>> {
+        let cgroup_of = |i: usize| cgroups.get(i).and_then(|c| c.as_ref()).map(|fd| fd.as_fd());
         // The newest identity asked for gets the socket (a batch holds one generation's).
         if let Some(last) = reqs.last() {
             if let Err(e) = self.give_notify_socket(last.config.workers.credentials.as_ref()) {
@@ -71,7 +84,7 @@ impl Launcher {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cpus.min(SPAWN_THREADS).min(reqs.len());
         if threads <= 1 {
-            return reqs.iter().map(|r| this.launch(r, sockets)).collect();
+            return reqs.iter().enumerate().map(|(i, r)| this.launch(r, sockets, cgroup_of(i))).collect();
         }
         let mut results: Vec<Option<Result<WorkerProcess, String>>> = Vec::new();
         results.resize_with(reqs.len(), || None);
@@ -84,7 +97,7 @@ impl Launcher {
                             .enumerate()
                             .skip(t)
                             .step_by(threads)
-                            .map(|(i, r)| (i, this.launch(r, sockets)))
+                            .map(|(i, r)| (i, this.launch(r, sockets, cgroup_of(i))))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -100,7 +113,7 @@ impl Launcher {
                     // No thread: this thread does that share itself.
                     Err(_) => {
                         for (i, r) in reqs.iter().enumerate().skip(t).step_by(threads) {
-                            results[i] = Some(this.launch(r, sockets));
+                            results[i] = Some(this.launch(r, sockets, cgroup_of(i)));
                         }
                     }
                 }

@@ -147,6 +147,10 @@ pub struct Options {
     pub socket_activation: bool,
     /// systemd's watchdog for the daemon (WATCHDOG_USEC, WATCHDOG_PID = the daemon's pid).
     pub systemd_watchdog: Option<Duration>,
+    /// Shell run by the launching `/bin/sh` before it execs handover (e.g. joining a cgroup).
+    pub launch_prefix: String,
+    /// The whole `[workers] command`, instead of the demo worker with `worker_args`.
+    pub command: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -158,6 +162,8 @@ impl Default for Options {
             extra: String::new(),
             socket_activation: true,
             systemd_watchdog: None,
+            launch_prefix: String::new(),
+            command: None,
         }
     }
 }
@@ -177,6 +183,7 @@ pub struct Daemon {
     /// The socket the emulated systemd holds (socket activation only).
     pub listener: Option<TcpListener>,
     watchdog: Option<Duration>,
+    launch_prefix: String,
     child: Option<Child>,
     seen_pids: Mutex<BTreeSet<i32>>,
 }
@@ -185,6 +192,9 @@ pub struct Daemon {
 pub fn config_text(dir: &Path, opts: &Options, listen: Option<SocketAddr>) -> String {
     let mut argv = vec![format!("{:?}", bin().display().to_string()), "\"demo-worker\"".into()];
     argv.extend(opts.worker_args.iter().map(|a| format!("{a:?}")));
+    if let Some(command) = &opts.command {
+        argv = command.iter().map(|a| format!("{a:?}")).collect();
+    }
     let mut t = format!(
         "name = \"app\"\ncontrol_socket = {:?}\n{}\n",
         dir.join("control.sock").display().to_string(),
@@ -236,6 +246,7 @@ impl Daemon {
             notify,
             listener,
             watchdog: opts.systemd_watchdog,
+            launch_prefix: opts.launch_prefix.clone(),
             child: None,
             seen_pids: Mutex::new(BTreeSet::new()),
             dir,
@@ -251,7 +262,9 @@ impl Daemon {
         let mut cmd = Command::new("/bin/sh");
         // LISTEN_PID=$$ then exec: the pid systemd would set, the daemon's own. SIGUSR1 is
         // ignored on purpose: an ignored signal the daemon inherits must not reach workers.
-        cmd.args(["-c", "trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
+        let script =
+            format!("{}trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\"", self.launch_prefix);
+        cmd.args(["-c", &script])
             .arg(bin())
             .arg(&self.config)
             .env("NOTIFY_SOCKET", self.dir.path().join("systemd-notify"))

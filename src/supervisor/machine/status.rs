@@ -102,6 +102,8 @@ impl Machine {
                     .and_then(|g| g.slots.get(w.slot))
                     .map_or(0, |s| s.restarts),
                 status: w.status_text.clone(),
+                memory_bytes: None, // filled in by the executor (cgroup per worker)
+                cpu_usec: None,
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
@@ -130,6 +132,7 @@ impl Machine {
                     next_attempt_secs: f.next_attempt.map(|t| t.saturating_duration_since(now).as_secs_f64()),
                 })
                 .collect(),
+            worker_isolation: String::new(), // filled in by the executor
         }
     }
 }
