@@ -109,10 +109,14 @@ pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 /// Whether `dir` is a cgroup delegated to us: marked by systemd (`trusted.delegate` or
-/// `user.delegate` = "1") and writable (we can create children and move processes).
+/// `user.delegate` = "1"), or, for a master that is not root (which cannot read `trusted.*`
+/// attributes), owned by our uid, which systemd does only for a delegated cgroup of a
+/// `User=` service; and writable (we can create children and move processes).
 pub fn is_delegated(dir: &Path) -> bool {
     let marked = ["trusted.delegate", "user.delegate"].iter().any(|name| xattr(dir, name).as_deref() == Some(b"1"));
-    marked && writable(&dir.join("cgroup.subtree_control")) && writable(&dir.join("cgroup.procs"))
+    let euid = nix::unistd::geteuid().as_raw();
+    let owned = euid != 0 && std::fs::metadata(dir).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == euid);
+    (marked || owned) && writable(&dir.join("cgroup.subtree_control")) && writable(&dir.join("cgroup.procs"))
 }
 
 fn writable(path: &Path) -> bool {
@@ -192,7 +196,7 @@ impl Tree {
         }
     }
 
-    /// "cgroup per worker (<own>, controllers: memory cpu)" for the log and `status`.
+    /// `cgroup per worker in DIR (controllers: memory cpu)`, for the log and `status`.
     pub fn describe(&self) -> String {
         let mut c: Vec<&str> = Vec::new();
         if self.memory {
@@ -302,11 +306,7 @@ impl Tree {
     /// The memory (`memory.current`) of each worker in `pids`; absent where unknown.
     pub fn memory_of(&self, pids: &[i32]) -> std::collections::HashMap<i32, u64> {
         pids.iter()
-            .filter_map(|pid| {
-                let dir = self.workers.get(pid)?;
-                let text = std::fs::read_to_string(dir.join("memory.current")).ok()?;
-                Some((*pid, text.trim().parse().ok()?))
-            })
+            .filter_map(|pid| Some((*pid, read_number(&self.workers.get(pid)?.join("memory.current"))?)))
             .collect()
     }
 
@@ -321,6 +321,15 @@ impl Tree {
         let cpu_usec = std::fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|t| parse_keyed(&t, "usage_usec"));
         Usage { memory_bytes, cpu_usec }
     }
+}
+
+/// A file holding one number (`memory.current`), read with open, one read, close: no
+/// allocation and no statx, as it is read once per worker per sample.
+pub fn read_number(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
 }
 
 fn annotate(e: io::Error, path: &Path) -> io::Error {

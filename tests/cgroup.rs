@@ -212,3 +212,60 @@ fn memory_limit_oom_kills_only_that_worker() {
     assert_eq!(slot_pid(&d.status(), 1), first1, "slot 1 untouched");
     assert!(d.log().contains("OOM killer"), "the exit says OOM:\n{}", d.log());
 }
+
+/// What a `max_memory` sample costs the master at 512 workers: one pass over /proc (process
+/// groups) against one small cgroup file per worker (cgroup per worker). The memory
+/// controller may not be available to cgroup2 (then `memory.current` does not exist), so the
+/// cgroup side reads `cpu.stat`, a file of the same kind (kernfs, generated on read).
+#[test]
+fn numbers_a_memory_sample_at_512_workers_cgroup_files_against_a_proc_scan() {
+    use handover::supervisor::memory::{MemorySource, ProcScan};
+    const N: usize = 512;
+    let Some(cg) = TestCgroup::new("sample") else { return };
+    let mut children = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..N {
+        let dir = cg.0.join(format!("w{i}"));
+        std::fs::create_dir(&dir).expect("child cgroup");
+        // Each in a process group of its own, as workers are (the /proc scan sums by group).
+        let child = std::os::unix::process::CommandExt::process_group(&mut std::process::Command::new("sleep"), 0)
+            .arg("60")
+            .spawn()
+            .expect("sleep");
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move into its cgroup");
+        children.push(common::KillOnDrop(child));
+        dirs.push(dir);
+    }
+    let pids: Vec<i32> = children.iter().map(|c| c.0.id() as i32).collect();
+    // memory.current where it exists; else cgroup.freeze, another one-number file (cpu.stat
+    // would add an rstat flush that memory.current does not have).
+    let file =
+        if cg.controllers().split_whitespace().any(|c| c == "memory") { "memory.current" } else { "cgroup.freeze" };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut scan, mut files) = (Vec::new(), Vec::new());
+    let mut proc_scan = ProcScan::default();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let totals = proc_scan.group_rss(&pids);
+        scan.push(t.elapsed().as_secs_f64());
+        assert!(totals.values().filter(|&&b| b > 0).count() >= N * 9 / 10, "the scan found the processes");
+        let t = Instant::now();
+        let read = dirs.iter().filter(|d| handover::cgroup::read_number(&d.join(file)).is_some()).count();
+        files.push(t.elapsed().as_secs_f64());
+        assert_eq!(read, N, "every cgroup's {file} read");
+    }
+    let (s, f) = (median(scan), median(files));
+    println!(
+        "numbers: a memory sample of {N} workers: /proc scan {:.2} ms ({:.3} % of a core every 5 s), {N} × {file} {:.2} ms \
+         ({:.3} %), ratio {:.1}x",
+        s * 1e3,
+        s / 5.0 * 100.0,
+        f * 1e3,
+        f / 5.0 * 100.0,
+        s / f
+    );
+    drop(children);
+}

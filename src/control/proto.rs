@@ -134,7 +134,7 @@ pub struct Status {
     #[serde(default)]
     pub failing: Vec<FailingSlotStatus>,
     /// How workers are kept apart: "process group per worker", or "cgroup per worker in
-    /// <dir> (controllers: …)" where handover's cgroup is delegated.
+    /// DIR (controllers: …)" where handover's cgroup is delegated.
     #[serde(default)]
     pub worker_isolation: String,
 }
