@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod policy;
 pub mod rejects;
+mod spawning;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -495,63 +496,7 @@ impl Daemon {
                             batch.push(req);
                         }
                     }
-                    // With a cgroup per worker, each is created first and the child cloned
-                    // into it; a worker whose cgroup cannot be made is not spawned at all.
-                    let (mut launch, mut fds, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-                    let limited = batch.iter().any(|r| r.config.workers.memory_limit.is_some());
-                    if limited && !self.cgroups.as_ref().is_some_and(|t| t.memory) {
-                        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-                        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                            logging::event(
-                                Level::Warn,
-                                "cgroups",
-                                "workers.memory_limit needs a cgroup per worker with the memory controller \
-                                 (a delegated cgroup, Delegate=yes): ignored",
-                            );
-                        }
-                    }
-                    for req in batch {
-                        match &self.cgroups {
-                            Some(tree) => {
-                                let limit = req.config.workers.memory_limit;
-                                match tree.create_worker(req.generation, req.slot, req.worker.0, limit) {
-                                    Ok((dir, fd)) => {
-                                        launch.push(req);
-                                        fds.push(Some(fd));
-                                        dirs.push(Some(dir));
-                                    }
-                                    Err(e) => produced.push(Event::SpawnFailed {
-                                        worker: req.worker,
-                                        error: format!("creating the worker's cgroup: {e}"),
-                                    }),
-                                }
-                            }
-                            None => {
-                                launch.push(req);
-                                dirs.push(None);
-                            }
-                        }
-                    }
-                    let launched = self.launcher.launch_all(&launch, &self.sockets, &fds);
-                    drop(fds);
-                    for ((req, result), dir) in launch.iter().zip(launched).zip(dirs) {
-                        match result {
-                            Ok(process) => {
-                                let pid = process.pid();
-                                if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
-                                    tree.adopt(pid, dir);
-                                }
-                                self.processes.insert(pid, process);
-                                produced.push(Event::Spawned { worker: req.worker, pid });
-                            }
-                            Err(error) => {
-                                if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
-                                    tree.discard(dir);
-                                }
-                                produced.push(Event::SpawnFailed { worker: req.worker, error });
-                            }
-                        }
-                    }
+                    produced.extend(self.spawn_batch(batch));
                 }
                 // A pid without a handle was reaped already: nothing to signal (and its
                 // group was killed before it was reaped, see `reap`).

@@ -321,10 +321,12 @@ fn clone_child(
             return Ok((r as libc::pid_t, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })));
         }
         let e = io::Error::from_raw_os_error(-r as i32);
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => CLONE3.store(CLONE3_NO, Ordering::Relaxed),
+            // Kernels 5.3 to 5.6 have clone3 without CLONE_INTO_CGROUP: the fallback below.
+            Some(libc::EINVAL) if cgroup.is_some() => {}
+            _ => return Err(e),
         }
-        CLONE3.store(CLONE3_NO, Ordering::Relaxed);
     }
     // The fallback: the child moves itself into the cgroup before it execs.
     let cgroup_procs = match cgroup {
@@ -742,6 +744,35 @@ mod tests {
         assert_eq!(parts[2], pid.to_string(), "own process group: {text}");
         assert!(parts[4].ends_with("/dev/null"), "stdin is /dev/null: {text}");
         assert!(text.contains("SigBlk:\t0000000000000000"), "empty signal mask: {text}");
+    }
+
+    /// glibc's clone(2), used where clone3 is refused (ENOSYS: old kernels, container
+    /// seccomp profiles): the same guarantees, the pidfd from CLONE_PIDFD.
+    #[test]
+    fn the_clone_fallback_keeps_the_guarantees() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let script = format!("echo \"$$ $LISTEN_PID $(cut -d' ' -f5 /proc/$$/stat)\" > {}", out.display());
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), script],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+            credentials: None,
+            cgroup: None,
+        };
+        let before = CLONE3.swap(CLONE3_NO, Ordering::Relaxed);
+        let spawned = spawn(&spec);
+        CLONE3.store(before, Ordering::Relaxed);
+        let spawned = spawned.expect("spawn");
+        assert!(spawned.pidfd.is_some(), "CLONE_PIDFD through clone(2)");
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
+        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+        let text = std::fs::read_to_string(&out).expect("output");
+        let p = spawned.pid.to_string();
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), [p.as_str(); 3], "pid, LISTEN_PID, pgid: {text}");
     }
 
     #[test]
