@@ -77,3 +77,53 @@ impl Daemon {
         produced
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::machine::{SpawnRequest, WorkerId};
+    use super::super::tests::config;
+    use crate::config::Strategy;
+    use crate::sockets::Sockets;
+    use crate::systemd::Notifier;
+    use crate::worker::Launcher;
+
+    /// The parallel batch: results come back in the requests' order, and an exec error is
+    /// known for exactly the request that had it when `launch_all` returns.
+    #[test]
+    fn a_batch_is_launched_in_order_and_each_exec_error_is_known_when_it_returns() {
+        let mut good = config(1, Strategy::AllAtOnce, 1);
+        good.workers.program = "/bin/true".into();
+        good.workers.command = vec!["true".into()];
+        let mut bad = good.clone();
+        bad.workers.program = "/nonexistent/program".into();
+        let (good, bad) = (Arc::new(good), Arc::new(bad));
+        let reqs: Vec<SpawnRequest> = (0..9u64)
+            .map(|i| SpawnRequest {
+                worker: WorkerId(i),
+                generation: 1,
+                slot: i as usize,
+                config: if i % 3 == 1 { bad.clone() } else { good.clone() },
+            })
+            .collect();
+        let sockets = Sockets::new(vec![], Notifier::new(None), false);
+        let mut launcher =
+            Launcher { base_env: vec![], notify_socket: "/nonexistent/notify".into(), notify_owner: None };
+        let results = launcher.launch_all(&reqs, &sockets, &[]);
+        assert_eq!(results.len(), reqs.len());
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(e) => {
+                    assert_eq!(i % 3, 1, "request {i} failed: {e}");
+                    assert!(e.contains("execve") && e.contains("No such file"), "{e}");
+                }
+                Ok(p) => {
+                    assert_ne!(i % 3, 1, "request {i} (a missing program) was spawned");
+                    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.pid()), None).expect("wait");
+                    assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+                }
+            }
+        }
+    }
+}
