@@ -462,15 +462,33 @@ pub fn render_status(s: &Status) -> String {
             g.draining
         );
     }
+    if !s.worker_isolation.is_empty() {
+        let _ = writeln!(out, "\nworkers: {}", clean(&s.worker_isolation));
+    }
+    // Memory and CPU per worker where each has a cgroup (cgroup per worker mode).
+    let usage = s.workers.iter().any(|w| w.cpu_usec.is_some() || w.memory_bytes.is_some());
     let _ = writeln!(
         out,
-        "\n{:<5} {:<5} {:>8} {:<9} {:>9} {:>8}  STATUS",
-        "GEN", "SLOT", "PID", "STATE", "SINCE", "RESTARTS"
+        "\n{:<5} {:<5} {:>8} {:<9} {:>9} {:>8}{}  STATUS",
+        "GEN",
+        "SLOT",
+        "PID",
+        "STATE",
+        "SINCE",
+        "RESTARTS",
+        if usage { format!(" {:>10} {:>9}", "MEMORY", "CPU") } else { String::new() }
     );
     for w in &s.workers {
+        let columns = if usage {
+            let memory = w.memory_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1 << 20) as f64));
+            let cpu = w.cpu_usec.map_or("-".to_owned(), |u| format!("{:.2}s", u as f64 / 1e6));
+            format!(" {memory:>10} {cpu:>9}")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}  {}",
+            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}  {}",
             w.generation,
             w.slot,
             w.pid,

@@ -32,6 +32,8 @@
 //! - [`sockets`]: which listening sockets workers get, and where they came from.
 //! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
 //! - [`supervisor`]: the state machine and its executor.
+//! - [`cgroup`]: a cgroup per worker where handover's cgroup is delegated (else process
+//!   groups only).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`metrics`]: counters derived from the machine's effects, written for Prometheus
 //!   (node_exporter's textfile collector) once per turn of the event loop.
@@ -44,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -21,6 +21,10 @@
 //!                    workers booting in 0.1 s; writes scale.json and scale.md, with
 //!                    --publish also the table in docs/benchmarks.md (at most 20 minutes;
 //!                    about 6 in practice)
+//! spawn              only scenario 5's spawn-rate comparison (512 demo workers to the last
+//!                    READY=1: plain fork+exec loop, confirming loop, handover; alternating
+//!                    rounds, medians); prints a `numbers:` line (about a minute)
+//! --rounds N         spawn: rounds (default 5)
 //! --sizes 64,512     scale: the worker counts (default 64,512,1024,4096)
 //! --memory-up-to N   scale: measure the idle cost of max_memory only up to N workers
 //! ```
@@ -91,6 +95,10 @@ pub struct Options {
     pub sizes: Vec<usize>,
     /// Its `max_memory` measurement stops above this many workers.
     pub memory_up_to: usize,
+    /// Only the spawn-rate comparison.
+    pub spawn: bool,
+    /// Its rounds.
+    pub rounds: usize,
 }
 
 fn parse_args() -> Result<Option<Options>> {
@@ -114,6 +122,8 @@ fn parse_args() -> Result<Option<Options>> {
         scale: false,
         sizes: scale::SIZES.to_vec(),
         memory_up_to: usize::MAX,
+        spawn: false,
+        rounds: 5,
     };
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -149,6 +159,11 @@ fn parse_args() -> Result<Option<Options>> {
                 }
             }
             "scale" | "--scale" => o.scale = true,
+            "spawn" | "--spawn" => o.spawn = true,
+            "--rounds" => {
+                o.rounds =
+                    value("--rounds")?.parse().ok().filter(|n| (1..=21).contains(n)).context("--rounds takes 1-21")?
+            }
             "--sizes" => {
                 o.sizes = value("--sizes")?
                     .split(',')
@@ -212,7 +227,9 @@ fn main() {
         std::process::exit(3);
     });
     let started = Instant::now();
-    let outcome = if opts.scale {
+    let outcome = if opts.spawn {
+        master::spawn_rate_only(master::MANY, opts.rounds).map(|_| 0)
+    } else if opts.scale {
         scale::run(&opts.sizes, opts.memory_up_to, &opts.out, opts.publish).map(|_| 0)
     } else {
         run(&opts)

@@ -271,6 +271,49 @@ pub fn spawn_baseline_main(n: usize, notify: &Path, confirm_exec: bool) -> i32 {
     code
 }
 
+/// The `spawn` mode: only the spawn-rate comparison of scenario 5, `rounds` alternating
+/// rounds of the plain loop, the confirming loop and `handover run`, each to the last
+/// READY=1 of `n` demo workers; prints one `numbers:` line and returns the figures.
+pub fn spawn_rate_only(n: usize, rounds: usize) -> Result<SpawnRate> {
+    let mut setup = WorkerSetup::demo(n, &[]);
+    setup.boot_timeout = "120s".into();
+    setup.graceful_timeout = "30s".into();
+    let (mut baseline_s, mut confirmed_s, mut handover_s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        baseline_s.push(baseline_spawn(n, false)?.as_secs_f64());
+        confirmed_s.push(baseline_spawn(n, true)?.as_secs_f64());
+        let (h, ready) = Handover::start(&setup, Duration::from_secs(180))?;
+        handover_s.push(ready.as_secs_f64());
+        h.stop(Duration::from_secs(60))?;
+        eprintln!(
+            "  {n} workers to the last READY=1: plain {:.3}s, confirming {:.3}s, handover {:.3}s",
+            baseline_s[baseline_s.len() - 1],
+            confirmed_s[confirmed_s.len() - 1],
+            handover_s[handover_s.len() - 1]
+        );
+    }
+    let (b, c, o) = (median(baseline_s.clone()), median(confirmed_s.clone()), median(handover_s.clone()));
+    println!(
+        "numbers: spawn-to-ready of {n} demo workers, medians of {rounds} rounds: plain fork+exec {:.0}/s, \
+         confirming loop {:.0}/s, handover {:.0}/s; ratio handover/plain {:.2}, handover/confirming {:.2}",
+        n as f64 / b,
+        n as f64 / c,
+        n as f64 / o,
+        b / o,
+        c / o
+    );
+    Ok(SpawnRate {
+        workers: n,
+        confirmed_rate: n as f64 / c,
+        confirmed_s,
+        baseline_rate: n as f64 / b,
+        handover_rate: n as f64 / o,
+        ratio: b / o,
+        baseline_s,
+        handover_s,
+    })
+}
+
 fn scale_reload(h: &Handover, strategy: &str, surge: usize, keep_alive: bool) -> Result<ScaleRun> {
     let load = stats::load(h.addr, 4, keep_alive, Duration::from_secs(240))?;
     let t0 = load.started_at();

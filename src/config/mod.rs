@@ -118,6 +118,12 @@ pub struct Workers {
     pub max_lifetime: Option<Duration>,
     /// Recycle a worker whose RSS, with its children, passes this many bytes.
     pub max_memory: Option<u64>,
+    /// A hard memory limit per worker (`memory.max` of its cgroup, with a cgroup per
+    /// worker): the kernel OOM-kills only that worker.
+    pub memory_limit: Option<u64>,
+    /// `user`/`group`, resolved at load time (the NSS lookups happen here, never after the
+    /// clone): the identity a root master switches its workers to. `None`: handover's own.
+    pub credentials: Option<crate::worker::spawn::Credentials>,
 }
 
 /// When a spawned worker counts as ready (`workers.ready`).
@@ -184,6 +190,8 @@ pub struct LoadEnv {
     pub is_root: bool,
     /// `$PATH`, for resolving `workers.command[0]`.
     pub path: Option<std::ffi::OsString>,
+    /// Our effective uid and gid: a master that is not root can run workers only as itself.
+    pub ids: (u32, u32),
 }
 
 impl LoadEnv {
@@ -196,6 +204,7 @@ impl LoadEnv {
             xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
             is_root: nix::unistd::geteuid().is_root(),
             path: std::env::var_os("PATH"),
+            ids: (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
         }
     }
 }

@@ -19,6 +19,7 @@ fn env() -> LoadEnv {
         xdg_runtime_dir: None,
         is_root: false,
         path: Some("/bin:/usr/bin".into()),
+        ..LoadEnv::default()
     }
 }
 

@@ -122,6 +122,9 @@ struct RawWorkers {
     graceful_timeout: Option<Spanned<DurationText>>,
     max_lifetime: Option<Spanned<DurationText>>,
     max_memory: Option<Spanned<Scalar>>,
+    memory_limit: Option<Spanned<Scalar>>,
+    user: Option<Spanned<Scalar>>,
+    group: Option<Spanned<Scalar>>,
 }
 
 /// The `[reload]` table (optional). Defaults: `strategy` "all-at-once", `max_surge` 1,
@@ -599,6 +602,20 @@ impl RawWorkers {
             }
         };
 
+        let memory_limit = match &self.memory_limit {
+            None => None,
+            Some(m) => {
+                let bytes = match m.get_ref() {
+                    Scalar::Str(s) => units::parse_size(s),
+                    Scalar::Int(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".to_string()),
+                }
+                .map_err(|why| src.at(m.span(), "workers.memory_limit", why))?;
+                Some(bytes).filter(|b| *b != 0)
+            }
+        };
+
+        let credentials = resolve_credentials(self.user.as_ref(), self.group.as_ref(), src, env)?;
+
         Ok(Workers {
             command,
             program,
@@ -613,8 +630,133 @@ impl RawWorkers {
             graceful_timeout,
             max_lifetime,
             max_memory,
+            memory_limit,
+            credentials,
         })
     }
+}
+
+/// `workers.user` and `workers.group` (names or numeric ids) resolved to the uid, gid and
+/// supplementary groups the workers get: the user's own groups (getgrouplist) with `group`
+/// or else the user's primary group as the gid. A master that is not root may only name
+/// itself (then nothing is switched).
+fn resolve_credentials(
+    user: Option<&Spanned<Scalar>>,
+    group: Option<&Spanned<Scalar>>,
+    src: &Source<'_>,
+    env: &LoadEnv,
+) -> Result<Option<crate::worker::spawn::Credentials>, ConfigError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let text = |s: &Scalar| match s {
+        Scalar::Str(s) => s.clone(),
+        Scalar::Int(n) => n.to_string(),
+    };
+    let numeric = |s: &Scalar| -> Option<u32> {
+        match s {
+            Scalar::Int(n) => u32::try_from(*n).ok(),
+            Scalar::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+            Scalar::Str(_) => None,
+        }
+    };
+    let user_entry = match user {
+        None => None,
+        Some(u) => {
+            let name = text(u.get_ref());
+            let found = match numeric(u.get_ref()) {
+                Some(id) => User::from_uid(Uid::from_raw(id)),
+                None if name.is_empty() || name.contains('\0') => {
+                    return Err(src.at(u.span(), "workers.user", "must be a user name or a numeric uid"))
+                }
+                None => User::from_name(&name),
+            };
+            match (found, numeric(u.get_ref())) {
+                (Ok(Some(entry)), _) => Some((entry.uid.as_raw(), Some(entry))),
+                // A numeric uid without a passwd entry is allowed (as systemd's User= does),
+                // but then the group must be given.
+                (Ok(None), Some(id)) => Some((id, None)),
+                (Ok(None), None) => {
+                    return Err(src.at(u.span(), "workers.user", format!("no such user: {name:?}")));
+                }
+                (Err(e), _) => {
+                    return Err(src.at(u.span(), "workers.user", format!("looking up {name:?}: {e}")));
+                }
+            }
+        }
+    };
+    let gid = match group {
+        Some(g) => {
+            let name = text(g.get_ref());
+            let found = match numeric(g.get_ref()) {
+                Some(id) => Group::from_gid(Gid::from_raw(id)).map(|e| e.map(|e| e.gid.as_raw()).or(Some(id))),
+                None if name.is_empty() || name.contains('\0') => {
+                    return Err(src.at(g.span(), "workers.group", "must be a group name or a numeric gid"))
+                }
+                None => Group::from_name(&name).map(|e| e.map(|e| e.gid.as_raw())),
+            };
+            match found {
+                Ok(Some(gid)) => gid,
+                Ok(None) => return Err(src.at(g.span(), "workers.group", format!("no such group: {name:?}"))),
+                Err(e) => return Err(src.at(g.span(), "workers.group", format!("looking up {name:?}: {e}"))),
+            }
+        }
+        None => match &user_entry {
+            Some((_, Some(entry))) => entry.gid.as_raw(),
+            Some((uid, None)) => {
+                let span = user.map(|u| u.span());
+                return Err(src.maybe_at(
+                    span,
+                    "workers.user",
+                    format!("uid {uid} has no passwd entry, so no primary group: set workers.group too"),
+                ));
+            }
+            None => env.ids.1,
+        },
+    };
+    let uid = user_entry.as_ref().map_or(env.ids.0, |(uid, _)| *uid);
+    // The supplementary groups: the user's (from the group database), with the gid; a user
+    // without a passwd entry, or only `group` given, gets the gid alone.
+    let groups = match user_entry.as_ref().and_then(|(_, e)| e.as_ref()) {
+        Some(entry) => {
+            let name = std::ffi::CString::new(entry.name.as_bytes()).map_err(|_| {
+                src.maybe_at(user.map(|u| u.span()), "workers.user", "the user name has a NUL byte".into())
+            })?;
+            let mut list: Vec<u32> = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+                .map_err(|e| {
+                    src.maybe_at(user.map(|u| u.span()), "workers.user", format!("reading the user's groups: {e}"))
+                })?
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            list
+        }
+        None => vec![gid],
+    };
+    if !env.is_root {
+        if (uid, gid) == env.ids {
+            return Ok(None); // ourselves: nothing to switch
+        }
+        let (key, span) = match (user, group) {
+            (Some(u), _) if uid != env.ids.0 => ("workers.user", u.span()),
+            (_, Some(g)) => ("workers.group", g.span()),
+            (Some(u), None) => ("workers.user", u.span()),
+            (None, None) => return Ok(None),
+        };
+        return Err(src.at(
+            span,
+            key,
+            format!(
+                "handover runs as uid {} gid {}, not root: it cannot start workers as uid {uid} gid {gid}; \
+                 run it as that user instead, or as root",
+                env.ids.0, env.ids.1
+            ),
+        ));
+    }
+    Ok(Some(crate::worker::spawn::Credentials { uid, gid, groups }))
 }
 
 fn check_working_directory(wd: &str) -> Result<PathBuf, String> {
@@ -1023,6 +1165,7 @@ mod tests {
                 xdg_runtime_dir: None,
                 is_root: false,
                 path: Some(bin.clone().into_os_string()),
+                ..LoadEnv::default()
             };
             Fx { dir, env }
         }
@@ -1055,6 +1198,44 @@ mod tests {
     }
 
     #[test]
+    fn memory_limit_is_a_size() {
+        let fx = Fx::new();
+        assert_eq!(fx.ok(&format!("{MIN}memory_limit = \"64M\"\n")).workers.memory_limit, Some(64 << 20));
+        assert_eq!(fx.ok(&format!("{MIN}memory_limit = \"0\"\n")).workers.memory_limit, None);
+        let e = fx.err(&format!("{MIN}memory_limit = -1\n"));
+        assert_eq!(at(&e), (3, 16, "workers.memory_limit"), "{e}");
+    }
+
+    #[test]
+    fn workers_user_and_group_resolve_at_load_or_name_the_key() {
+        let mut fx = Fx::new();
+        fx.env.is_root = true;
+        let c = fx.ok(&format!("{MIN}user = \"root\"\n")).workers.credentials.expect("root asked for");
+        assert_eq!((c.uid, c.gid), (0, 0));
+        assert!(c.groups.contains(&0), "the primary group is among the groups: {:?}", c.groups);
+        // Numeric ids; a uid without a passwd entry needs the group.
+        let c = fx.ok(&format!("{MIN}user = 4000123\ngroup = \"4000124\"\n")).workers.credentials.expect("ids");
+        assert_eq!((c.uid, c.gid, c.groups.as_slice()), (4_000_123, 4_000_124, &[4_000_124][..]));
+        let e = fx.err(&format!("{MIN}user = 4000123\n"));
+        assert_eq!(at(&e), (3, 8, "workers.user"), "{e}");
+        assert!(e.message.contains("workers.group"), "{e}");
+        let e = fx.err(&format!("{MIN}user = \"no-such-user-hx\"\n"));
+        assert_eq!(at(&e), (3, 8, "workers.user"), "{e}");
+        assert!(e.message.contains("no such user"), "{e}");
+        let e = fx.err(&format!("{MIN}group = \"no-such-group-hx\"\n"));
+        assert_eq!(at(&e), (3, 9, "workers.group"), "{e}");
+        assert!(e.message.contains("no such group"), "{e}");
+        // Not root: only itself.
+        fx.env.is_root = false;
+        fx.env.ids = (4_000_123, 4_000_124);
+        let e = fx.err(&format!("{MIN}user = \"root\"\n"));
+        assert_eq!(at(&e), (3, 8, "workers.user"), "{e}");
+        assert!(e.message.contains("not root"), "{e}");
+        let same = fx.ok(&format!("{MIN}user = 4000123\ngroup = 4000124\n"));
+        assert_eq!(same.workers.credentials, None, "its own identity: nothing to switch");
+    }
+
+    #[test]
     fn defaults() {
         let fx = Fx::new();
         let c = fx.ok(MIN);
@@ -1079,6 +1260,8 @@ mod tests {
                     graceful_timeout: Duration::from_secs(30),
                     max_lifetime: None,
                     max_memory: None,
+                    memory_limit: None,
+                    credentials: None,
                 },
                 reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },
                 metrics: Metrics { textfile: None },

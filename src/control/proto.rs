@@ -149,6 +149,10 @@ pub struct Status {
     /// The version before the last upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_from: Option<String>,
+    /// How workers are kept apart: "process group per worker", or "cgroup per worker in
+    /// DIR (controllers: …)" where handover's cgroup is delegated.
+    #[serde(default)]
+    pub worker_isolation: String,
 }
 
 /// A slot in crash-loop backoff, in [`Status`].
@@ -201,6 +205,12 @@ pub struct WorkerStatus {
     /// The last `STATUS=` it sent, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<String>,
+    /// Its cgroup's `memory.current`, bytes (cgroup per worker with the memory controller).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory_bytes: Option<u64>,
+    /// Its cgroup's CPU time (`cpu.stat` `usage_usec`), microseconds (cgroup per worker).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_usec: Option<u64>,
 }
 
 /// One listening socket in [`Status`].

@@ -20,6 +20,7 @@ pub mod machine;
 pub mod memory;
 pub mod policy;
 pub mod rejects;
+mod spawning;
 mod upgrading;
 
 use std::collections::{HashMap, VecDeque};
@@ -184,7 +185,26 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             None
         }
     });
-    let launcher = Launcher { base_env, notify_socket: notify_server.path().to_path_buf() };
+    let launcher = Launcher {
+        base_env,
+        notify_socket: notify_server.path().to_path_buf(),
+        notify_owner: resume.as_ref().and_then(|h| h.notify_owner),
+    };
+    // A cgroup per worker where ours is delegated; process groups otherwise. After an
+    // upgrade, the tree the old binary used (with its workers' cgroups) goes on.
+    let cgroups = match resume.as_mut().map(|h| h.cgroups.take()) {
+        Some(tree) => tree,
+        None => match crate::cgroup::Tree::detect() {
+            Ok(tree) => {
+                logging::event(Level::Info, "cgroups", tree.describe());
+                Some(tree)
+            }
+            Err(why) => {
+                logging::event(Level::Debug, "cgroups", format!("process groups per worker: {why}"));
+                None
+            }
+        },
+    };
     let (internal_tx, internal) = mpsc::unbounded_channel();
     let (machine, effects) = match &mut resume {
         Some(h) => {
@@ -220,6 +240,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             Some(state) => Metrics::restore(&name, state),
             None => Metrics::new(&name),
         },
+        cgroups,
     };
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     daemon.machine.set_worker_output(if logging::stderr_is_journal() {
@@ -232,6 +253,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         None => daemon.execute_all(effects),
     }
     let code = daemon.event_loop(signals, notify_server, commands, internal, watchdog).await;
+    daemon.sweep_cgroups_at_exit();
     if let Some(p) = pidfile {
         let path = p.path().to_path_buf();
         if !p.remove() {
@@ -355,7 +377,7 @@ struct Daemon {
     next_request: RequestId,
     last_status: String,
     exit: Option<i32>,
-    /// Where worker memory is read from (`max_memory`).
+    /// Where worker memory is read from (`max_memory`) without a cgroup per worker.
     memory: memory::ProcScan,
     identity: Identity,
     systemd: upgrade::SystemdRecord,
@@ -369,6 +391,8 @@ struct Daemon {
     internal_tx: mpsc::UnboundedSender<Internal>,
     /// The counters derived from the machine's effects, and the `[metrics]` file.
     metrics: Metrics,
+    /// The cgroup per worker, where handover's cgroup is delegated (plain data).
+    cgroups: Option<crate::cgroup::Tree>,
 }
 
 impl Daemon {
@@ -461,7 +485,15 @@ impl Daemon {
     fn sample_memory(&mut self) {
         let watched = self.machine.memory_watched();
         let groups: Vec<machine::Pid> = watched.iter().map(|&(pid, _)| pid).collect();
-        let totals = self.memory.group_rss(&groups);
+        // One small read per worker (memory.current, what the kernel charges it) where each
+        // has its own cgroup with the memory controller; one pass over /proc otherwise.
+        let totals = match &mut self.cgroups {
+            Some(tree) if tree.memory => {
+                tree.sweep();
+                tree.memory_of(&groups)
+            }
+            _ => self.memory.group_rss(&groups),
+        };
         for (pid, limit) in watched {
             let rss_bytes = totals.get(&pid).copied().unwrap_or(0);
             if rss_bytes > limit {
@@ -536,12 +568,20 @@ impl Daemon {
             }
             if let Some(process) = self.processes.get(&pid.as_raw()) {
                 process.kill_group();
+                if let Some(tree) = &self.cgroups {
+                    tree.kill(pid.as_raw());
+                }
             }
+            let oom = self.cgroups.as_ref().and_then(|t| t.oom_kills(pid.as_raw()));
             let exited = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
                 Ok(WaitStatus::Signaled(pid, sig, core)) => {
                     let core = if core { ", core dumped" } else { "" };
-                    (pid, format!("killed by {}{core}", sig.as_str()))
+                    let oom = match oom {
+                        Some(n) => format!(" (the kernel's OOM killer, {n} kill(s): memory_limit reached)"),
+                        None => String::new(),
+                    };
+                    (pid, format!("killed by {}{core}{oom}", sig.as_str()))
                 }
                 Ok(_) | Err(_) => return reaped,
             };
@@ -550,6 +590,9 @@ impl Daemon {
             }
             let (pid, status) = exited;
             self.processes.remove(&pid.as_raw());
+            if let Some(tree) = &mut self.cgroups {
+                tree.release(pid.as_raw());
+            }
             self.dispatch(Event::Exited { pid: pid.as_raw(), status });
             reaped += 1;
         }
@@ -609,6 +652,17 @@ impl Daemon {
             Request::Status {} => {
                 let mut status = self.machine.status(Instant::now());
                 status.pid = std::process::id();
+                status.worker_isolation = match &self.cgroups {
+                    Some(tree) => {
+                        for w in &mut status.workers {
+                            let usage = tree.usage(w.pid);
+                            w.memory_bytes = usage.memory_bytes;
+                            w.cpu_usec = usage.cpu_usec;
+                        }
+                        tree.describe()
+                    }
+                    None => "process group per worker".to_owned(),
+                };
                 status.sockets = self.sockets.status();
                 status.version = upgrade::VERSION.to_string();
                 status.version_since_unix = self.identity.version_since_unix;
@@ -697,16 +751,19 @@ impl Daemon {
     /// Carries out effects; returns the events they produced.
     fn execute(&mut self, effects: Vec<Effect>) -> Vec<Event> {
         let mut produced = Vec::new();
-        for effect in effects {
+        let mut effects = effects.into_iter().peekable();
+        while let Some(effect) = effects.next() {
             match effect {
-                Effect::Spawn(req) => match self.launcher.launch(&req, &self.sockets) {
-                    Ok(process) => {
-                        let pid = process.pid();
-                        self.processes.insert(pid, process);
-                        produced.push(Event::Spawned { worker: req.worker, pid });
+                // A run of spawns (a start, a reload) is launched as one batch, in parallel.
+                Effect::Spawn(first) => {
+                    let mut batch = vec![first];
+                    while let Some(Effect::Spawn(_)) = effects.peek() {
+                        if let Some(Effect::Spawn(req)) = effects.next() {
+                            batch.push(req);
+                        }
                     }
-                    Err(error) => produced.push(Event::SpawnFailed { worker: req.worker, error }),
-                },
+                    produced.extend(self.spawn_batch(batch));
+                }
                 // A pid without a handle was reaped already: nothing to signal (and its
                 // group was killed before it was reaped, see `reap`).
                 Effect::Signal { pid, signal } => {
@@ -719,6 +776,9 @@ impl Daemon {
                 Effect::KillGroup { pid } => {
                     if let Some(process) = self.processes.get(&pid) {
                         process.kill_group();
+                        if let Some(tree) = &self.cgroups {
+                            tree.kill(pid); // setsid() escapees included
+                        }
                     }
                 }
                 Effect::Systemd(messages) => self.notify_systemd(&messages),
@@ -742,6 +802,21 @@ impl Daemon {
             }
         }
         produced
+    }
+
+    /// At exit: the workers are gone; their cgroups that were not empty yet get a last
+    /// chance (a killed process takes a moment to leave), bounded to a second.
+    fn sweep_cgroups_at_exit(&mut self) {
+        let Some(tree) = &mut self.cgroups else { return };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        tree.sweep();
+        while !tree.doomed.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10)); // polling a file system, bounded
+            tree.sweep();
+        }
+        for dir in &tree.doomed {
+            logging::event(Level::Warn, "cgroups", format!("{} not removed: not empty", dir.display()));
+        }
     }
 
     fn notify_systemd(&mut self, messages: &[SystemdMessage]) {

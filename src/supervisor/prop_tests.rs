@@ -75,6 +75,7 @@ impl Spec {
             xdg_runtime_dir: None,
             is_root: false,
             path: Some("/bin".into()),
+            ..LoadEnv::default()
         };
         let text = self.toml();
         match config::parse(Path::new("/etc/handover/app.toml"), &text, &env) {

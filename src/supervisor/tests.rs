@@ -30,6 +30,8 @@ pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Conf
             graceful_timeout: Duration::from_secs(30),
             max_lifetime: None,
             max_memory: None,
+            memory_limit: None,
+            credentials: None,
         },
         reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO },
         metrics: Default::default(),

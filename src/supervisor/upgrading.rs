@@ -257,6 +257,8 @@ impl Daemon {
             next_request: self.next_request,
             systemd: self.systemd.clone(),
             metrics: Some(self.metrics.state().clone()),
+            cgroups: self.cgroups.clone(),
+            notify_owner: self.launcher.notify_owner,
         })
     }
 

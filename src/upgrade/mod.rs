@@ -118,6 +118,13 @@ pub struct HandOff {
     /// The `[metrics]` counters, so that they do not restart from zero.
     #[serde(default)]
     pub metrics: Option<crate::metrics::MetricsState>,
+    /// The cgroup per worker (where handover's cgroup is delegated): the tree and which
+    /// cgroup each worker runs in.
+    #[serde(default)]
+    pub cgroups: Option<crate::cgroup::Tree>,
+    /// The uid/gid the workers' notify socket was given to (`[workers] user`).
+    #[serde(default)]
+    pub notify_owner: Option<(u32, u32)>,
 }
 
 /// One listening socket in a [`HandOff`].

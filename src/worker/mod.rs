@@ -11,7 +11,7 @@ pub mod spawn;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::sockets::Sockets;
@@ -25,12 +25,20 @@ pub struct Launcher {
     pub base_env: Vec<(OsString, OsString)>,
     /// The worker NOTIFY_SOCKET path.
     pub notify_socket: PathBuf,
+    /// Who owns the NOTIFY_SOCKET file now (uid, gid): it is given to the workers' identity
+    /// before they are spawned (sending needs write permission on it). `None`: as bound.
+    pub notify_owner: Option<(u32, u32)>,
 }
 
 impl Launcher {
     /// Spawns the worker described by `req` with the sockets of its generation's config;
     /// returns the handle to signal it through.
-    pub fn launch(&self, req: &SpawnRequest, sockets: &Sockets) -> Result<WorkerProcess, String> {
+    pub fn launch(
+        &self,
+        req: &SpawnRequest,
+        sockets: &Sockets,
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> Result<WorkerProcess, String> {
         let fds = sockets.fds_for(&req.config).map_err(|e| e.to_string())?;
         let names: Vec<&str> = fds.iter().map(|(n, _)| *n).collect();
         let protocol = [
@@ -47,12 +55,103 @@ impl Launcher {
             env: spawn::worker_env(&self.base_env, &wc.env, &protocol),
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
             cwd: wc.working_directory.as_deref(),
+            credentials: wc.credentials.as_ref(),
+            cgroup,
         };
-        // The pidfd is taken here rather than in `spawn`: the child cannot be reaped before
-        // this returns (only the caller's event loop reaps), so the pid is still ours.
-        spawn::spawn(&spec).map(WorkerProcess::open).map_err(|e| e.to_string())
+        spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
+    }
+
+    /// Spawns every worker of `reqs`, on up to [`SPAWN_THREADS`] threads at once (as many
+    /// as there are CPUs): each spawn waits for its child's exec, which on one thread
+    /// serialises the execs; in parallel they overlap as a plain fork+exec loop's do, and
+    /// every exec error is still known when this returns. The results are in `reqs`' order.
+    ///
+    /// `cgroups`, when not empty, has for each request the cgroup to start it in.
+    pub fn launch_all(
+        &mut self,
+        reqs: &[SpawnRequest],
+        sockets: &Sockets,
+        cgroups: &[Option<OwnedFd>],
+    ) -> Vec<Result<WorkerProcess, String>> {
+        let cgroup_of = |i: usize| cgroups.get(i).and_then(|c| c.as_ref()).map(|fd| fd.as_fd());
+        // The newest identity asked for gets the socket (a batch holds one generation's).
+        if let Some(last) = reqs.last() {
+            if let Err(e) = self.give_notify_socket(last.config.workers.credentials.as_ref()) {
+                return reqs.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+        let this = &*self;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = cpus.min(SPAWN_THREADS).min(reqs.len());
+        if threads <= 1 {
+            return reqs.iter().enumerate().map(|(i, r)| this.launch(r, sockets, cgroup_of(i))).collect();
+        }
+        let mut results: Vec<Option<Result<WorkerProcess, String>>> = Vec::new();
+        results.resize_with(reqs.len(), || None);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let spawner = std::thread::Builder::new().name("spawner".into());
+                    spawner.spawn_scoped(scope, move || {
+                        reqs.iter()
+                            .enumerate()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|(i, r)| (i, this.launch(r, sockets, cgroup_of(i))))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for (t, handle) in handles.into_iter().enumerate() {
+                match handle {
+                    Ok(h) => match h.join() {
+                        Ok(done) => done.into_iter().for_each(|(i, r)| results[i] = Some(r)),
+                        Err(_) => {
+                            // A panicking spawner (a bug): its requests are reported failed.
+                        }
+                    },
+                    // No thread: this thread does that share itself.
+                    Err(_) => {
+                        for (i, r) in reqs.iter().enumerate().skip(t).step_by(threads) {
+                            results[i] = Some(this.launch(r, sockets, cgroup_of(i)));
+                        }
+                    }
+                }
+            }
+        });
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err("the spawning thread panicked".to_owned()))).collect()
     }
 }
+
+impl Launcher {
+    /// Makes the NOTIFY_SOCKET file belong to the workers' uid and gid (mode 0600 stays):
+    /// they can send to it, other users still cannot (root can anyway), and the sender of
+    /// every datagram is authenticated by its SCM_CREDENTIALS pid regardless. Only a root
+    /// master has workers of another identity (the config check refuses it otherwise).
+    fn give_notify_socket(&mut self, credentials: Option<&spawn::Credentials>) -> Result<(), String> {
+        let wanted = match credentials {
+            Some(c) => (c.uid, c.gid),
+            None if self.notify_owner.is_none() => return Ok(()), // still as bound: ours
+            None => (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+        };
+        if self.notify_owner == Some(wanted) {
+            return Ok(());
+        }
+        std::os::unix::fs::chown(&self.notify_socket, Some(wanted.0), Some(wanted.1)).map_err(|e| {
+            format!(
+                "giving the notify socket {} to uid {} gid {}: {e}",
+                self.notify_socket.display(),
+                wanted.0,
+                wanted.1
+            )
+        })?;
+        self.notify_owner = Some(wanted);
+        Ok(())
+    }
+}
+
+/// The most threads [`Launcher::launch_all`] spawns on at once.
+pub const SPAWN_THREADS: usize = 4;
 
 /// A spawned, not yet reaped worker, and the only way the supervisor signals it.
 ///
@@ -72,6 +171,16 @@ impl WorkerProcess {
     /// Takes a handle on our unreaped child `pid`.
     pub fn open(pid: Pid) -> WorkerProcess {
         WorkerProcess { pid, pidfd: pidfd_open(pid) }
+    }
+
+    /// The handle of a child just spawned: the pidfd its clone returned, or one opened now
+    /// (the child cannot have been reaped yet: only the supervisor's event loop reaps, and it
+    /// is the caller).
+    pub fn from_spawned(spawned: spawn::Spawned) -> WorkerProcess {
+        match spawned.pidfd {
+            Some(fd) => WorkerProcess { pid: spawned.pid, pidfd: Some(fd) },
+            None => WorkerProcess::open(spawned.pid),
+        }
     }
 
     /// Its pid (also its process group id).

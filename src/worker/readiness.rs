@@ -21,9 +21,10 @@
 //! # Mode
 //! 0600 after bind, whatever the umask: sending to a unix datagram socket needs write
 //! permission on its file, so only handover's own uid (which workers run as) and root can
-//! send. Were workers ever to run as another uid, the socket would have to be given to a
-//! group they are in with mode 0620; senders are authenticated by SCM_CREDENTIALS in any
-//! case.
+//! send. When a root master runs its workers as another user (`[workers] user`/`group`),
+//! the file is given to that uid and gid before they are spawned (`Launcher`), still 0600:
+//! the workers' uid and root can send, nobody else; senders are authenticated by
+//! SCM_CREDENTIALS in any case (a worker's pid, or a process in a worker's group).
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -1,20 +1,26 @@
 //! The only process creation in handover.
 //!
 //! Everything the child needs is prepared before it is created: the argv and envp arrays,
-//! the source fds duplicated above the target range, a `LISTEN_PID=` entry with room for the
-//! pid, the signal sets, and the child's stack. The child is created vfork-style,
-//! `clone(CLONE_VM | CLONE_VFORK)` (what `posix_spawn` does): it runs in handover's memory on
-//! a stack of its own while the parent waits, until its `execve` succeeds or it exits. No
-//! page tables are copied and no pipe is needed to learn the outcome, which made spawning
-//! 1.5x slower than a plain fork+exec loop (issue 13).
+//! the sockets that would be overwritten duplicated above the target range, a `LISTEN_PID=`
+//! entry with room for the pid, the signal sets, the identity to switch to, and the child's
+//! stack. The child is created vfork-style, `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`
+//! (what `posix_spawn` does; glibc's `clone(2)` where clone3 is refused): it runs in
+//! handover's memory on a stack of its own while the calling thread waits, until its
+//! `execve` succeeds or it exits. No page tables are copied, no pipe is needed to learn the
+//! outcome, the clone returns the pidfd (no pidfd_open), and where handover runs a cgroup
+//! per worker the child starts in its cgroup (`CLONE_INTO_CGROUP`: no migration). Only the
+//! calling thread waits, so [`spawn`] may run on several threads at once (see
+//! `Launcher::launch_all`): that, not the per-spawn work, is what brings a batch of spawns
+//! near a plain fork+exec loop's rate (issue 13).
 //!
 //! Sharing the parent's memory, the child writes to exactly two places in it, both prepared
 //! for it: the digits of the `LISTEN_PID=` entry and the error slot it fills when a step
 //! fails (plus, through libc, the calling thread's `errno`, which the parent does not read
 //! after a successful clone). It makes only async-signal-safe system calls (rt_sigaction,
-//! sigprocmask, setpgid, getpid, dup2, fcntl, close_range, chdir, execve, _exit) and
-//! allocates nothing: handover may have other threads, and a lock one of them holds (malloc's,
-//! say) would never be released for the child.
+//! sigprocmask, setpgid, getpid, dup2, fcntl, close_range, write, setgroups, setresgid,
+//! setresuid, chdir, execve, _exit; the credential calls raw, see below) and allocates
+//! nothing: handover has other threads, and a lock one of them holds (malloc's, say) would
+//! never be released for the child.
 //!
 //! Child steps, in this order:
 //! 1. reset every signal disposition to default, then unblock all signals (the parent
@@ -24,10 +30,13 @@
 //! 3. write `getpid()` into the `LISTEN_PID=` slot: the worker's *own* pid (sd_listen_fds(3));
 //! 4. `/dev/null` as stdin (as systemd gives services: a worker in a background process
 //!    group must not touch a terminal); `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC
-//!    on the copy), then mark every
-//!    fd above them close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd
-//!    leaks in;
-//! 5. `chdir`, then `execve` with the prepared environment.
+//!    on the copy), then mark every fd above them close-on-exec
+//!    (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd leaks in; without clone3, join
+//!    the worker's cgroup (write "0" to its `cgroup.procs`);
+//! 5. with `[workers] user`/`group`: setgroups, setresgid, setresuid (raw system calls:
+//!    glibc's wrappers would try to change every thread of the parent, whose memory the
+//!    child shares);
+//! 6. `chdir` (as the worker's user), then `execve` with the prepared environment.
 //!
 //! A failing step stores `(step, errno)` in the error slot and exits 127 (126: not
 //! executable). When the clone returns, the child has either exec'd or exited, so [`spawn`]
@@ -51,6 +60,33 @@ pub struct SpawnSpec<'a> {
     pub fds: Vec<BorrowedFd<'a>>,
     /// The working directory, if not handover's own.
     pub cwd: Option<&'a Path>,
+    /// The identity to switch to before exec (`[workers] user`/`group`), resolved in the
+    /// parent: the child makes no NSS lookups.
+    pub credentials: Option<&'a Credentials>,
+    /// The cgroup (an `O_DIRECTORY` fd of its directory) to start the child in, where
+    /// handover runs a cgroup per worker.
+    pub cgroup: Option<BorrowedFd<'a>>,
+}
+
+/// The user, group and supplementary groups a worker runs as, resolved before the spawn.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    /// The user id (setresuid).
+    pub uid: libc::uid_t,
+    /// The primary group id (setresgid).
+    pub gid: libc::gid_t,
+    /// The supplementary groups (setgroups), the primary one included.
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// A spawned child: its pid (also its process group id) and, where the kernel gives one
+/// with the clone (`CLONE_PIDFD`, Linux 5.2+), its pidfd.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child's pid.
+    pub pid: libc::pid_t,
+    /// The child's pidfd, if the clone returned one.
+    pub pidfd: Option<OwnedFd>,
 }
 
 /// Why a spawn failed.
@@ -81,12 +117,17 @@ pub enum SpawnError {
 }
 
 /// The child's failing step, reported through the error pipe as an index into this table.
-const STEP_NAMES: [&str; 5] = ["setpgid", "dup2", "chdir", "execve", "sigprocmask"];
+const STEP_NAMES: [&str; 9] =
+    ["setpgid", "dup2", "chdir", "execve", "sigprocmask", "setgroups", "setresgid", "setresuid", "join cgroup"];
 const STEP_SETPGID: u32 = 0;
 const STEP_DUP2: u32 = 1;
 const STEP_CHDIR: u32 = 2;
 const STEP_EXECVE: u32 = 3;
 const STEP_SIGMASK: u32 = 4;
+const STEP_SETGROUPS: u32 = 5;
+const STEP_SETGID: u32 = 6;
+const STEP_SETUID: u32 = 7;
+const STEP_CGROUP: u32 = 8;
 /// "No step failed" in the error slot.
 const STEP_NONE: u32 = u32::MAX;
 
@@ -106,14 +147,19 @@ fn os_err(step: &'static str) -> impl FnOnce(nix::Error) -> SpawnError {
     move |e| SpawnError::Prepare { step, source: io::Error::from(e) }
 }
 
-/// Forks and execs a worker per `spec`; returns its pid (also its process group id).
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
+/// Forks and execs a worker per `spec`; returns its pid (also its process group id) and,
+/// where the kernel gives it with the clone, its pidfd.
+///
+/// Safe to call from several threads at once: the clone suspends only the calling thread,
+/// and each call prepares its own plan, stack and error slot.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     // ---- everything allocated before the clone ----
     let program = cstring(spec.program.as_os_str().as_bytes(), "program path")?;
     let argv: Vec<CString> = spec.argv.iter().map(|a| cstring(a.as_bytes(), "argument")).collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = Vec::with_capacity(spec.env.len() + 1);
     for (k, v) in &spec.env {
-        let mut kv = k.as_bytes().to_vec();
+        let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+        kv.extend_from_slice(k.as_bytes());
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
         env.push(cstring(&kv, "environment variable")?);
@@ -132,26 +178,28 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
     envp_ptrs.push(pid_slot as *const libc::c_char);
     envp_ptrs.push(std::ptr::null());
 
-    // The sockets, duplicated (close-on-exec) above the target range 3..3+n so that no
-    // dup2 in the child overwrites a source it still needs.
+    // The sockets at 3, 4, …: a source whose number lies in that range could be overwritten
+    // by an earlier dup2 in the child, so it is duplicated (close-on-exec) above the range
+    // first; the others are used as they are.
     let n = spec.fds.len() as RawFd;
     let first_free = 3 + n;
-    let sources: Vec<OwnedFd> = spec
-        .fds
-        .iter()
-        .map(|fd| dup_above(fd.as_raw_fd(), first_free).map_err(os_err("dup socket")))
-        .collect::<Result<_, _>>()?;
-    let source_raw: Vec<RawFd> = sources.iter().map(|f| f.as_raw_fd()).collect();
-    let dev_null = nix::fcntl::open(
-        "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(os_err("open /dev/null"))?;
-    let dev_null = dup_above(dev_null.as_raw_fd(), first_free).map_err(os_err("dup /dev/null"))?;
+    let mut moved: Vec<OwnedFd> = Vec::new();
+    let mut source_raw: Vec<RawFd> = Vec::with_capacity(spec.fds.len());
+    for fd in &spec.fds {
+        let raw = fd.as_raw_fd();
+        if raw < first_free {
+            let copy = dup_above(raw, first_free).map_err(os_err("dup socket"))?;
+            source_raw.push(copy.as_raw_fd());
+            moved.push(copy);
+        } else {
+            source_raw.push(raw);
+        }
+    }
+    let dev_null = dev_null().map_err(|source| SpawnError::Prepare { step: "open /dev/null", source })?;
     let max_fd = max_fd_hint();
     let nsig = libc::SIGRTMAX() + 1;
     let stack = ChildStack::new().map_err(|source| SpawnError::Prepare { step: "mmap child stack", source })?;
+    let groups: &[libc::gid_t] = spec.credentials.map_or(&[], |c| c.groups.as_slice());
 
     // SAFETY: sigset_t is plain data; sigfillset/sigemptyset initialise it fully.
     let (full, empty) = unsafe {
@@ -166,19 +214,22 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
 
     // The one slot the child writes a failure to (outside `plan`, which it only reads).
     let mut error: [u32; 2] = [STEP_NONE, 0];
-    let plan = ChildPlan {
+    let mut plan = ChildPlan {
         program: program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
         // SAFETY: the prefix is within listen_pid, which has PID_DIGITS + 1 bytes after it.
         pid_slot: unsafe { pid_slot.add(LISTEN_PID_PREFIX.len()) },
         sources: &source_raw,
-        stdin: dev_null.as_raw_fd(),
+        stdin: dev_null,
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         first_free,
         max_fd,
         nsig,
         empty: &empty,
+        credentials: spec.credentials.map(|c| (c.uid, c.gid)),
+        groups,
+        join_cgroup: -1,
         error: &raw mut error,
     };
 
@@ -187,29 +238,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
     // memory) before it has reset the dispositions.
     // SAFETY: pthread_sigmask with valid pointers to initialised sets.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &full, &mut saved) };
-
-    // SAFETY: every allocation is done; `plan` and everything it points to outlive the call,
-    // because CLONE_VFORK suspends this thread until the child has exec'd or exited. The
-    // child runs `child_main` on its own stack (`stack.top()`), makes only async-signal-safe
-    // calls and writes only to `plan.error` and the LISTEN_PID digits (see the module docs).
-    // Without CLONE_SIGHAND it has its own copy of the signal dispositions.
-    let pid = unsafe {
-        libc::clone(
-            child_main,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw const plan).cast_mut().cast(),
-        )
-    };
-    let clone_error = io::Error::last_os_error();
+    let cloned = clone_child(&mut plan, &stack, spec.cgroup.map(|fd| fd.as_raw_fd()));
     // SAFETY: restores the mask saved above, in the parent.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
     drop(stack);
-    drop(sources);
-    drop(dev_null);
-    if pid < 0 {
-        return Err(SpawnError::Prepare { step: "clone", source: clone_error });
-    }
+    drop(moved);
+    let (pid, pidfd) = cloned.map_err(|source| SpawnError::Prepare { step: "clone", source })?;
     // SAFETY: the child is gone from our memory (exec'd or exited); a volatile read, because
     // the compiler cannot see that the clone wrote to `error`.
     let [step, errno] = unsafe { std::ptr::read_volatile(&raw const error) };
@@ -221,11 +255,178 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<libc::pid_t, SpawnError> {
             source: io::Error::from_raw_os_error(errno as i32),
         });
     }
-    // Also from the parent, so the group exists before we might signal it (the classic
-    // race; EACCES once the child has exec'd, which it has here, is fine).
-    // SAFETY: setpgid on our own child; no memory involved.
-    unsafe { libc::setpgid(pid, pid) };
-    Ok(pid)
+    // No setpgid from the parent: the child's own setpgid(0, 0) has happened before the
+    // clone returned (the parent is suspended until the exec), so the group exists already.
+    Ok(Spawned { pid, pidfd })
+}
+
+/// How far clone3 is usable here: unknown, yes, or no (ENOSYS: kernels before 5.3, or a
+/// seccomp filter that refuses it, as container runtimes' default profiles do).
+static CLONE3: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(CLONE3_UNKNOWN);
+const CLONE3_UNKNOWN: u8 = 0;
+const CLONE3_YES: u8 = 1;
+const CLONE3_NO: u8 = 2;
+
+/// The kernel's `struct clone_args` (clone3(2)), version 2 (`cgroup`, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Creates the child vfork-style, running [`child_main`] on `stack` with `plan`, and
+/// returns its pid and pidfd once it has exec'd or exited.
+///
+/// clone3 where available: it returns the pidfd (`CLONE_PIDFD`) and starts the child in
+/// `cgroup` (`CLONE_INTO_CGROUP`), so no pidfd_open and no migration afterwards. Otherwise
+/// glibc's clone(2) with `CLONE_PIDFD` (pidfd_open after it on kernels before 5.2), and the
+/// child joins `cgroup` itself by writing to its `cgroup.procs` before it execs.
+fn clone_child(
+    plan: &mut ChildPlan<'_>,
+    stack: &ChildStack,
+    cgroup: Option<RawFd>,
+) -> io::Result<(libc::pid_t, Option<OwnedFd>)> {
+    use std::sync::atomic::Ordering;
+    let mut pidfd: RawFd = -1;
+    if cfg!(target_arch = "x86_64") && CLONE3.load(Ordering::Relaxed) != CLONE3_NO {
+        let mut args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64,
+            pidfd: (&raw mut pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.base() as u64,
+            stack_size: stack.len() as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = fd as u64;
+        }
+        // SAFETY: as for clone(2) below; clone3 runs `child_main(plan)` on the given stack.
+        let r = unsafe { clone3(&mut args, (&raw mut *plan).cast()) };
+        if r > 0 {
+            CLONE3.store(CLONE3_YES, Ordering::Relaxed);
+            // SAFETY: CLONE_PIDFD stored a fresh pidfd that nothing else owns.
+            return Ok((r as libc::pid_t, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })));
+        }
+        let e = io::Error::from_raw_os_error(-r as i32);
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => CLONE3.store(CLONE3_NO, Ordering::Relaxed),
+            // Kernels 5.3 to 5.6 have clone3 without CLONE_INTO_CGROUP: the fallback below.
+            Some(libc::EINVAL) if cgroup.is_some() => {}
+            _ => return Err(e),
+        }
+    }
+    // The fallback: the child moves itself into the cgroup before it execs.
+    let cgroup_procs = match cgroup {
+        Some(dir) => Some(open_cgroup_procs(dir)?),
+        None => None,
+    };
+    plan.join_cgroup = cgroup_procs.as_ref().map_or(-1, |f| f.as_raw_fd());
+    // SAFETY: every allocation is done; `plan` and everything it points to outlive the call,
+    // because CLONE_VFORK suspends this thread until the child has exec'd or exited. The
+    // child runs `child_main` on its own stack (`stack.top()`), makes only async-signal-safe
+    // calls and writes only to `plan.error` and the LISTEN_PID digits (see the module docs).
+    // Without CLONE_SIGHAND it has its own copy of the signal dispositions. CLONE_PIDFD
+    // stores the pidfd in `pidfd` (clone's parent_tid argument).
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&raw mut *plan).cast(),
+            &raw mut pidfd,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd that nothing else owns (kernels before 5.2
+    // ignore the flag and leave -1: the caller falls back to pidfd_open).
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    Ok((pid, pidfd))
+}
+
+/// clone3(2) with the child running `child_main(arg)` on the stack in `args`.
+///
+/// # Safety
+/// `args` must describe a valid stack for the child, and `arg` what `child_main` expects;
+/// with `CLONE_VM` the caller must keep everything the child uses alive until the child
+/// has exec'd or exited (`CLONE_VFORK`). Returns the child's pid or `-errno`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3(args: *mut CloneArgs, arg: *mut libc::c_void) -> i64 {
+    let ret: i64;
+    let entry: extern "C" fn(*mut libc::c_void) -> libc::c_int = child_main;
+    // SAFETY: the raw system call; in the parent it returns like any other (rcx and r11
+    // clobbered by `syscall`). In the child (rax = 0) the kernel has switched to the new
+    // stack (its top, 16-byte aligned); the child clears the frame pointer and calls
+    // `child_main(arg)`, which never returns (ud2 would trap if it did).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere clone3 is not used (the caller checks the architecture first).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3(_args: *mut CloneArgs, _arg: *mut libc::c_void) -> i64 {
+    -(libc::ENOSYS as i64)
+}
+
+/// `cgroup.procs` of the cgroup directory `dir`, opened for writing (close-on-exec).
+fn open_cgroup_procs(dir: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: openat(2) relative to a directory fd we were lent, with a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir, c"cgroup.procs".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `/dev/null` for the children's stdin, opened once (close-on-exec) and kept: the child
+/// dup2s it to 0 before it moves the sockets, so its number does not matter.
+fn dev_null() -> io::Result<RawFd> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    // Another thread may have won the race: its fd is kept, ours dropped.
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// The child's stack: an anonymous mapping with a guard page at its low end (stacks grow
@@ -259,6 +460,17 @@ impl ChildStack {
             return Err(io::Error::last_os_error());
         }
         Ok(stack)
+    }
+
+    /// The lowest address of the usable stack (above the guard page), for clone3.
+    fn base(&self) -> *mut libc::c_void {
+        // SAFETY: within our mapping: the guard page is its first page.
+        unsafe { self.base.cast::<u8>().add(self.len - CHILD_STACK).cast() }
+    }
+
+    /// The usable stack's size, for clone3.
+    fn len(&self) -> usize {
+        CHILD_STACK
     }
 
     /// The initial stack pointer: the mapping's end (page-aligned, so 16-byte aligned).
@@ -307,6 +519,13 @@ struct ChildPlan<'a> {
     max_fd: RawFd,
     nsig: libc::c_int,
     empty: &'a libc::sigset_t,
+    /// The uid and gid to switch to, if any, after `groups`.
+    credentials: Option<(libc::uid_t, libc::gid_t)>,
+    /// The supplementary groups (set only with `credentials`).
+    groups: &'a [libc::gid_t],
+    /// `cgroup.procs` to write "0" to (join that cgroup), or -1 (clone3 placed us already,
+    /// or no cgroup).
+    join_cgroup: RawFd,
     /// Where to store `(step, errno)` of a failed step (`STEP_NONE` while none failed).
     error: *mut [u32; 2],
 }
@@ -360,6 +579,10 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
                 fail(error, STEP_DUP2);
             }
         }
+        // 4b. The worker's cgroup, where clone3 could not start us in it: "0" is ourselves.
+        if plan.join_cgroup >= 0 && libc::write(plan.join_cgroup, b"0".as_ptr().cast(), 1) != 1 {
+            fail(error, STEP_CGROUP);
+        }
         let first = plan.first_free as libc::c_uint;
         let r =
             libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
@@ -371,7 +594,21 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
                 fd += 1;
             }
         }
-        // 5. Working directory and exec.
+        // 5. The worker's identity, with raw system calls: glibc's setuid & co. would try to
+        //    change every thread of what they take for a multi-threaded process (the
+        //    parent's threads, whose memory we share).
+        if let Some((uid, gid)) = plan.credentials {
+            if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0 {
+                fail(error, STEP_SETGROUPS);
+            }
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+                fail(error, STEP_SETGID);
+            }
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                fail(error, STEP_SETUID);
+            }
+        }
+        // 6. Working directory (as the worker's user) and exec.
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
             fail(error, STEP_CHDIR);
         }
@@ -486,8 +723,12 @@ mod tests {
             env: vec![("LISTEN_FDS".into(), "2".into()), ("PATH".into(), "/usr/bin:/bin".into())],
             fds: vec![l1.as_fd(), l2.as_fd()],
             cwd: Some(dir.path()),
+            credentials: None,
+            cgroup: None,
         };
-        let pid = spawn(&spec).expect("spawn");
+        let spawned = spawn(&spec).expect("spawn");
+        assert!(spawned.pidfd.is_some(), "this kernel returns a pidfd with the clone (5.2+)");
+        let pid = spawned.pid;
         let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait");
         assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
         drop(leak);
@@ -505,6 +746,35 @@ mod tests {
         assert!(text.contains("SigBlk:\t0000000000000000"), "empty signal mask: {text}");
     }
 
+    /// glibc's clone(2), used where clone3 is refused (ENOSYS: old kernels, container
+    /// seccomp profiles): the same guarantees, the pidfd from CLONE_PIDFD.
+    #[test]
+    fn the_clone_fallback_keeps_the_guarantees() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let script = format!("echo \"$$ $LISTEN_PID $(cut -d' ' -f5 /proc/$$/stat)\" > {}", out.display());
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), script],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+            credentials: None,
+            cgroup: None,
+        };
+        let before = CLONE3.swap(CLONE3_NO, Ordering::Relaxed);
+        let spawned = spawn(&spec);
+        CLONE3.store(before, Ordering::Relaxed);
+        let spawned = spawned.expect("spawn");
+        assert!(spawned.pidfd.is_some(), "CLONE_PIDFD through clone(2)");
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
+        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+        let text = std::fs::read_to_string(&out).expect("output");
+        let p = spawned.pid.to_string();
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), [p.as_str(); 3], "pid, LISTEN_PID, pgid: {text}");
+    }
+
     #[test]
     fn exec_failure_is_reported_synchronously() {
         let spec = SpawnSpec {
@@ -513,6 +783,8 @@ mod tests {
             env: vec![],
             fds: vec![],
             cwd: None,
+            credentials: None,
+            cgroup: None,
         };
         let err = spawn(&spec).expect_err("must fail");
         assert!(err.to_string().contains("execve"), "{err}");
@@ -556,10 +828,17 @@ mod rate {
     }
 
     fn ours(n: usize) -> Duration {
-        let spec =
-            SpawnSpec { program: Path::new("/bin/true"), argv: &["true".into()], env: vec![], fds: vec![], cwd: None };
+        let spec = SpawnSpec {
+            program: Path::new("/bin/true"),
+            argv: &["true".into()],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+            credentials: None,
+            cgroup: None,
+        };
         let started = Instant::now();
-        let pids: Vec<libc::pid_t> = (0..n).map(|_| spawn(&spec).expect("spawn")).collect();
+        let pids: Vec<libc::pid_t> = (0..n).map(|_| spawn(&spec).expect("spawn").pid).collect();
         let took = started.elapsed();
         reap(&pids);
         took

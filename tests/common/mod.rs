@@ -150,6 +150,10 @@ pub struct Options {
     /// Run the daemon from this path instead of the binary under test (the upgrade tests
     /// put a copy there, to replace it as a package upgrade would).
     pub daemon_binary: Option<PathBuf>,
+    /// Shell run by the launching `/bin/sh` before it execs handover (e.g. joining a cgroup).
+    pub launch_prefix: String,
+    /// The whole `[workers] command`, instead of the demo worker with `worker_args`.
+    pub command: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -162,6 +166,8 @@ impl Default for Options {
             socket_activation: true,
             systemd_watchdog: None,
             daemon_binary: None,
+            launch_prefix: String::new(),
+            command: None,
         }
     }
 }
@@ -182,6 +188,7 @@ pub struct Daemon {
     pub listener: Option<TcpListener>,
     watchdog: Option<Duration>,
     daemon_binary: Option<PathBuf>,
+    launch_prefix: String,
     child: Option<Child>,
     seen_pids: Mutex<BTreeSet<i32>>,
 }
@@ -190,6 +197,9 @@ pub struct Daemon {
 pub fn config_text(dir: &Path, opts: &Options, listen: Option<SocketAddr>) -> String {
     let mut argv = vec![format!("{:?}", bin().display().to_string()), "\"demo-worker\"".into()];
     argv.extend(opts.worker_args.iter().map(|a| format!("{a:?}")));
+    if let Some(command) = &opts.command {
+        argv = command.iter().map(|a| format!("{a:?}")).collect();
+    }
     let mut t = format!(
         "name = \"app\"\ncontrol_socket = {:?}\n{}\n",
         dir.join("control.sock").display().to_string(),
@@ -218,6 +228,9 @@ impl Daemon {
     /// Starts handover without waiting.
     pub fn spawn(opts: Options) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Searchable by everyone (tempdir makes it 0700): workers that run as another user
+        // (`[workers] user`) must reach the notify socket in it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         let config = dir.path().join("app.toml");
         let (listener, addr, listen) = if opts.socket_activation {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind app socket");
@@ -239,6 +252,7 @@ impl Daemon {
             listener,
             watchdog: opts.systemd_watchdog,
             daemon_binary: opts.daemon_binary.clone(),
+            launch_prefix: opts.launch_prefix.clone(),
             child: None,
             seen_pids: Mutex::new(BTreeSet::new()),
             dir,
@@ -254,7 +268,9 @@ impl Daemon {
         let mut cmd = Command::new("/bin/sh");
         // LISTEN_PID=$$ then exec: the pid systemd would set, the daemon's own. SIGUSR1 is
         // ignored on purpose: an ignored signal the daemon inherits must not reach workers.
-        cmd.args(["-c", "trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\""])
+        let script =
+            format!("{}trap '' USR1; LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" run -c \"$1\"", self.launch_prefix);
+        cmd.args(["-c", &script])
             .arg(self.daemon_binary.clone().unwrap_or_else(bin))
             .arg(&self.config)
             .env("NOTIFY_SOCKET", self.dir.path().join("systemd-notify"))

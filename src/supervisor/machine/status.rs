@@ -116,6 +116,8 @@ impl Machine {
                     .and_then(|g| g.slots.get(w.slot))
                     .map_or(0, |s| s.restarts),
                 status: w.status_text.clone(),
+                memory_bytes: None, // filled in by the executor (cgroup per worker)
+                cpu_usec: None,
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));

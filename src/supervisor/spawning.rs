@@ -1,0 +1,129 @@
+//! The executor's side of `Effect::Spawn`: a run of spawns launched as one batch (in
+//! parallel, see `worker::Launcher::launch_all`), each worker in a cgroup of its own where
+//! handover's cgroup is delegated (`crate::cgroup`). Kept apart from the event loop in
+//! `mod.rs`; the state it touches is `Daemon::processes` and `Daemon::cgroups`.
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::machine::Level;
+use super::machine::{Event, SpawnRequest};
+use super::Daemon;
+use crate::logging;
+
+/// The warning that `memory_limit` is ignored is logged once per process.
+static MEMORY_LIMIT_WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Daemon {
+    /// Spawns `batch` (every spawn of one step, in order); returns an `Event::Spawned` or
+    /// `Event::SpawnFailed` for each.
+    pub(super) fn spawn_batch(&mut self, batch: Vec<SpawnRequest>) -> Vec<Event> {
+        let mut produced = Vec::with_capacity(batch.len());
+        let limited = batch.iter().any(|r| r.config.workers.memory_limit.is_some());
+        if limited
+            && !self.cgroups.as_ref().is_some_and(|t| t.memory)
+            && !MEMORY_LIMIT_WARNED.swap(true, Ordering::Relaxed)
+        {
+            logging::event(
+                Level::Warn,
+                "cgroups",
+                "workers.memory_limit needs a cgroup per worker with the memory controller \
+                 (a delegated cgroup, Delegate=yes): ignored",
+            );
+        }
+        // With a cgroup per worker, each is created first and the child cloned into it; a
+        // worker whose cgroup cannot be made is not spawned at all.
+        let (mut launch, mut fds, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+        for req in batch {
+            match &self.cgroups {
+                Some(tree) => {
+                    let limit = req.config.workers.memory_limit;
+                    match tree.create_worker(req.generation, req.slot, req.worker.0, limit) {
+                        Ok((dir, fd)) => {
+                            launch.push(req);
+                            fds.push(Some(fd));
+                            dirs.push(Some(dir));
+                        }
+                        Err(e) => produced.push(Event::SpawnFailed {
+                            worker: req.worker,
+                            error: format!("creating the worker's cgroup: {e}"),
+                        }),
+                    }
+                }
+                None => {
+                    launch.push(req);
+                    dirs.push(None);
+                }
+            }
+        }
+        let launched = self.launcher.launch_all(&launch, &self.sockets, &fds);
+        drop(fds);
+        for ((req, result), dir) in launch.iter().zip(launched).zip(dirs) {
+            match result {
+                Ok(process) => {
+                    let pid = process.pid();
+                    if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
+                        tree.adopt(pid, dir);
+                    }
+                    self.processes.insert(pid, process);
+                    produced.push(Event::Spawned { worker: req.worker, pid });
+                }
+                Err(error) => {
+                    if let (Some(tree), Some(dir)) = (&mut self.cgroups, dir) {
+                        tree.discard(dir);
+                    }
+                    produced.push(Event::SpawnFailed { worker: req.worker, error });
+                }
+            }
+        }
+        produced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::machine::{SpawnRequest, WorkerId};
+    use super::super::tests::config;
+    use crate::config::Strategy;
+    use crate::sockets::Sockets;
+    use crate::systemd::Notifier;
+    use crate::worker::Launcher;
+
+    /// The parallel batch: results come back in the requests' order, and an exec error is
+    /// known for exactly the request that had it when `launch_all` returns.
+    #[test]
+    fn a_batch_is_launched_in_order_and_each_exec_error_is_known_when_it_returns() {
+        let mut good = config(1, Strategy::AllAtOnce, 1);
+        good.workers.program = "/bin/true".into();
+        good.workers.command = vec!["true".into()];
+        let mut bad = good.clone();
+        bad.workers.program = "/nonexistent/program".into();
+        let (good, bad) = (Arc::new(good), Arc::new(bad));
+        let reqs: Vec<SpawnRequest> = (0..9u64)
+            .map(|i| SpawnRequest {
+                worker: WorkerId(i),
+                generation: 1,
+                slot: i as usize,
+                config: if i % 3 == 1 { bad.clone() } else { good.clone() },
+            })
+            .collect();
+        let sockets = Sockets::new(vec![], Notifier::new(None), false);
+        let mut launcher =
+            Launcher { base_env: vec![], notify_socket: "/nonexistent/notify".into(), notify_owner: None };
+        let results = launcher.launch_all(&reqs, &sockets, &[]);
+        assert_eq!(results.len(), reqs.len());
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(e) => {
+                    assert_eq!(i % 3, 1, "request {i} failed: {e}");
+                    assert!(e.contains("execve") && e.contains("No such file"), "{e}");
+                }
+                Ok(p) => {
+                    assert_ne!(i % 3, 1, "request {i} (a missing program) was spawned");
+                    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p.pid()), None).expect("wait");
+                    assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+                }
+            }
+        }
+    }
+}
