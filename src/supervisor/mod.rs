@@ -175,6 +175,9 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     // during the exec is pending and is delivered to these handlers now.
     let signals = Signals::install().map_err(RunError::Signals)?;
     crate::signals::unblock_all().map_err(RunError::Signals)?;
+    if let Err(e) = crate::worker::spawn::dev_null() {
+        logging::event(Level::Warn, "startup", format!("opening /dev/null for the workers' stdin: {e}"));
+    }
     let (commands_tx, commands) = mpsc::channel(16);
     let adopted = resume.as_mut().map(|h| adopted_connections(h, &identity, taken)).unwrap_or_default();
     tokio::spawn(control.serve_with(commands_tx, adopted));

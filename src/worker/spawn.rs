@@ -413,8 +413,10 @@ fn open_cgroup_procs(dir: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// `/dev/null` for the children's stdin, opened once (close-on-exec) and kept: the child
-/// dup2s it to 0 before it moves the sockets, so its number does not matter.
-fn dev_null() -> io::Result<RawFd> {
+/// dup2s it to 0 before it moves the sockets, so its number does not matter. The supervisor
+/// opens it at start (a missing /dev/null is then said at once, and the daemon's descriptors
+/// are the same before and after an upgrade in place).
+pub fn dev_null() -> io::Result<RawFd> {
     static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = DEV_NULL.get() {
         return Ok(fd.as_raw_fd());
