@@ -88,7 +88,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 13] = [
+        let scenarios: [(&str, Scenario); 14] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -113,6 +113,10 @@ fn systemd_e2e() {
             (
                 "13 package upgrade B over A under load: in place, same MainPID and workers, 0 failed; A over B: restarted",
                 Box::new(package_upgrade),
+            ),
+            (
+                "14 Delegate=yes: a cgroup per worker; a worker's setsid() grandchild goes with it",
+                Box::new(s14_cgroup_per_worker),
             ),
         ];
         for (name, f) in scenarios {
@@ -952,6 +956,59 @@ fn s13_package_upgrade(sb: &mut Sandbox, deb_a: &Path, deb_b: &Path) -> R<Vec<St
     ));
     check_no_failures(&reports, &mut notes)?;
     Ok(notes)
+}
+
+/// With the shipped unit's `Delegate=yes`, handover runs each worker in a cgroup of its own:
+/// `systemd-cgls` shows them, and a grandchild that left its worker's process group and
+/// session (setsid) dies with its worker when the reload drains it, while the service runs.
+fn s14_cgroup_per_worker(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let escaping = "(setsid sleep 300 &); exec /usr/bin/handover demo-worker";
+    sb.write(CONFIG, &app_config_command(&["/bin/sh", "-c", escaping]))?;
+    let result = (|| -> R<Vec<String>> {
+        sb.systemctl(&["restart", UNIT])?;
+        let ready = |sb: &Sandbox, gen: u64| -> R<bool> {
+            let st = sb.status()?;
+            let w = workers(&st);
+            Ok(w.len() == 2 && w.iter().all(|w| w.state == "ready" && w.generation == gen))
+        };
+        wait_for("2 workers ready", Duration::from_secs(30), || ready(sb, 1))?;
+        let st = sb.status()?;
+        let mode = st["worker_isolation"].as_str().unwrap_or("").to_owned();
+        ensure!(mode.starts_with("cgroup per worker"), "worker_isolation: {mode:?}");
+        let cgls = |sb: &Sandbox| sb.run(&["systemd-cgls", "--no-pager", "-u", UNIT]);
+        let tree = cgls(sb)?;
+        let cgroups = |tree: &str, prefix: &str| tree.lines().filter(|l| l.contains(prefix)).count();
+        let sleeps = |tree: &str| tree.lines().filter(|l| l.contains("sleep 300")).count();
+        ensure!(tree.contains("master"), "no master cgroup:\n{tree}");
+        ensure!(
+            cgroups(&tree, "worker-1-") == 2 && sleeps(&tree) == 2,
+            "one cgroup per worker, each with its escapee:\n{tree}"
+        );
+        let mut notes = vec![format!("{mode}"), format!("systemd-cgls -u {UNIT}:\n{}", tree.trim_end())];
+        sb.systemctl(&["reload", UNIT])?;
+        sb.wait_drained()?;
+        let after = wait_until_tree(sb, &cgls, |t| cgroups(t, "worker-1-") == 0 && sleeps(t) == 2)?;
+        ensure!(cgroups(&after, "worker-2-") == 2, "generation 2's cgroups:\n{after}");
+        notes.push(
+            "after systemctl reload: generation 1's cgroups and setsid() escapees are gone, the service runs".into(),
+        );
+        Ok(notes)
+    })();
+    // The next scenarios run the default app.
+    sb.write(CONFIG, &app_config(&[], None))?;
+    sb.systemctl(&["restart", UNIT])?;
+    result
+}
+
+/// Polls `tree` (systemd-cgls) until `done` holds; the last tree, or why not.
+fn wait_until_tree(sb: &Sandbox, tree: &dyn Fn(&Sandbox) -> R<String>, done: impl Fn(&str) -> bool) -> R<String> {
+    let mut last = String::new();
+    let found = wait_for("the cgroup tree", Duration::from_secs(20), || {
+        last = tree(sb)?;
+        Ok(done(&last))
+    });
+    found.map(|()| last.clone()).map_err(|e| format!("{e}:\n{last}"))
 }
 
 fn app_config(extra: &[&str], boot_timeout: Option<&str>) -> String {
