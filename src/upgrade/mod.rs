@@ -215,7 +215,7 @@ pub fn check_format(format: u32) -> Result<(), String> {
 /// absolute (searched in `$PATH` when it has no `/`) without resolving symlinks, so that a
 /// package upgrade renaming a new file over `/usr/bin/handover`, or a symlink switched to a
 /// new release, is what the next upgrade executes. If that path is not the file we run
-/// (argv[0] is not a path to us), `/proc/self/exe` as it reads now, at start.
+/// (`argv[0]` is not a path to us), `/proc/self/exe` as it reads now, at start.
 pub fn resolve_binary(argv0: &OsString, path_var: Option<&OsString>) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let arg = Path::new(argv0);
