@@ -116,11 +116,12 @@ impl Daemon {
     }
 
     pub(super) fn preflight_timed_out(&mut self) {
-        if let UpgradeStep::Checking { pid, .. } = self.upgrade.step {
-            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our child and not
-            // reaped yet (the reaper would have recorded its exit and ended the check), so
-            // its group id, which it leads, cannot be anyone else's.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        if let UpgradeStep::Checking { pid, ref exit, .. } = self.upgrade.step {
+            if exit.is_none() {
+                // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our child and
+                // not reaped yet (`exit` is None), so the group it leads is its own.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let secs = upgrade::PREFLIGHT_TIMEOUT.as_secs();
             self.fail_upgrade(&format!("the new binary did not answer the pre-flight within {secs}s"));
         }
