@@ -289,6 +289,18 @@ fn the_guide_walks_the_whole_path_and_every_block_is_run_checked_or_explained() 
 }
 
 #[test]
+fn readme_links_the_guide_on_its_first_screen_and_the_man_page_names_it() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let first_screen: Vec<&str> = readme.lines().take(25).collect();
+    assert!(
+        first_screen.iter().any(|l| l.contains("](docs/deploy.md)")),
+        "README.md's first 25 lines do not link {GUIDE}"
+    );
+    let man = std::fs::read_to_string(root().join("man/handover.1")).expect("man/handover.1");
+    assert!(man.contains("docs/deploy.md"), "handover(1) does not point to {GUIDE}");
+}
+
+#[test]
 fn parser_pairs_outputs_with_commands_and_rejects_what_it_would_not_run() {
     let md = "intro\n```sh\necho a\n```\n\n```text\na\n```\n<!-- not run: on\nyour laptop -->\n```sh\nscp x y:\n```\n```sh\ntrue\n```\n";
     assert_eq!(
