@@ -21,9 +21,10 @@
 //!
 //! The parser and the matcher are tested by plain `cargo test`, and the guide's structure
 //! with them; the run itself needs `HANDOVER_E2E=1` and root (it boots a container), like
-//! `tests/e2e_systemd.rs`: `.ci/run` runs it after the e2e suite. Container: `E2E_NAME`
-//! `handover-e2e-guide`, root fs in `/var/lib/handover-e2e-guide` (the e2e recipe plus curl,
-//! which the guide uses), app port 127.0.0.1:8000 (the container shares the host network).
+//! `tests/e2e_systemd.rs`: `.ci/run` runs it after the e2e suite, on systemd 252, 254, 257
+//! and sid. Container: `E2E_NAME` `handover-e2e-guide`, root fs in
+//! `/var/lib/handover-e2e-guide` (the e2e recipe plus curl, which the guide uses), app port
+//! 127.0.0.1:8000 (the container shares the host network).
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
