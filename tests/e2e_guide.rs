@@ -22,9 +22,9 @@
 //! The parser and the matcher are tested by plain `cargo test`, and the guide's structure
 //! with them; the run itself needs `HANDOVER_E2E=1` and root (it boots a container), like
 //! `tests/e2e_systemd.rs`: `.ci/run` runs it after the e2e suite, on systemd 252, 254, 257
-//! and sid. Container: `E2E_NAME` `handover-e2e-guide`, root fs in
-//! `/var/lib/handover-e2e-guide` (the e2e recipe plus curl, which the guide uses), app port
-//! 127.0.0.1:8000 (the container shares the host network).
+//! and sid. Container: `E2E_NAME` `handover-e2e-guide` on the e2e suite's cached root fs
+//! (whose recipe has curl, which the guide uses), app port 127.0.0.1:8000 (the container
+//! shares the host network).
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -34,11 +34,8 @@ mod common;
 
 /// The guide, relative to the repository root.
 const GUIDE: &str = "docs/deploy.md";
-/// The container's name and state directory: the guide's own, apart from the e2e suite's.
+/// The container's name: the guide's own, apart from the e2e suite's (same root fs).
 const E2E_NAME: &str = "handover-e2e-guide";
-const E2E_DIR: &str = "/var/lib/handover-e2e-guide";
-/// What the guide needs beyond the e2e root fs: curl.
-const EXTRA_PKGS: &str = "curl";
 /// The address the guide's app listens on (a host port: the container shares the network).
 const APP_PORT: u16 = 8000;
 /// Where the blocks run, and where the test puts the packages.
@@ -440,8 +437,6 @@ fn sandbox_cmd(script: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(script);
     cmd.args(args)
         .env("E2E_NAME", E2E_NAME)
-        .env("E2E_DIR", E2E_DIR)
-        .env("E2E_EXTRA_PKGS", EXTRA_PKGS)
         .env("E2E_SYSTEMD", std::env::var("E2E_SYSTEMD").unwrap_or_else(|_| "254".into()));
     cmd
 }

@@ -70,9 +70,10 @@ BOOT_TIMEOUT=${E2E_BOOT_TIMEOUT:-60}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 # systemd and its libraries; dbus for systemctl; procps for debugging (ps, pgrep by the
 # person looking); python3 and nodejs for the e2e suite's Python and Node apps (a Python
-# and a Node app must run unchanged under the hardened, unprivileged unit); E2E_EXTRA_PKGS
+# and a Node app must run unchanged under the hardened, unprivileged unit); curl for
+# docs/deploy.md's commands (tests/e2e_guide.rs runs them); E2E_EXTRA_PKGS
 # adds more (the fleet test's sshd).
-PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps python3 nodejs${E2E_EXTRA_PKGS:+ $E2E_EXTRA_PKGS}"
+PKGS="systemd systemd-sysv libsystemd0 libsystemd-shared libnss-systemd dbus procps python3 nodejs curl${E2E_EXTRA_PKGS:+ $E2E_EXTRA_PKGS}"
 STAMP="recipe=$RECIPE systemd=$SYSTEMD_WANTED suite=$SUITE${BACKPORTS:+ -t $BACKPORTS} pkgs=$PKGS"
 CPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Capabilities removed from the bounding set of the container's PID 1 and of every `exec`:
