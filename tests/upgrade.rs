@@ -326,3 +326,37 @@ fn sigterm_during_the_upgrade_stops_cleanly_and_sigusr2_upgrades() {
     assert!(String::from_utf8_lossy(&up.stderr).contains("stopping"), "{}", String::from_utf8_lossy(&up.stderr));
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0, "{}", d.log());
 }
+
+#[test]
+fn a_bad_hand_off_variable_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("app.toml");
+    std::fs::write(&config, common::config_text(dir.path(), &Options::default(), None)).unwrap();
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, b"{\"format\": \"not a number\"}").unwrap();
+    // (the variable's value, what the error says)
+    let cases: [(&str, &str); 4] = [
+        ("abc", "is not a descriptor number"),
+        ("1", "is not a descriptor number"),
+        ("77", "the descriptor is not open"),
+        ("0", "is not a descriptor number"),
+    ];
+    for (value, expect) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "-c"]).arg(&config).env("HANDOVER_HANDOFF_FD", value);
+        let out = run_with_deadline(cmd, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "HANDOVER_HANDOFF_FD={value}: {stderr}");
+        assert!(stderr.contains(expect), "HANDOVER_HANDOFF_FD={value}: {stderr}");
+    }
+    // A descriptor that holds no hand-off: refused before anything is taken over.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "exec 5<\"$1\"; HANDOVER_HANDOFF_FD=5 exec \"$0\" run -c \"$2\""])
+        .arg(bin())
+        .arg(&garbage)
+        .arg(&config);
+    let out = run_with_deadline(cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("taking over from the previous binary") && stderr.contains("not a hand-off"), "{stderr}");
+}
