@@ -25,7 +25,6 @@
 //! and sid. Container: `E2E_NAME` `handover-e2e-guide` on the e2e suite's cached root fs
 //! (whose recipe has curl, which the guide uses), app port 127.0.0.1:8000 (the container
 //! shares the host network).
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -470,36 +469,9 @@ impl Container {
         let mut cmd =
             sandbox_cmd(&self.script, &["exec", "bash", "-c", "exec 2>&1; set -e -o pipefail; eval \"$1\"", "_"]);
         cmd.arg(script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("sandbox.sh exec: {e}"))?;
-        let readers: Vec<_> = [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .map(|p| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = p {
-                    let _ = p.read_to_end(&mut buf);
-                }
-                buf
-            })
-        })
-        .collect();
-        let deadline = Instant::now() + BLOCK_DEADLINE;
-        let status = loop {
-            match child.try_wait().map_err(|e| format!("sandbox.sh exec: {e}"))? {
-                Some(st) => break st,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!("the block did not finish within {BLOCK_DEADLINE:?}"));
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
-        Ok(Output { status, stdout: out.next().unwrap_or_default(), stderr: out.next().unwrap_or_default() })
+        let child = cmd.spawn().map_err(|e| format!("sandbox.sh exec: {e}"))?;
+        common::output_within(child, BLOCK_DEADLINE)
+            .map_err(|_| format!("the block did not finish within {BLOCK_DEADLINE:?}"))
     }
 
     fn dump_journal(&self) {

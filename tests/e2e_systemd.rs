@@ -1320,43 +1320,11 @@ impl Sandbox {
             let mut stdin = child.stdin.take().ok_or("stdin")?;
             stdin.write_all(data.as_bytes()).map_err(|e| format!("sandbox exec stdin: {e}"))?;
         }
-        // Read both pipes while waiting (journalctl output can exceed a pipe buffer).
-        let mut pipes = [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ];
-        let readers: Vec<_> = pipes
-            .iter_mut()
-            .map(|p| {
-                let mut p = p.take();
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    if let Some(p) = p.as_mut() {
-                        let _ = p.read_to_end(&mut buf);
-                    }
-                    buf
-                })
-            })
-            .collect();
         // Every command has a deadline: systemctl itself waits at most TimeoutStartSec=
-        // (90s), so this only catches a harness that hangs.
-        let deadline = Instant::now() + EXEC_DEADLINE;
-        let status = loop {
-            match child.try_wait().map_err(|e| format!("sandbox exec: {e}"))? {
-                Some(st) => break st,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "`{}` in the container did not finish within {EXEC_DEADLINE:?}",
-                        argv.join(" ")
-                    ));
-                }
-                None => std::thread::sleep(Duration::from_millis(5)),
-            }
-        };
-        let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
-        Ok(Output { status, stdout: out.next().unwrap_or_default(), stderr: out.next().unwrap_or_default() })
+        // (90s), so this only catches a harness that hangs. Both pipes are read while waiting
+        // (journalctl output can exceed a pipe buffer).
+        common::output_within(child, EXEC_DEADLINE)
+            .map_err(|_| format!("`{}` in the container did not finish within {EXEC_DEADLINE:?}", argv.join(" ")))
     }
 
     /// Runs `argv`; its stdout, or Err with everything if it failed.

@@ -419,18 +419,49 @@ impl Drop for Daemon {
 
 /// Runs a command, failing the test if it takes longer than `timeout`.
 pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    match output_within(child, timeout) {
+        Ok(out) => out,
+        Err(out) => panic!("{cmd:?} did not finish within {timeout:?}: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// Waits for `child` at most `timeout`, reading its piped stdout and stderr meanwhile (so a
+/// child that writes more than a pipe holds cannot stall). Err: it was SIGKILLed at the
+/// deadline; what it had printed by then.
+pub fn output_within(mut child: Child, timeout: Duration) -> Result<Output, Output> {
+    let readers: Vec<_> = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|p| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    })
+    .collect();
     let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let (status, finished) = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break (st, true);
         }
-        if Instant::now() > deadline {
+        if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("{cmd:?} did not finish within {timeout:?}: {}", String::from_utf8_lossy(&out.stderr));
+            break (child.wait().expect("wait"), false);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    let output = Output { status, stdout: out.next().unwrap_or_default(), stderr: out.next().unwrap_or_default() };
+    if finished {
+        Ok(output)
+    } else {
+        Err(output)
     }
 }
 
