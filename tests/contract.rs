@@ -219,3 +219,57 @@ fn a_worker_that_stops_pinging_its_watchdog_is_aborted_and_replaced() {
     assert!(log.contains("missed its watchdog") && log.contains("SIGABRT"), "{log}");
     assert!(log.contains(&format!("pid {} exited (killed by SIGABRT", hung[0])), "{log}");
 }
+
+/// Workers are cloned sharing the master's descriptor table until they take a private copy
+/// of the few descriptors they use (issue 13: no copy of every pidfd per spawn). Nothing a
+/// child does to its descriptors may reach the master's: its stdin (here the config file,
+/// which the child's dup2 of /dev/null onto 0 would replace) and its socket at fd 3 (whose
+/// close-on-exec flag the child clears on its own copy) are as they were, after a start of
+/// 24 workers and a reload.
+#[test]
+fn spawning_leaves_the_masters_own_descriptors_alone() {
+    let opts = Options { workers: 24, launch_prefix: "exec 0<\"$1\"; ".into(), ..Options::default() };
+    let d = Daemon::start(opts);
+    let check = |when: &str| {
+        let stdin = std::fs::read_link(format!("/proc/{}/fd/0", d.pid())).expect("the master's fd 0");
+        assert_eq!(stdin, d.config, "{when}: the master's stdin was replaced");
+        let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", d.pid())).expect("the master's fd 3");
+        let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).expect("flags").trim();
+        let flags = u32::from_str_radix(flags, 8).expect("octal flags");
+        assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "{when}: the master's socket lost close-on-exec: {fdinfo}");
+        let socket = std::fs::read_link(format!("/proc/{}/fd/3", d.pid())).expect("link");
+        assert!(socket.to_string_lossy().starts_with("socket:"), "{when}: fd 3 is {socket:?}");
+    };
+    check("after the start");
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    check("after a reload");
+    let (code, body) = http_get(d.addr, "/info");
+    assert_eq!(code, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(info["inherited_fds"], serde_json::json!([0, 1, 2, 3]), "no fd beyond the sockets");
+}
+
+/// systemd hears a start of many workers as a few datagrams, not several per worker: the
+/// `STATUS=` line is published once per turn of the event loop (which reads every queued
+/// READY=1 in one turn), and an `EXTEND_TIMEOUT_USEC=` that would move the deadline by
+/// less than a second is not sent. Before, 64 workers meant 64 of each, every one a
+/// wake-up (and a D-Bus signal) of PID 1.
+#[test]
+fn a_start_of_many_workers_is_a_few_datagrams_to_systemd() {
+    let _x = exclusive();
+    let n = 64;
+    let d = Daemon::start(Options { workers: n, ..Options::default() });
+    let all = d.notify.all();
+    let upto_ready: Vec<_> = all.iter().take_while(|x| x.get("READY").is_none()).collect();
+    let extends = upto_ready.iter().filter(|x| x.get("EXTEND_TIMEOUT_USEC").is_some()).count();
+    let statuses = upto_ready.iter().filter(|x| x.get("STATUS").is_some()).count();
+    let started = all.first().map(|x| x.at);
+    let ready = all.iter().find(|x| x.get("READY").is_some()).expect("READY=1");
+    let took = started.map_or(Duration::ZERO, |s| ready.at - s);
+    // One extension per second of the start at most, plus the first.
+    let bound = 2 + took.as_secs() as usize;
+    assert!(extends <= bound, "{extends} EXTEND_TIMEOUT_USEC= in a {took:?} start of {n} workers: {upto_ready:?}");
+    assert!(statuses < n / 2, "{statuses} STATUS= before READY=1 for {n} workers");
+    assert_eq!(ready.get("STATUS"), Some(format!("gen 1: {n}/{n} ready").as_str()), "READY=1 has the final line");
+}

@@ -26,6 +26,7 @@ mod upgrading;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
 use crate::systemd::{monotonic_usec, Notifier};
 use crate::upgrade;
-use crate::worker::readiness::NotifyServer;
+use crate::worker::readiness::{Datagram, NotifyServer, Rejected};
 use crate::worker::{self, Launcher, WorkerProcess};
 
 use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
@@ -51,6 +52,16 @@ use rejects::RejectTally;
 
 /// How often worker memory is sampled when some generation sets `max_memory`.
 pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// An `EXTEND_TIMEOUT_USEC=` that would move systemd's deadline by less than this is not
+/// sent (see `Daemon::extension_is_redundant`).
+const EXTEND_GRANULARITY: Duration = Duration::from_secs(1);
+
+/// `STATUS=` lines go to systemd at most this often (see `Daemon::status_wait`).
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// At most this many worker datagrams are read in one turn of the event loop.
+const NOTIFY_BURST: usize = 256;
 
 /// Everything the daemon needs, prepared by the caller.
 #[derive(Debug)]
@@ -170,6 +181,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         ),
     };
     let control_fd = control.as_raw_fd();
+    let notify_server = Rc::new(notify_server);
     // Installed before the first READY=1 (sent only once generation 1 is ready). The new
     // binary of an upgrade starts with every signal blocked (see `upgrade`): what arrived
     // during the exec is pending and is delivered to these handlers now.
@@ -230,12 +242,16 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         waiters: HashMap::new(),
         next_request: resume.as_ref().map_or(1, |h| h.next_request.max(1)),
         last_status: String::new(),
+        extended_until: None,
+        status_due: false,
+        status_sent_at: None,
         exit: None,
         memory: memory::ProcScan::default(),
         identity,
         systemd,
         control_fd,
         notify_fd: notify_server.as_raw_fd(),
+        notify: notify_server.clone(),
         upgrade: UpgradeState::default(),
         upgrade_exec_due: false,
         internal_tx,
@@ -379,6 +395,12 @@ struct Daemon {
     waiters: HashMap<RequestId, mpsc::UnboundedSender<Reply>>,
     next_request: RequestId,
     last_status: String,
+    /// How far systemd's timeout for the current job was extended (`EXTEND_TIMEOUT_USEC=`).
+    extended_until: Option<Instant>,
+    /// The machine was stepped since the last `STATUS=` check (published at the next turn).
+    status_due: bool,
+    /// When the last `STATUS=` line went to systemd (see `status_wait`).
+    status_sent_at: Option<Instant>,
     exit: Option<i32>,
     /// Where worker memory is read from (`max_memory`) without a cgroup per worker.
     memory: memory::ProcScan,
@@ -386,8 +408,11 @@ struct Daemon {
     systemd: upgrade::SystemdRecord,
     /// The control socket's listening descriptor (owned by the control server's task).
     control_fd: std::os::fd::RawFd,
-    /// The workers' notify socket's descriptor (owned by the event loop).
+    /// The workers' notify socket's descriptor (owned by `notify`).
     notify_fd: std::os::fd::RawFd,
+    /// The workers' notify socket, shared with the event loop (read there, and while a
+    /// batch is spawned, see `spawning`).
+    notify: Rc<NotifyServer>,
     upgrade: UpgradeState,
     /// The pre-flight accepted: re-execute at the top of the next loop turn.
     upgrade_exec_due: bool,
@@ -402,7 +427,7 @@ impl Daemon {
     async fn event_loop(
         &mut self,
         mut signals: Signals,
-        notify_server: NotifyServer,
+        notify_server: Rc<NotifyServer>,
         mut commands: mpsc::Receiver<Command>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
         watchdog: Option<Duration>,
@@ -413,8 +438,22 @@ impl Daemon {
             watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
-            // At most one write per turn, whatever the turn fed the machine.
+            // At most one write of the metrics file per turn, whatever the turn fed the
+            // machine (a turn may read a burst of datagrams, see below), and a STATUS= line
+            // at most every STATUS_INTERVAL (the newest one; `status_timer` below).
             self.metrics.flush(&self.machine);
+            let status_wait = self.status_wait(Instant::now());
+            if self.status_due && status_wait.is_none() {
+                self.status_due = false;
+                self.publish_status();
+            }
+            let status_deadline = status_wait.filter(|_| self.status_due);
+            let status_timer = async {
+                match status_deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             if let Some(code) = self.exit {
                 return code;
             }
@@ -455,6 +494,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
+                () = status_timer => {} // published at the top of the next turn
                 () = upgrade_timer => self.preflight_timed_out(),
                 Some(msg) = internal.recv() => match msg {
                     Internal::PreflightOutput { pid, output } => self.on_preflight_output(pid, output),
@@ -470,7 +510,23 @@ impl Daemon {
                     }
                     other => self.on_signal(other),
                 },
-                datagram = notify_server.recv() => self.on_datagram(datagram),
+                datagram = notify_server.recv() => {
+                    self.on_datagram(datagram);
+                    // What else is queued is read in the same turn: a start or reload of many
+                    // workers sends a burst of READY=1, and one turn per datagram would pay the
+                    // loop's fixed cost (timers, STATUS=, metrics) each time. Bounded, so
+                    // signals and commands still get their turn.
+                    for _ in 1..NOTIFY_BURST {
+                        match notify_server.try_recv() {
+                            Ok(Some(d)) => self.on_datagram(Ok(d)),
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.on_datagram(Err(e));
+                                break;
+                            }
+                        }
+                    }
+                }
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 () = timer => self.dispatch(Event::Tick),
                 _ = tick(&mut watchdog_tick) => {
@@ -601,33 +657,44 @@ impl Daemon {
         }
     }
 
-    fn on_datagram(
-        &mut self,
-        datagram: std::io::Result<Result<worker::readiness::Datagram, worker::readiness::Rejected>>,
-    ) {
+    fn on_datagram(&mut self, datagram: std::io::Result<Result<Datagram, Rejected>>) {
+        for event in self.heard(datagram) {
+            self.dispatch(event);
+        }
+    }
+
+    /// The machine's events for one datagram read from the workers' notify socket: one
+    /// `Message` per message from a worker (or a process in a worker's group), none from
+    /// anyone else (counted and summarised instead).
+    fn heard(&mut self, datagram: std::io::Result<Result<Datagram, Rejected>>) -> Vec<Event> {
         match datagram {
             Ok(Ok(d)) => {
-                // A worker's own pid needs no process-group lookup (a system call).
-                let pgid = if self.machine.is_worker_pid(d.pid) { None } else { worker::process_group_of(d.pid) };
+                // A worker's own pid (every process handover holds a handle on is a worker,
+                // and the leader of its group) needs no process-group lookup, a system call.
+                let pgid = if self.processes.contains_key(&d.pid) { None } else { worker::process_group_of(d.pid) };
                 // Only workers and the processes in their groups are heard; anyone else is
                 // counted here rather than logged per datagram (by the machine).
                 let known = |p: Option<machine::Pid>| p.is_some_and(|p| self.processes.contains_key(&p));
                 if !known(Some(d.pid)) && !known(pgid) {
                     let reason = format!("pid {} is not a worker (nor in a worker's process group)", d.pid);
-                    let rejected = worker::readiness::Rejected {
-                        pid: Some(d.pid),
-                        kind: worker::readiness::RejectKind::UnknownSender,
-                        reason,
-                    };
+                    let rejected =
+                        Rejected { pid: Some(d.pid), kind: worker::readiness::RejectKind::UnknownSender, reason };
                     self.on_rejected(&rejected);
-                    return;
+                    return Vec::new();
                 }
-                for message in d.messages {
-                    self.dispatch(Event::Message { sender: d.pid, sender_pgid: pgid, message });
-                }
+                d.messages
+                    .into_iter()
+                    .map(|message| Event::Message { sender: d.pid, sender_pgid: pgid, message })
+                    .collect()
             }
-            Ok(Err(rejected)) => self.on_rejected(&rejected),
-            Err(e) => logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}")),
+            Ok(Err(rejected)) => {
+                self.on_rejected(&rejected);
+                Vec::new()
+            }
+            Err(e) => {
+                logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}"));
+                Vec::new()
+            }
         }
     }
 
@@ -735,7 +802,7 @@ impl Daemon {
                 queue.push_back(e);
             }
         }
-        self.publish_status();
+        self.status_due = true;
     }
 
     fn execute_all(&mut self, effects: Vec<Effect>) {
@@ -748,7 +815,7 @@ impl Daemon {
             self.metrics.observe(exited, &effects, now);
             queue.extend(self.execute(effects));
         }
-        self.publish_status();
+        self.status_due = true;
     }
 
     /// Carries out effects; returns the events they produced.
@@ -827,6 +894,13 @@ impl Daemon {
         // A lifecycle change carries the status line in the same datagram, so systemctl
         // status is never a step behind READY=1/RELOADING=1/STOPPING=1.
         let lifecycle = messages.iter().any(|m| !matches!(m, SystemdMessage::ExtendTimeout(_)));
+        let now = Instant::now();
+        if lifecycle {
+            // A new job (start, reload, stop) has a timeout of its own.
+            self.extended_until = None;
+        } else if messages.iter().all(|m| self.extension_is_redundant(m, now)) {
+            return;
+        }
         let line = self.status_line();
         for m in messages {
             match m {
@@ -837,6 +911,8 @@ impl Daemon {
                 }
                 SystemdMessage::Stopping => states.push(NotifyState::Stopping),
                 SystemdMessage::ExtendTimeout(d) => {
+                    let until = policy::deadline(now, *d);
+                    self.extended_until = Some(self.extended_until.map_or(until, |u| u.max(until)));
                     states.push(NotifyState::ExtendTimeoutUsec(d.as_micros().min(u32::MAX as u128) as u32))
                 }
             }
@@ -849,6 +925,21 @@ impl Daemon {
         }
         if lifecycle {
             self.last_status = line;
+            self.status_sent_at = Some(now);
+        }
+    }
+
+    /// Whether `message` is an `EXTEND_TIMEOUT_USEC=` that would move systemd's deadline
+    /// by less than [`EXTEND_GRANULARITY`] past the last one sent for this job. The machine
+    /// asks for room after every worker that becomes ready; for a start of 512 workers,
+    /// sending each would wake the service manager 512 times for nothing. The extensions
+    /// carry seconds of slack, so a deadline up to that granularity short is still ahead.
+    fn extension_is_redundant(&self, message: &SystemdMessage, now: Instant) -> bool {
+        match (message, self.extended_until) {
+            (SystemdMessage::ExtendTimeout(d), Some(until)) => {
+                policy::deadline(now, *d) < policy::deadline(until, EXTEND_GRANULARITY)
+            }
+            _ => false,
         }
     }
 
@@ -864,11 +955,21 @@ impl Daemon {
     fn publish_status(&mut self) {
         let line = self.status_line();
         if line != self.last_status {
-            if let Err(e) = self.notifier.send(&[NotifyState::Status(&line)]) {
+            if let Err(e) = self.notifier.send_status(&line) {
                 logging::event(Level::Debug, "notify-error", format!("STATUS= to systemd: {e}"));
             }
             self.last_status = line;
+            self.status_sent_at = Some(Instant::now());
         }
+    }
+
+    /// Until when a changed `STATUS=` line must wait (`None`: it may go now): lines are
+    /// sent at most every [`STATUS_INTERVAL`]. Each one wakes the service manager and makes
+    /// it emit a D-Bus signal; workers that become ready one by one would otherwise mean a
+    /// line per worker. Lifecycle messages carry the current line at once regardless.
+    fn status_wait(&self, now: Instant) -> Option<Instant> {
+        let at = policy::deadline(self.status_sent_at?, STATUS_INTERVAL);
+        (at > now).then_some(at)
     }
 }
 

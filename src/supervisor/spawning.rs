@@ -8,6 +8,10 @@ use super::machine::Level;
 use super::machine::{Event, SpawnRequest};
 use super::Daemon;
 use crate::logging;
+use crate::worker::Meanwhile;
+
+/// Descriptors kept free beyond the workers' pidfds when the table is grown for a batch.
+const FD_HEADROOM: usize = 256;
 
 /// The warning that `memory_limit` is ignored is logged once per process.
 static MEMORY_LIMIT_WARNED: AtomicBool = AtomicBool::new(false);
@@ -54,7 +58,33 @@ impl Daemon {
                 }
             }
         }
-        let launched = self.launcher.launch_all(&launch, &self.sockets, &fds);
+        // While the batch is spawned, this thread reads what the first workers say (READY=1)
+        // into `early`: the notify socket's queue is short (net.unix.max_dgram_qlen, 10 by
+        // default outside systemd's sysctl defaults), and a worker that finds it full blocks
+        // in sd_notify until it is read; read only after the batch, hundreds of them would
+        // then be woken one at a time. What is read here is heard right after the batch's
+        // `Spawned` events, in the order it arrived. Bounded: the rest waits in the socket.
+        // Room in the descriptor table for every pidfd of the batch (see `reserve_fds`), with
+        // some to spare for the sockets and connections that come and go meanwhile.
+        crate::worker::spawn::reserve_fds(self.processes.len() + launch.len() + FD_HEADROOM);
+        let mut early = Vec::new();
+        let notify = self.notify.clone();
+        let cap = launch.len() + super::NOTIFY_BURST;
+        let mut read_early = || {
+            while early.len() < cap {
+                match notify.try_recv() {
+                    Ok(Some(d)) => early.push(Ok(d)),
+                    Ok(None) => return true,
+                    Err(e) => {
+                        early.push(Err(e));
+                        return false;
+                    }
+                }
+            }
+            false
+        };
+        let meanwhile = Meanwhile { watch: notify.as_fd(), on_readable: &mut read_early };
+        let launched = self.launcher.launch_all(&launch, &self.sockets, &fds, Some(meanwhile));
         drop(fds);
         for ((req, result), dir) in launch.iter().zip(launched).zip(dirs) {
             match result {
@@ -74,12 +104,16 @@ impl Daemon {
                 }
             }
         }
+        for datagram in early {
+            produced.extend(self.heard(datagram));
+        }
         produced
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
     use std::sync::Arc;
 
     use super::super::machine::{SpawnRequest, WorkerId};
@@ -110,7 +144,20 @@ mod tests {
         let sockets = Sockets::new(vec![], Notifier::new(None), false);
         let mut launcher =
             Launcher { base_env: vec![], notify_socket: "/nonexistent/notify".into(), notify_owner: None };
-        let results = launcher.launch_all(&reqs, &sockets, &[]);
+        // The calling thread serves a watched descriptor meanwhile: a pipe with a byte in it
+        // is readable from the start, so it is called (and asks for no more).
+        let (readable, writer) = nix::unistd::pipe().expect("pipe");
+        nix::unistd::write(&writer, b"x").expect("write");
+        let mut calls = 0;
+        let mut on_readable = || {
+            calls += 1;
+            false
+        };
+        let meanwhile = crate::worker::Meanwhile { watch: readable.as_fd(), on_readable: &mut on_readable };
+        let results = launcher.launch_all(&reqs, &sockets, &[], Some(meanwhile));
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            assert_eq!(calls, 1, "the watched descriptor was served once, then left alone");
+        }
         assert_eq!(results.len(), reqs.len());
         for (i, r) in results.iter().enumerate() {
             match r {

@@ -14,6 +14,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
 use crate::sockets::Sockets;
 use crate::supervisor::machine::{Pid, SpawnRequest};
 
@@ -38,6 +41,7 @@ impl Launcher {
         req: &SpawnRequest,
         sockets: &Sockets,
         cgroup: Option<BorrowedFd<'_>>,
+        resets: Option<&spawn::SignalResets>,
     ) -> Result<WorkerProcess, String> {
         let fds = sockets.fds_for(&req.config).map_err(|e| e.to_string())?;
         let names: Vec<&str> = fds.iter().map(|(n, _)| *n).collect();
@@ -57,6 +61,7 @@ impl Launcher {
             cwd: wc.working_directory.as_deref(),
             credentials: wc.credentials.as_ref(),
             cgroup,
+            resets,
         };
         spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
     }
@@ -67,11 +72,17 @@ impl Launcher {
     /// every exec error is still known when this returns. The results are in `reqs`' order.
     ///
     /// `cgroups`, when not empty, has for each request the cgroup to start it in.
+    ///
+    /// With `meanwhile`, the calling thread does not only wait: whenever the fd it watches
+    /// becomes readable while the spawner threads run, it calls its `on_readable` (the
+    /// supervisor reads the workers' early READY=1 so that they do not block on a full
+    /// notify socket queue, see `supervisor::spawning`).
     pub fn launch_all(
         &mut self,
         reqs: &[SpawnRequest],
         sockets: &Sockets,
         cgroups: &[Option<OwnedFd>],
+        meanwhile: Option<Meanwhile<'_>>,
     ) -> Vec<Result<WorkerProcess, String>> {
         let cgroup_of = |i: usize| cgroups.get(i).and_then(|c| c.as_ref()).map(|fd| fd.as_fd());
         // The newest identity asked for gets the socket (a batch holds one generation's).
@@ -81,27 +92,42 @@ impl Launcher {
             }
         }
         let this = &*self;
+        // Which signals the children must reset, asked once for the whole batch.
+        let resets = spawn::SignalResets::query();
+        let resets = Some(&resets);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cpus.min(SPAWN_THREADS).min(reqs.len());
         if threads <= 1 {
-            return reqs.iter().enumerate().map(|(i, r)| this.launch(r, sockets, cgroup_of(i))).collect();
+            return reqs.iter().enumerate().map(|(i, r)| this.launch(r, sockets, cgroup_of(i), resets)).collect();
         }
         let mut results: Vec<Option<Result<WorkerProcess, String>>> = Vec::new();
         results.resize_with(reqs.len(), || None);
+        // Each spawner thread adds 1 to `finished` when it ends (panicking or not), so the
+        // calling thread can wait for "all done" and its watched fd at once.
+        let finished = match meanwhile {
+            Some(_) => EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok(),
+            None => None,
+        };
         std::thread::scope(|scope| {
+            let finished = finished.as_ref();
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let spawner = std::thread::Builder::new().name("spawner".into());
                     spawner.spawn_scoped(scope, move || {
+                        let _done = finished.map(Finished);
                         reqs.iter()
                             .enumerate()
                             .skip(t)
                             .step_by(threads)
-                            .map(|(i, r)| (i, this.launch(r, sockets, cgroup_of(i))))
+                            .map(|(i, r)| (i, this.launch(r, sockets, cgroup_of(i), resets)))
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
+            if let (Some(m), Some(finished)) = (meanwhile, finished) {
+                let started = handles.iter().filter(|h| h.is_ok()).count() as u64;
+                m.run_until(finished, started);
+            }
             for (t, handle) in handles.into_iter().enumerate() {
                 match handle {
                     Ok(h) => match h.join() {
@@ -113,13 +139,62 @@ impl Launcher {
                     // No thread: this thread does that share itself.
                     Err(_) => {
                         for (i, r) in reqs.iter().enumerate().skip(t).step_by(threads) {
-                            results[i] = Some(this.launch(r, sockets, cgroup_of(i)));
+                            results[i] = Some(this.launch(r, sockets, cgroup_of(i), resets));
                         }
                     }
                 }
             }
         });
         results.into_iter().map(|r| r.unwrap_or_else(|| Err("the spawning thread panicked".to_owned()))).collect()
+    }
+}
+
+/// What the calling thread of [`Launcher::launch_all`] does while the spawner threads run.
+pub struct Meanwhile<'a> {
+    /// The fd to watch (the workers' notify socket).
+    pub watch: BorrowedFd<'a>,
+    /// Called whenever `watch` is readable; returns whether to go on watching (`false`:
+    /// it wants no more now, and the rest waits for the event loop).
+    pub on_readable: &'a mut dyn FnMut() -> bool,
+}
+
+impl Meanwhile<'_> {
+    /// Serves `watch` until `threads` spawner threads have counted themselves finished on
+    /// `finished` (or polling fails, when the caller's join simply waits).
+    fn run_until(self, finished: &EventFd, threads: u64) {
+        let Meanwhile { watch, on_readable } = self;
+        let (mut done, mut watching) = (0u64, true);
+        while done < threads {
+            let mut fds = vec![PollFd::new(finished.as_fd(), PollFlags::POLLIN)];
+            if watching {
+                fds.push(PollFd::new(watch, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            if fds.get(1).is_some_and(ready) {
+                watching = on_readable();
+            }
+            if ready(&fds[0]) {
+                match finished.read() {
+                    Ok(n) => done += n,
+                    Err(nix::errno::Errno::EAGAIN) => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Counts a spawner thread finished when dropped (also when the thread panics).
+struct Finished<'a>(&'a EventFd);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.write(1);
     }
 }
 

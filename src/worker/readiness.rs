@@ -201,6 +201,12 @@ impl NotifyServer {
         self.fd.get_ref().as_raw_fd()
     }
 
+    /// The socket, to wait for it to be readable outside the event loop (see
+    /// `worker::Meanwhile`).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.fd.get_ref())
+    }
+
     /// Where workers send (their `NOTIFY_SOCKET`).
     pub fn path(&self) -> &Path {
         &self.path

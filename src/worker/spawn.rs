@@ -3,12 +3,15 @@
 //! Everything the child needs is prepared before it is created: the argv and envp arrays,
 //! the sockets that would be overwritten duplicated above the target range, a `LISTEN_PID=`
 //! entry with room for the pid, the signal sets, the identity to switch to, and the child's
-//! stack. The child is created vfork-style, `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`
-//! (what `posix_spawn` does; glibc's `clone(2)` where clone3 is refused): it runs in
-//! handover's memory on a stack of its own while the calling thread waits, until its
-//! `execve` succeeds or it exits. No page tables are copied, no pipe is needed to learn the
-//! outcome, the clone returns the pidfd (no pidfd_open), and where handover runs a cgroup
-//! per worker the child starts in its cgroup (`CLONE_INTO_CGROUP`: no migration). Only the
+//! stack (one per thread, reused). The child is created vfork-style,
+//! `clone3(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD)` (what `posix_spawn` does,
+//! but sharing the descriptor table too; glibc's `clone(2)` where clone3 is refused): it
+//! runs in handover's memory on a stack of its own while the calling thread waits, until
+//! its `execve` succeeds or it exits. No page tables are copied, no pipe is needed to learn
+//! the outcome, the clone returns the pidfd (no pidfd_open), no descriptor table of
+//! thousands of pidfds is copied (the child takes a private copy of the few descriptors it
+//! uses), and where handover runs a cgroup per worker the child starts in its cgroup
+//! (`CLONE_INTO_CGROUP`: no migration). Only the
 //! calling thread waits, so [`spawn`] may run on several threads at once (see
 //! `Launcher::launch_all`): that, not the per-spawn work, is what brings a batch of spawns
 //! near a plain fork+exec loop's rate (issue 13).
@@ -17,26 +20,31 @@
 //! for it: the digits of the `LISTEN_PID=` entry and the error slot it fills when a step
 //! fails (plus, through libc, the calling thread's `errno`, which the parent does not read
 //! after a successful clone). It makes only async-signal-safe system calls (rt_sigaction,
-//! sigprocmask, setpgid, getpid, dup2, fcntl, close_range, write, setgroups, setresgid,
-//! setresuid, chdir, execve, _exit; the credential calls raw, see below) and allocates
+//! sigprocmask, setpgid, getpid, close_range, unshare, dup2, fcntl, write, setgroups,
+//! setresgid, setresuid, chdir, execve, _exit; the credential calls raw, see below) and
+//! allocates
 //! nothing: handover has other threads, and a lock one of them holds (malloc's, say) would
 //! never be released for the child.
 //!
 //! Child steps, in this order:
-//! 1. reset every signal disposition to default, then unblock all signals (the parent
+//! 1. reset every signal disposition that is not the default (all of them, unless the
+//!    caller passes the list, see [`SignalResets`]), then unblock all signals (the parent
 //!    blocked them all around the clone, so no handler of handover's can run in the child,
 //!    where it would write to the parent's memory);
 //! 2. `setpgid(0, 0)`: its own process group, so SIGKILL can reach what it forks;
 //! 3. write `getpid()` into the `LISTEN_PID=` slot: the worker's *own* pid (sd_listen_fds(3));
-//! 4. `/dev/null` as stdin (as systemd gives services: a worker in a background process
+//! 4. a private descriptor table: `close_range(keep + 1, ~0, CLOSE_RANGE_UNSHARE)` copies
+//!    only the descriptors up to the highest one it uses (`unshare(CLONE_FILES)` before
+//!    Linux 5.9); until then it shares handover's table, and touches no descriptor;
+//! 5. `/dev/null` as stdin (as systemd gives services: a worker in a background process
 //!    group must not touch a terminal); `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC
 //!    on the copy), then mark every fd above them close-on-exec
 //!    (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd leaks in; without clone3, join
 //!    the worker's cgroup (write "0" to its `cgroup.procs`);
-//! 5. with `[workers] user`/`group`: setgroups, setresgid, setresuid (raw system calls:
+//! 6. with `[workers] user`/`group`: setgroups, setresgid, setresuid (raw system calls:
 //!    glibc's wrappers would try to change every thread of the parent, whose memory the
 //!    child shares);
-//! 6. `chdir` (as the worker's user), then `execve` with the prepared environment.
+//! 7. `chdir` (as the worker's user), then `execve` with the prepared environment.
 //!
 //! A failing step stores `(step, errno)` in the error slot and exits 127 (126: not
 //! executable). When the clone returns, the child has either exec'd or exited, so [`spawn`]
@@ -66,6 +74,50 @@ pub struct SpawnSpec<'a> {
     /// The cgroup (an `O_DIRECTORY` fd of its directory) to start the child in, where
     /// handover runs a cgroup per worker.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// The signals whose disposition is not the default in this process (see
+    /// [`SignalResets::query`]), reset in the child; `None`: every signal is reset, one
+    /// system call each.
+    pub resets: Option<&'a SignalResets>,
+}
+
+/// The signals whose disposition in this process is not `SIG_DFL` (a handler, or
+/// `SIG_IGN`): the only ones the child must reset. A handler would not survive the exec
+/// anyway, but must not run in the child before it (it would write to handover's memory);
+/// an ignored signal would survive it. handover installs its handlers once, at start, so a
+/// list queried before a batch of spawns holds for the batch, and the child makes a
+/// handful of `rt_sigaction` calls instead of 62.
+#[derive(Debug, Clone, Default)]
+pub struct SignalResets {
+    signals: Vec<libc::c_int>,
+}
+
+impl SignalResets {
+    /// Asks the kernel for every signal's disposition (raw `rt_sigaction`, which, unlike
+    /// glibc's, also answers for signals 32 and 33). A signal it will not answer for is
+    /// listed, to be reset anyway.
+    pub fn query() -> SignalResets {
+        let mut signals = Vec::new();
+        for sig in 1..libc::SIGRTMAX() + 1 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // The kernel's struct sigaction starts with the handler on every architecture.
+            let mut old = [0u64; 4];
+            let null = std::ptr::null::<u64>();
+            // SAFETY: reads the disposition into `old`, which is larger than the kernel's
+            // struct sigaction (handler, flags, restorer, mask of 8 bytes); changes nothing.
+            let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, null, old.as_mut_ptr(), 8usize) };
+            if r != 0 || old[0] != libc::SIG_DFL as u64 {
+                signals.push(sig);
+            }
+        }
+        SignalResets { signals }
+    }
+
+    /// The signals to reset.
+    pub fn signals(&self) -> &[libc::c_int] {
+        &self.signals
+    }
 }
 
 /// The user, group and supplementary groups a worker runs as, resolved before the spawn.
@@ -117,8 +169,18 @@ pub enum SpawnError {
 }
 
 /// The child's failing step, reported through the error pipe as an index into this table.
-const STEP_NAMES: [&str; 9] =
-    ["setpgid", "dup2", "chdir", "execve", "sigprocmask", "setgroups", "setresgid", "setresuid", "join cgroup"];
+const STEP_NAMES: [&str; 10] = [
+    "setpgid",
+    "dup2",
+    "chdir",
+    "execve",
+    "sigprocmask",
+    "setgroups",
+    "setresgid",
+    "setresuid",
+    "join cgroup",
+    "unshare the descriptor table",
+];
 const STEP_SETPGID: u32 = 0;
 const STEP_DUP2: u32 = 1;
 const STEP_CHDIR: u32 = 2;
@@ -128,6 +190,7 @@ const STEP_SETGROUPS: u32 = 5;
 const STEP_SETGID: u32 = 6;
 const STEP_SETUID: u32 = 7;
 const STEP_CGROUP: u32 = 8;
+const STEP_UNSHARE: u32 = 9;
 /// "No step failed" in the error slot.
 const STEP_NONE: u32 = u32::MAX;
 
@@ -178,16 +241,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     envp_ptrs.push(pid_slot as *const libc::c_char);
     envp_ptrs.push(std::ptr::null());
 
-    // The sockets at 3, 4, …: a source whose number lies in that range could be overwritten
-    // by an earlier dup2 in the child, so it is duplicated (close-on-exec) above the range
-    // first; the others are used as they are.
+    // The sockets at 3, 4, …: one already at its place stays there (the child clears its
+    // close-on-exec flag); one elsewhere in that range could be overwritten by an earlier
+    // dup2 in the child, so it is duplicated (close-on-exec) above the range first; the
+    // others are used as they are.
     let n = spec.fds.len() as RawFd;
     let first_free = 3 + n;
     let mut moved: Vec<OwnedFd> = Vec::new();
     let mut source_raw: Vec<RawFd> = Vec::with_capacity(spec.fds.len());
-    for fd in &spec.fds {
+    for (i, fd) in spec.fds.iter().enumerate() {
         let raw = fd.as_raw_fd();
-        if raw < first_free {
+        if raw == 3 + i as RawFd {
+            source_raw.push(raw);
+        } else if raw < first_free {
             let copy = dup_above(raw, first_free).map_err(os_err("dup socket"))?;
             source_raw.push(copy.as_raw_fd());
             moved.push(copy);
@@ -197,8 +263,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     }
     let dev_null = dev_null().map_err(|source| SpawnError::Prepare { step: "open /dev/null", source })?;
     let max_fd = max_fd_hint();
-    let nsig = libc::SIGRTMAX() + 1;
-    let stack = ChildStack::new().map_err(|source| SpawnError::Prepare { step: "mmap child stack", source })?;
+    // The child shares our descriptor table at first (CLONE_FILES: no copy of every pidfd
+    // per spawn) and takes a private copy of descriptors 0 to `keep` only: everything it
+    // will use (and, on clone(2)'s path, the cgroup's cgroup.procs: see `clone_child`).
+    let keep = source_raw.iter().copied().chain([dev_null, first_free - 1]).max().unwrap_or(2);
+    let all_signals: Vec<libc::c_int> = match spec.resets {
+        Some(_) => Vec::new(),
+        None => (1..libc::SIGRTMAX() + 1).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP).collect(),
+    };
+    let resets: &[libc::c_int] = spec.resets.map_or(&all_signals, |r| r.signals());
+    let stack = ChildStack::take().map_err(|source| SpawnError::Prepare { step: "mmap child stack", source })?;
     let groups: &[libc::gid_t] = spec.credentials.map_or(&[], |c| c.groups.as_slice());
 
     // SAFETY: sigset_t is plain data; sigfillset/sigemptyset initialise it fully.
@@ -224,8 +298,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         stdin: dev_null,
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         first_free,
+        keep,
         max_fd,
-        nsig,
+        resets,
         empty: &empty,
         credentials: spec.credentials.map(|c| (c.uid, c.gid)),
         groups,
@@ -241,7 +316,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let cloned = clone_child(&mut plan, &stack, spec.cgroup.map(|fd| fd.as_raw_fd()));
     // SAFETY: restores the mask saved above, in the parent.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
-    drop(stack);
+    stack.give_back();
     drop(moved);
     let (pid, pidfd) = cloned.map_err(|source| SpawnError::Prepare { step: "clone", source })?;
     // SAFETY: the child is gone from our memory (exec'd or exited); a volatile read, because
@@ -302,7 +377,7 @@ fn clone_child(
     let mut pidfd: RawFd = -1;
     if cfg!(target_arch = "x86_64") && CLONE3.load(Ordering::Relaxed) != CLONE3_NO {
         let mut args = CloneArgs {
-            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64,
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD) as u64,
             pidfd: (&raw mut pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: stack.base() as u64,
@@ -334,6 +409,7 @@ fn clone_child(
         None => None,
     };
     plan.join_cgroup = cgroup_procs.as_ref().map_or(-1, |f| f.as_raw_fd());
+    plan.keep = plan.keep.max(plan.join_cgroup);
     // SAFETY: every allocation is done; `plan` and everything it points to outlive the call,
     // because CLONE_VFORK suspends this thread until the child has exec'd or exited. The
     // child runs `child_main` on its own stack (`stack.top()`), makes only async-signal-safe
@@ -344,7 +420,7 @@ fn clone_child(
         libc::clone(
             child_main,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD,
             (&raw mut *plan).cast(),
             &raw mut pidfd,
         )
@@ -431,14 +507,66 @@ pub fn dev_null() -> io::Result<RawFd> {
     Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
+/// Grows this process's descriptor table to hold at least `fds` descriptors (no more than
+/// RLIMIT_NOFILE allows), before a batch of spawns.
+///
+/// Every spawn adds a pidfd, so a start of thousands of workers grows the table several
+/// times while the spawner threads run; in a process with more than one thread the kernel
+/// waits for an RCU grace period at each growth (`expand_fdtable`), and a spawner thread
+/// stalled there for milliseconds was the largest gap measured in a 512-worker start.
+/// Grown here, on one thread before the batch, it costs two system calls and at most one
+/// such wait. The table never shrinks; a table of 10,000 entries is about 100 KiB.
+pub fn reserve_fds(fds: usize) {
+    let limit = match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => soft.min(i32::MAX as u64) as usize,
+        Err(_) => return,
+    };
+    let highest = fds.min(limit).saturating_sub(1) as RawFd;
+    let Ok(anchor) = dev_null() else { return };
+    if highest <= anchor {
+        return;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC creates one new descriptor (the lowest free number >=
+    // `highest`), owned by nobody else and closed at once: only the table's size changes.
+    unsafe {
+        let fd = libc::fcntl(anchor, libc::F_DUPFD_CLOEXEC, highest);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+}
+
 /// The child's stack: an anonymous mapping with a guard page at its low end (stacks grow
 /// down on every architecture handover runs on).
+///
+/// Kept per thread between spawns ([`ChildStack::take`], [`ChildStack::give_back`]): the
+/// child is done with it when the clone returns, and a fresh mapping per spawn would cost
+/// an mmap, an mprotect, page faults and an munmap (whose TLB flush interrupts every CPU
+/// running one of handover's threads) each time.
 struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
 
+thread_local! {
+    /// This thread's spare child stack (dropped, so unmapped, with the thread).
+    static SPARE_STACK: std::cell::Cell<Option<ChildStack>> = const { std::cell::Cell::new(None) };
+}
+
 impl ChildStack {
+    /// This thread's spare stack, or a new one.
+    fn take() -> io::Result<ChildStack> {
+        match SPARE_STACK.try_with(|spare| spare.take()) {
+            Ok(Some(stack)) => Ok(stack),
+            _ => ChildStack::new(),
+        }
+    }
+
+    /// Keeps the stack for this thread's next spawn (unmapped if the thread is exiting).
+    fn give_back(self) {
+        let _ = SPARE_STACK.try_with(|spare| spare.set(Some(self)));
+    }
+
     fn new() -> io::Result<ChildStack> {
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as usize;
         let len = CHILD_STACK + page;
@@ -518,8 +646,11 @@ struct ChildPlan<'a> {
     stdin: RawFd,
     cwd: *const libc::c_char,
     first_free: RawFd,
+    /// The highest descriptor the child uses: its private table starts as a copy of 0..=keep.
+    keep: RawFd,
     max_fd: RawFd,
-    nsig: libc::c_int,
+    /// The signals to give their default disposition (every one that is not SIG_DFL here).
+    resets: &'a [libc::c_int],
     empty: &'a libc::sigset_t,
     /// The uid and gid to switch to, if any, after `groups`.
     credentials: Option<(libc::uid_t, libc::gid_t)>,
@@ -551,16 +682,14 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
     unsafe {
         let plan = &*plan;
         let error = plan.error;
-        // 1. Default dispositions for every signal, then an empty mask. The raw system call,
-        //    because glibc's sigaction() refuses signals 32 and 33 (reserved for its own
-        //    use), and an inherited SIG_IGN there would survive exec and break
-        //    pthread_cancel in the worker. An all-zero kernel sigaction is SIG_DFL, no flags,
-        //    empty mask on every architecture.
+        // 1. Default dispositions for every signal that does not have it (the plan's
+        //    list), then an empty mask. The raw system call, because glibc's sigaction()
+        //    refuses signals 32 and 33 (reserved for its own use), and an inherited SIG_IGN
+        //    there would survive exec and break pthread_cancel in the worker. An all-zero
+        //    kernel sigaction is SIG_DFL, no flags, empty mask on every architecture.
         let dfl = [0u64; 4];
-        for sig in 1..plan.nsig {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
-            }
+        for &sig in plan.resets {
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
         }
         if libc::sigprocmask(libc::SIG_SETMASK, plan.empty, std::ptr::null_mut()) != 0 {
             fail(error, STEP_SIGMASK);
@@ -571,13 +700,25 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
         }
         // 3. LISTEN_PID=<our pid>, written with a stack-only formatter.
         write_decimal(plan.pid_slot, libc::getpid() as u64);
-        // 4. stdin from /dev/null, sockets to 3.. and nothing else open across exec.
+        // 4. A descriptor table of our own: until now we share handover's (CLONE_FILES),
+        //    where a dup2 would replace handover's descriptors. close_range with
+        //    CLOSE_RANGE_UNSHARE (Linux 5.9) copies only 0..=keep; before 5.9, unshare
+        //    copies the whole table, as a clone without CLONE_FILES would have. Nothing
+        //    below runs on a shared table: if both fail, the spawn fails.
+        let above = (plan.keep + 1) as libc::c_uint;
+        let unshared = libc::syscall(libc::SYS_close_range, above, libc::c_uint::MAX, libc::CLOSE_RANGE_UNSHARE);
+        if unshared != 0 && libc::syscall(libc::SYS_unshare, libc::CLONE_FILES) != 0 {
+            fail(error, STEP_UNSHARE);
+        }
+        // 5. stdin from /dev/null, sockets to 3.. and nothing else open across exec.
         if libc::dup2(plan.stdin, 0) < 0 {
             fail(error, STEP_DUP2);
         }
         for (i, &src) in plan.sources.iter().enumerate() {
             let target = 3 + i as RawFd;
-            if libc::dup2(src, target) < 0 {
+            // Already in place: dup2 onto itself would leave close-on-exec set.
+            let placed = if src == target { libc::fcntl(target, libc::F_SETFD, 0) } else { libc::dup2(src, target) };
+            if placed < 0 {
                 fail(error, STEP_DUP2);
             }
         }
@@ -596,7 +737,7 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
                 fd += 1;
             }
         }
-        // 5. The worker's identity, with raw system calls: glibc's setuid & co. would try to
+        // 6. The worker's identity, with raw system calls: glibc's setuid & co. would try to
         //    change every thread of what they take for a multi-threaded process (the
         //    parent's threads, whose memory we share).
         if let Some((uid, gid)) = plan.credentials {
@@ -610,7 +751,7 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
                 fail(error, STEP_SETUID);
             }
         }
-        // 6. Working directory (as the worker's user) and exec.
+        // 7. Working directory (as the worker's user) and exec.
         if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
             fail(error, STEP_CHDIR);
         }
@@ -693,6 +834,52 @@ mod tests {
         assert_eq!(&buf[..21], b"18446744073709551615\0");
     }
 
+    /// The list the children reset holds what is not SIG_DFL here (SIGPIPE, which the Rust
+    /// runtime ignores at start; the test harness's own handlers), never SIGKILL or
+    /// SIGSTOP, and is short: that is the point of asking once per batch.
+    #[test]
+    fn signal_resets_list_what_is_not_the_default() {
+        let resets = SignalResets::query();
+        let list = resets.signals();
+        assert!(list.contains(&libc::SIGPIPE), "SIGPIPE is ignored in this process: {list:?}");
+        assert!(!list.contains(&libc::SIGKILL) && !list.contains(&libc::SIGSTOP), "{list:?}");
+        assert!(list.len() < 24, "most signals have their default disposition here: {list:?}");
+        for &sig in list {
+            let mut old = [0u64; 4];
+            // SAFETY: reads one disposition into a large enough buffer; changes nothing.
+            let r = unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<u64>(), old.as_mut_ptr(), 8usize)
+            };
+            assert!(r != 0 || old[0] != libc::SIG_DFL as u64, "signal {sig} is listed but has SIG_DFL");
+        }
+    }
+
+    /// A spawn with the per-batch list resets an ignored signal as one without it does: the
+    /// child of `/bin/sh` reports SIGPIPE (ignored here) with its default disposition.
+    #[test]
+    fn a_spawn_with_the_batch_list_still_gives_default_dispositions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("sigign");
+        let script = format!("grep SigIgn /proc/self/status > {}", out.display());
+        let resets = SignalResets::query();
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), script],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+            credentials: None,
+            cgroup: None,
+            resets: Some(&resets),
+        };
+        let spawned = spawn(&spec).expect("spawn");
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
+        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+        let line = std::fs::read_to_string(&out).expect("the child's report");
+        let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).expect("hex mask");
+        assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE still ignored in the child: {line}");
+    }
+
     #[test]
     fn protocol_variables_win_over_config_and_base() {
         let base = vec![("PATH".into(), "/bin".into()), ("LISTEN_PID".into(), "1".into()), ("A".into(), "base".into())];
@@ -727,6 +914,7 @@ mod tests {
             cwd: Some(dir.path()),
             credentials: None,
             cgroup: None,
+            resets: None,
         };
         let spawned = spawn(&spec).expect("spawn");
         assert!(spawned.pidfd.is_some(), "this kernel returns a pidfd with the clone (5.2+)");
@@ -764,6 +952,7 @@ mod tests {
             cwd: None,
             credentials: None,
             cgroup: None,
+            resets: None,
         };
         let before = CLONE3.swap(CLONE3_NO, Ordering::Relaxed);
         let spawned = spawn(&spec);
@@ -787,6 +976,7 @@ mod tests {
             cwd: None,
             credentials: None,
             cgroup: None,
+            resets: None,
         };
         let err = spawn(&spec).expect_err("must fail");
         assert!(err.to_string().contains("execve"), "{err}");
@@ -838,6 +1028,7 @@ mod rate {
             cwd: None,
             credentials: None,
             cgroup: None,
+            resets: None,
         };
         let started = Instant::now();
         let pids: Vec<libc::pid_t> = (0..n).map(|_| spawn(&spec).expect("spawn").pid).collect();

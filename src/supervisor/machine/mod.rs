@@ -358,11 +358,6 @@ impl Machine {
         self.workers.values().filter_map(|w| w.pid).collect()
     }
 
-    /// Whether `pid` is a worker's (the executor skips resolving its process group then).
-    pub fn is_worker_pid(&self, pid: Pid) -> bool {
-        self.workers.by_pid(pid).is_some()
-    }
-
     /// The earliest instant at which [`Event::Tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         // Deadlines at or before the last step were acted on then, or wait for an event.
