@@ -273,3 +273,19 @@ fn a_start_of_many_workers_is_a_few_datagrams_to_systemd() {
     assert!(statuses < n / 2, "{statuses} STATUS= before READY=1 for {n} workers");
     assert_eq!(ready.get("STATUS"), Some(format!("gen 1: {n}/{n} ready").as_str()), "READY=1 has the final line");
 }
+
+/// `EXTEND_TIMEOUT_USEC=` carries the whole extension even past 71 minutes (what a u32 of
+/// microseconds holds): a `boot_timeout` of 2 hours asks systemd for 2 h + 5 s.
+#[test]
+fn a_long_boot_timeout_is_extended_in_full() {
+    let opts = Options { workers_extra: "boot_timeout = \"2h\"\n".into(), ..Options::default() };
+    let d = Daemon::start(opts);
+    let extensions: Vec<u64> = d
+        .notify
+        .all()
+        .iter()
+        .filter_map(|n| n.get("EXTEND_TIMEOUT_USEC").map(|v| v.parse().expect("a number of µs")))
+        .collect();
+    assert!(!extensions.is_empty(), "no EXTEND_TIMEOUT_USEC= during the start");
+    assert!(extensions.iter().all(|&us| us == 7_205_000_000), "2 h + 5 s in µs: {extensions:?}");
+}

@@ -252,6 +252,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         control_fd,
         notify_fd: notify_server.as_raw_fd(),
         notify: notify_server.clone(),
+        early: VecDeque::new(),
         upgrade: UpgradeState::default(),
         upgrade_exec_due: false,
         internal_tx,
@@ -413,6 +414,9 @@ struct Daemon {
     /// The workers' notify socket, shared with the event loop (read there, and while a
     /// batch is spawned, see `spawning`).
     notify: Rc<NotifyServer>,
+    /// Datagrams read while a batch was spawned, heard once the batch's `Spawned` events
+    /// have been (see `spawning` and `run_queue`); empty between turns of the event loop.
+    early: VecDeque<std::io::Result<Result<Datagram, Rejected>>>,
     upgrade: UpgradeState,
     /// The pre-flight accepted: re-execute at the top of the next loop turn.
     upgrade_exec_due: bool,
@@ -792,23 +796,30 @@ impl Daemon {
 
     /// Feeds `event` and everything its effects produce, then publishes the status.
     fn dispatch(&mut self, event: Event) {
-        let mut queue = VecDeque::from([event]);
-        while let Some(ev) = queue.pop_front() {
-            let exited = exited_pid(&ev);
-            let now = Instant::now();
-            let effects = self.machine.step(ev, now);
-            self.metrics.observe(exited, &effects, now);
-            for e in self.execute(effects) {
-                queue.push_back(e);
-            }
-        }
-        self.status_due = true;
+        self.run_queue(VecDeque::from([event]));
     }
 
     fn execute_all(&mut self, effects: Vec<Effect>) {
         self.metrics.observe(None, &effects, Instant::now());
-        let mut queue: VecDeque<Event> = self.execute(effects).into();
-        while let Some(ev) = queue.pop_front() {
+        let queue = self.execute(effects).into();
+        self.run_queue(queue);
+    }
+
+    /// Steps the machine with every event of `queue` and every event their effects produce;
+    /// once the queue is empty, with the datagrams read while a batch was spawned (one at
+    /// a time: a batch of thousands is not turned into thousands of queued events at once).
+    fn run_queue(&mut self, mut queue: VecDeque<Event>) {
+        loop {
+            let ev = match queue.pop_front() {
+                Some(ev) => ev,
+                None => match self.early.pop_front() {
+                    Some(datagram) => {
+                        queue.extend(self.heard(datagram));
+                        continue;
+                    }
+                    None => break,
+                },
+            };
             let exited = exited_pid(&ev);
             let now = Instant::now();
             let effects = self.machine.step(ev, now);
@@ -902,6 +913,16 @@ impl Daemon {
             return;
         }
         let line = self.status_line();
+        // Formatted here: the crate's EXTEND_TIMEOUT_USEC= holds a u32 (71 minutes), and a
+        // boot_timeout may be 24 hours. systemd reads the value as a u64.
+        let extensions: Vec<String> = messages
+            .iter()
+            .filter_map(|m| match m {
+                SystemdMessage::ExtendTimeout(d) => Some(format!("EXTEND_TIMEOUT_USEC={}", d.as_micros())),
+                _ => None,
+            })
+            .collect();
+        let mut extensions = extensions.iter();
         for m in messages {
             match m {
                 SystemdMessage::Ready => states.push(NotifyState::Ready),
@@ -913,7 +934,9 @@ impl Daemon {
                 SystemdMessage::ExtendTimeout(d) => {
                     let until = policy::deadline(now, *d);
                     self.extended_until = Some(self.extended_until.map_or(until, |u| u.max(until)));
-                    states.push(NotifyState::ExtendTimeoutUsec(d.as_micros().min(u32::MAX as u128) as u32))
+                    if let Some(text) = extensions.next() {
+                        states.push(NotifyState::Custom(text));
+                    }
                 }
             }
         }

@@ -18,7 +18,7 @@ static MEMORY_LIMIT_WARNED: AtomicBool = AtomicBool::new(false);
 
 impl Daemon {
     /// Spawns `batch` (every spawn of one step, in order); returns an `Event::Spawned` or
-    /// `Event::SpawnFailed` for each.
+    /// `Event::SpawnFailed` for each. What the workers said meanwhile waits in `early`.
     pub(super) fn spawn_batch(&mut self, batch: Vec<SpawnRequest>) -> Vec<Event> {
         let mut produced = Vec::with_capacity(batch.len());
         let limited = batch.iter().any(|r| r.config.workers.memory_limit.is_some());
@@ -58,15 +58,16 @@ impl Daemon {
                 }
             }
         }
+        // Room in the descriptor table for every pidfd of the batch (see `reserve_fds`), with
+        // some to spare for the sockets and connections that come and go meanwhile.
+        crate::worker::spawn::reserve_fds(self.processes.len() + launch.len() + FD_HEADROOM);
         // While the batch is spawned, this thread reads what the first workers say (READY=1)
         // into `early`: the notify socket's queue is short (net.unix.max_dgram_qlen, 10 by
         // default outside systemd's sysctl defaults), and a worker that finds it full blocks
         // in sd_notify until it is read; read only after the batch, hundreds of them would
-        // then be woken one at a time. What is read here is heard right after the batch's
-        // `Spawned` events, in the order it arrived. Bounded: the rest waits in the socket.
-        // Room in the descriptor table for every pidfd of the batch (see `reserve_fds`), with
-        // some to spare for the sockets and connections that come and go meanwhile.
-        crate::worker::spawn::reserve_fds(self.processes.len() + launch.len() + FD_HEADROOM);
+        // then be woken one at a time. What is read here is heard once the batch's `Spawned`
+        // events have been (`Daemon::run_queue`), in the order it arrived. Bounded: the rest
+        // waits in the socket.
         let mut early = Vec::new();
         let notify = self.notify.clone();
         let cap = launch.len() + super::NOTIFY_BURST;
@@ -104,9 +105,7 @@ impl Daemon {
                 }
             }
         }
-        for datagram in early {
-            produced.extend(self.heard(datagram));
-        }
+        self.early.extend(early);
         produced
     }
 }
