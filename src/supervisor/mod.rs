@@ -57,8 +57,13 @@ pub const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// sent (see `Daemon::extension_is_redundant`).
 const EXTEND_GRANULARITY: Duration = Duration::from_secs(1);
 
-/// `STATUS=` lines go to systemd at most this often (see `Daemon::status_wait`).
-const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// `STATUS=` lines: up to this many at once (a few reloads' worth of changes: each goes
+/// when it happens, so `systemctl status` right after `systemctl reload` shows the final
+/// line)...
+const STATUS_BURST: u32 = 20;
+
+/// ... then one per this interval, the newest (see `policy::Pacer`).
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 
 /// At most this many worker datagrams are read in one turn of the event loop.
 const NOTIFY_BURST: usize = 256;
@@ -244,7 +249,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         last_status: String::new(),
         extended_until: None,
         status_due: false,
-        status_sent_at: None,
+        status_pacer: policy::Pacer::new(STATUS_BURST, STATUS_EVERY),
         exit: None,
         memory: memory::ProcScan::default(),
         identity,
@@ -400,8 +405,8 @@ struct Daemon {
     extended_until: Option<Instant>,
     /// The machine was stepped since the last `STATUS=` check (published at the next turn).
     status_due: bool,
-    /// When the last `STATUS=` line went to systemd (see `status_wait`).
-    status_sent_at: Option<Instant>,
+    /// Paces `STATUS=` lines (see `STATUS_BURST`).
+    status_pacer: policy::Pacer,
     exit: Option<i32>,
     /// Where worker memory is read from (`max_memory`) without a cgroup per worker.
     memory: memory::ProcScan,
@@ -443,10 +448,10 @@ impl Daemon {
         let mut memory_tick: Option<tokio::time::Interval> = None;
         loop {
             // At most one write of the metrics file per turn, whatever the turn fed the
-            // machine (a turn may read a burst of datagrams, see below), and a STATUS= line
-            // at most every STATUS_INTERVAL (the newest one; `status_timer` below).
+            // machine (a turn may read a burst of datagrams, see below), and STATUS= lines
+            // as `status_pacer` allows (the newest one; `status_timer` below).
             self.metrics.flush(&self.machine);
-            let status_wait = self.status_wait(Instant::now());
+            let status_wait = if self.status_due { self.status_pacer.wait(Instant::now()) } else { None };
             if self.status_due && status_wait.is_none() {
                 self.status_due = false;
                 self.publish_status();
@@ -948,7 +953,7 @@ impl Daemon {
         }
         if lifecycle {
             self.last_status = line;
-            self.status_sent_at = Some(now);
+            self.status_pacer.spend(now);
         }
     }
 
@@ -982,17 +987,10 @@ impl Daemon {
                 logging::event(Level::Debug, "notify-error", format!("STATUS= to systemd: {e}"));
             }
             self.last_status = line;
-            self.status_sent_at = Some(Instant::now());
+            // Each line wakes the service manager and makes it emit a D-Bus signal: workers
+            // that become ready one by one would otherwise be a line per worker.
+            self.status_pacer.spend(Instant::now());
         }
-    }
-
-    /// Until when a changed `STATUS=` line must wait (`None`: it may go now): lines are
-    /// sent at most every [`STATUS_INTERVAL`]. Each one wakes the service manager and makes
-    /// it emit a D-Bus signal; workers that become ready one by one would otherwise mean a
-    /// line per worker. Lifecycle messages carry the current line at once regardless.
-    fn status_wait(&self, now: Instant) -> Option<Instant> {
-        let at = policy::deadline(self.status_sent_at?, STATUS_INTERVAL);
-        (at > now).then_some(at)
     }
 }
 

@@ -56,9 +56,76 @@ pub fn deadline(from: Instant, after: Duration) -> Instant {
     }
 }
 
+/// A token bucket for messages that may be dropped in favour of a newer one (systemd's
+/// `STATUS=` lines): up to `burst` go at once, then one per `every`. A quiet daemon's few
+/// changes (a reload's RELOADING=1, progress, READY=1, the old generation gone) go out as
+/// they happen; hundreds of workers becoming ready one by one become a line per `every`.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    burst: f64,
+    every: Duration,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Pacer {
+    /// A full bucket of `burst` tokens, refilled with one per `every`.
+    pub fn new(burst: u32, every: Duration) -> Pacer {
+        Pacer { burst: f64::from(burst), every, tokens: f64::from(burst), at: None }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(at) = self.at {
+            let earned = now.saturating_duration_since(at).as_secs_f64() / self.every.as_secs_f64().max(1e-9);
+            self.tokens = (self.tokens + earned).min(self.burst);
+        }
+        self.at = Some(now);
+    }
+
+    /// When a message may go: `None` now, else the instant a token will be there.
+    pub fn wait(&mut self, now: Instant) -> Option<Instant> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            return None;
+        }
+        Some(deadline(now, self.every.mul_f64(1.0 - self.tokens)))
+    }
+
+    /// A message went (one that may not wait, too: the bucket then stays empty).
+    pub fn spend(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pacer_lets_a_burst_through_then_one_per_interval() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pacer::new(3, ms(100));
+        for _ in 0..3 {
+            assert_eq!(p.wait(t0), None, "the burst goes at once");
+            p.spend(t0);
+        }
+        assert_eq!(p.wait(t0), Some(t0 + ms(100)), "then one per interval");
+        assert_eq!(p.wait(t0 + ms(99)), Some(t0 + ms(100)));
+        assert_eq!(p.wait(t0 + ms(100)), None);
+        p.spend(t0 + ms(100));
+        assert_eq!(p.wait(t0 + ms(150)), Some(t0 + ms(200)), "half a token earned, half to go");
+        // A message that could not wait (a lifecycle one) leaves the bucket empty, no debt.
+        p.spend(t0 + ms(150));
+        assert_eq!(p.wait(t0 + ms(150)), Some(t0 + ms(250)));
+        // Quiet for long enough: full again, never more than the burst.
+        assert_eq!(p.wait(t0 + ms(10_000)), None);
+        for _ in 0..3 {
+            p.spend(t0 + ms(10_000));
+        }
+        assert!(p.wait(t0 + ms(10_000)).is_some(), "the bucket holds 3, not 100");
+    }
 
     #[test]
     fn backoff_doubles_from_100ms_and_caps_at_30s() {
