@@ -218,6 +218,48 @@ fn a_notify_flood_from_a_stranger_is_summarised_and_the_daemon_still_reloads() {
     assert!(lines <= bound, "{lines} log lines for the flood (at most {bound}):\n{log}");
 }
 
+/// The same flood while a reload spawns 64 workers: the master reads the notify socket
+/// while a batch is spawned (so that workers never block on its short queue) and keeps at
+/// most the batch's size plus 256 of what it read for after the batch; a stranger's flood
+/// then can neither grow that without bound nor hide a worker's READY=1. The reload
+/// succeeds, and every datagram is counted exactly once, whichever path read it.
+#[test]
+fn a_notify_flood_during_a_batch_of_spawns_is_bounded_and_counted_once() {
+    let _x = exclusive();
+    let d = Daemon::start(Options { workers: 64, ..Options::default() });
+    let notify = handover::supervisor::worker_notify_path(&d.control);
+    const FLOOD: usize = 50_000;
+    let flooder = std::thread::spawn(move || {
+        let s = UnixDatagram::unbound().unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        for i in 0..FLOOD {
+            s.send_to(b"READY=1\nSTATUS=not a worker", &notify).unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+        }
+    });
+    let (ok, out, reload_secs) = admin(&d.config, &["reload"]);
+    flooder.join().expect("the flooder");
+    assert!(ok, "reload during the flood: {out}\n{}", d.log());
+    assert_eq!(d.worker_pids(2, "ready").len(), 64, "generation 2 serves with all its workers");
+    let rss = rss_kib(d.pid());
+    assert!(rss < 32 * 1024, "the master holds {rss} KiB after the flood");
+    let summarised = |log: &str| -> usize {
+        log.lines()
+            .filter_map(|l| l.split("dropped ").nth(1))
+            .filter_map(|r| r.split(" more notify datagram").next())
+            .filter_map(|n| n.parse::<usize>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while summarised(&d.log()) + 1 < FLOOD {
+        assert!(Instant::now() < deadline, "the flood is not summarised:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(summarised(&d.log()) + 1, FLOOD, "every datagram is counted once:\n{}", d.log());
+    println!(
+        "numbers: notify flood during a 64-worker reload: datagrams={FLOOD} reload_secs={reload_secs:.3} rss_kib={rss}"
+    );
+}
+
 /// Sends `payload` to `notify` from a new process in the process group `pgid` (a worker's:
 /// it counts as that worker), as a worker's child would.
 fn send_from_group(pgid: i32, notify: &Path, payload: &[u8]) {
