@@ -195,20 +195,7 @@ fn a_notify_flood_from_a_stranger_is_summarised_and_the_daemon_still_reloads() {
     let flood_secs = t.elapsed().as_secs_f64();
     let (ok, out, reload_secs) = admin(&d.config, &["reload"]);
     assert!(ok, "reload after the flood: {out}");
-    // One line at once, then one summary per interval (bounded wait) until every datagram
-    // is accounted for.
-    let summarised = |log: &str| -> usize {
-        log.lines()
-            .filter_map(|l| l.split("dropped ").nth(1))
-            .filter_map(|r| r.split(" more notify datagram").next())
-            .filter_map(|n| n.parse::<usize>().ok())
-            .sum()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while summarised(&d.log()) + 1 < FLOOD {
-        assert!(Instant::now() < deadline, "the flood is not summarised:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_summarised(&d, FLOOD);
     let log = d.log();
     let lines = log.lines().filter(|l| l.contains("notify datagram") || l.contains("not a worker")).count();
     println!("numbers: notify flood datagrams={FLOOD} send_secs={flood_secs:.2} log_lines={lines} reload_secs={reload_secs:.3}");
@@ -216,6 +203,26 @@ fn a_notify_flood_from_a_stranger_is_summarised_and_the_daemon_still_reloads() {
     // The first line, then one summary per 10 s interval the flood lasted, plus the last.
     let bound = 2 + (flood_secs / 10.0) as usize;
     assert!(lines <= bound, "{lines} log lines for the flood (at most {bound}):\n{log}");
+}
+
+/// How many dropped notify datagrams the daemon's summaries in `log` account for (the first
+/// one is logged on its own, the rest counted in "dropped N more notify datagram(s)").
+fn summarised(log: &str) -> usize {
+    log.lines()
+        .filter_map(|l| l.split("dropped ").nth(1))
+        .filter_map(|r| r.split(" more notify datagram").next())
+        .filter_map(|n| n.parse::<usize>().ok())
+        .sum()
+}
+
+/// Waits (bounded) until the summaries account for all `flood` datagrams: one line at
+/// once, then one summary per interval.
+fn wait_until_summarised(d: &Daemon, flood: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while summarised(&d.log()) + 1 < flood {
+        assert!(Instant::now() < deadline, "the flood is not summarised:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The same flood while a reload spawns 64 workers: the master reads the notify socket
@@ -242,18 +249,7 @@ fn a_notify_flood_during_a_batch_of_spawns_is_bounded_and_counted_once() {
     assert_eq!(d.worker_pids(2, "ready").len(), 64, "generation 2 serves with all its workers");
     let rss = rss_kib(d.pid());
     assert!(rss < 32 * 1024, "the master holds {rss} KiB after the flood");
-    let summarised = |log: &str| -> usize {
-        log.lines()
-            .filter_map(|l| l.split("dropped ").nth(1))
-            .filter_map(|r| r.split(" more notify datagram").next())
-            .filter_map(|n| n.parse::<usize>().ok())
-            .sum()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while summarised(&d.log()) + 1 < FLOOD {
-        assert!(Instant::now() < deadline, "the flood is not summarised:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_summarised(&d, FLOOD);
     assert_eq!(summarised(&d.log()) + 1, FLOOD, "every datagram is counted once:\n{}", d.log());
     println!(
         "numbers: notify flood during a 64-worker reload: datagrams={FLOOD} reload_secs={reload_secs:.3} rss_kib={rss}"
