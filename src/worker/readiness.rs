@@ -25,12 +25,12 @@
 //! the file is given to that uid and gid before they are spawned (`Launcher`), still 0600:
 //! the workers' uid and root can send, nobody else; senders are authenticated by
 //! SCM_CREDENTIALS in any case (a worker's pid, or a process in a worker's group).
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use tokio::io::unix::AsyncFd;
 
 use crate::supervisor::machine::WorkerMessage;
@@ -44,6 +44,10 @@ pub const MAX_DATAGRAM: usize = 4096;
 pub struct Datagram {
     /// The sender's pid, from SCM_CREDENTIALS.
     pub pid: i32,
+    /// The sender's process group, when it attached descriptors: looked up before they
+    /// were closed, since a sender waiting for them to close (sd_notify_barrier(3)) may be
+    /// gone by the time the datagram is heard. `None` otherwise.
+    pub sender_group: Option<i32>,
     /// What it said, in order; unknown keys dropped.
     pub messages: Vec<WorkerMessage>,
 }
@@ -239,34 +243,51 @@ impl Drop for NotifyServer {
     }
 }
 
+/// The most descriptors one SCM_RIGHTS message can carry (the kernel's SCM_MAX_FD).
+pub const SCM_MAX_FD: usize = 253;
+
+/// Control-message room for SCM_CREDENTIALS and [`SCM_MAX_FD`] descriptors: a datagram can
+/// carry no more, so the kernel never has to truncate (MSG_CTRUNC) what a sender attached.
+/// `u64`s, for the alignment `cmsghdr` needs.
+const CONTROL_WORDS: usize = 320;
+
 /// Reads one datagram (non-blocking socket).
+///
+/// Every descriptor a sender attached is closed before this returns, whatever the datagram
+/// holds, however long it is and even when its control data was truncated: the kernel has
+/// already installed them in this process (close-on-exec, MSG_CMSG_CLOEXEC), and each one
+/// left open would count against RLIMIT_NOFILE until the master could no longer accept a
+/// control connection. nix's control-message iterator stops with an error on MSG_CTRUNC,
+/// so the messages are walked here with the CMSG_* macros, by their lengths as the kernel
+/// wrote them. sd_notify_barrier(3) is answered by that same close: the sender waits for
+/// its pipe to hang up.
 fn receive(fd: &OwnedFd) -> io::Result<Result<Datagram, Rejected>> {
     let mut buf = [0u8; MAX_DATAGRAM];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    // Room for credentials and for fds someone might attach (which we close at once).
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 16]);
-    let msg = socket::recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
-    )?;
-    let mut pid = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                ControlMessageOwned::ScmRights(fds) => {
-                    for fd in fds {
-                        let _ = nix::unistd::close(fd);
-                    }
-                }
-                _ => {}
-            }
-        }
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (into `buf`) and `control`, both alive and writable for
+    // the whole call, with their true lengths; `fd` is an open socket we own.
+    let len = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let len = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+    let len = len as usize;
+    let Attached { pid, fds } = attached(&msg);
+    // The sender's process group is looked up while its descriptors are still held: a
+    // sender waiting on sd_notify_barrier(3) (`systemd-notify --ready`) exits as soon as
+    // they are closed, and an exited process no longer shows whose group it was in.
+    let sender_group = match (pid, fds.is_empty()) {
+        (Some(pid), false) => crate::worker::process_group_of(pid),
+        _ => None,
+    };
+    drop(fds);
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0 || len > MAX_DATAGRAM;
     let Some(pid) = pid else {
         let reason = "datagram without sender credentials".into();
         return Ok(Err(Rejected { pid: None, kind: RejectKind::NoCredentials, reason }));
@@ -275,11 +296,60 @@ fn receive(fd: &OwnedFd) -> io::Result<Result<Datagram, Rejected>> {
         let reason = format!("datagram longer than {MAX_DATAGRAM} bytes");
         return Ok(Err(Rejected { pid: Some(pid), kind: RejectKind::Oversize, reason }));
     }
-    Ok(parse(&buf[..len]).map(|messages| Datagram { pid, messages }).map_err(|reason| Rejected {
+    Ok(parse(&buf[..len]).map(|messages| Datagram { pid, sender_group, messages }).map_err(|reason| Rejected {
         pid: Some(pid),
         kind: RejectKind::Malformed,
         reason,
     }))
+}
+
+/// What the control messages of one received datagram held.
+struct Attached {
+    /// The sender's pid (SCM_CREDENTIALS).
+    pid: Option<i32>,
+    /// Every descriptor it attached (SCM_RIGHTS), owned: dropping them closes them.
+    fds: Vec<OwnedFd>,
+}
+
+/// Takes the credentials and every descriptor out of `msg`'s control messages, as far as
+/// the kernel wrote them (`msg_controllen`, each message's `cmsg_len`).
+fn attached(msg: &libc::msghdr) -> Attached {
+    use std::os::fd::FromRawFd;
+    let mut out = Attached { pid: None, fds: Vec::new() };
+    // SAFETY: `msg` is the header recvmsg just filled: its control pointer and length
+    // describe the buffer the kernel wrote, which the CMSG_* macros stay within.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a header that lies whole
+        // inside the control buffer; it may be unaligned only in theory, so it is read so.
+        let header = unsafe { std::ptr::read_unaligned(cmsg) };
+        // SAFETY: as above; CMSG_DATA only computes an address inside the same message.
+        let data = unsafe { libc::CMSG_DATA(cmsg) };
+        let header_len = data as usize - cmsg as usize;
+        let data_len = (header.cmsg_len as usize).saturating_sub(header_len);
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            for i in 0..data_len / std::mem::size_of::<libc::c_int>() {
+                // SAFETY: the kernel wrote `data_len` bytes of descriptors there (fewer
+                // than were sent if it truncated, and cmsg_len then says so).
+                let raw = unsafe { std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
+                if raw >= 0 {
+                    // SAFETY: the kernel installed this descriptor in this process for
+                    // this message; nothing else knows of it, so we are its only owner.
+                    out.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                }
+            }
+        } else if header.cmsg_level == libc::SOL_SOCKET
+            && header.cmsg_type == libc::SCM_CREDENTIALS
+            && data_len >= std::mem::size_of::<libc::ucred>()
+        {
+            // SAFETY: a whole ucred lies at `data` (checked length).
+            let cred = unsafe { std::ptr::read_unaligned(data.cast::<libc::ucred>()) };
+            out.pid = Some(cred.pid);
+        }
+        // SAFETY: `cmsg` is a header inside `msg`'s control buffer (see above).
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    out
 }
 
 /// Parses a sd_notify payload: newline-separated `KEY=VALUE`, unknown keys ignored.
@@ -298,6 +368,8 @@ pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
             ("STOPPING", "1") => out.push(WorkerMessage::Stopping),
             ("WATCHDOG", "1") => out.push(WorkerMessage::Watchdog),
             ("WATCHDOG", "trigger") => out.push(WorkerMessage::WatchdogTrigger),
+            // sd_notify_barrier(3): answered by closing the pipe it came with (`receive`).
+            ("BARRIER", "1") => {}
             ("STATUS", s) => out.push(WorkerMessage::Status(strip_control_chars(s).chars().take(256).collect())),
             _ => {} // MAINPID=, ERRNO=, X_*: meaningful to systemd only, or unknown.
         }
