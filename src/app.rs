@@ -175,14 +175,21 @@ fn serve(setup: supervisor::Setup) -> i32 {
             return EXIT_FAILED;
         }
     };
-    match runtime.block_on(supervisor::run(setup)) {
+    let code = match runtime.block_on(supervisor::run(setup)) {
         Ok(code) => code,
         Err(e) => {
             logging::event(Level::Error, "startup", e.to_string());
             EXIT_FAILED
         }
-    }
+    };
+    // The last lines (the stop, the exit's reason) are still queued for the log writer.
+    logging::flush(LOG_FLUSH_AT_EXIT);
+    code
 }
+
+/// How long an exiting daemon waits for its queued log lines to be written: a reader that
+/// stopped reading must not keep a stopped service from exiting.
+const LOG_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The daemon's pid file (`pidfile =`), written so that nobody else's file is touched.
 ///

@@ -5,9 +5,22 @@
 //! Fields (journald, uppercased by tracing-journald): `HANDOVER_EVENT`,
 //! `HANDOVER_GENERATION`, `HANDOVER_WORKER_SLOT`, `HANDOVER_WORKER_PID`, `HANDOVER_NAME`.
 //! Query them with `journalctl -u app HANDOVER_EVENT=reload-failed`.
+//!
+//! # Never blocking the event loop
+//! A log line is handed to a writer thread through a bounded queue ([`QUEUE_LINES`]); only
+//! that thread writes to stderr or the journal's socket. A reader that stops reading (a
+//! full pipe, a stuck journald, a FIFO nobody opens for reading) then blocks the writer
+//! thread, never the event loop: status, reloads, reaping and systemd's watchdog go on,
+//! lines that do not fit in the queue are dropped, and the next line written says how many
+//! ("N log lines dropped"). Before the process execs (`handover upgrade`) or exits, [`flush`]
+//! waits a bounded time for the queue to empty.
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -25,9 +38,30 @@ pub enum Destination {
     Stderr,
 }
 
-/// Installs the global subscriber for the daemon (`name` goes into `HANDOVER_NAME`).
-/// Safe to call more than once (later calls do nothing).
+/// How many log lines may wait for the writer thread; more are dropped and counted.
+pub const QUEUE_LINES: usize = 4096;
+
+/// The queue to the writer thread, once [`init`] started it.
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+/// The sending side of the writer thread's queue.
+struct Writer {
+    queue: SyncSender<LogRecord>,
+    /// Lines dropped because the queue was full, not yet reported.
+    dropped: Arc<AtomicU64>,
+    /// Lines queued and not yet written; the writer signals `written` as it writes them.
+    pending: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// Installs the global subscriber for the daemon (`name` goes into `HANDOVER_NAME`) and
+/// starts the writer thread. Safe to call more than once (later calls do nothing).
 pub fn init(name: &str) -> Destination {
+    let destination = install(name);
+    start_writer();
+    destination
+}
+
+fn install(name: &str) -> Destination {
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
             let layer = layer
@@ -48,8 +82,83 @@ pub fn init(name: &str) -> Destination {
     Destination::Stderr
 }
 
-/// Logs one record from the supervisor with its structured fields.
+fn start_writer() {
+    if WRITER.get().is_some() {
+        return;
+    }
+    let (queue, lines) = sync_channel::<LogRecord>(QUEUE_LINES);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let (thread_dropped, thread_pending) = (dropped.clone(), pending.clone());
+    let spawned = std::thread::Builder::new().name("handover-log".into()).spawn(move || {
+        for line in lines {
+            let lost = thread_dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                let message = format!("{lost} log lines dropped: stderr or the journal did not keep up");
+                emit(&LogRecord {
+                    level: Level::Warn,
+                    event: "log-dropped",
+                    message,
+                    generation: None,
+                    slot: None,
+                    pid: None,
+                });
+            }
+            emit(&line);
+            let (count, written) = &*thread_pending;
+            let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                written.notify_all();
+            }
+        }
+    });
+    // Without the thread (it could not be started), lines are written where they are logged.
+    if spawned.is_ok() {
+        let _ = WRITER.set(Writer { queue, dropped, pending });
+    }
+}
+
+/// Waits until every queued line was written, at most `timeout` (a reader that stopped
+/// reading must not hold up an exit or an exec for long). Returns whether the queue emptied.
+pub fn flush(timeout: Duration) -> bool {
+    let Some(writer) = WRITER.get() else { return true };
+    let deadline = Instant::now() + timeout;
+    let (count, written) = &*writer.pending;
+    let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    while *count > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        count = match written.wait_timeout(count, left) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
+    true
+}
+
+/// Logs one record from the supervisor with its structured fields: queued for the writer
+/// thread (dropped and counted when the queue is full), or written here before [`init`].
 pub fn record(r: &LogRecord) {
+    let Some(writer) = WRITER.get() else { return emit(r) };
+    let (count, _) = &*writer.pending;
+    let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match writer.queue.try_send(r.clone()) {
+        Ok(()) => *count += 1,
+        Err(TrySendError::Full(_)) => {
+            writer.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            drop(count);
+            emit(r);
+        }
+    }
+}
+
+/// Writes one record to the installed subscriber (journald or stderr), blocking.
+fn emit(r: &LogRecord) {
     macro_rules! emit {
         ($lvl:expr) => {
             tracing::event!(

@@ -16,6 +16,8 @@ use super::{HandOff, HANDOFF_FD_VAR, MAX_HANDOFF_BYTES};
 /// Executes `binary` in place with `handoff`. Returns only if that failed (the error),
 /// with the process as it was.
 pub fn exec_in_place(binary: &Path, argv: &[OsString], env: &[(OsString, OsString)], handoff: &HandOff) -> io::Error {
+    // Queued log lines would be lost with this process image (bounded: see logging::flush).
+    crate::logging::flush(std::time::Duration::from_millis(500));
     match prepare_and_exec(binary, argv, env, handoff) {
         Err(e) => e,
         Ok(()) => io::Error::other("execve returned without an error"),
