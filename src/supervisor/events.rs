@@ -103,6 +103,14 @@ pub enum Event {
     },
     /// Time passed: deadlines may have been reached.
     Tick,
+    /// The event loop ran again after a stall (SIGSTOP, a frozen cgroup, a host that
+    /// paused): it woke `stalled` later than its earliest deadline. What workers sent in
+    /// the meantime is still queued unread, so verdicts on their messages (boot_timeout,
+    /// watchdog) are held for a short while (see [`crate::supervisor::policy::stall_hold`]).
+    Resumed {
+        /// How much later than its deadline the loop woke.
+        stalled: Duration,
+    },
 }
 
 /// A message for systemd's NOTIFY_SOCKET.

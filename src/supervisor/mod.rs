@@ -249,6 +249,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         last_status: String::new(),
         extended_until: None,
         status_due: false,
+        armed_deadline: None,
         status_pacer: policy::Pacer::new(STATUS_BURST, STATUS_EVERY),
         exit: None,
         memory: memory::ProcScan::default(),
@@ -405,6 +406,9 @@ struct Daemon {
     extended_until: Option<Instant>,
     /// The machine was stepped since the last `STATUS=` check (published at the next turn).
     status_due: bool,
+    /// The machine's deadline the event loop last slept towards, until the next step: waking
+    /// well after it means the loop stalled (see `run_queue`).
+    armed_deadline: Option<Instant>,
     /// Paces `STATUS=` lines (see `STATUS_BURST`).
     status_pacer: policy::Pacer,
     exit: Option<i32>,
@@ -478,6 +482,7 @@ impl Daemon {
             // does nothing: tokio's timer then never sees an instant near the clock's limit.
             let deadline =
                 self.machine.next_deadline().map(|d| d.min(policy::deadline(Instant::now(), policy::MAX_TIMER_SLEEP)));
+            self.armed_deadline = deadline;
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -680,7 +685,13 @@ impl Daemon {
             Ok(Ok(d)) => {
                 // A worker's own pid (every process handover holds a handle on is a worker,
                 // and the leader of its group) needs no process-group lookup, a system call.
-                let pgid = if self.processes.contains_key(&d.pid) { None } else { worker::process_group_of(d.pid) };
+                // The group may have been looked up when the datagram was read (see
+                // `Datagram::sender_group`).
+                let pgid = if self.processes.contains_key(&d.pid) {
+                    None
+                } else {
+                    d.sender_group.or_else(|| worker::process_group_of(d.pid))
+                };
                 // Only workers and the processes in their groups are heard; anyone else is
                 // counted here rather than logged per datagram (by the machine).
                 let known = |p: Option<machine::Pid>| p.is_some_and(|p| self.processes.contains_key(&p));
@@ -814,6 +825,14 @@ impl Daemon {
     /// once the queue is empty, with the datagrams read while a batch was spawned (one at
     /// a time: a batch of thousands is not turned into thousands of queued events at once).
     fn run_queue(&mut self, mut queue: VecDeque<Event>) {
+        // The first step after the loop woke: if it woke well past the deadline it slept
+        // towards, it stalled, and what workers sent meanwhile is still unread. The machine
+        // hears of it before anything else, so no deadline is judged first.
+        if let Some(due) = self.armed_deadline.take() {
+            if let Some(stalled) = Instant::now().checked_duration_since(due).filter(|&l| l > policy::STALL_THRESHOLD) {
+                queue.push_front(Event::Resumed { stalled });
+            }
+        }
         loop {
             let ev = match queue.pop_front() {
                 Some(ev) => ev,

@@ -15,6 +15,22 @@ pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 /// steps), and the longest period of its systemd watchdog ping.
 pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(3600);
 
+/// How late the event loop may wake for a deadline before it counts as a stall
+/// ([`crate::supervisor::machine::Event::Resumed`]): far above a busy host's scheduling delay.
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// The longest that verdicts on workers' messages are held after a stall.
+pub const STALL_HOLD_MAX: Duration = Duration::from_secs(1);
+
+/// How long boot_timeout and watchdog verdicts wait after the event loop resumes from a
+/// stall of `stalled`: as long as the stall, at most [`STALL_HOLD_MAX`]. Long enough for the
+/// loop to read what is queued on the notify socket and for workers that blocked sending
+/// (its queue holds only `net.unix.max_dgram_qlen` datagrams) to get theirs in; a worker
+/// that really hung is judged at most this much later.
+pub fn stall_hold(stalled: Duration) -> Duration {
+    stalled.min(STALL_HOLD_MAX)
+}
+
 /// The respawn delay after `failures` consecutive failures (1 → 100 ms, doubling, capped
 /// at 30 s).
 pub fn backoff(failures: u32) -> Duration {

@@ -259,6 +259,10 @@ pub struct Machine {
     /// for an event (a recycle for the reload to end, a respawn for rolling budget), so
     /// [`Machine::next_deadline`] leaves it out: the executor's timer must not spin on it.
     last_now: Instant,
+    /// Until when boot_timeout and watchdog verdicts are held after the event loop resumed
+    /// from a stall ([`Event::Resumed`]): messages that met those deadlines may still be
+    /// queued unread.
+    verdicts_held_until: Option<Instant>,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -292,6 +296,7 @@ impl Machine {
             #[cfg(any(debug_assertions, test))]
             invariant_checks: true,
             last_now: now,
+            verdicts_held_until: None,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -362,6 +367,10 @@ impl Machine {
     pub fn next_deadline(&self) -> Option<Instant> {
         // Deadlines at or before the last step were acted on then, or wait for an event.
         let mut next = self.workers.next_deadline_after(self.last_now);
+        // Verdicts held after a stall are due again when the hold ends.
+        if let Some(until) = self.verdicts_held_until.filter(|&until| until > self.last_now) {
+            next = Some(next.map_or(until, |n| n.min(until)));
+        }
         if !matches!(self.phase, Phase::Stopping { .. }) {
             for g in self.generations.values() {
                 if let Some(t) = g.slots.next_backoff_after(self.last_now) {
@@ -402,6 +411,21 @@ impl Machine {
             Event::ScaleRequested { to, requester } => self.on_scale(to, requester, now, &mut fx),
             Event::StopRequested { fast } => self.on_stop(fast, now, &mut fx),
             Event::Tick => {}
+            Event::Resumed { stalled } => {
+                let hold = policy::stall_hold(stalled);
+                let until = policy::deadline(now, hold);
+                let msg = format!(
+                    "the event loop ran {} late (the daemon was stopped or starved); boot and \
+                     watchdog verdicts wait {} for what workers sent meanwhile",
+                    human(stalled),
+                    human(hold)
+                );
+                fx.push(log(Level::Warn, "stalled", msg, None, None, None));
+                self.verdicts_held_until = Some(self.verdicts_held_until.map_or(until, |held| held.max(until)));
+            }
+        }
+        if self.verdicts_held_until.is_some_and(|until| now >= until) {
+            self.verdicts_held_until = None;
         }
         self.check_deadlines(now, &mut fx);
         self.reconcile(now, &mut fx);
@@ -750,6 +774,8 @@ impl Machine {
     // ----------------------------------------------------------------- deadlines
 
     fn check_deadlines(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        // After a stall, the messages that met a boot or watchdog deadline may be unread.
+        let verdicts_held = self.verdicts_held_until.is_some();
         // Only workers whose deadline has come (the deadline index), in id order.
         for id in self.workers.due(now) {
             let Some(w) = self.workers.get(&id) else { continue };
@@ -763,13 +789,13 @@ impl Machine {
                             continue;
                         }
                     }
-                    if now >= policy::deadline(w.spawned_at, wc.boot_timeout) {
+                    if now >= policy::deadline(w.spawned_at, wc.boot_timeout) && !verdicts_held {
                         self.boot_timed_out(id, now, fx);
                     }
                 }
                 WorkerState::Ready => {
                     if let (Some(last), Some(wd)) = (w.watchdog_last, wc.watchdog) {
-                        if now >= policy::deadline(last, wd) {
+                        if now >= policy::deadline(last, wd) && !verdicts_held {
                             let why = format!("missed its watchdog ({} without WATCHDOG=1)", human(wd));
                             self.watchdog_expired(id, &why, now, fx);
                             continue;

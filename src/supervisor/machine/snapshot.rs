@@ -348,6 +348,7 @@ impl Machine {
             failure_counted: false,
             worker_output: if state.output_to_journal { WorkerOutput::Journal } else { WorkerOutput::Stderr },
             last_now: now,
+            verdicts_held_until: None,
         })
     }
 }
