@@ -349,8 +349,24 @@ check_stopped_at() {  # check_stopped_at SCEN HOST: the play failed (exit 2) at 
   [[ $stops == "$2" ]] || { tail -n 40 "$LOG" >&2; fail "$1: the playbook stopped at '$stops', expected at $2 only (log: $LOG)"; }
 }
 
+# masters: "fleet1=PID ..." the MainPID of handover@app on every host. A reload keeps the
+# master (a restart would replace it: with the socket held by systemd it may lose no
+# request, so only this shows it).
+masters() {
+  local i pid out=()
+  for ((i = 1; i <= N; i++)); do
+    pid=$(sandbox "$i" exec systemctl show -P MainPID handover@app.service) || fail "cannot read $(host "$i")'s MainPID"
+    out+=("$(host "$i")=$pid")
+  done
+  echo "${out[*]}"
+}
+
 # A: a good release, one host at a time.
+before=$(masters)
+[[ $before != *=0* ]] || fail "A: handover@app is not running on every host before the rollout ($before)"
 rollout A v2 1
+after=$(masters)
+[[ $after == "$before" ]] || fail "A: the handover masters changed ($before -> $after), expected the same PIDs (a reload, not a restart)"
 ((RC == 0)) || { tail -n 40 "$LOG" >&2; fail "A: the rollout of the good release v2 exited $RC, expected 0 (log: $LOG)"; }
 a_hosts=$(grep -o 'fleet[0-9]: release v2 serves; rollout on this host [0-9.]* s, reload [0-9.]* s' "$LOG" |
   sed 's/: release v2 serves; rollout on this host / /; s/ s, reload / s (reload /; s/ s$/ s)/' | paste -sd ';' - || true)
@@ -361,7 +377,9 @@ expect A v2 "ROLLOUT OF v2 DONE: every host was reached" fleet1=v2:took fleet2=v
 
 # B: a release bad only on the second host, one host at a time: fleet1 takes it, fleet2 is
 # rolled back, the play stops there, fleet3 never receives it.
+before=$(masters)
 rollout B v3 1
+[[ $(masters) == "$before" ]] || fail "B: the handover masters changed ($before -> $(masters)), expected the same PIDs"
 check_stopped_at B fleet2
 summary B
 expect B v3 "ROLLOUT OF v3 STOPPED: it did not come up on fleet2; the play ends after this batch (fleet2)" \
@@ -372,7 +390,9 @@ check_rolled_back B 2 1
 # batch-mate fleet2 takes it and keeps it (a stopped rollout undoes nothing), fleet1 is back
 # on ITS previous release (v3), and max_fail_percentage 0 stops the play after the batch:
 # fleet3 never receives it. Without max_fail_percentage Ansible would go on to fleet3.
+before=$(masters)
 rollout C v4 2
+[[ $(masters) == "$before" ]] || fail "C: the handover masters changed ($before -> $(masters)), expected the same PIDs"
 check_stopped_at C fleet1
 summary C
 expect C v4 "ROLLOUT OF v4 STOPPED: it did not come up on fleet1; the play ends after this batch (fleet1, fleet2)" \
