@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/fleet/run.sh: a fleet rollout with deploy/ansible/ over three hosts behind HAProxy,
-# under continuous load, with a good release and then a broken one.
+# under continuous load, with a good release and two releases that are bad on one host.
 #
 #   sudo tests/fleet/run.sh
 #
@@ -9,14 +9,23 @@
 # /var/lib/handover-e2e-fleet), each with sshd on its own loopback port and the app on
 # another; Ansible (ansible-core from PyPI, in a venv under target/) reaches them over real
 # SSH with a key made here. HAProxy (Debian) on the host balances over the three app ports
-# with health checks and no retries, and wrk sends load through it for each whole scenario.
-#   A. release v2 (good): every host serves it; 0 failed requests.
-#   B. release v3 (dies at boot): the playbook fails at the first host and names it; that
-#      host still serves v2 (handover rolled back), the other two never received v3; 0 failed
-#      requests; the host's metrics file counts one rolled-back reload.
+# with health checks and no retries, and wrk sends load through it for each whole scenario
+# (any wrk socket error or non-2xx answer, any error HAProxy logs, fails the test).
+#   A. release v2 (good), serial 1: every host serves it.
+#   B. release v3, bad on fleet2 only, serial 1: fleet1 takes it; the play stops at fleet2
+#      (exit 2, named), which still serves v2 (handover rolled back; `current` is put back and
+#      its metrics count one rolled-back reload); fleet3 never receives v3.
+#   C. release v4, bad on fleet1 only, serial 2: the batch fleet1+fleet2 finishes; fleet2
+#      takes v4 and keeps it, fleet1 is back on its own previous release (v3), and
+#      max_fail_percentage 0 ends the play after the batch: fleet3 (v2) never receives v4
+#      (without it, Ansible would go on to fleet3: this scenario is what catches that).
+# In each, 0 failed requests, and the playbook's ROLLOUT SUMMARY (read from the hosts) is
+# checked line by line against what each host serves over HTTP and holds on disk.
 # Ports: 18580-18582 sshd, 18583-18585 the app, 18586 HAProxy (nothing else uses 1858x).
 # Prints `numbers:` lines; exit status 0 only if every check passed.
-set -euo pipefail
+set -Eeuo pipefail
+# Whatever else fails (a command under set -e, a pipeline under pipefail) says where and what.
+trap 'echo "fleet: FAILED: line $LINENO: \`$BASH_COMMAND\` exited with status $? (unexpected)" >&2' ERR
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 [[ $(id -u) == 0 ]] || { echo "fleet: must run as root (it boots containers)" >&2; exit 1; }
@@ -114,16 +123,22 @@ export ANSIBLE_CONFIG=$ROOT/deploy/ansible/ansible.cfg
 export ANSIBLE_LOCAL_TEMP=$W/ansible-tmp ANSIBLE_SSH_CONTROL_PATH_DIR=$W/cp ANSIBLE_NOCOLOR=1
 playbook() { "$VENV/bin/ansible-playbook" -i "$W/inventory" "$@"; }
 
-# Releases: a run script each; v3 dies at boot (a broken release).
-release() {  # release NAME ARGS...
-  local name=$1; shift
+# Releases: a run script each. A release given BAD_ON=HOST exits at boot (code 3) on that
+# host only (as a release would that needs something one host lacks), and serves elsewhere.
+release() {  # release NAME [BAD_ON]
+  local name=$1 bad=${2:-}
   mkdir -p "$W/releases/$name"
-  printf '#!/bin/sh\nexec /usr/bin/handover demo-worker --boot-delay 1s %s "$@"\n' "$*" > "$W/releases/$name/run"
+  {
+    echo '#!/bin/sh'
+    [[ -n $bad ]] && echo "[ \"\$(uname -n)\" = handover-e2e-$bad ] && exec /usr/bin/handover demo-worker --boot-delay 1s --message release-$name --exit-at-boot 3"
+    echo "exec /usr/bin/handover demo-worker --boot-delay 1s --message release-$name"
+  } > "$W/releases/$name/run"
   chmod 755 "$W/releases/$name/run"
 }
-release v1 --message release-v1
-release v2 --message release-v2
-release v3 --message release-v3 --exit-at-boot 3
+release v1
+release v2
+release v3 fleet2   # B: bad on the second host only (serial 1)
+release v4 fleet1   # C: bad on the first host of a batch of two (serial 2)
 
 t=$SECONDS
 playbook deploy/ansible/install.yml -e "handover_deb=$DEB" > "$W/install.log" 2>&1 ||
@@ -132,15 +147,18 @@ playbook deploy/ansible/rollout.yml -e release=v1 -e "release_src=$W/releases/v1
   { tail -n 40 "$W/rollout-v1.log" >&2; fail "the first rollout (v1) failed (log: $W/rollout-v1.log)"; }
 say "installed and started v1 on 3 hosts in $((SECONDS - t)) s"
 
-serves() {  # serves I: the release host I's app port answers with
-  curl -fsS --max-time 5 "http://127.0.0.1:$((APP_PORT0 + $1 - 1))/" 2>/dev/null | grep -o 'release-v[0-9]*' | head -n1 || true
+serves() {  # serves I: the release host I's app port answers with (v1, ...), or "nothing"
+  local body
+  body=$(curl -fsS --max-time 5 "http://127.0.0.1:$((APP_PORT0 + $1 - 1))/" 2>&1) || { echo nothing; return 0; }
+  if [[ $body =~ release-(v[0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; else echo "other"; fi
 }
 for ((i = 1; i <= N; i++)); do
-  [[ $(serves "$i") == release-v1 ]] || fail "$(host "$i") does not serve v1: $(serves "$i")"
+  got=$(serves "$i")
+  [[ $got == v1 ]] || fail "$(host "$i") serves '$got' after the first rollout, expected v1"
 done
 
 # ------------------------------------------------------------------ HAProxy
-cat > "$W/haproxy.cfg" <<EOF
+cat > "$W/haproxy.cfg" <<EOF2
 global
   log stderr format short local0 info
 defaults
@@ -155,10 +173,13 @@ defaults
   # No retry and no redispatch: a connection or request a host fails is a failed request.
   retries 0
 backend_placeholder
-EOF
+EOF2
 {
   echo "frontend lb"
   echo "  bind 127.0.0.1:$LB_PORT"
+  # HAProxy's own counters (CSV), to wait for load instead of sleeping.
+  echo "  stats enable"
+  echo "  stats uri /lb-stats"
   echo "  default_backend fleet"
   echo "backend fleet"
   echo "  balance roundrobin"
@@ -169,30 +190,62 @@ EOF
 } > "$W/haproxy.backend"
 sed -i "/^backend_placeholder$/{r $W/haproxy.backend
 d}" "$W/haproxy.cfg"
-haproxy -c -q -f "$W/haproxy.cfg" || fail "haproxy config"
+haproxy -c -q -f "$W/haproxy.cfg" || fail "haproxy rejects its config $W/haproxy.cfg"
 haproxy -db -f "$W/haproxy.cfg" > "$W/haproxy.log" 2>&1 &
 LB_PID=$!
 deadline=$((SECONDS + 20))
 until curl -fsS --max-time 2 "http://127.0.0.1:$LB_PORT/" >/dev/null 2>&1; do
-  ((SECONDS < deadline)) || fail "HAProxy does not answer on 127.0.0.1:$LB_PORT"
+  ((SECONDS < deadline)) || fail "HAProxy does not answer on 127.0.0.1:$LB_PORT within 20 s"
   sleep 0.2
 done
 
+# lb_requests: requests the fleet backend has answered so far (HAProxy's req_tot).
+lb_requests() {
+  local csv
+  csv=$(curl -fsS --max-time 2 "http://127.0.0.1:$LB_PORT/lb-stats;csv") || { echo "?"; return 0; }
+  awk -F, 'NR == 1 {sub(/^# /, ""); for (i = 1; i <= NF; i++) if ($i == "req_tot") c = i; next}
+           $1 == "fleet" && $2 == "BACKEND" && c {print $c; found = 1} END {if (!found) print "?"}' <<< "$csv"
+}
+await_requests() {  # await_requests N WHAT: until the backend has answered N more requests
+  local n=$1 from now deadline=$((SECONDS + 15))
+  from=$(lb_requests)
+  [[ $from =~ ^[0-9]+$ ]] || fail "cannot read HAProxy's req_tot for the fleet backend (got '$from')"
+  while :; do
+    now=$(lb_requests)
+    [[ $now =~ ^[0-9]+$ ]] && ((now - from >= n)) && return 0
+    ((SECONDS < deadline)) || fail "$2: HAProxy's fleet backend did not answer $n requests within 15 s (req_tot $from -> $now)"
+    sleep 0.05
+  done
+}
+
 # ------------------------------------------------------------------ load
-load_start() {  # load_start NAME: wrk through HAProxy until load_stop
+# wrk_counts FILE: "REQUESTS SOCKET_ERRORS NON_2XX" from a wrk report. Socket errors are the
+# sum of connect, read, write and timeout on wrk's "Socket errors:" line (absent: none).
+wrk_counts() {
+  awk '/ requests in / {r = $1}
+       /Socket errors:/ {for (i = 1; i < NF; i++) if ($i ~ /^(connect|read|write|timeout)$/) {v = $(i + 1); sub(/,$/, "", v); e += v}}
+       /Non-2xx or 3xx responses:/ {n = $NF}
+       END {print (r == "" ? "none" : r), e + 0, n + 0}' "$1"
+}
+# The parser itself, on a report with every kind of error: a parser that reads 0 fails here.
+printf '%s\n' '  1234 requests in 2.00s, 1.00MB read' '  Socket errors: connect 1, read 2, write 3, timeout 40' \
+  '  Non-2xx or 3xx responses: 5' > "$W/wrk-selftest.txt"
+got=$(wrk_counts "$W/wrk-selftest.txt")
+[[ $got == "1234 46 5" ]] || fail "the wrk report parser reads '$got' from $W/wrk-selftest.txt, expected '1234 46 5'"
+
+load_start() {  # load_start NAME: wrk through HAProxy until load_stop; returns once it flows
   wrk -t1 -c4 -d600s "http://127.0.0.1:$LB_PORT/" > "$W/wrk-$1.txt" 2>&1 &
   WRK_PID=$!
-  sleep 2   # steady load before the rollout: a window to compare with, not a synchronisation
+  await_requests 1000 "$1 (load before the rollout)"
 }
-load_stop() {  # load_stop NAME: stops wrk (SIGINT makes it report); sets REQ and FAILED
-  sleep 1   # load after the rollout, likewise
-  kill -INT "$WRK_PID"; wait "$WRK_PID" || true; WRK_PID=""
-  local f=$W/wrk-$1.txt req errs non2xx
-  req=$(awk '/requests in/ {print $1}' "$f")
-  errs=$(awk -F'[ ,]+' '/Socket errors/ {print $4 + $6 + $8 + $10}' "$f")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$f")
-  [[ -n $req ]] || { cat "$f" >&2; fail "no wrk report for $1"; }
-  REQ=$req FAILED=$((${errs:-0} + ${non2xx:-0}))
+load_stop() {  # load_stop NAME: stops wrk (SIGINT makes it report); sets REQ SOCK_ERRS NON2XX FAILED
+  await_requests 1000 "$1 (load after the rollout)"
+  kill -INT "$WRK_PID"
+  wait "$WRK_PID" || fail "$1: wrk exited with status $? (report: $W/wrk-$1.txt)"
+  WRK_PID=""
+  read -r REQ SOCK_ERRS NON2XX < <(wrk_counts "$W/wrk-$1.txt")
+  [[ $REQ =~ ^[0-9]+$ ]] || { cat "$W/wrk-$1.txt" >&2; fail "$1: no 'requests in' line in wrk's report $W/wrk-$1.txt"; }
+  FAILED=$((SOCK_ERRS + NON2XX))
 }
 # HAProxy's own count of failed requests (only those are logged). Lines for `lb/<NOSRV>`
 # with CR-- are wrk's own connections closed by SIGINT before they sent a request: not counted.
@@ -200,56 +253,155 @@ lb_errors() {
   grep -c ' lb fleet/' "$W/haproxy.log" || true
 }
 
-# ------------------------------------------------------------------ A: a good release
-load_start A
-t=$SECONDS
-playbook deploy/ansible/rollout.yml -e release=v2 -e "release_src=$W/releases/v2" > "$W/rollout-v2.log" 2>&1 ||
-  { tail -n 40 "$W/rollout-v2.log" >&2; fail "rollout of v2 failed (log: $W/rollout-v2.log)"; }
-a_secs=$((SECONDS - t))
-load_stop A; a_req=$REQ a_failed=$FAILED
-for ((i = 1; i <= N; i++)); do
-  [[ $(serves "$i") == release-v2 ]] || fail "A: $(host "$i") does not serve v2: $(serves "$i")"
-done
-a_hosts=$(grep -o 'fleet[0-9]: release v2 serves; rollout on this host [0-9.]* s, reload [0-9.]* s' "$W/rollout-v2.log" |
-  sed 's/: release v2 serves; rollout on this host / /; s/ s, reload / s (reload /; s/ s$/ s)/' | paste -sd ';' -)
-echo "numbers: fleet A (good release v2, serial 1): through HAProxy $a_req requests, $a_failed failed; playbook $a_secs s; per host: $a_hosts"
-((a_failed == 0)) || { cat "$W/wrk-A.txt" >&2; fail "A: $a_failed failed requests"; }
-[[ $(grep -c 'release v2 serves' "$W/rollout-v2.log") == 3 ]] || fail "A: not every host reported v2"
+# ------------------------------------------------------------------ scenarios
+# rollout SCEN RELEASE SERIAL: rolls RELEASE out under load; sets RC, SECS, LOG and the
+# wrk numbers; fails on any failed request.
+rollout() {
+  local scen=$1 rel=$2 serial=$3 t
+  LOG=$W/rollout-$rel.log
+  load_start "$scen"
+  t=$SECONDS RC=0
+  playbook deploy/ansible/rollout.yml -e "release=$rel" -e "release_src=$W/releases/$rel" -e "handover_serial=$serial" > "$LOG" 2>&1 || RC=$?
+  SECS=$((SECONDS - t))
+  load_stop "$scen"
+  echo "numbers: fleet $scen (release $rel, serial $serial): through HAProxy $REQ requests, $FAILED failed ($SOCK_ERRS socket errors, $NON2XX non-2xx); playbook $SECS s, exit $RC"
+  ((FAILED == 0)) || { cat "$W/wrk-$scen.txt" >&2; fail "$scen: $FAILED failed requests through HAProxy ($SOCK_ERRS socket errors, $NON2XX non-2xx), expected 0"; }
+}
 
-# ------------------------------------------------------------------ B: a broken release
-load_start B
-t=$SECONDS
-if playbook deploy/ansible/rollout.yml -e release=v3 -e "release_src=$W/releases/v3" > "$W/rollout-v3.log" 2>&1; then
-  fail "B: the rollout of the broken release v3 succeeded"
-fi
-b_secs=$((SECONDS - t))
-load_stop B; b_req=$REQ b_failed=$FAILED
-stopped=$(grep -o 'ROLLOUT STOPPED at [a-z0-9]*' "$W/rollout-v3.log" | head -n1 | awk '{print $4}')
-[[ $stopped == fleet1 ]] || { tail -n 40 "$W/rollout-v3.log" >&2; fail "B: the playbook did not stop at fleet1 (said: '${stopped}')"; }
-grep -q 'fleet1 still serves v2' "$W/rollout-v3.log" || fail "B: the failure message does not say fleet1 still serves v2"
-for ((i = 1; i <= N; i++)); do
-  [[ $(serves "$i") == release-v2 ]] || fail "B: $(host "$i") does not serve v2: $(serves "$i")"
-done
-for ((i = 2; i <= N; i++)); do
-  if sandbox "$i" exec test -e /srv/app/releases/v3; then fail "B: $(host "$i") received v3"; fi
-done
-[[ $(sandbox 1 exec readlink /srv/app/current) == /srv/app/releases/v2 ]] || fail "B: fleet1's current was not put back to v2"
-sandbox 1 exec cat "$METRICS" > "$W/fleet1.prom"
-metric() { awk -v s="$1" '$1 == s {print $2}' "$W/fleet1.prom"; }
-rb=$(metric 'handover_reloads_total{name="app",result="rolled_back"}')
-ok=$(metric 'handover_reloads_total{name="app",result="ok"}')
-gen=$(metric 'handover_active_generation{name="app"}')
-last=$(metric 'handover_last_reload_duration_seconds{name="app"}')
-failed_exits=$(metric 'handover_worker_exits_total{name="app",reason="failed"}')
-why=$(grep -o 'handover: reload to generation [^"]*' "$W/rollout-v3.log" | head -n1 | cut -c1-160)
-echo "numbers: fleet B (broken release v3): through HAProxy $b_req requests, $b_failed failed; playbook $b_secs s, stopped at $stopped: ${why:-?}"
-echo "numbers: fleet B fleet1 metrics: reloads ok $ok rolled_back $rb; active generation $gen; last reload ${last} s; failed worker exits $failed_exits"
-((b_failed == 0)) || { cat "$W/wrk-B.txt" >&2; fail "B: $b_failed failed requests"; }
-[[ $rb == 1 ]] || { cat "$W/fleet1.prom" >&2; fail "B: fleet1's metrics show $rb rolled-back reloads, not 1"; }
-[[ $ok == 1 ]] || fail "B: fleet1's metrics show $ok good reloads, not 1 (v2)"
+# summary SCEN: the last ROLLOUT SUMMARY the playbook printed (its lines, unquoted), in
+# $W/summary-SCEN.txt; fails unless there is exactly one.
+summary() {
+  local scen=$1 n
+  awk '/^TASK \[ROLLOUT SUMMARY\]/ {on = 1; next} on && /^ok: / {block = ""; grab = 1; next}
+       grab && /^    \]/ {grab = 0; on = 0; last = block; next}
+       grab && /^        "/ {l = $0; sub(/^        "/, "", l); sub(/",?$/, "", l); block = block l "\n"}
+       END {printf "%s", last}' "$LOG" > "$W/summary-$scen.txt"
+  [[ -s $W/summary-$scen.txt ]] || { tail -n 40 "$LOG" >&2; fail "$scen: the playbook printed no ROLLOUT SUMMARY (log: $LOG)"; }
+  local printed; printed=$(grep -c '^ROLLOUT OF ' "$W/summary-$scen.txt" || true)
+  # One summary task per batch; it prints only at the end of the play.
+  n=$(awk '/^TASK \[ROLLOUT SUMMARY\]/ {on = 1; next} on && /^ok: / {c++} /^TASK/ {on = 0} END {print c + 0}' "$LOG")
+  ((n == 1)) || { cat "$W/summary-$scen.txt" >&2; fail "$scen: the playbook printed $n ROLLOUT SUMMARYs, expected 1 (at the end of the play; log: $LOG)"; }
+  ((printed == 1)) || fail "$scen: the summary has $printed 'ROLLOUT OF' lines, expected 1"
+  sed "s/^/fleet: $scen summary: /" "$W/summary-$scen.txt" >&2
+}
+
+# expect SCEN RELEASE HEADER HOST=RELEASE:STATE...: checks every host against STATE (took,
+# mate = took it in the batch that failed, failed, untouched), both on the host (its HTTP
+# answer, its `current`, whether it holds releases/RELEASE) and in the summary's line for it,
+# and the summary's header and counts line.
+expect() {
+  local scen=$1 rel=$2 header=$3; shift 3
+  local f=$W/summary-$scen.txt spec h i want state got cur line kind on=() failed=() unreached=()
+  [[ $(head -n1 "$f") == "$header" ]] ||
+    fail "$scen: the summary's first line is '$(head -n1 "$f")', expected '$header'"
+  for spec in "$@"; do
+    h=${spec%%=*} want=${spec#*=}; state=${want#*:} want=${want%%:*}; i=${h#fleet}
+    got=$(serves "$i")
+    [[ $got == "$want" ]] || fail "$scen: $h serves '$got' over HTTP, expected $want ($state)"
+    cur=$(sandbox "$i" exec readlink /srv/app/current) || fail "$scen: cannot read $h's /srv/app/current"
+    [[ $cur == "/srv/app/releases/$want" ]] || fail "$scen: $h's current points at '$cur', expected /srv/app/releases/$want"
+    if sandbox "$i" exec test -e "/srv/app/releases/$rel"; then
+      [[ $state != untouched ]] || fail "$scen: $h holds releases/$rel, expected it untouched by the rollout of $rel"
+    else
+      [[ $state == untouched ]] || fail "$scen: $h has no releases/$rel, expected it to have received $rel ($state)"
+    fi
+    case $state in
+      took) kind="took $rel" ;;
+      mate) kind="took $rel in the batch that failed, and keeps it" ;;
+      failed) kind="FAILED: $rel did not come up, handover kept the previous generation, current points at $want again; why: " ;;
+      untouched) kind="not reached by this rollout (no releases/$rel on it)" ;;
+      *) fail "expect: unknown state '$state'" ;;
+    esac
+    line=$(grep "^$h: " "$f" || true)
+    [[ $(grep -c "^$h: " "$f" || true) == 1 ]] || fail "$scen: the summary has $(grep -c "^$h: " "$f" || true) lines for $h, expected 1"
+    [[ $line == "$h: serves $want - $kind"* ]] || fail "$scen: the summary says '$line', expected '$h: serves $want - $kind...'"
+    if [[ $state == failed ]]; then
+      [[ $line == *"exited (exit code 3) before it was ready"* ]] ||
+        fail "$scen: the summary's reason for $h is not handover's ('... exited (exit code 3) before it was ready'): '$line'"
+      failed+=("$h")
+    fi
+    [[ $state == untouched ]] && unreached+=("$h")
+    [[ $want == "$rel" ]] && on+=("$h")
+  done
+  local IFS=,
+  local counts="serve $rel: ${on[*]:-none} (${#on[@]} of $#); failed: ${failed[*]:-none}; not reached: ${unreached[*]:-none}"
+  counts=${counts//,/, }
+  [[ $(sed -n 2p "$f") == "$counts" ]] || fail "$scen: the summary's second line is '$(sed -n 2p "$f")', expected '$counts'"
+}
+
+metrics_of() {  # metrics_of SCEN I: host I's metrics file in $W/SCEN-fleetI.prom
+  sandbox "$2" exec cat "$METRICS" > "$W/$1-$(host "$2").prom" || fail "$1: cannot read $METRICS on $(host "$2")"
+}
+metric() { awk -v s="$2" '$1 == s {print $2}' "$1"; }
+check_rolled_back() {  # check_rolled_back SCEN I OK: host I counts one rolled-back reload and OK good ones
+  local f rb ok
+  metrics_of "$1" "$2"; f=$W/$1-$(host "$2").prom
+  rb=$(metric "$f" 'handover_reloads_total{name="app",result="rolled_back"}')
+  ok=$(metric "$f" 'handover_reloads_total{name="app",result="ok"}')
+  echo "numbers: fleet $1 $(host "$2") metrics: reloads ok ${ok:-?} rolled_back ${rb:-?}; active generation $(metric "$f" 'handover_active_generation{name="app"}'); last reload $(metric "$f" 'handover_last_reload_duration_seconds{name="app"}') s; failed worker exits $(metric "$f" 'handover_worker_exits_total{name="app",reason="failed"}')"
+  [[ $rb == 1 ]] || { cat "$f" >&2; fail "$1: $(host "$2")'s metrics show '${rb}' rolled-back reloads, expected 1"; }
+  [[ $ok == "$3" ]] || { cat "$f" >&2; fail "$1: $(host "$2")'s metrics show '${ok}' good reloads, expected $3"; }
+}
+check_stopped_at() {  # check_stopped_at SCEN HOST: the play failed (exit 2) at HOST and only there
+  local stops
+  ((RC == 2)) || { tail -n 40 "$LOG" >&2; fail "$1: ansible-playbook exited $RC, expected 2 (a failed host; log: $LOG)"; }
+  stops=$(grep -o 'ROLLOUT STOPPED at [a-z0-9]*' "$LOG" | awk '{print $4}' | paste -sd ' ' - || true)
+  [[ $stops == "$2" ]] || { tail -n 40 "$LOG" >&2; fail "$1: the playbook stopped at '$stops', expected at $2 only (log: $LOG)"; }
+}
+
+# masters: "fleet1=PID ..." the MainPID of handover@app on every host. A reload keeps the
+# master (a restart would replace it: with the socket held by systemd it may lose no
+# request, so only this shows it).
+masters() {
+  local i pid out=()
+  for ((i = 1; i <= N; i++)); do
+    pid=$(sandbox "$i" exec systemctl show -P MainPID handover@app.service) || fail "cannot read $(host "$i")'s MainPID"
+    out+=("$(host "$i")=$pid")
+  done
+  echo "${out[*]}"
+}
+
+# A: a good release, one host at a time.
+before=$(masters)
+[[ $before != *=0* ]] || fail "A: handover@app is not running on every host before the rollout ($before)"
+rollout A v2 1
+after=$(masters)
+[[ $after == "$before" ]] || fail "A: the handover masters changed ($before -> $after), expected the same PIDs (a reload, not a restart)"
+((RC == 0)) || { tail -n 40 "$LOG" >&2; fail "A: the rollout of the good release v2 exited $RC, expected 0 (log: $LOG)"; }
+a_hosts=$(grep -o 'fleet[0-9]: release v2 serves; rollout on this host [0-9.]* s, reload [0-9.]* s' "$LOG" |
+  sed 's/: release v2 serves; rollout on this host / /; s/ s, reload / s (reload /; s/ s$/ s)/' | paste -sd ';' - || true)
+echo "numbers: fleet A per host: $a_hosts"
+[[ $(grep -c 'release v2 serves' "$LOG" || true) == 3 ]] || fail "A: $(grep -c 'release v2 serves' "$LOG" || true) hosts reported 'release v2 serves', expected 3"
+summary A
+expect A v2 "ROLLOUT OF v2 DONE: every host was reached" fleet1=v2:took fleet2=v2:took fleet3=v2:took
+
+# B: a release bad only on the second host, one host at a time: fleet1 takes it, fleet2 is
+# rolled back, the play stops there, fleet3 never receives it.
+before=$(masters)
+rollout B v3 1
+[[ $(masters) == "$before" ]] || fail "B: the handover masters changed ($before -> $(masters)), expected the same PIDs"
+check_stopped_at B fleet2
+summary B
+expect B v3 "ROLLOUT OF v3 STOPPED: it did not come up on fleet2; the play ends after this batch (fleet2)" \
+  fleet1=v3:took fleet2=v2:failed fleet3=v2:untouched
+check_rolled_back B 2 1
+
+# C: two hosts at a time, the release bad on the first host of the first batch: its
+# batch-mate fleet2 takes it and keeps it (a stopped rollout undoes nothing), fleet1 is back
+# on ITS previous release (v3), and max_fail_percentage 0 stops the play after the batch:
+# fleet3 never receives it. Without max_fail_percentage Ansible would go on to fleet3.
+before=$(masters)
+rollout C v4 2
+[[ $(masters) == "$before" ]] || fail "C: the handover masters changed ($before -> $(masters)), expected the same PIDs"
+check_stopped_at C fleet1
+summary C
+expect C v4 "ROLLOUT OF v4 STOPPED: it did not come up on fleet1; the play ends after this batch (fleet1, fleet2)" \
+  fleet1=v3:failed fleet2=v4:mate fleet3=v2:untouched
+check_rolled_back C 1 2
+
 n_lb_errors=$(lb_errors)
-((n_lb_errors == 0)) || { grep ' lb fleet/' "$W/haproxy.log" | head >&2; fail "HAProxy logged $n_lb_errors failed requests"; }
-if grep -q 'is DOWN' "$W/haproxy.log"; then grep 'is DOWN' "$W/haproxy.log" >&2; fail "a host failed HAProxy's health check"; fi
+((n_lb_errors == 0)) || { grep ' lb fleet/' "$W/haproxy.log" | head >&2; fail "HAProxy logged $n_lb_errors failed requests, expected 0"; }
+if grep -q 'is DOWN' "$W/haproxy.log"; then grep 'is DOWN' "$W/haproxy.log" >&2; fail "a host failed HAProxy's health check, expected none to"; fi
 
-echo "numbers: fleet total $((SECONDS - t_start)) s (3 containers, install, 3 rollouts)"
+echo "numbers: fleet total $((SECONDS - t_start)) s (3 containers, install, 4 rollouts)"
 echo "fleet: ok"
