@@ -300,10 +300,23 @@ fn control_path(t: &Target) -> Result<PathBuf, i32> {
     if let Some(p) = &t.control {
         return Ok(p.clone());
     }
-    config::control_socket_of(&t.config.path(), &LoadEnv::from_process()).map_err(|e| {
-        eprintln!("handover: {e}");
-        EXIT_USAGE
-    })
+    match config::control_socket_of(&t.config.path(), &LoadEnv::from_process()) {
+        Ok(view) => {
+            // Clients read the file leniently (handover(1)): a file the daemon would refuse
+            // still names its socket, and the operator hears about the error now.
+            if let Some(e) = &view.skipped {
+                eprintln!(
+                    "handover: warning: {e} (read leniently: using control socket {})",
+                    view.control_socket.display()
+                );
+            }
+            Ok(view.control_socket)
+        }
+        Err(e) => {
+            eprintln!("handover: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
 }
 
 fn client_error(e: &ClientError) -> i32 {
