@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::cli::{Cli, Command, CompletionsArgs, ReloadArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{self, LoadEnv};
-use crate::control::client::{self, ClientError};
+use crate::control::client::{self, ClientError, Limits, ANSWER_TIMEOUT};
 use crate::control::proto::{Outcome, Request, Status};
 use crate::sockets::{SocketError, Sockets};
 use crate::supervisor::machine::Level;
@@ -286,14 +286,25 @@ pub fn check(path: PathBuf) -> i32 {
             } else {
                 c.listen.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ")
             };
-            println!(
-                "{}: ok: {} x {} on {listen}; control socket {}",
+            // Not an error (the metrics are optional, and the directory may be created by
+            // the time the daemon runs), but worth saying before a deploy.
+            if let Some(dir) = c.metrics.textfile.as_deref().and_then(Path::parent) {
+                if !dir.is_dir() {
+                    eprintln!(
+                        "{}: warning: metrics.textfile: {} is not a directory (yet): the metrics \
+                         cannot be written until it is (the daemon runs and reports it)",
+                        path.display(),
+                        dir.display()
+                    );
+                }
+            }
+            print_out(&format!(
+                "{}: ok: {} x {} on {listen}; control socket {}\n",
                 path.display(),
                 c.workers.count,
                 c.workers.program.display(),
                 c.control_socket.display()
-            );
-            EXIT_OK
+            ))
         }
         Err(e) => {
             eprintln!("{e}");
@@ -307,26 +318,82 @@ fn control_path(t: &Target) -> Result<PathBuf, i32> {
     if let Some(p) = &t.control {
         return Ok(p.clone());
     }
-    config::control_socket_of(&t.config.path(), &LoadEnv::from_process()).map_err(|e| {
-        eprintln!("handover: {e}");
-        EXIT_USAGE
-    })
+    match config::control_socket_of(&t.config.path(), &LoadEnv::from_process()) {
+        Ok(view) => {
+            // Clients read the file leniently (handover(1)): a file the daemon would refuse
+            // still names its socket, and the operator hears about the error now.
+            if let Some(e) = &view.skipped {
+                eprintln!(
+                    "handover: warning: {e} (read leniently: using control socket {})",
+                    view.control_socket.display()
+                );
+            }
+            Ok(view.control_socket)
+        }
+        Err(e) => {
+            eprintln!("handover: {e}");
+            Err(EXIT_USAGE)
+        }
+    }
 }
 
 fn client_error(e: &ClientError) -> i32 {
     eprintln!("handover: {e}");
     match e {
-        ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+        ClientError::Unreachable { .. } | ClientError::Unresponsive { .. } => EXIT_UNREACHABLE,
         _ => EXIT_FAILED,
+    }
+}
+
+/// Writes `text` to standard output. A reader that went away (`handover status | head -1`)
+/// had what it wanted: the command ends quietly with its own exit code, without the panic
+/// that `println!` turns EPIPE into (Rust ignores SIGPIPE, so the write fails instead).
+fn print_out(text: &str) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("handover: writing to standard output: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The longest `--timeout` taken: a wait beyond it is no wait anyone means, and a deadline
+/// of 10^19 s is past what the clock can represent.
+pub const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `--timeout` of a client command, checked before anything is sent (exit 2 if bad).
+fn client_timeout(text: Option<&str>) -> Result<Option<Duration>, i32> {
+    let Some(text) = text else { return Ok(None) };
+    match config::parse_duration(text) {
+        Ok(d) if d > MAX_CLIENT_TIMEOUT => {
+            eprintln!(
+                "handover: --timeout: {text} is longer than the longest wait handover takes ({}); \
+                 nothing was sent",
+                crate::supervisor::machine::human(MAX_CLIENT_TIMEOUT)
+            );
+            Err(EXIT_USAGE)
+        }
+        Ok(d) if d.is_zero() => {
+            eprintln!("handover: --timeout: must be more than 0; nothing was sent");
+            Err(EXIT_USAGE)
+        }
+        Ok(d) => Ok(Some(d)),
+        Err(e) => {
+            eprintln!("handover: --timeout: {e}; nothing was sent");
+            Err(EXIT_USAGE)
+        }
     }
 }
 
 fn report(outcome: &Outcome) -> i32 {
     if outcome.ok {
-        if let Some(m) = &outcome.message {
-            println!("{m}");
+        match &outcome.message {
+            Some(m) => print_out(&format!("{m}\n")),
+            None => EXIT_OK,
         }
-        EXIT_OK
     } else {
         eprintln!("handover: {}", outcome.error.as_deref().unwrap_or("the daemon refused"));
         EXIT_FAILED
@@ -339,42 +406,44 @@ pub fn reload(a: ReloadArgs) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let timeout = match a.timeout.as_deref().map(config::parse_duration).transpose() {
+    let timeout = match client_timeout(a.timeout.as_deref()) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("handover: --timeout: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;
-    let result = client::call(&path, &Request::Reload {}, timeout, !a.no_wait, |p| {
+    // The daemon must answer a status first (within ANSWER_TIMEOUT): a stopped or wedged
+    // one is told apart (exit 3) from a reload that takes long, and gets no request.
+    let limits = Limits { answer: ANSWER_TIMEOUT, total: timeout, probe: true };
+    let result = client::call_with(&path, &Request::Reload {}, limits, !a.no_wait, |p| {
         if tty {
-            // Clear to the end of the line: the text can get shorter.
-            eprint!("\r{p}\x1b[K");
-            let _ = std::io::stderr().flush();
+            // Clear to the end of the line: the text can get shorter. A failing stderr is
+            // no reason to abandon the wait.
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r{p}\x1b[K").and_then(|()| err.flush());
             shown = true;
         }
     });
     if shown {
-        eprintln!();
+        let _ = writeln!(std::io::stderr());
     }
     match result {
         Ok(Some(outcome)) => report(&outcome),
-        Ok(None) => {
-            println!("reload requested");
-            EXIT_OK
-        }
+        Ok(None) => print_out("reload requested\n"),
         Err(e) => client_error(&e),
     }
 }
 
-fn simple_request(t: &Target, request: &Request) -> i32 {
+fn simple_request(t: &Target, request: &Request, timeout: Option<&str>) -> i32 {
     let path = match control_path(t) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    match client::call(&path, request, Some(Duration::from_secs(30)), true, |_| {}) {
+    let answer = match client_timeout(timeout) {
+        Ok(t) => t.unwrap_or(ANSWER_TIMEOUT),
+        Err(code) => return code,
+    };
+    match client::call_with(&path, request, Limits { answer, total: None, probe: false }, true, |_| {}) {
         Ok(Some(outcome)) => report(&outcome),
         Ok(None) => EXIT_OK,
         Err(e) => client_error(&e),
@@ -387,14 +456,12 @@ pub fn upgrade(a: UpgradeArgs) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let timeout = match a.timeout.as_deref().map(config::parse_duration).transpose() {
+    let timeout = match client_timeout(a.timeout.as_deref()) {
         Ok(t) => t.unwrap_or(Duration::from_secs(300)),
-        Err(e) => {
-            eprintln!("handover: --timeout: {e}");
-            return EXIT_USAGE;
-        }
+        Err(code) => return code,
     };
-    match client::call(&path, &Request::Upgrade {}, Some(timeout), true, |_| {}) {
+    let limits = Limits { answer: ANSWER_TIMEOUT, total: Some(timeout), probe: true };
+    match client::call_with(&path, &Request::Upgrade {}, limits, true, |_| {}) {
         Ok(Some(outcome)) => report(&outcome),
         Ok(None) => EXIT_OK,
         Err(e) => client_error(&e),
@@ -403,7 +470,7 @@ pub fn upgrade(a: UpgradeArgs) -> i32 {
 
 /// `handover scale N`.
 pub fn scale(a: ScaleArgs) -> i32 {
-    simple_request(&a.target, &Request::Scale { count: a.count })
+    simple_request(&a.target, &Request::Scale { count: a.count }, a.timeout.as_deref())
 }
 
 /// `handover status`.
@@ -412,7 +479,12 @@ pub fn status(a: StatusArgs) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let outcome = match client::call(&path, &Request::Status {}, Some(Duration::from_secs(10)), true, |_| {}) {
+    let answer = match client_timeout(a.timeout.as_deref()) {
+        Ok(t) => t.unwrap_or(ANSWER_TIMEOUT),
+        Err(code) => return code,
+    };
+    let limits = Limits { answer, total: None, probe: false };
+    let outcome = match client::call_with(&path, &Request::Status {}, limits, true, |_| {}) {
         Ok(Some(o)) => o,
         Ok(None) => return EXIT_FAILED,
         Err(e) => return client_error(&e),
@@ -420,16 +492,15 @@ pub fn status(a: StatusArgs) -> i32 {
     let Some(status) = outcome.status.as_ref().filter(|_| outcome.ok) else { return report(&outcome) };
     if a.json {
         match serde_json::to_string_pretty(status) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => print_out(&format!("{s}\n")),
             Err(e) => {
                 eprintln!("handover: {e}");
-                return EXIT_FAILED;
+                EXIT_FAILED
             }
         }
     } else {
-        print!("{}", render_status(status));
+        print_out(&render_status(status))
     }
-    EXIT_OK
 }
 
 /// The human-readable `handover status` table.
@@ -527,6 +598,9 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "\n{:<16} {:<8} ADDRESS", "SOCKET", "ORIGIN");
     for k in &s.sockets {
         let _ = writeln!(out, "{:<16} {:<8} {}", clean(&k.name), clean(&k.origin), clean(&k.address));
+    }
+    if let Some(e) = &s.metrics_error {
+        let _ = writeln!(out, "\nmetrics: {} (retried at the next change; nothing waits on it)", clean(e));
     }
     if let Some(last) = &s.last_reload {
         let _ = writeln!(out, "\nlast reload: {}", clean(last));

@@ -87,7 +87,9 @@ pub struct ReloadArgs {
     #[command(flatten)]
     /// Which daemon.
     pub target: Target,
-    /// Give up waiting after this long (e.g. "90s"); the reload itself goes on. Exit 1.
+    /// Give up waiting after this long (e.g. "90s", at most 30d); the reload itself goes
+    /// on. Exit 1. Default: wait for the result. Either way a daemon that does not answer
+    /// within 5s (stopped, wedged) gets no reload: exit 3.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
     /// Return as soon as the daemon has the request.
@@ -101,8 +103,9 @@ pub struct UpgradeArgs {
     #[command(flatten)]
     /// Which daemon.
     pub target: Target,
-    /// Give up waiting after this long (e.g. "2m"); the upgrade itself goes on. Exit 1.
-    /// Default: 5m (an upgrade asked for during a reload waits for it).
+    /// Give up waiting after this long (e.g. "2m", at most 30d); the upgrade itself goes on.
+    /// Exit 1. Default: 5m (an upgrade asked for during a reload waits for it). A daemon
+    /// that does not answer within 5s (stopped, wedged) gets no upgrade: exit 3.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
 }
@@ -127,6 +130,10 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Give up after this long without an answer (the daemon is stopped or wedged): exit 3.
+    /// Default: 5s.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
 }
 
 /// `handover scale N`.
@@ -138,6 +145,10 @@ pub struct ScaleArgs {
     #[command(flatten)]
     /// Which daemon.
     pub target: Target,
+    /// Give up after this long without an answer (the daemon is stopped or wedged): exit 3;
+    /// a daemon that resumes later may still carry the scale out. Default: 5s.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
 }
 
 /// `handover demo`.

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -320,7 +320,25 @@ impl Metrics {
     /// The file's contents for the machine as it is now.
     pub fn render(&self, machine: &Machine) -> String {
         let reloading = matches!(machine.phase(), Phase::Reloading(_));
-        render(&self.name, &self.state, machine.active_generation(), &machine.workers_by_state(), reloading)
+        let mut out =
+            render(&self.name, &self.state, machine.active_generation(), &machine.workers_by_state(), reloading);
+        // Counted once per streak (not per write): the text changes once when writes start
+        // failing, so a failing file is not retried at every turn of the loop.
+        let streaks = self.writer.as_ref().map_or(0, |w| w.shared.streaks.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP handover_metrics_write_failures_total Times writing this file started failing \
+             (its directory removed or not writable; see handover status).\n\
+             # TYPE handover_metrics_write_failures_total counter\n\
+             handover_metrics_write_failures_total{{name=\"{}\"}} {streaks}",
+            escape(&self.name)
+        );
+        out
+    }
+
+    /// Why the metrics file cannot be written, while writes fail (for `handover status`).
+    pub fn write_error(&self) -> Option<String> {
+        self.writer.as_ref().and_then(|w| w.shared.error().clone())
     }
 }
 
@@ -351,12 +369,21 @@ struct Shared {
     idle: Condvar,
     /// The last write failed (logged once per streak of failures).
     failing: AtomicBool,
+    /// Streaks of failed writes so far (`handover_metrics_write_failures_total`).
+    streaks: AtomicU64,
+    /// Why the last write failed, while writes fail (for `handover status`).
+    error: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic while holding the lock leaves the queue consistent (plain data).
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn error(&self) -> MutexGuard<'_, Option<String>> {
+        // Plain data, as above.
+        self.error.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -392,7 +419,7 @@ impl Writer {
 
     fn submit(&self, job: Job) {
         if self.thread.is_none() {
-            carry_out(job, &self.shared.failing);
+            carry_out(job, &self.shared);
             return;
         }
         let mut q = self.shared.lock();
@@ -440,34 +467,40 @@ fn write_loop(shared: &Shared) {
             (q.write.take(), std::mem::take(&mut q.remove))
         };
         for path in remove {
-            carry_out(Job::Remove(path), &shared.failing);
+            carry_out(Job::Remove(path), shared);
         }
         if let Some((path, text)) = write {
-            carry_out(Job::Write(path, text), &shared.failing);
+            carry_out(Job::Write(path, text), shared);
         }
         shared.lock().busy = false;
         shared.idle.notify_all();
     }
 }
 
-/// Does one job; a write error is logged on the first failure of a streak.
-fn carry_out(job: Job, failing: &AtomicBool) {
+/// Does one job. A write error is logged on the first failure of a streak only (a missing
+/// directory fails every write until someone recreates it), and kept for `handover status`
+/// until a write succeeds again.
+fn carry_out(job: Job, shared: &Shared) {
     match job {
         Job::Remove(path) => {
             let _ = std::fs::remove_file(path);
         }
         Job::Write(path, text) => match write_atomically(&path, &text) {
             Ok(()) => {
-                if failing.swap(false, Ordering::Relaxed) {
+                *shared.error() = None;
+                if shared.failing.swap(false, Ordering::Relaxed) {
                     logging::event(Level::Info, "metrics", format!("metrics written to {} again", path.display()));
                 }
             }
             Err(e) => {
-                if !failing.swap(true, Ordering::Relaxed) {
+                let why = format!("cannot write the metrics to {}: {e}", path.display());
+                *shared.error() = Some(why.clone());
+                if !shared.failing.swap(true, Ordering::Relaxed) {
+                    shared.streaks.fetch_add(1, Ordering::Relaxed);
                     logging::event(
                         Level::Warn,
                         "metrics-error",
-                        format!("writing the metrics to {}: {e}; retried at the next change", path.display()),
+                        format!("{why}; retried at the next change, logged again only once it works"),
                     );
                 }
             }

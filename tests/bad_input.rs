@@ -161,3 +161,60 @@ fn an_unreachable_daemon_is_exit_3() {
     let out = run_with_deadline(cmd, Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// A worker that says READY=1, then STOPPING=1, and exits 0 at once (issue 19, item 5):
+/// nobody asked it to stop, so its slot is refilled with the backoff of a crash (100 ms
+/// doubling, SPEC §5), not as fast as it can boot (~200 spawns/s, 600 log lines/s before).
+#[test]
+fn a_worker_that_stops_by_itself_at_once_is_respawned_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let spawns = dir.path().join("spawns");
+    // perl-base is essential on Debian; one process that is the worker itself (the
+    // datagrams come from the worker's pid), so nothing else is exercised.
+    let script = r#"
+        use Socket;
+        open(my $f, ">>", $ARGV[0]) or die; print $f "$$\n"; close($f);
+        my $path = $ENV{NOTIFY_SOCKET} or die "no NOTIFY_SOCKET";
+        socket(my $s, PF_UNIX, SOCK_DGRAM, 0) or die;
+        my $to = pack_sockaddr_un($path);
+        send($s, "READY=1", 0, $to) or die;
+        send($s, "STOPPING=1", 0, $to) or die;
+        exit 0;
+    "#;
+    let opts = Options {
+        workers: 1,
+        command: Some(vec!["/usr/bin/perl".into(), "-e".into(), script.into(), spawns.display().to_string()]),
+        ..Options::default()
+    };
+    let d = Daemon::spawn(opts);
+    let count = |p: &std::path::Path| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    // The first worker has started (the window is measured from there).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&spawns) == 0 {
+        assert!(Instant::now() < deadline, "no worker started within 20s; log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log_lines = || d.log().lines().count();
+    let (spawns_before, lines_before, t0) = (count(&spawns), log_lines(), Instant::now());
+    // A measuring window, not a synchronisation: what happens in it is the figure.
+    std::thread::sleep(Duration::from_secs(3));
+    let secs = t0.elapsed().as_secs_f64();
+    let spawned = count(&spawns) - spawns_before;
+    let logged = log_lines() - lines_before;
+    println!(
+        "numbers: self-stopping worker: {spawned} spawns in {secs:.1}s ({:.1}/s), {logged} log lines ({:.1}/s)",
+        spawned as f64 / secs,
+        logged as f64 / secs
+    );
+    // With the backoff (0.1 + 0.2 + 0.4 + 0.8 + 1.6 s) at most 5-6 spawns fit in 3 s.
+    assert!(spawned <= 10, "{spawned} spawns in {secs:.1}s: respawned without backoff; log tail:\n{}", {
+        let log = d.log();
+        log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    });
+    assert!(spawned >= 1, "the slot was not refilled at all in {secs:.1}s; log:\n{}", d.log());
+    // The backoff shows in status: the slot is failing, with its restarts counted.
+    let st = d.status();
+    let failing = st["failing"].as_array().cloned().unwrap_or_default();
+    assert_eq!(failing.len(), 1, "one slot in crash-loop backoff: {st}");
+    assert!(failing[0]["restarts"].as_u64().unwrap_or(0) >= 3, "restarts counted: {st}");
+}

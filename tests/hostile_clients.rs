@@ -451,3 +451,214 @@ fn a_reaped_worker_is_never_signalled() {
     assert!(reaped.len() >= victims.len(), "the trace saw the reaping:\n{log}");
     assert!(offences.is_empty(), "signals to reaped pids: {offences:#?}\n{log}");
 }
+
+/// Runs `handover ARGS` (ARGS name the daemon) with a deadline well past any client
+/// timeout; returns (exit code, stderr, seconds taken).
+fn client(args: &[&str]) -> (i32, String, f64) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    let t = Instant::now();
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned(), t.elapsed().as_secs_f64())
+}
+
+fn assert_no_panic(what: &str, stderr: &str) {
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{what}: {stderr}");
+}
+
+/// `handover reload --timeout 10000000000000000000s` panicked (exit 134) after it had sent
+/// the reload (issue 19, item 5): an impossible timeout is a usage error, found before
+/// anything is sent.
+#[test]
+fn an_absurd_timeout_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let s = sock.to_str().unwrap();
+    for cmd in ["reload", "upgrade", "status"] {
+        let (code, err, _) = client(&[cmd, "--timeout", "10000000000000000000s", "--control", s]);
+        println!("numbers: {cmd} --timeout 10000000000000000000s: exit {code}");
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains("--timeout") && err.contains("nothing was sent"), "{cmd}: {err}");
+        assert_no_panic(cmd, &err);
+        // Nobody connected: the refusal came before the connection.
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "{cmd}: the client connected: {accepted:?}"
+        );
+    }
+}
+
+/// `handover status | head -1` panicked on EPIPE (issue 19, item 5): a reader that went
+/// away ends the client quietly, exit 0.
+#[test]
+fn a_closed_stdout_ends_the_client_quietly() {
+    let d = Daemon::start(Options { workers: 1, ..Options::default() });
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        // A pipe whose read end is closed before the client writes: EPIPE every time.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fresh descriptors, owned below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors are ours and open.
+        let (read_end, write_end) = unsafe {
+            use std::os::fd::FromRawFd;
+            (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+        };
+        drop(read_end);
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("-c").arg(&d.config).stdout(Stdio::from(write_end));
+        let out = run_with_deadline(cmd, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("numbers: handover {} into a closed pipe: exit {:?}", args.join(" "), out.status.code());
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert_no_panic(&args.join(" "), &err);
+        assert!(err.is_empty(), "{args:?}: quiet: {err}");
+    }
+}
+
+/// A control socket whose listen backlog is full (a stopped daemon that many clients tried):
+/// connect(2) blocks for ever in a blocking client.
+struct FullBacklog {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    _listener: std::os::fd::OwnedFd,
+    _queued: Vec<UnixStream>,
+}
+
+impl FullBacklog {
+    fn new() -> FullBacklog {
+        use std::os::fd::FromRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = std::os::fd::OwnedFd::from(listener);
+        // SAFETY: listen(2) on our own socket: a backlog of 0 (one queued connection).
+        assert_eq!(unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 0) }, 0);
+        let mut queued = Vec::new();
+        loop {
+            // SAFETY: a fresh non-blocking socket, owned at once.
+            let s = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+            assert!(s >= 0);
+            // SAFETY: `s` is ours.
+            let stream = unsafe { UnixStream::from_raw_fd(s) };
+            let addr = nix::sys::socket::UnixAddr::new(&path).unwrap();
+            match nix::sys::socket::connect(s, &addr) {
+                Ok(()) => queued.push(stream),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+            assert!(queued.len() < 64, "the backlog never filled");
+        }
+        FullBacklog { _dir: dir, path, _listener: fd, _queued: queued }
+    }
+}
+
+/// A control socket that accepts and never answers; records what each client sent.
+fn silent_daemon(path: &Path) -> std::sync::mpsc::Receiver<String> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                // Reads whatever comes, answers nothing, until the client hangs up.
+                for line in BufReader::new(s).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// `handover status` waited for ever on a wedged daemon (issue 19, item 5). Every client
+/// command gives up within its default timeout (5 s for the daemon's first word), exit 3,
+/// naming the socket; reload and upgrade send nothing to a daemon that does not answer.
+#[test]
+fn client_commands_give_up_on_a_wedged_daemon_with_exit_3() {
+    // 1. The backlog is full: connect(2) itself would block.
+    let full = FullBacklog::new();
+    let s = full.path.to_str().unwrap();
+    for args in [&["status", "--control", s][..], &["reload", "--control", s][..], &["scale", "2", "--control", s][..]]
+    {
+        let (code, err, secs) = client(args);
+        println!("numbers: full backlog: handover {}: exit {code} after {secs:.1}s", args[0]);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains(s) && err.contains("did not answer within 5s"), "{args:?}: {err}");
+        assert!(secs < 15.0, "{args:?}: took {secs:.1}s");
+    }
+    // 2. It accepts and never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let heard = silent_daemon(&sock);
+    let s = sock.to_str().unwrap();
+    for args in [&["status", "--control", s][..], &["reload", "--control", s][..], &["upgrade", "--control", s][..]] {
+        let (code, err, secs) = client(args);
+        println!("numbers: silent daemon: handover {}: exit {code} after {secs:.1}s", args[0]);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(err.contains(s) && err.contains("did not answer"), "{args:?}: {err}");
+        assert!(secs < 15.0, "{args:?}: took {secs:.1}s");
+    }
+    let said: Vec<String> = heard.try_iter().collect();
+    assert!(said.iter().all(|l| l.contains("\"status\"")), "only status probes reached it: {said:?}");
+    // A shorter --timeout is honoured.
+    let (code, err, secs) = client(&["status", "--timeout", "1s", "--control", s]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("within 1s") && secs < 5.0, "{secs:.1}s: {err}");
+}
+
+/// The same against the real daemon, stopped with SIGSTOP (and continued however the test
+/// ends).
+#[test]
+fn status_of_a_stopped_daemon_exits_3_and_the_daemon_goes_on_after_sigcont() {
+    struct Continue(i32);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            // SAFETY: SIGCONT to the daemon this test started.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let d = Daemon::start(Options { workers: 1, ..Options::default() });
+    d.signal(libc::SIGSTOP);
+    let cont = Continue(d.pid());
+    let config = d.config.to_str().unwrap();
+    let (code, err, secs) = client(&["status", "--timeout", "2s", "-c", config]);
+    println!("numbers: SIGSTOPped daemon: handover status: exit {code} after {secs:.1}s");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(d.control.to_str().unwrap()) && err.contains("SIGSTOP"), "{err}");
+    drop(cont);
+    let (code, err, _) = client(&["status", "-c", config]);
+    assert_eq!(code, 0, "after SIGCONT: {err}");
+}
+
+/// handover(1) says clients read the file leniently, yet `-c` with any TOML error exited 2
+/// (issue 19, item 5): a half-edited file still leads the client to its daemon, with a
+/// warning naming the error.
+#[test]
+fn clients_read_a_broken_config_leniently() {
+    let d = Daemon::start(Options { workers: 1, ..Options::default() });
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let broken = d.dir.path().join("broken.toml");
+    // A syntax error further down (an unclosed array), as in the middle of an edit.
+    std::fs::write(&broken, format!("{text}\n[reload]\nstrategy = [\"rolling\"\n")).unwrap();
+    let b = broken.to_str().unwrap();
+    let (code, err, _) = client(&["status", "-c", b]);
+    println!("numbers: status -c with a syntax error: exit {code}");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning") && err.contains("(syntax)") && err.contains(b), "{err}");
+    // A `name` of the wrong type is passed over as well.
+    let typed = d.dir.path().join("typed.toml");
+    std::fs::write(&typed, text.replace("name = \"app\"", "name = 7")).unwrap();
+    let (code, err, _) = client(&["status", "-c", typed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("name: invalid type"), "{err}");
+    // `check` and the daemon stay strict.
+    let (code, err, _) = client(&["check", "-c", b]);
+    assert_eq!(code, 2, "{err}");
+}

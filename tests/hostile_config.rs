@@ -250,3 +250,61 @@ fn a_pidfile_that_holds_another_pid_is_left_at_exit() {
     assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.log());
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), "1\n");
 }
+
+/// A `workers.env` value over the kernel's per-string limit (MAX_ARG_STRLEN: 32 pages,
+/// 131072 bytes with the NUL) made every spawn fail with E2BIG although `check` said ok
+/// (issue 19, item 5). The limit is exact: the largest accepted value does exec.
+#[test]
+fn check_refuses_an_env_value_that_no_spawn_could_pass() {
+    const MAX_ARG_STRLEN: usize = 32 * 4096;
+    // "BIG=" + value + NUL: the longest value that fits.
+    let fits = MAX_ARG_STRLEN - "BIG=".len() - 1;
+    let config =
+        |len: usize| format!("[workers]\ncommand = [\"/bin/true\"]\nenv = {{ BIG = \"{}\" }}\n", "x".repeat(len));
+    // The kernel agrees on the boundary: one byte more is E2BIG.
+    let exec = |len: usize| Command::new("/bin/true").env("BIG", "x".repeat(len)).status();
+    assert!(exec(fits).unwrap().success(), "the largest accepted value execs");
+    let e = exec(fits + 1).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::E2BIG), "{e}");
+
+    let (code, err) = check(&config(fits));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check(&config(fits + 1));
+    println!("numbers: workers.env value of {} bytes: check exit {code}", fits + 1);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("FILE:3:15: workers.env.BIG: "), "{err}");
+    assert!(err.contains("131073 bytes") && err.contains("MAX_ARG_STRLEN") && err.contains("E2BIG"), "{err}");
+
+    // So is a command argument.
+    let text = format!("[workers]\ncommand = [\"/bin/echo\", \"{}\"]\n", "y".repeat(MAX_ARG_STRLEN));
+    let (code, err) = check(&text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("FILE:2:25: workers.command: "), "{err}");
+
+    // Each under the limit, together over ARG_MAX (sysconf(_SC_ARG_MAX): a quarter of the
+    // stack limit; 1 MiB of stack here, so that the file stays under its own 1 MiB bound).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.toml");
+    let vars: Vec<String> = (0..3).map(|i| format!("V{i} = \"{}\"", "z".repeat(100_000))).collect();
+    std::fs::write(&path, format!("[workers]\ncommand = [\"/bin/true\"]\nenv = {{ {} }}\n", vars.join(", "))).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["check", "-c"]).arg(&path);
+    // SAFETY: setrlimit is async-signal-safe; it lowers the child's own limit only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_STACK, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = 1 << 20;
+            if libc::setrlimit(libc::RLIMIT_STACK, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_with_deadline(cmd, Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("ARG_MAX") && err.contains("262144") && err.contains("E2BIG"), "{err}");
+}

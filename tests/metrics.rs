@@ -231,3 +231,38 @@ fn node_exporter_serves_the_file_and_promtool_accepts_it() {
     }
     println!("numbers: metrics: node_exporter on {addr} served {served} handover series; promtool: no complaint");
 }
+
+/// A removed metrics directory failed every reload (issue 19, item 5): the metrics are
+/// optional, so reloads go on; the failure is in status, logged once (not per write), and
+/// counted in the file once it can be written again.
+#[test]
+fn a_removed_metrics_directory_never_blocks_a_reload() {
+    let metrics_dir = tempfile::tempdir().unwrap();
+    let sub = metrics_dir.path().join("textfiles");
+    std::fs::create_dir(&sub).unwrap();
+    let textfile = sub.join("app.prom");
+    let d = Daemon::start(options(&textfile));
+    wait_for(&textfile, "handover_workers{name=\"app\",state=\"ready\"}", 2.0, &d);
+    std::fs::remove_dir_all(&sub).unwrap();
+    let mut ok = 0;
+    for i in 0..3 {
+        let out = d.cli(&["reload"]);
+        println!("numbers: reload {} with the metrics directory removed: exit {:?}", i + 1, out.status.code());
+        assert!(out.status.success(), "reload {}: {}\nlog:\n{}", i + 1, String::from_utf8_lossy(&out.stderr), d.log());
+        ok += 1;
+    }
+    assert_eq!(ok, 3);
+    let st = d.status();
+    let why = st["metrics_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains(&textfile.display().to_string()), "status names the file: {st}");
+    let table = d.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("metrics: cannot write"), "status table");
+    let logged = d.log().matches("cannot write the metrics").count();
+    assert_eq!(logged, 1, "logged once, not per write:\n{}", d.log());
+    // Back: the next change writes the file, with the failure counted, and status is clear.
+    std::fs::create_dir(&sub).unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&textfile, "handover_metrics_write_failures_total{name=\"app\"}", 1.0, &d);
+    assert!(d.status()["metrics_error"].is_null(), "cleared once written");
+}

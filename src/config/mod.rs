@@ -192,6 +192,9 @@ pub struct LoadEnv {
     pub path: Option<std::ffi::OsString>,
     /// Our effective uid and gid: a master that is not root can run workers only as itself.
     pub ids: (u32, u32),
+    /// sysconf(_SC_ARG_MAX): the bytes execve(2) takes for arguments and environment
+    /// together. None: not checked.
+    pub arg_max: Option<usize>,
 }
 
 impl LoadEnv {
@@ -205,6 +208,8 @@ impl LoadEnv {
             is_root: nix::unistd::geteuid().is_root(),
             path: std::env::var_os("PATH"),
             ids: (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+            // SAFETY: sysconf has no preconditions; -1 (no limit, or an error) becomes None.
+            arg_max: usize::try_from(unsafe { libc::sysconf(libc::_SC_ARG_MAX) }).ok().filter(|n| *n > 0),
         }
     }
 }
@@ -220,9 +225,21 @@ pub fn parse(path: &Path, text: &str, env: &LoadEnv) -> Result<Config, ConfigErr
     raw::parse(path, text, env)
 }
 
+/// What a client command learns from a config file, read leniently.
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    /// The control socket path.
+    pub control_socket: PathBuf,
+    /// The error passed over to find it (a syntax error elsewhere in the file, a `name` of
+    /// the wrong type), for a warning: the daemon will refuse the file at its next reload.
+    pub skipped: Option<ConfigError>,
+}
+
 /// The control socket path for the config at `path`, read leniently: only `name` and
 /// `control_socket` are looked at, so a client can still reach the daemon while the file
-/// has an error elsewhere (the daemon keeps running the last good config).
-pub fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<PathBuf, ConfigError> {
+/// has an error elsewhere; a file that does not parse at all has those two keys taken from
+/// their lines. Errors: the file cannot be read, `control_socket` is not a string, or no
+/// default applies.
+pub fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<ClientView, ConfigError> {
     raw::control_socket_of(path, env)
 }

@@ -277,15 +277,69 @@ pub(super) fn parse(path: &Path, text: &str, env: &LoadEnv) -> Result<Config, Co
 
 /// The control socket for the file at `path`, looking only at `name` and
 /// `control_socket`; see [`super::control_socket_of`].
-pub(super) fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<PathBuf, ConfigError> {
+pub(super) fn control_socket_of(path: &Path, env: &LoadEnv) -> Result<super::ClientView, ConfigError> {
     let text = read(path)?;
     let src = Source { file: path, text: &text };
-    let doc = DeTable::parse(&text).map_err(|e| src.syntax(&e))?;
-    let name = src.string_entry(doc.get_ref(), "name")?;
-    let socket = src.string_entry(doc.get_ref(), "control_socket")?;
+    let (name, socket, skipped) = match DeTable::parse(&text) {
+        Ok(doc) => {
+            // A `name` of the wrong type is skipped (the file stem stands in, as the daemon
+            // could not have started with that file either); a `control_socket` of the
+            // wrong type is not: the default would be a guess at another daemon's socket.
+            let (name, skipped) = match src.string_entry(doc.get_ref(), "name") {
+                Ok(n) => (n, None),
+                Err(e) => (None, Some(e)),
+            };
+            (name, src.string_entry(doc.get_ref(), "control_socket")?, skipped)
+        }
+        // The file does not parse (a half-edited deploy, say): take the two keys from
+        // their lines, where they are plain strings at the top of the file.
+        Err(e) => {
+            let (name, socket) = scan_top_level_strings(&text);
+            (name, socket, Some(src.syntax(&e)))
+        }
+    };
     let name = name_or_stem(path, name.as_ref().map(|n| n.get_ref().as_str()));
-    control_socket_path(path, &name, socket.as_ref().map(|s| s.get_ref().as_str()), env)
-        .map_err(|why| src.maybe_at(socket.as_ref().map(Spanned::span), "control_socket", why))
+    let control_socket = control_socket_path(path, &name, socket.as_ref().map(|s| s.get_ref().as_str()), env)
+        .map_err(|why| src.maybe_at(socket.as_ref().map(Spanned::span), "control_socket", why))?;
+    Ok(super::ClientView { control_socket, skipped })
+}
+
+/// `name = "…"` and `control_socket = "…"` lines before the first table header, for a file
+/// that does not parse as a whole: basic strings without escapes, or literal strings.
+/// Anything less plain is left alone (the defaults apply).
+fn scan_top_level_strings(text: &str) -> (Option<Spanned<String>>, Option<Spanned<String>>) {
+    let (mut name, mut socket) = (None, None);
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            break; // a table: its keys are not top-level
+        }
+        let Some((key, rest)) = trimmed.split_once('=') else { continue };
+        let rest = rest.trim_start();
+        let quote = match rest.chars().next() {
+            Some(q @ ('"' | '\'')) => q,
+            _ => continue,
+        };
+        let body = &rest[1..];
+        let Some(end) = body.find(quote) else { continue };
+        let value = &body[..end];
+        let after = body[end + 1..].trim();
+        if (quote == '"' && value.contains('\\')) || !(after.is_empty() || after.starts_with('#')) {
+            continue;
+        }
+        // The value's byte range in the file, for an error pointing at it.
+        let at = start + (line.len() - line.trim_start().len()) + (trimmed.len() - rest.len());
+        let spanned = Some(Spanned::new(at..at + rest.len(), value.to_owned()));
+        match key.trim() {
+            "name" => name = spanned,
+            "control_socket" => socket = spanned,
+            _ => {}
+        }
+    }
+    (name, socket)
 }
 
 /// The application name: `name` if the file sets it, else the file stem.
@@ -429,12 +483,28 @@ fn check_textfile(file: &Path, text: &str) -> Result<PathBuf, String> {
             path.display()
         ));
     }
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(path),
-        Ok(_) => Err(format!("{} is not a directory", dir.display())),
-        Err(e) => Err(format!("its directory {}: {e}", dir.display())),
+    // Whether its directory exists and is writable is not checked: that is the state of
+    // the machine, not of the file, and the metrics are optional. A daemon whose metrics
+    // directory went away must still start and reload; it reports the failed writes
+    // (status, journal) instead. `handover check` warns.
+    Ok(path)
+}
+
+/// The longest string execve(2) takes as one argument or one environment variable,
+/// including its terminating NUL: MAX_ARG_STRLEN, 32 pages of 4 KiB on Linux.
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// A string of `len` bytes (without its NUL) fits in one execve(2) argument.
+fn within_arg_limit(len: usize, what: &str) -> Result<(), String> {
+    if len < MAX_ARG_STRLEN {
+        return Ok(());
     }
+    Err(format!(
+        "{what} is {} bytes with its terminating NUL; the kernel takes at most {MAX_ARG_STRLEN} \
+         (MAX_ARG_STRLEN) per argument or variable, so every spawn would fail with E2BIG \
+         (pass large data in a file instead)",
+        len + 1
+    ))
 }
 
 /// The name goes into paths (`/run/handover/<name>/`), logs and `STATUS=`.
@@ -559,12 +629,42 @@ impl RawWorkers {
 
         let count = src.int_in(self.count.as_ref(), "workers.count", DEFAULT_COUNT, 1, MAX_COUNT)?;
 
+        for arg in self.command.get_ref() {
+            within_arg_limit(arg.get_ref().len(), "this argument")
+                .map_err(|why| src.at(arg.span(), "workers.command", why))?;
+        }
         let mut vars = BTreeMap::new();
         for (k, v) in &self.env {
             let key = format!("workers.env.{}", k.get_ref());
             check_env_name(k.get_ref()).map_err(|why| src.at(k.span(), key.as_str(), why))?;
             no_nul(v.get_ref()).map_err(|why| src.at(v.span(), key.as_str(), why))?;
+            // The kernel passes each variable to execve(2) as one "NAME=VALUE" string.
+            within_arg_limit(k.get_ref().len() + 1 + v.get_ref().len(), "NAME=VALUE")
+                .map_err(|why| src.at(v.span(), key.as_str(), why))?;
             vars.insert(k.get_ref().clone(), v.get_ref().clone());
+        }
+        if let Some(arg_max) = env.arg_max {
+            // The strings and their pointers share ARG_MAX with the inherited environment
+            // and handover's own variables, which are not known here: what the file adds
+            // must at least fit on its own.
+            let strings = |n: usize| n + 1 + std::mem::size_of::<usize>();
+            let total: usize = self.command.get_ref().iter().map(|a| strings(a.get_ref().len())).sum::<usize>()
+                + self.env.iter().map(|(k, v)| strings(k.get_ref().len() + 1 + v.get_ref().len())).sum::<usize>();
+            if total > arg_max {
+                let (key, span) = match self.env.iter().max_by_key(|(_, v)| v.get_ref().len()) {
+                    Some((k, v)) => (format!("workers.env.{}", k.get_ref()), v.span()),
+                    None => ("workers.command".to_owned(), self.command.span()),
+                };
+                return Err(src.at(
+                    span,
+                    key,
+                    format!(
+                        "workers.command and workers.env take {total} bytes of execve(2)'s {arg_max} \
+                         (ARG_MAX, sysconf(_SC_ARG_MAX): a quarter of the stack limit), which they \
+                         share with the inherited environment: every spawn would fail with E2BIG"
+                    ),
+                ));
+            }
         }
 
         let ready = match &self.ready {
@@ -1450,9 +1550,12 @@ max_surge = 2
         assert!(err(&format!("{dir}/d.prom")).contains("is a directory"));
         assert!(err(&format!("{dir}/app.txt")).contains("NAME.prom"));
         assert!(err(&format!("{dir}/.prom")).contains("NAME.prom"));
-        assert!(err(&format!("{dir}/no-such-dir/app.prom")).contains("no-such-dir"));
+        // A missing or unusable directory is the machine's state, not a config error: the
+        // daemon starts and reloads anyway, and reports the failed writes (issue 19).
+        let c = with(&format!("{dir}/no-such-dir/app.prom")).unwrap();
+        assert_eq!(c.metrics.textfile, Some(fx.dir.path().join("no-such-dir/app.prom")));
         std::fs::write(fx.dir.path().join("file"), "").unwrap();
-        assert!(err(&format!("{dir}/file/app.prom")).contains("is not a directory"));
+        assert!(with(&format!("{dir}/file/app.prom")).is_ok());
         // A relative path is relative to the config file's directory, as pidfile is.
         let file = fx.dir.path().join("app.toml");
         let text = format!("{MIN}[metrics]\ntextfile = \"app.prom\"\n");
@@ -1892,34 +1995,41 @@ max_surge = 2
         let fx = Fx::new();
         let broken = "bogus = 1\n[workers]\ncount = \"four\"\nnope = true\n";
         let p = write_config(fx.dir.path(), broken);
-        assert_eq!(control_socket_of(&p, &fx.env).unwrap(), Path::new("/run/handover/app/control.sock"));
+        assert_eq!(control_socket_of(&p, &fx.env).unwrap().control_socket, Path::new("/run/handover/app/control.sock"));
         let mut env = fx.env.clone();
         env.runtime_directory = None;
         env.is_root = true;
         // The default uses the file stem, or `name` when set.
-        assert_eq!(control_socket_of(&p, &env).unwrap(), Path::new("/run/handover/site/control.sock"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, Path::new("/run/handover/site/control.sock"));
         let p = write_config(fx.dir.path(), &format!("name = \"shop\"\n{broken}"));
-        assert_eq!(control_socket_of(&p, &env).unwrap(), Path::new("/run/handover/shop/control.sock"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, Path::new("/run/handover/shop/control.sock"));
         // An explicit socket, relative to the file's directory.
         let p = write_config(fx.dir.path(), &format!("control_socket = \"c.sock\"\n{broken}"));
-        assert_eq!(control_socket_of(&p, &env).unwrap(), fx.dir.path().join("c.sock"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, fx.dir.path().join("c.sock"));
         // The same answer as a full parse gives.
         let p = write_config(fx.dir.path(), &format!("name = \"shop\"\n{MIN}"));
         for e in [&fx.env, &env] {
-            assert_eq!(control_socket_of(&p, e).unwrap(), super::super::load(&p, e).unwrap().control_socket);
+            assert_eq!(
+                control_socket_of(&p, e).unwrap().control_socket,
+                super::super::load(&p, e).unwrap().control_socket
+            );
         }
     }
 
     #[test]
     fn control_socket_of_errors() {
         let fx = Fx::new();
+        // A `name` of the wrong type is passed over (the stem stands in) and reported.
         let p = write_config(fx.dir.path(), "name = 3\n");
-        let e = control_socket_of(&p, &fx.env).unwrap_err();
+        let v = control_socket_of(&p, &fx.env).unwrap();
+        assert_eq!(v.control_socket, fx.env.runtime_directory.clone().unwrap().join("control.sock"));
+        let e = v.skipped.unwrap();
         assert_eq!(e.to_string(), format!("{}:1:8: name: invalid type: integer, expected a string", p.display()));
         let p = write_config(fx.dir.path(), "\ncontrol_socket = [\"a\"]\n");
         assert_eq!(at(&control_socket_of(&p, &fx.env).unwrap_err()), (2, 18, "control_socket"));
+        // A file that does not parse: the socket is still found, the syntax error reported.
         let p = write_config(fx.dir.path(), "name = \"x\n");
-        assert_eq!(control_socket_of(&p, &fx.env).unwrap_err().key, "(syntax)");
+        assert_eq!(control_socket_of(&p, &fx.env).unwrap().skipped.unwrap().key, "(syntax)");
         let e = control_socket_of(&fx.dir.path().join("missing.toml"), &fx.env).unwrap_err();
         assert_eq!(at(&e), (0, 0, "(file)"));
         assert!(e.message.starts_with("cannot read: "));
@@ -1927,6 +2037,30 @@ max_surge = 2
         env.runtime_directory = None;
         let p = write_config(fx.dir.path(), "");
         assert_eq!(at(&control_socket_of(&p, &env).unwrap_err()), (0, 0, "control_socket"));
+    }
+
+    #[test]
+    fn control_socket_of_reads_a_file_that_does_not_parse() {
+        let fx = Fx::new();
+        let mut env = fx.env.clone();
+        env.runtime_directory = None;
+        env.is_root = true;
+        let broken = "[workers]\ncommand = [\"app\"\ncount = \n";
+        // The keys from their lines: basic and literal strings, comments after them.
+        let p = write_config(fx.dir.path(), &format!("name = \"shop\"  # the shop\n{broken}"));
+        let v = control_socket_of(&p, &env).unwrap();
+        assert_eq!(v.control_socket, Path::new("/run/handover/shop/control.sock"));
+        assert_eq!(v.skipped.unwrap().key, "(syntax)");
+        let p = write_config(fx.dir.path(), &format!("  control_socket = 'c.sock'\nname = \"shop\"\n{broken}"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, fx.dir.path().join("c.sock"));
+        // Keys inside a table are not top-level; escapes are not guessed at: the stem applies.
+        let p = write_config(fx.dir.path(), &format!("{broken}name = \"shop\"\n"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, Path::new("/run/handover/site/control.sock"));
+        let p = write_config(fx.dir.path(), &format!("name = \"sh\\u006fp\"\n{broken}"));
+        assert_eq!(control_socket_of(&p, &env).unwrap().control_socket, Path::new("/run/handover/site/control.sock"));
+        // An empty control_socket found this way is still an error, at its place.
+        let p = write_config(fx.dir.path(), &format!("\ncontrol_socket = \"\"\n{broken}"));
+        assert_eq!(at(&control_socket_of(&p, &env).unwrap_err()), (2, 18, "control_socket"));
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub struct Status {
     /// DIR (controllers: …)" where handover's cgroup is delegated.
     #[serde(default)]
     pub worker_isolation: String,
+    /// Why the `[metrics] textfile` cannot be written (its directory removed, not writable),
+    /// while that lasts: metrics are optional, so this is reported and nothing waits on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_error: Option<String>,
 }
 
 /// A slot in crash-loop backoff, in [`Status`].

@@ -754,6 +754,7 @@ impl Daemon {
                     None => "process group per worker".to_owned(),
                 };
                 status.sockets = self.sockets.status();
+                status.metrics_error = self.metrics.write_error();
                 status.version = upgrade::VERSION.to_string();
                 status.version_since_unix = self.identity.version_since_unix;
                 status.started_unix = self.identity.started_unix;

@@ -587,20 +587,37 @@ impl Machine {
                 if matches!(w.state, WorkerState::Booting | WorkerState::Ready) {
                     let who = describe(w);
                     let (generation, slot, pid) = (w.generation, w.slot, w.pid);
-                    fx.push(log(
-                        Level::Info,
-                        "worker-stopping",
-                        format!("{who} is stopping by itself"),
-                        Some(generation),
-                        Some(slot),
-                        pid,
-                    ));
+                    let uptime = now.saturating_duration_since(w.spawned_at);
                     self.detach(id);
-                    let graceful = self.gen(generation).config.workers.graceful_timeout;
+                    let (graceful, role) = {
+                        let g = self.gen(generation);
+                        (g.config.workers.graceful_timeout, g.role)
+                    };
                     if let Some(mut w) = self.workers.get_mut(&id) {
                         w.state = WorkerState::Stopping { kill_at: policy::deadline(now, graceful) };
                         w.since = now;
                     }
+                    // Nobody asked it to stop, so its slot is refilled as after a crash: with
+                    // the capped exponential backoff (SPEC §5). Without it a worker that says
+                    // STOPPING=1 and exits at once is respawned as fast as it can boot. One
+                    // that stayed up BACKOFF_RESET_AFTER recycles itself: replaced at once,
+                    // and not counted as failing (no "degraded" for a healthy recycle).
+                    let mut msg = format!("{who} is stopping by itself");
+                    if role != Role::Outgoing && uptime >= policy::BACKOFF_RESET_AFTER {
+                        if let Some(mut s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
+                            s.failures = 0;
+                        }
+                    } else if role != Role::Outgoing {
+                        self.count_failure(generation, slot, uptime, &format!("{msg} (STOPPING=1)"), now);
+                        let delay = self
+                            .gen(generation)
+                            .slots
+                            .get(slot)
+                            .and_then(|s| s.not_before)
+                            .map(|t| t.saturating_duration_since(now));
+                        msg.push_str(&format!("; its replacement starts in {}", human(delay.unwrap_or_default())));
+                    }
+                    fx.push(log(Level::Info, "worker-stopping", msg, Some(generation), Some(slot), pid));
                 }
             }
         }
