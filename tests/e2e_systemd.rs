@@ -1077,8 +1077,8 @@ fn s15_upgrade_races_scale_down(sb: &mut Sandbox) -> R<Vec<String>> {
             up.status.code(),
             scale.status.code()
         )];
-        ensure!(up.status.success(), "handover upgrade: {}", text(&up));
-        ensure!(scale.status.success(), "handover scale 2: {}", text(&scale));
+        ensure!(up.status.success(), "{}; handover upgrade: {}", notes[0], text(&up));
+        ensure!(scale.status.success(), "{}; handover scale 2: {}", notes[0], text(&scale));
         ensure!(main_after == main && restarts_after == restarts && state == "active", "{}", notes[0]);
         wait_for("2 workers ready, the rest drained", Duration::from_secs(30), || {
             let st = sb.status()?;
