@@ -440,7 +440,9 @@ fn a_scale_down_during_the_pre_flight_keeps_the_master_and_is_honoured_after() {
     // One worker fewer by signal, then `scale 2` on the control socket, both while the
     // pre-flight runs: they are held (or, before issue 19, applied at once).
     d.signal(libc::SIGTTOU);
-    wait_log(&d, "the SIGTTOU taken in", |l| l.contains("from 8 to 7 workers") || l.contains("SIGTTOU: one worker fewer"));
+    wait_log(&d, "the SIGTTOU taken in", |l| {
+        l.contains("from 8 to 7 workers") || l.contains("SIGTTOU: one worker fewer")
+    });
     let scaling = in_background_args(&d, &["scale", "2"]);
     wait_log(&d, "the scale taken in", |l| l.contains("from 7 to 2 workers") || l.contains("scale to 2 requested"));
     std::fs::write(&go, b"").unwrap();
@@ -460,7 +462,9 @@ fn a_scale_down_during_the_pre_flight_keeps_the_master_and_is_honoured_after() {
     assert_eq!(d.status()["pid"], master);
     assert_eq!(d.status()["upgrades"], 1);
     // The new binary applies both, in the order they came: 8 -> 7 -> 2.
-    wait_status(&d, "2 ready workers", |st| ready_count(st) == 2 && st["workers"].as_array().is_some_and(|w| w.len() >= 2));
+    wait_status(&d, "2 ready workers", |st| {
+        ready_count(st) == 2 && st["workers"].as_array().is_some_and(|w| w.len() >= 2)
+    });
     let log = d.log();
     let upgraded = log.find("upgraded in place").expect("upgraded");
     let to7 = log.find("from 8 to 7 workers").expect("the SIGTTOU applied");
@@ -490,7 +494,8 @@ fn an_upgrade_while_a_scale_down_drains_hands_the_draining_workers_over() {
         .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
         .collect();
     assert_eq!(draining.len(), 6, "six workers drain (they ignore SIGTERM): {st}");
-    let all: Vec<i32> = st["workers"].as_array().into_iter().flatten().filter_map(|w| w["pid"].as_i64()).map(|p| p as i32).collect();
+    let all: Vec<i32> =
+        st["workers"].as_array().into_iter().flatten().filter_map(|w| w["pid"].as_i64()).map(|p| p as i32).collect();
     replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
     let (ok, stdout, stderr) = upgrade(&d);
     let alive = master_answers(&d, master);
@@ -504,7 +509,14 @@ fn an_upgrade_while_a_scale_down_drains_hands_the_draining_workers_over() {
     // The draining workers went across with their deadline: the new binary still awaits
     // them and SIGKILLs them at graceful_timeout; the two that serve are untouched.
     let st = d.status();
-    let after: Vec<i32> = st["workers"].as_array().into_iter().flatten().filter(|w| w["state"] != "ready").filter_map(|w| w["pid"].as_i64()).map(|p| p as i32).collect();
+    let after: Vec<i32> = st["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] != "ready")
+        .filter_map(|w| w["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
     assert_eq!(sorted(after), sorted(draining.clone()), "the same workers drain after the upgrade");
     assert_eq!(ready_count(&st), 2);
     let deadline = Instant::now() + Duration::from_secs(30);
