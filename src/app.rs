@@ -52,14 +52,8 @@ pub fn run_daemon(path: PathBuf) -> i32 {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // SAFETY: called from main before any thread exists (the tokio runtime is built below,
     // and clap does not start threads); nothing else has taken the hand-off's descriptor.
-    if let Some(handoff) = unsafe { crate::upgrade::exec::take_from_env() } {
-        return match handoff {
-            Ok(h) => resume_daemon(h, argv),
-            Err(e) => {
-                eprintln!("handover: taking over from the previous binary: {e}");
-                EXIT_FAILED
-            }
-        };
+    if let Some(taken) = unsafe { crate::upgrade::exec::take_from_env() } {
+        return take_over(taken, argv);
     }
     // SAFETY: as above: before any thread exists; nothing else has adopted fds 3.. .
     let inherited = match unsafe { crate::systemd::adopt_from_env() } {
@@ -127,6 +121,32 @@ pub fn run_daemon(path: PathBuf) -> i32 {
     serve(setup)
 }
 
+/// The new binary of `handover upgrade` (or the old one, given its hand-off back): take
+/// the hand-off over if this binary can; if not, hand it back to the old binary when it
+/// gave a way back, so that a refusal after the exec never takes the daemon down.
+fn take_over(taken: crate::upgrade::exec::Taken, argv: Vec<std::ffi::OsString>) -> i32 {
+    let crate::upgrade::exec::Taken { handoff, bytes, way_back, returned } = taken;
+    let checked = handoff.and_then(|h| h.acceptable().map(|()| h));
+    match checked {
+        Ok(mut h) => {
+            drop(way_back);
+            h.returned = returned;
+            resume_daemon(h, argv)
+        }
+        Err(e) => {
+            eprintln!("handover: taking over from the previous binary: {e}");
+            // Never back to a binary that handed it back itself: that one refused already.
+            if let (Some(exe), None) = (way_back, returned) {
+                eprintln!("handover {}: handing the daemon back to the previous binary", crate::upgrade::VERSION);
+                let why = format!("handover {} refused the hand-off after the exec: {e}", crate::upgrade::VERSION);
+                let error = crate::upgrade::exec::hand_back(&exe, &argv, &bytes, &why);
+                eprintln!("handover: handing back to the previous binary failed: {error}");
+            }
+            EXIT_FAILED
+        }
+    }
+}
+
 /// The new binary of `handover upgrade`: the old one's sockets, workers and state.
 fn resume_daemon(mut h: crate::upgrade::HandOff, argv: Vec<std::ffi::OsString>) -> i32 {
     let Some(active) = h.machine.generations.iter().find(|g| g.number == h.machine.active) else {
@@ -143,13 +163,24 @@ fn resume_daemon(mut h: crate::upgrade::HandOff, argv: Vec<std::ffi::OsString>) 
             return EXIT_FAILED;
         }
     };
-    let identity = supervisor::Identity {
-        binary: Some(h.binary.clone()),
-        argv,
-        started_unix: h.started_unix,
-        version_since_unix: supervisor::unix_now(),
-        upgrades: h.upgrades,
-        upgraded_from: Some(h.from_version.clone()),
+    let identity = match h.returned {
+        // Our own hand-off, back: we are who we were (the hand-off counted the upgrade).
+        Some(_) => supervisor::Identity {
+            binary: Some(h.binary.clone()),
+            argv,
+            started_unix: h.started_unix,
+            version_since_unix: h.version_since_unix.unwrap_or_else(supervisor::unix_now),
+            upgrades: h.upgrades.saturating_sub(1),
+            upgraded_from: h.upgraded_from.clone(),
+        },
+        None => supervisor::Identity {
+            binary: Some(h.binary.clone()),
+            argv,
+            started_unix: h.started_unix,
+            version_since_unix: supervisor::unix_now(),
+            upgrades: h.upgrades,
+            upgraded_from: Some(h.from_version.clone()),
+        },
     };
     let setup = supervisor::Setup {
         config: Arc::new(config),

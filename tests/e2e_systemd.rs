@@ -76,9 +76,17 @@ fn systemd_e2e() {
             panic!("port 127.0.0.1:{port} is in use on this host ({e}); the e2e suite needs it free");
         }
     }
+    // E2E_ONLY="15 16": only the scenarios with these numbers (the setup always runs).
+    let only: Option<Vec<String>> =
+        std::env::var("E2E_ONLY").ok().map(|v| v.split_whitespace().map(str::to_owned).collect());
+    let selected = |number: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == number));
     let deb = build_deb(&root);
-    // Version B of the package for scenario 11: a second build, another version string.
-    let deb_b = build_deb_of(&root, &common::binary_b(), common::VERSION_B);
+    // Version B of the package for scenario 13: a second build, another version string.
+    let deb_b = if selected("13") {
+        build_deb_of(&root, &common::binary_b(), common::VERSION_B)
+    } else {
+        PathBuf::from("/nonexistent/not-built.deb")
+    };
     let mut sb = Sandbox::up(&root, deb.parent().expect("deb dir"));
     let mut results: Vec<(&str, R<Vec<String>>)> = Vec::new();
     let mut skipped: Vec<(&str, String)> = Vec::new();
@@ -88,7 +96,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 14] = [
+        let scenarios: [(&str, Scenario); 16] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -118,8 +126,19 @@ fn systemd_e2e() {
                 "14 Delegate=yes: a cgroup per worker; a worker's setsid() grandchild goes with it",
                 Box::new(s14_cgroup_per_worker),
             ),
+            (
+                "15 an upgrade racing a scale-down (SIGTTOU + handover scale during the pre-flight) keeps MainPID",
+                Box::new(s15_upgrade_races_scale_down),
+            ),
+            (
+                "16 kill -STOP of the master past WatchdogSec=: SIGABRT, restarted, workers killed, sockets kept",
+                Box::new(s16_stopped_master_watchdog),
+            ),
         ];
         for (name, f) in scenarios {
+            if !selected(name.split_whitespace().next().unwrap_or("")) {
+                continue;
+            }
             eprintln!("\n=== {name}");
             if let Some(why) = sb.features.skip_reason(name) {
                 eprintln!("--- skipped on systemd {}: {why}", sb.features.version);
@@ -1002,6 +1021,172 @@ fn s14_cgroup_per_worker(sb: &mut Sandbox) -> R<Vec<String>> {
 }
 
 /// Polls `tree` (systemd-cgls) until `done` holds; the last tree, or why not.
+/// Issue 19: a scale-down during an upgrade's pre-flight used to kill the master after the
+/// exec (the new binary refused draining workers in removed slots): under systemd that is a
+/// failed unit and a restart. The file at /usr/bin/handover is replaced by a wrapper whose
+/// pre-flight waits for a file the test creates (the real binary next to it), so the
+/// SIGTTOU and the `handover scale 2` land while the pre-flight runs, deterministically.
+fn s15_upgrade_races_scale_down(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    // Workers that drain for graceful_timeout (they ignore SIGTERM): the ones the
+    // scale-down stops are still there at the exec.
+    sb.write(CONFIG, &app_config(&["--ignore-stop"], None))?;
+    sb.systemctl(&["restart", UNIT])?;
+    let result = (|| -> R<Vec<String>> {
+        let count_ready =
+            |sb: &Sandbox| -> R<usize> { Ok(workers(&sb.status()?).iter().filter(|w| w.state == "ready").count()) };
+        wait_for("3 workers ready", Duration::from_secs(30), || Ok(count_ready(sb)? == WORKERS))?;
+        sb.run(&["handover", "scale", "6", "-c", CONFIG])?;
+        wait_for("6 workers ready", Duration::from_secs(30), || Ok(count_ready(sb)? == 6))?;
+        let main = sb.prop(UNIT, "MainPID")?;
+        let restarts = sb.prop(UNIT, "NRestarts")?;
+        let cursor = sb.journal_cursor()?;
+        sb.sh(
+            "rm -f /run/e2e-go && cp /usr/bin/handover /usr/bin/handover.real && \
+             printf '#!/bin/sh\\nif [ \"$1\" = handoff-check ]; then\\n  n=0\\n  while [ ! -e /run/e2e-go ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n+1)); done\\nfi\\nexec /usr/bin/handover.real \"$@\"\\n' > /usr/bin/handover.new && \
+             chmod 755 /usr/bin/handover.new && mv /usr/bin/handover.new /usr/bin/handover",
+        )?;
+        let journal_has = |sb: &Sandbox, what: &str| -> R<bool> {
+            let out = sb.run(&["journalctl", "-u", UNIT, "--after-cursor", &cursor, "-o", "cat", "--no-pager"])?;
+            Ok(out.contains(what))
+        };
+        let (up, scale) = std::thread::scope(|scope| -> R<(Output, Output)> {
+            let sbr: &Sandbox = sb;
+            let upgrading = scope.spawn(move || sbr.run_status(&["/usr/bin/handover.real", "upgrade", "-c", CONFIG]));
+            wait_for("the pre-flight", Duration::from_secs(20), || {
+                Ok(sbr.status()?["summary"].as_str().unwrap_or("").contains("upgrading: checking"))
+            })?;
+            sbr.sh(&format!("kill -TTOU {main}"))?;
+            wait_for("the SIGTTOU taken in", Duration::from_secs(20), || {
+                Ok(journal_has(sbr, "SIGTTOU: one worker fewer")? || journal_has(sbr, "from 6 to 5 workers")?)
+            })?;
+            let scaling = scope.spawn(move || sbr.run_status(&["handover", "scale", "2", "-c", CONFIG]));
+            wait_for("the scale taken in", Duration::from_secs(20), || {
+                Ok(journal_has(sbr, "scale to 2 requested")? || journal_has(sbr, "from 5 to 2 workers")?)
+            })?;
+            sbr.sh("touch /run/e2e-go")?;
+            let up = upgrading.join().map_err(|_| "upgrade thread panicked")??;
+            let scale = scaling.join().map_err(|_| "scale thread panicked")??;
+            Ok((up, scale))
+        })?;
+        let main_after = sb.prop(UNIT, "MainPID")?;
+        let restarts_after = sb.prop(UNIT, "NRestarts")?;
+        let state = sb.prop(UNIT, "ActiveState")?;
+        let mut notes = vec![format!(
+            "upgrade exit {:?}, scale exit {:?}; MainPID {main} -> {main_after}, NRestarts {restarts} -> {restarts_after}, {state}",
+            up.status.code(),
+            scale.status.code()
+        )];
+        ensure!(up.status.success(), "{}; handover upgrade: {}", notes[0], text(&up));
+        ensure!(scale.status.success(), "{}; handover scale 2: {}", notes[0], text(&scale));
+        ensure!(main_after == main && restarts_after == restarts && state == "active", "{}", notes[0]);
+        wait_for("2 workers ready, the rest drained", Duration::from_secs(30), || {
+            let st = sb.status()?;
+            let w = workers(&st);
+            Ok(w.len() == 2 && w.iter().all(|w| w.state == "ready"))
+        })?;
+        ensure!(sb.prop(UNIT, "MainPID")? == main, "MainPID changed after the upgrade");
+        let upgrade_log = sb.event_messages(&cursor, "upgrade")?;
+        ensure!(upgrade_log.contains("upgraded in place"), "journal: {upgrade_log}");
+        notes.push("held during the pre-flight, applied by the new binary: 6 -> 5 -> 2 workers".into());
+        Ok(notes)
+    })();
+    // The next scenarios run the default app from the real binary.
+    let _ = sb.sh("rm -f /run/e2e-go; [ -e /usr/bin/handover.real ] && mv /usr/bin/handover.real /usr/bin/handover");
+    sb.write(CONFIG, &app_config(&[], None))?;
+    let _ = sb.run(&["systemctl", "reset-failed", UNIT]);
+    sb.systemctl(&["restart", UNIT])?;
+    result
+}
+
+/// A master that is stopped (SIGSTOP, a debugger, a frozen VM) answers nothing: the one
+/// stall handover cannot act on itself, and the one systemd's watchdog exists for. With
+/// WatchdogSec=3s (a drop-in), `kill -STOP` of the master: systemd sends SIGABRT (and
+/// SIGCONT, so that the stopped process gets it), the master dies, KillMode=mixed SIGKILLs
+/// what is left of the unit (the workers), Restart=on-failure starts a new master, which
+/// gets the very same listening sockets back (socket unit and fd store).
+fn s16_stopped_master_watchdog(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    let dropin = format!("/etc/systemd/system/{UNIT}.d/e2e-watchdog.conf");
+    sb.write(&dropin, "[Service]\nWatchdogSec=3s\n")?;
+    sb.systemctl(&["daemon-reload"])?;
+    sb.systemctl(&["restart", UNIT])?;
+    let result = (|| -> R<Vec<String>> {
+        wait_for("every worker ready", Duration::from_secs(30), || {
+            let st = sb.status()?;
+            Ok(workers(&st).iter().filter(|w| w.state == "ready").count() == WORKERS)
+        })?;
+        let inodes = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+        let main = sb.prop(UNIT, "MainPID")?;
+        let restarts: u32 = sb.prop(UNIT, "NRestarts")?.parse().map_err(|e| format!("NRestarts: {e}"))?;
+        let old_workers = pids(&sb.status()?);
+        let cursor = sb.journal_cursor()?;
+        let load = Loads::start(&[(HTTP_PORT, false), (ADMIN_PORT, false)])?;
+        load.wait_ok(100)?;
+        let t0 = Instant::now();
+        sb.sh(&format!("kill -STOP {main}"))?;
+        // Requests go on meanwhile: the workers are not stopped, only their master.
+        load.wait_more_ok(100)?;
+        let served_while_stopped = t0.elapsed();
+        wait_for("a new master with every worker ready", Duration::from_secs(40), || {
+            let now = sb.prop(UNIT, "MainPID")?;
+            if now == main || now == "0" || sb.prop(UNIT, "ActiveState")? != "active" {
+                return Ok(false);
+            }
+            Ok(sb
+                .status()
+                .map(|st| workers(&st).iter().filter(|w| w.state == "ready").count() == WORKERS)
+                .unwrap_or(false))
+        })?;
+        let back = t0.elapsed();
+        load.wait_more_ok(100)?;
+        let reports = load.stop();
+        let n: u32 = sb.prop(UNIT, "NRestarts")?.parse().map_err(|e| format!("NRestarts: {e}"))?;
+        ensure!(n == restarts + 1, "NRestarts {restarts} -> {n}, expected one automatic restart");
+        let after = (listen_inode(HTTP_PORT)?, listen_inode(ADMIN_PORT)?);
+        ensure!(after == inodes, "listening sockets changed: {inodes:?} -> {after:?}");
+        let new_workers = pids(&sb.status()?);
+        ensure!(new_workers.is_disjoint(&old_workers), "old workers survived: {old_workers:?} / {new_workers:?}");
+        let left: Vec<&u32> = old_workers.iter().filter(|p| sb.sh(&format!("test -d /proc/{p}")).is_ok()).collect();
+        ensure!(left.is_empty(), "old workers still running: {left:?}");
+        let journal = sb.run(&["journalctl", "-u", UNIT, "--after-cursor", &cursor, "-o", "cat", "--no-pager"])?;
+        let said = |what: &str| journal.lines().find(|l| l.contains(what)).map(str::to_owned);
+        let timeout =
+            said("atchdog timeout").ok_or_else(|| format!("no watchdog timeout in the journal:\n{journal}"))?;
+        let abrt = said("SIGABRT").ok_or_else(|| format!("no SIGABRT in the journal:\n{journal}"))?;
+        // What systemd did next, for handover(1): how the master ended, what became of the
+        // workers, the restart.
+        let then: Vec<String> = ["Main process exited", "SIGKILL", "Failed with result", "Scheduled restart"]
+            .iter()
+            .filter_map(|w| said(w))
+            .collect();
+        let mut notes = vec![
+            format!("kill -STOP {main}: workers served on ({} ok requests within {})", 100, ms(served_while_stopped)),
+            format!("systemd: {timeout} / {abrt}"),
+            format!("then: {}", then.join(" / ")),
+            format!(
+                "a new master serving after {} (NRestarts {restarts} -> {n}); old workers {old_workers:?} killed; sockets kept (inodes {inodes:?})",
+                ms(back)
+            ),
+        ];
+        for (port, r) in &reports {
+            notes.push(format!(":{port} {} clients: {}", CLIENTS, r.summary()));
+            ensure!(
+                r.failed <= CLIENTS as u64,
+                ":{port}: {} requests failed, more than the {CLIENTS} that can be in flight on the killed workers: {:?}",
+                r.failed,
+                r.failures.iter().take(5).collect::<Vec<_>>()
+            );
+        }
+        Ok(notes)
+    })();
+    let _ = sb.sh(&format!("rm -f {dropin}"));
+    sb.systemctl(&["daemon-reload"])?;
+    let _ = sb.run(&["systemctl", "reset-failed", UNIT]);
+    sb.systemctl(&["restart", UNIT])?;
+    result
+}
+
 fn wait_until_tree(sb: &Sandbox, tree: &dyn Fn(&Sandbox) -> R<String>, done: impl Fn(&str) -> bool) -> R<String> {
     let mut last = String::new();
     let found = wait_for("the cgroup tree", Duration::from_secs(20), || {

@@ -360,3 +360,228 @@ fn a_bad_hand_off_variable_is_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("taking over from the previous binary") && stderr.contains("not a hand-off"), "{stderr}");
 }
+
+// Issue 19, item 2: state that changes while an upgrade is prepared, and a new binary that
+// refuses the hand-off only after the exec.
+
+/// Workers that ignore SIGTERM for `graceful_timeout` (a drain of long requests): a worker
+/// told to stop is still there, draining, when the upgrade's exec comes.
+fn slow_drain() -> Options {
+    Options {
+        worker_args: vec!["--ignore-stop".into()],
+        workers_extra: "boot_timeout = \"10s\"\ngraceful_timeout = \"15s\"\n".into(),
+        ..Options::default()
+    }
+}
+
+/// A new binary at `path` whose pre-flight waits until the file it returns exists (bounded
+/// at 15 s; the daemon's own pre-flight deadline is 10 s), then runs `check`; `run` execs
+/// `run`. The test makes the state change during the pre-flight, then lets it finish.
+fn gated_script(path: &Path, check: &Path, run: &Path) -> PathBuf {
+    let go = path.with_file_name("go");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = handoff-check ]; then\n  n=0\n  while [ ! -e {go} ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n+1)); done\n  exec {check} \"$@\"\nfi\nexec {run} \"$@\"\n",
+        go = go.display(),
+        check = check.display(),
+        run = run.display(),
+    );
+    replace(path, script.as_bytes(), 0o755);
+    go
+}
+
+fn wait_log(d: &Daemon, what: &str, pred: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pred(&d.log()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ready_count(st: &serde_json::Value) -> usize {
+    st["workers"].as_array().into_iter().flatten().filter(|w| w["state"] == "ready").count()
+}
+
+/// Whether the master still runs and answers (a zombie child of the test does not).
+fn master_answers(d: &Daemon, master: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{master}/stat")).unwrap_or_default();
+    let running = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|s| s != "Z");
+    running && d.cli(&["status", "--json"]).status.success()
+}
+
+/// If the master died, its workers are orphans still holding the port: SIGKILL their groups
+/// (started by this test, by pid), count them for the numbers.
+fn orphans_cleaned_up(master: i32, workers: &[i32]) -> usize {
+    let mut orphans = 0;
+    for &w in workers {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{w}/stat")) else { continue };
+        let ppid: i32 = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+        if ppid != master {
+            orphans += 1;
+            // SAFETY: kill(2) on the process group of a worker this test's daemon started.
+            unsafe { libc::kill(-w, libc::SIGKILL) };
+        }
+    }
+    orphans
+}
+
+#[test]
+fn a_scale_down_during_the_pre_flight_keeps_the_master_and_is_honoured_after() {
+    let (d, path, _bin) = start_from_copy(slow_drain());
+    let master = d.pid();
+    let out = d.cli(&["scale", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_status(&d, "8 ready workers", |st| ready_count(st) == 8);
+    let workers = sorted(d.worker_pids(1, "ready"));
+    let real = path.with_file_name("handover-real");
+    std::fs::copy(bin(), &real).unwrap();
+    let go = gated_script(&path, &real, &real);
+    let upgrading = in_background(&d, "upgrade");
+    wait_status(&d, "the pre-flight", |st| st["summary"].as_str().unwrap_or("").contains("upgrading: checking"));
+    // One worker fewer by signal, then `scale 2` on the control socket, both while the
+    // pre-flight runs: they are held (or, before issue 19, applied at once).
+    d.signal(libc::SIGTTOU);
+    wait_log(&d, "the SIGTTOU taken in", |l| {
+        l.contains("from 8 to 7 workers") || l.contains("SIGTTOU: one worker fewer")
+    });
+    let scaling = in_background_args(&d, &["scale", "2"]);
+    wait_log(&d, "the scale taken in", |l| l.contains("from 7 to 2 workers") || l.contains("scale to 2 requested"));
+    std::fs::write(&go, b"").unwrap();
+    let up = upgrading.join().unwrap();
+    let scale = scaling.join().unwrap();
+    let alive = master_answers(&d, master);
+    let orphans = if alive { 0 } else { orphans_cleaned_up(master, &workers) };
+    let ready = if alive { ready_count(&d.status()) } else { 0 };
+    println!(
+        "numbers: scale-down during the pre-flight: upgrade exit {:?}, scale exit {:?}, master alive {alive}, ready workers {ready}, orphaned workers {orphans}",
+        up.status.code(),
+        scale.status.code()
+    );
+    assert!(alive, "the master died: upgrade said {}\nlog:\n{}", String::from_utf8_lossy(&up.stderr), d.log());
+    assert!(up.status.success(), "upgrade: {}\n{}", String::from_utf8_lossy(&up.stderr), d.log());
+    assert!(scale.status.success(), "scale: {}\n{}", String::from_utf8_lossy(&scale.stderr), d.log());
+    assert_eq!(d.status()["pid"], master);
+    assert_eq!(d.status()["upgrades"], 1);
+    // The new binary applies both, in the order they came: 8 -> 7 -> 2.
+    wait_status(&d, "2 ready workers", |st| {
+        ready_count(st) == 2 && st["workers"].as_array().is_some_and(|w| w.len() >= 2)
+    });
+    let log = d.log();
+    let upgraded = log.find("upgraded in place").expect("upgraded");
+    let to7 = log.find("from 8 to 7 workers").expect("the SIGTTOU applied");
+    let to2 = log.find("from 7 to 2 workers").expect("the scale applied");
+    assert!(upgraded < to7 && to7 < to2, "held until the upgrade, then in order:\n{log}");
+    assert_eq!(orphans_cleaned_up(master, &workers), 0, "every worker is the master's child");
+    assert_eq!(http_get(d.addr, "/").0, 200);
+}
+
+#[test]
+fn an_upgrade_while_a_scale_down_drains_hands_the_draining_workers_over() {
+    let (d, path, _bin) = start_from_copy(slow_drain());
+    let master = d.pid();
+    for n in ["8", "2"] {
+        let out = d.cli(&["scale", n]);
+        assert!(out.status.success(), "scale {n}: {}", String::from_utf8_lossy(&out.stderr));
+        if n == "8" {
+            wait_status(&d, "8 ready workers", |st| ready_count(st) == 8);
+        }
+    }
+    let st = d.status();
+    let draining: Vec<i32> = st["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] != "ready")
+        .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+        .collect();
+    assert_eq!(draining.len(), 6, "six workers drain (they ignore SIGTERM): {st}");
+    let all: Vec<i32> =
+        st["workers"].as_array().into_iter().flatten().filter_map(|w| w["pid"].as_i64()).map(|p| p as i32).collect();
+    replace(&path, &std::fs::read(bin()).unwrap(), 0o755);
+    let (ok, stdout, stderr) = upgrade(&d);
+    let alive = master_answers(&d, master);
+    let orphans = if alive { 0 } else { orphans_cleaned_up(master, &all) };
+    println!(
+        "numbers: upgrade while 6 workers drain after scale 8 -> 2: upgrade ok {ok} ({}), master alive {alive}, orphaned {orphans}",
+        if ok { stdout.trim() } else { stderr.trim() }
+    );
+    assert!(ok, "{stderr}\n{}", d.log());
+    assert!(alive);
+    // The draining workers went across with their deadline: the new binary still awaits
+    // them and SIGKILLs them at graceful_timeout; the two that serve are untouched.
+    let st = d.status();
+    let after: Vec<i32> = st["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] != "ready")
+        .filter_map(|w| w["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
+    assert_eq!(sorted(after), sorted(draining.clone()), "the same workers drain after the upgrade");
+    assert_eq!(ready_count(&st), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while draining.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        assert!(Instant::now() < deadline, "the draining workers were never killed:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_status(&d, "only the 2 serving workers", |st| st["workers"].as_array().is_some_and(|w| w.len() == 2));
+    assert_eq!(d.status()["pid"], master);
+}
+
+#[test]
+fn a_new_binary_that_refuses_the_hand_off_after_the_exec_returns_it_and_the_old_one_goes_on() {
+    // The daemon runs binary B (format 2). The file at its path answers the pre-flight as B
+    // does, but what the exec runs is A (format 1 only): as if a package upgrade replaced
+    // the file between the pre-flight and the exec. A refuses the hand-off after the exec;
+    // it must hand it back to B, which goes on with the same pid and workers.
+    let b = binary_b();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let path = bin_dir.path().join("bin/handover");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy(&b, &path).unwrap();
+    let d = Daemon::start(Options { daemon_binary: Some(path.clone()), ..Options::default() });
+    let master = d.pid();
+    let workers = sorted(d.worker_pids(1, "ready"));
+    let fds_before = fd_count(master);
+    let b_copy = path.with_file_name("handover-b");
+    let a_copy = path.with_file_name("handover-a");
+    std::fs::copy(&b, &b_copy).unwrap();
+    std::fs::copy(bin(), &a_copy).unwrap();
+    let go = gated_script(&path, &b_copy, &a_copy);
+    std::fs::write(&go, b"").unwrap();
+    let started = Instant::now();
+    let (ok, _, stderr) = upgrade(&d);
+    let took = started.elapsed();
+    let alive = master_answers(&d, master);
+    let orphans = if alive { 0 } else { orphans_cleaned_up(master, &workers) };
+    println!(
+        "numbers: new binary refusing after the exec: upgrade ok {ok} in {took:?} ({}), master alive {alive}, orphaned {orphans}",
+        stderr.trim()
+    );
+    assert!(alive, "the master died:\n{}", d.log());
+    assert!(!ok, "the upgrade to A said it succeeded");
+    assert!(stderr.contains("not 2") && stderr.contains("handed back"), "{stderr}");
+    let st = d.status();
+    assert_eq!(st["pid"], master);
+    assert_eq!(st["version"], common::VERSION_B, "B goes on");
+    assert_eq!(st["upgrades"], 0, "a returned upgrade is no upgrade");
+    assert_eq!(sorted(d.worker_pids(1, "ready")), workers, "the same workers serve");
+    assert_eq!(http_get(d.addr, "/").0, 200);
+    assert!(d.log().contains("upgrade failed"), "{}", d.log());
+    // Nothing leaked (the old executable's descriptor, the hand-off's memfd), and B still
+    // upgrades: to itself, for real this time.
+    assert_eq!(fd_count(master), fds_before, "descriptors leaked by the round trip");
+    replace(&path, &std::fs::read(&b).unwrap(), 0o755);
+    let (ok, stdout, stderr) = upgrade(&d);
+    assert!(ok, "{stderr}\n{}", d.log());
+    assert!(stdout.contains(&format!("pid {master} kept")), "{stdout}");
+    assert_eq!(d.status()["upgrades"], 1);
+    assert_eq!(fd_count(master), fds_before, "descriptors leaked by the upgrade after it");
+}
+
+/// `handover ARGS -c CONFIG` in a thread.
+fn in_background_args(d: &Daemon, args: &[&str]) -> std::thread::JoinHandle<std::process::Output> {
+    let mut c = Command::new(bin());
+    c.args(args).arg("-c").arg(&d.config);
+    std::thread::spawn(move || run_with_deadline(c, Duration::from_secs(60)))
+}

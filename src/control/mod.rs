@@ -59,8 +59,9 @@ pub struct Command {
     pub request: Request,
     /// Where replies go (progress lines, then the final one).
     pub replies: mpsc::UnboundedSender<Reply>,
-    /// For `upgrade` and `reload`: a second descriptor of the client's connection, so that
-    /// `handover upgrade` can hand the connection to the new binary, which answers on it.
+    /// For `upgrade`, `reload` and `scale` (the requests held during an upgrade): a second
+    /// descriptor of the client's connection, so that `handover upgrade` can hand the
+    /// connection to the new binary, which answers on it.
     /// Dropping it changes nothing (the connection's own task holds the first).
     pub connection: Option<std::os::fd::OwnedFd>,
 }
@@ -422,7 +423,7 @@ impl Connection<'_> {
         self.clients.progress(self.id, waits_for_change);
         // Only these may be handed to a new binary by `handover upgrade` (see `Command`).
         let connection = match request {
-            Request::Reload {} | Request::Upgrade {} => self.duplicate(),
+            Request::Reload {} | Request::Scale { .. } | Request::Upgrade {} => self.duplicate(),
             _ => None,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -322,6 +322,12 @@ fn adopted_connections(
         .map(|c| crate::control::Adopted {
             stream: taken(c.fd),
             start: match c.waits_for {
+                // Our own hand-off, back: the upgrade failed (see `upgrade::exec`).
+                upgrade::Waits::Upgrade if h.returned.is_some() => {
+                    let reason = h.returned.clone().unwrap_or_default();
+                    let why = format!("{reason}; it was handed back and handover {} goes on", upgrade::VERSION);
+                    crate::control::AdoptedStart::Reply(Box::new(Reply::Done(Outcome::error(why))))
+                }
                 upgrade::Waits::Upgrade => {
                     crate::control::AdoptedStart::Reply(Box::new(Reply::Done(Outcome::ok(message.clone()))))
                 }
@@ -348,6 +354,8 @@ struct UpgradeState {
     held: Vec<Command>,
     /// A SIGHUP arrived during the upgrade.
     reload_pending: bool,
+    /// SIGTTIN (+1) and SIGTTOU (-1) that arrived during the upgrade, in order.
+    held_scale: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -595,6 +603,8 @@ impl Daemon {
                 let config = self.load_config();
                 self.dispatch(Event::ReloadRequested { config, requester: None });
             }
+            SignalEvent::MoreWorkers if self.upgrading() => self.hold_scale_signal(1),
+            SignalEvent::FewerWorkers if self.upgrading() => self.hold_scale_signal(-1),
             SignalEvent::MoreWorkers => self.dispatch(Event::ScaleRequested { to: ScaleTo::Delta(1), requester: None }),
             SignalEvent::FewerWorkers => {
                 self.dispatch(Event::ScaleRequested { to: ScaleTo::Delta(-1), requester: None })
@@ -734,6 +744,12 @@ impl Daemon {
     fn on_command(&mut self, cmd: Command) {
         if self.upgrading() && matches!(cmd.request, Request::Reload {}) {
             logging::event(Level::Info, "reload-requested", "reload requested; held until the upgrade is done");
+            self.upgrade.held.push(cmd);
+            return;
+        }
+        if let (true, Request::Scale { count }) = (self.upgrading(), &cmd.request) {
+            let msg = format!("scale to {count} requested on the control socket; held until the upgrade is done");
+            logging::event(Level::Info, "scale-requested", msg);
             self.upgrade.held.push(cmd);
             return;
         }

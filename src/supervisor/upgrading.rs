@@ -9,6 +9,8 @@
 //! - a reload asked for during the upgrade (control socket or SIGHUP) is held, and honoured
 //!   by the new binary (or by this one if the upgrade fails);
 //! - SIGTERM/SIGINT during the upgrade stops the daemon; the upgrade is abandoned (exit 1);
+//! - a scale asked for during the upgrade (`handover scale`, SIGTTIN, SIGTTOU) is held the
+//!   same way: the slots handed over are the ones the pre-flight checked (issue 19);
 //! - a second upgrade request joins the one in progress.
 use std::time::Instant;
 
@@ -30,7 +32,22 @@ use super::{time_base, upgraded_message, Daemon, Internal, UpgradeRequester, Upg
 impl Daemon {
     /// Whether an upgrade is in progress.
     pub(super) fn upgrading(&self) -> bool {
-        !matches!(self.upgrade.step, UpgradeStep::Idle)
+        // Between the pre-flight's verdict and the exec too: nothing may change then.
+        !matches!(self.upgrade.step, UpgradeStep::Idle) || self.upgrade_exec_due
+    }
+
+    /// A SIGTTIN (+1) or SIGTTOU (-1) during the upgrade: held (see the module docs).
+    pub(super) fn hold_scale_signal(&mut self, delta: i64) {
+        let what = if delta > 0 { "SIGTTIN: one worker more" } else { "SIGTTOU: one worker fewer" };
+        logging::event(Level::Info, "scale-requested", format!("{what} requested; held until the upgrade is done"));
+        self.upgrade.held_scale.push(delta);
+    }
+
+    /// Applies the scale signals held during an upgrade, in the order they came.
+    fn apply_held_scale(&mut self, deltas: Vec<i64>) {
+        for d in deltas {
+            self.dispatch(Event::ScaleRequested { to: super::machine::ScaleTo::Delta(d), requester: None });
+        }
     }
 
     /// What `STATUS=` and `handover status` say about an upgrade in progress.
@@ -174,9 +191,9 @@ impl Daemon {
                     return;
                 }
                 SignalEvent::Reload => self.upgrade.reload_pending = true,
-                // Raised again while blocked: pending across the exec, for the new binary.
-                SignalEvent::MoreWorkers => drop(nix::sys::signal::raise(nix::sys::signal::SIGTTIN)),
-                SignalEvent::FewerWorkers => drop(nix::sys::signal::raise(nix::sys::signal::SIGTTOU)),
+                // Held like the rest, carried in the hand-off for the new binary.
+                SignalEvent::MoreWorkers => self.hold_scale_signal(1),
+                SignalEvent::FewerWorkers => self.hold_scale_signal(-1),
                 // Exits are swept by the new binary; a second SIGUSR2 joins this upgrade.
                 SignalEvent::Child | SignalEvent::Upgrade => {}
             }
@@ -212,6 +229,15 @@ impl Daemon {
                 return self.fail_upgrade(&format!("cannot describe the daemon's state: {e}"));
             }
         };
+        // Re-checked by our own rules: what we could not take back ourselves must not
+        // leave this process (a state the pre-flight did not see, say).
+        if let Err(e) = handoff.acceptable() {
+            let _ = crate::signals::set_mask(&old_mask);
+            for cmd in drained {
+                self.on_command(cmd);
+            }
+            return self.fail_upgrade(&format!("the state to hand over changed since the pre-flight: {e}"));
+        }
         let Some(binary) = self.identity.binary.clone() else { return };
         logging::event(
             Level::Info,
@@ -260,6 +286,10 @@ impl Daemon {
             metrics: Some(self.metrics.state().clone()),
             cgroups: self.cgroups.clone(),
             notify_owner: self.launcher.notify_owner,
+            held_scale: self.upgrade.held_scale.clone(),
+            upgraded_from: self.identity.upgraded_from.clone(),
+            version_since_unix: Some(self.identity.version_since_unix),
+            returned: None,
         })
     }
 
@@ -274,7 +304,11 @@ impl Daemon {
         self.upgrade.step = UpgradeStep::Idle;
         self.upgrade_exec_due = false;
         let requesters = std::mem::take(&mut self.upgrade.requesters);
-        if requesters.is_empty() && self.upgrade.held.is_empty() && !self.upgrade.reload_pending {
+        if requesters.is_empty()
+            && self.upgrade.held.is_empty()
+            && self.upgrade.held_scale.is_empty()
+            && !self.upgrade.reload_pending
+        {
             self.publish_status();
             return;
         }
@@ -287,6 +321,9 @@ impl Daemon {
         for r in requesters {
             self.answer(r, Err(reason.to_string()));
         }
+        // Scale before reload: a scale is refused while a reload runs.
+        let held_scale = std::mem::take(&mut self.upgrade.held_scale);
+        self.apply_held_scale(held_scale);
         for cmd in std::mem::take(&mut self.upgrade.held) {
             self.on_command(cmd);
         }
@@ -325,14 +362,28 @@ impl Daemon {
             }
         }
         let took = time_base().monotonic_ns.saturating_sub(h.exec_monotonic_ns);
-        let mut msg = upgraded_message(&h.from_version, &self.identity);
-        msg.push_str(&format!(
-            "; {} workers adopted, {gone} exited during the hand-off; the exec took {:.1} ms",
+        let adopted = format!(
+            "{} workers adopted, {gone} exited during the hand-off; the exec took {:.1} ms",
             self.processes.len() + gone,
             took as f64 / 1e6
-        ));
-        logging::event(Level::Info, "upgrade", msg);
-        self.metrics.record_upgrade(true);
+        );
+        match &h.returned {
+            Some(reason) => {
+                let msg = format!(
+                    "upgrade failed, handover {} goes on: {reason}; the hand-off was handed back ({adopted})",
+                    upgrade::VERSION
+                );
+                logging::event(Level::Error, "upgrade", msg);
+                self.metrics.record_upgrade(false);
+            }
+            None => {
+                let msg = format!("{}; {adopted}", upgraded_message(&h.from_version, &self.identity));
+                logging::event(Level::Info, "upgrade", msg);
+                self.metrics.record_upgrade(true);
+            }
+        }
+        // Scale before reload: a scale is refused while a reload runs.
+        self.apply_held_scale(h.held_scale);
         if h.reload_pending {
             self.on_signal(SignalEvent::Reload);
         }

@@ -125,6 +125,23 @@ pub struct HandOff {
     /// The uid/gid the workers' notify socket was given to (`[workers] user`).
     #[serde(default)]
     pub notify_owner: Option<(u32, u32)>,
+    /// SIGTTIN (+1) and SIGTTOU (-1) that arrived while the upgrade was prepared, in order:
+    /// held, so that the slots handed over are the ones the pre-flight checked, and applied
+    /// by the binary that goes on. (A binary before issue 19 ignores the field: it raised
+    /// the signals again, pending across the exec, and coalesced.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_scale: Vec<i64>,
+    /// The version before the last upgrade that went through, and since when this version
+    /// runs: what the writer reports again if the hand-off comes back to it.
+    #[serde(default)]
+    pub upgraded_from: Option<String>,
+    /// See `upgraded_from`.
+    #[serde(default)]
+    pub version_since_unix: Option<f64>,
+    /// Not part of the format: set when the new binary handed this hand-off back to the
+    /// binary that wrote it, with its reason (see [`exec`]).
+    #[serde(skip)]
+    pub returned: Option<String>,
 }
 
 /// One listening socket in a [`HandOff`].
@@ -185,6 +202,39 @@ impl HandOff {
         fds.push(self.notify_fd);
         fds.extend(self.connections.iter().map(|c| c.fd));
         fds
+    }
+
+    /// Whether this binary can take the hand-off over: everything that taking it over
+    /// checks, done before anything is taken, so that a refusal can still hand it back
+    /// (see [`exec`]): the machine rebuilds, an active generation exists, every descriptor
+    /// named is an open socket and the control and notify sockets are distinct.
+    pub fn acceptable(&self) -> Result<(), String> {
+        if !self.machine.generations.iter().any(|g| g.number == self.machine.active) {
+            return Err("no active generation in the hand-off".into());
+        }
+        if self.control_fd == self.notify_fd {
+            return Err(format!("bad descriptors {} and {}", self.control_fd, self.notify_fd));
+        }
+        for fd in self.fds() {
+            if fd <= 2 {
+                return Err(format!("descriptor {fd} cannot be a socket handed over"));
+            }
+            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+            // SAFETY: fstat(2) on a descriptor number (EBADF if it is not open) writing into
+            // a buffer of the right type and size, read only if the call succeeded.
+            if unsafe { libc::fstat(fd, st.as_mut_ptr()) } < 0 {
+                return Err(format!("descriptor {fd}: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: fstat succeeded, so it filled the buffer.
+            let mode = unsafe { st.assume_init() }.st_mode;
+            if mode & libc::S_IFMT != libc::S_IFSOCK {
+                return Err(format!("descriptor {fd} is not a socket"));
+            }
+        }
+        let base = crate::supervisor::time_base();
+        crate::supervisor::machine::Machine::restore(self.machine.clone(), &base, base.instant)
+            .map(drop)
+            .map_err(|e| format!("the daemon's state cannot be taken over: {e}"))
     }
 
     /// Parses a hand-off, refusing formats this binary does not read.

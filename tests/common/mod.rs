@@ -534,22 +534,25 @@ pub fn binary_b() -> PathBuf {
     static B: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     B.get_or_init(|| {
         let release = bin().parent().unwrap().to_path_buf();
+        // The profile the tests were built with (`release`, or `quick` while working):
+        // B is built with the same one, from the same compiled dependencies.
+        let profile = release.file_name().unwrap().to_string_lossy().into_owned();
         let target = release.parent().unwrap().join("upgrade-b");
-        if !target.join("release").exists() {
+        if !target.join(&profile).exists() {
             std::fs::create_dir_all(&target).unwrap();
             let st = Command::new("cp").arg("-a").arg(&release).arg(&target).status().unwrap();
             assert!(st.success(), "seeding {}", target.display());
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--release", "--locked", "--bin", "handover", "--target-dir"])
+        cmd.args(["build", "--profile", &profile, "--locked", "--bin", "handover", "--target-dir"])
             .arg(&target)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("HANDOVER_HANDOFF_FORMAT", "2")
             .env("HANDOVER_BUILD_VERSION", VERSION_B);
         let built = run_with_deadline(cmd, Duration::from_secs(900));
         assert!(built.status.success(), "building binary B: {}", String::from_utf8_lossy(&built.stderr));
-        target.join("release/handover")
+        target.join(profile).join("handover")
     })
     .clone()
 }

@@ -275,7 +275,11 @@ impl Machine {
             let Some(g) = generations.get(&w.generation) else {
                 return Err(format!("worker {} of missing generation {}", w.id, w.generation));
             };
-            if w.slot >= g.slots.len() {
+            // A scale-down detaches the workers of the slots it removes and lets them drain
+            // (`stopping`, then maybe `killed`): their slot number is past the end, and only
+            // their exit is still awaited. A worker that still serves needs its slot.
+            let detached = matches!(w.state.as_str(), "stopping" | "killed");
+            if w.slot >= g.slots.len() && !detached {
                 return Err(format!("worker {}: slot {} out of range", w.id, w.slot));
             }
             if w.id >= state.next_worker {
@@ -455,6 +459,39 @@ mod tests {
         let mut bad = good;
         bad.workers[0].state = "dancing".into();
         assert!(Machine::restore(bad, &base, now).expect_err("state").contains("unknown state"));
+    }
+
+    #[test]
+    fn workers_draining_from_slots_a_scale_down_removed_are_handed_over() {
+        // Issue 19: `scale 8; scale 2; handover upgrade` was refused ("slot 2 out of range")
+        // while the surplus drained, and a scale-down during the pre-flight killed the master.
+        let now = Instant::now();
+        let mut pid = 100;
+        let (mut m, fx) = Machine::start(config(3), now);
+        for ev in spawned(&fx, &mut pid) {
+            m.step(ev, now);
+        }
+        for p in 101..=103 {
+            m.step(Event::Message { sender: p, sender_pgid: None, message: super::super::WorkerMessage::Ready }, now);
+        }
+        m.step(Event::ScaleRequested { to: super::super::ScaleTo::Count(1), requester: None }, now);
+        let base = TimeBase { instant: now, monotonic_ns: 1_000 };
+        let state = m.snapshot(&base).expect("quiet");
+        let draining: Vec<_> = state.workers.iter().filter(|w| w.slot >= 1).map(|w| w.state.as_str()).collect();
+        assert_eq!(draining, ["stopping", "stopping"], "two workers drain from removed slots");
+        let mut r = Machine::restore(state.clone(), &base, now).expect("draining workers of removed slots");
+        r.check_invariants();
+        assert_eq!(r.status(now).workers, m.status(now).workers);
+        // Their exits are still awaited and settle nothing in the one slot left.
+        r.step(Event::Exited { pid: 102, status: "exit code 0".into() }, now);
+        r.step(Event::Exited { pid: 103, status: "exit code 0".into() }, now);
+        r.check_invariants();
+        assert_eq!(r.status(now).workers.len(), 1);
+        // A worker that still serves must have its slot.
+        let mut bad = state;
+        let serving = bad.workers.iter_mut().find(|w| w.state == "ready").expect("the worker left");
+        serving.slot = 5;
+        assert!(Machine::restore(bad, &base, now).expect_err("ready, no slot").contains("slot 5 out of range"));
     }
 
     #[test]
