@@ -469,3 +469,28 @@ fn a_stderr_nobody_reads_holds_up_no_reload_status_or_stop() {
     println!("numbers: 40 reloads with stderr unread in {reloads_s:.1}s; then: {dropped}");
 }
 
+#[test]
+fn a_removed_notify_socket_is_bound_again_and_the_next_reload_succeeds() {
+    let extra = "boot_timeout = \"2s\"\ngraceful_timeout = \"10s\"\n".to_string();
+    let d = Daemon::start(Options { workers_extra: extra, ..two_workers() });
+    let path = notify_path(&d);
+    std::fs::remove_file(&path).unwrap();
+    let out = d.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("numbers: reload after the notify socket file was removed: exit {:?}", out.status.code());
+    assert!(out.status.success(), "reload after removing {}: {stderr}\nlog:\n{}", path.display(), d.log());
+    assert!(d.log().contains("was removed or replaced; bound a new one"), "not said; log:\n{}", d.log());
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket() && meta.permissions().mode() & 0o777 == 0o600, "{meta:?}");
+    // A stranger's file in its place is not ours to remove: the reload fails, and says why.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "not a socket").unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(!out.status.success(), "a reload whose workers cannot be heard succeeded");
+    assert!(d.log().contains("could not be bound again"), "log:\n{}", d.log());
+    // Removed again: the next reload binds it and succeeds; the workers still serve.
+    std::fs::remove_file(&path).unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}\nlog:\n{}", String::from_utf8_lossy(&out.stderr), d.log());
+}

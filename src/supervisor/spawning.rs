@@ -21,6 +21,7 @@ impl Daemon {
     /// `Event::SpawnFailed` for each. What the workers said meanwhile waits in `early`.
     pub(super) fn spawn_batch(&mut self, batch: Vec<SpawnRequest>) -> Vec<Event> {
         let mut produced = Vec::with_capacity(batch.len());
+        self.renew_notify_socket();
         let limited = batch.iter().any(|r| r.config.workers.memory_limit.is_some());
         if limited
             && !self.cgroups.as_ref().is_some_and(|t| t.memory)
@@ -107,6 +108,34 @@ impl Daemon {
         }
         self.early.extend(early);
         produced
+    }
+
+    /// Binds the workers' notify socket anew if its file was removed or replaced: the
+    /// workers about to be spawned find it by its path, and could not say READY=1 otherwise
+    /// (every later reload would fail as "not ready within boot_timeout"). One stat(2) per
+    /// batch while the file is there.
+    fn renew_notify_socket(&mut self) {
+        let path = self.notify.path().display().to_string();
+        match self.notify.renew_if_gone() {
+            Ok(false) => {}
+            Ok(true) => {
+                // The new file is ours (mode 0600) until the launcher gives it to the workers.
+                self.launcher.notify_owner = None;
+                logging::event(
+                    Level::Warn,
+                    "notify-socket",
+                    format!(
+                        "the workers' notify socket {path} was removed or replaced; bound a new one there \
+                         (what workers sent to the old one since is lost)"
+                    ),
+                );
+            }
+            Err(e) => logging::event(
+                Level::Error,
+                "notify-socket",
+                format!("the workers' notify socket {path} is gone and could not be bound again: {e}; new workers cannot say READY=1"),
+            ),
+        }
     }
 }
 

@@ -26,7 +26,7 @@
 //! the workers' uid and root can send, nobody else; senders are authenticated by
 //! SCM_CREDENTIALS in any case (a worker's pid, or a process in a worker's group).
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -158,10 +158,25 @@ pub struct Rejected {
 }
 
 /// The listening side of handover's worker NOTIFY_SOCKET.
+///
+/// # Renewal
+/// Workers find the socket by its path, so a file removed by someone (a tmpfiles clean-up,
+/// an admin's `rm`) would leave every later worker unable to say READY=1, and every reload
+/// would fail as "not ready within boot_timeout". [`renew_if_gone`](Self::renew_if_gone)
+/// notices (the file at the path is no longer the one bound) and binds a new socket there.
+/// The new socket takes the old one's descriptor number (dup3), so whatever refers to it by
+/// number (the upgrade hand-off, the spawn batch's reader) stays right.
 #[derive(Debug)]
 pub struct NotifyServer {
-    fd: AsyncFd<OwnedFd>,
+    /// The socket, registered with the reactor. Replaced only by `renew_if_gone`, which
+    /// the executor calls between turns of the event loop, never while `recv` waits.
+    fd: std::cell::RefCell<Option<AsyncFd<OwnedFd>>>,
+    /// Its descriptor number: the same for every socket `fd` holds (see the type's doc).
+    number: std::os::fd::RawFd,
     path: PathBuf,
+    /// Device and inode of the socket file as bound; `None` for an adopted socket whose
+    /// file was gone already.
+    file: std::cell::Cell<Option<(u64, u64)>>,
 }
 
 impl NotifyServer {
@@ -170,23 +185,54 @@ impl NotifyServer {
     /// and anything that is not a socket is left alone (an error too).
     pub fn bind(path: &Path) -> io::Result<NotifyServer> {
         remove_stale_socket(path)?;
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
-        socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-        // Bound under the umask; made 0600 before any worker exists to send to it.
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
-        socket::setsockopt(&fd, socket::sockopt::PassCred, &true)?;
-        // SAFETY: `fd` is a socket we just created and own; AsyncFd takes ownership, so it is
-        // registered with this reactor only and cannot be closed while registered.
+        let fd = bound_socket(path)?;
+        let file = file_id(path).ok();
+        NotifyServer::serve(fd, path, file)
+    }
+
+    /// Registers `fd` with the reactor.
+    fn serve(fd: OwnedFd, path: &Path, file: Option<(u64, u64)>) -> io::Result<NotifyServer> {
+        let number = fd.as_raw_fd();
+        // SAFETY: `fd` is a socket we own; AsyncFd takes ownership, so it is registered with
+        // this reactor only and cannot be closed while registered.
         let fd = unsafe { AsyncFd::register(fd) }?;
-        Ok(NotifyServer { fd, path: path.to_path_buf() })
+        Ok(NotifyServer {
+            fd: std::cell::RefCell::new(Some(fd)),
+            number,
+            path: path.to_path_buf(),
+            file: std::cell::Cell::new(file),
+        })
+    }
+
+    /// Binds a new socket at the path if the file there is no longer the one bound (removed,
+    /// or replaced by a stale file); returns whether it did. Refuses (an error, nothing
+    /// changed) when something live or not a socket is there now, or while a `recv` waits.
+    /// Datagrams still queued in the old socket are lost with it: call this before workers
+    /// are spawned, when the ones that could not reach the path never sent anything.
+    pub fn renew_if_gone(&self) -> io::Result<bool> {
+        if self.file.get().is_some_and(|f| file_id(&self.path).ok() == Some(f)) {
+            return Ok(false);
+        }
+        let mut slot = self
+            .fd
+            .try_borrow_mut()
+            .map_err(|_| io::Error::other("the notify socket is being waited on; not renewed now"))?;
+        remove_stale_socket(&self.path)?;
+        let fresh = bound_socket(&self.path)?;
+        let file = file_id(&self.path).ok();
+        let Some(registered) = slot.take() else {
+            return Err(io::Error::other("the notify socket could not be registered before"));
+        };
+        // Deregistered first: epoll forgets a descriptor only when its file is closed.
+        let mut old = registered.into_inner();
+        // The old number now names the new socket (the old socket is closed by dup3).
+        let renumbered = nix::unistd::dup3(&fresh, &mut old, nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from);
+        drop(fresh);
+        // SAFETY: as in `serve`: `old` is ours and AsyncFd takes ownership of it.
+        *slot = Some(unsafe { AsyncFd::register(old) }?);
+        renumbered?;
+        self.file.set(file);
+        Ok(true)
     }
 
     /// Takes over the socket a previous handover binary bound at `path` (`handover
@@ -194,21 +240,21 @@ impl NotifyServer {
     /// queued in it. SO_PASSCRED and O_NONBLOCK were set on the socket and survive the exec.
     pub fn adopt(fd: OwnedFd, path: &Path) -> io::Result<NotifyServer> {
         set_cloexec(&fd)?;
-        // SAFETY: as in `bind`: we own `fd` (handed over by the previous binary for this
-        // purpose only), and AsyncFd takes ownership of it.
-        let fd = unsafe { AsyncFd::register(fd) }?;
-        Ok(NotifyServer { fd, path: path.to_path_buf() })
+        let file = file_id(path).ok();
+        NotifyServer::serve(fd, path, file)
     }
 
     /// The socket's descriptor (handed over at `handover upgrade`).
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd.get_ref().as_raw_fd()
+        self.number
     }
 
     /// The socket, to wait for it to be readable outside the event loop (see
     /// `worker::Meanwhile`).
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self.fd.get_ref())
+        // SAFETY: `number` is open for as long as `self` lives: the socket in `fd` holds it,
+        // and a renewal only makes it name another socket (dup3), never closes it.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.number) }
     }
 
     /// Where workers send (their `NOTIFY_SOCKET`).
@@ -218,7 +264,7 @@ impl NotifyServer {
 
     /// The next datagram if one is already queued, without waiting.
     pub fn try_recv(&self) -> io::Result<Option<Result<Datagram, Rejected>>> {
-        match receive(self.fd.get_ref()) {
+        match receive(self.as_fd()) {
             Ok(d) => Ok(Some(d)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -226,10 +272,19 @@ impl NotifyServer {
     }
 
     /// Waits for the next datagram.
+    ///
+    /// Holds the socket borrowed while it waits: the executor renews it only between turns
+    /// of the event loop, when no `recv` is pending ([`renew_if_gone`](Self::renew_if_gone)
+    /// refuses otherwise, it does not panic).
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn recv(&self) -> io::Result<Result<Datagram, Rejected>> {
+        let slot = self.fd.borrow();
+        let Some(fd) = slot.as_ref() else {
+            return Err(io::Error::other("the notify socket is not registered"));
+        };
         loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| receive(fd.get_ref())) {
+            let mut guard = fd.readable().await?;
+            match guard.try_io(|fd| receive(fd.get_ref().as_fd())) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
@@ -241,6 +296,31 @@ impl Drop for NotifyServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A new unix datagram socket bound at `path`: non-blocking, close-on-exec, SO_PASSCRED,
+/// mode 0600 (the file is removed again if the mode cannot be set).
+fn bound_socket(path: &Path) -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // Bound under the umask; made 0600 before any worker exists to send to it.
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    socket::setsockopt(&fd, socket::sockopt::PassCred, &true)?;
+    Ok(fd)
+}
+
+/// Device and inode of the file at `path` (not following a symlink).
+fn file_id(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
 /// The most descriptors one SCM_RIGHTS message can carry (the kernel's SCM_MAX_FD).
@@ -261,7 +341,7 @@ const CONTROL_WORDS: usize = 320;
 /// so the messages are walked here with the CMSG_* macros, by their lengths as the kernel
 /// wrote them. sd_notify_barrier(3) is answered by that same close: the sender waits for
 /// its pipe to hang up.
-fn receive(fd: &OwnedFd) -> io::Result<Result<Datagram, Rejected>> {
+fn receive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Result<Datagram, Rejected>> {
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
