@@ -249,3 +249,56 @@ fn the_example_config_is_valid() {
     assert!(socket.contains(&format!("FileDescriptorName={}", l.name)), "app.socket and app.toml disagree on the name");
     assert!(socket.contains(&format!("ListenStream={}", l.address)), "app.socket and app.toml disagree on the address");
 }
+
+/// The recipes the package ships (`packaging/examples/{gunicorn,uvicorn,node}/`), README
+/// "Running a real app" and the man pages agree: every code block of that README section is
+/// in one of the shipped files (whitespace aside), and each shipped config is valid.
+#[test]
+fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
+    let readme = read("README.md");
+    let section = readme.split("## Running a real app").nth(1).expect("README section Running a real app");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let recipes = ["gunicorn", "uvicorn", "node"];
+    let files: Vec<(String, String)> = recipes
+        .iter()
+        .flat_map(|r| {
+            let dir = root().join("packaging/examples").join(r);
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| {
+                let p = e.expect("dir entry").path();
+                (p.display().to_string(), flat(&std::fs::read_to_string(&p).expect("read")))
+            })
+        })
+        .collect();
+    assert_eq!(files.len(), 6, "an app.toml and one file per recipe: {:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    let mut blocks = 0;
+    for fence in ["```python", "```js", "```toml"] {
+        for block in section.split(fence).skip(1) {
+            let code = block.split("```").next().unwrap_or_default();
+            blocks += 1;
+            assert!(
+                files.iter().any(|(_, text)| text.contains(&flat(code))),
+                "this README block is in none of packaging/examples/{{gunicorn,uvicorn,node}}/:\n{code}"
+            );
+        }
+    }
+    assert!(blocks >= 4, "README shows the gunicorn config and file, the uvicorn and the Node code: {blocks} blocks");
+    assert!(section.contains("/usr/share/doc/handover/examples/"), "README names where the recipes are installed");
+
+    // Each config is valid, with the programs it names standing in a directory of the test's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for prog in ["venv/bin/gunicorn", "venv/bin/uvicorn", "node"] {
+        let p = dir.path().join(prog);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::copy("/bin/true", &p).expect("copy /bin/true");
+    }
+    let env = LoadEnv { runtime_directory: Some("/run/handover/app".into()), ..LoadEnv::default() };
+    for r in recipes {
+        let rel = format!("packaging/examples/{r}/app.toml");
+        let text = read(&rel)
+            .replace("/srv/app", &dir.path().display().to_string())
+            .replace("[\"node\"", &format!("[\"{}\"", dir.path().join("node").display()));
+        let c = config::parse(Path::new("/etc/handover/app.toml"), &text, &env).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(c.name, "app", "{rel}");
+    }
+}

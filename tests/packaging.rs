@@ -1,8 +1,10 @@
 //! The packages (issue 12), built from the binary cargo built for these tests:
 //! - the .deb (`packaging/build-deb.sh`) is lintian clean (no error, no warning; the one
 //!   override is justified in `packaging/lintian-overrides`) and holds a Debian changelog
-//!   whose version is the package's, a DEP-5 copyright file with a notice, and the shell
-//!   completions in the directories bash-completion, zsh and fish load them from;
+//!   whose version is the package's, a DEP-5 copyright file with a notice, the shell
+//!   completions in the directories bash-completion, zsh and fish load them from, and the
+//!   recipes for real servers in /usr/share/doc/handover/examples/, which the man pages
+//!   point to;
 //! - bash (with bash-completion), fish and zsh, each driven as a user pressing Tab would,
 //!   complete handover's visible subcommands and options from the files the .deb installs,
 //!   and never the hidden ones;
@@ -79,6 +81,17 @@ fn run_ok(secs: u32, cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The recipes for real servers under `packaging/examples/`, shipped in
+/// `/usr/share/doc/handover/examples/`.
+const RECIPES: [&str; 6] = [
+    "gunicorn/app.toml",
+    "gunicorn/gunicorn.conf.py",
+    "uvicorn/app.toml",
+    "uvicorn/uvicorn_drain.py",
+    "node/app.toml",
+    "node/server.js",
+];
 
 /// The .deb, built once per test run.
 fn deb() -> &'static Path {
@@ -161,6 +174,22 @@ fn the_deb_ships_its_changelog_copyright_and_completions() {
         "/usr/share/fish/vendor_completions.d/handover.fish",
     ] {
         assert!(files.contains(f), "the .deb has no {f}; it holds {files:#?}");
+    }
+
+    // The recipes for real servers, as handover(1) and handover.toml(5) point to them: the
+    // repository's files (which tests/real_apps.rs runs), byte for byte.
+    for f in RECIPES {
+        let shipped = deb_tree().join("usr/share/doc/handover/examples").join(f);
+        let shipped = std::fs::read(&shipped).unwrap_or_else(|e| panic!("the .deb has no examples/{f}: {e}"));
+        let source = std::fs::read(root().join("packaging/examples").join(f)).expect("packaging/examples");
+        assert!(shipped == source, "examples/{f} in the .deb is not packaging/examples/{f}");
+    }
+    for page in ["usr/share/man/man1/handover.1.gz", "usr/share/man/man5/handover.toml.5.gz"] {
+        let text = run_ok(10, Command::new("gzip").arg("-dc").arg(deb_tree().join(page)));
+        assert!(
+            text.contains("/usr/share/doc/handover/examples/") && !text.contains("README"),
+            "{page} must point to the shipped examples, not to a README the package does not ship"
+        );
     }
 
     // The changelog: gzip -9n (no file name, no time stamp: reproducible), and its top entry
