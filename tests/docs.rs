@@ -302,3 +302,48 @@ fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
         assert_eq!(c.name, "app", "{rel}");
     }
 }
+
+/// `s` with what changes from run to run made constant: every number (`N`) and every
+/// absolute path (`PATH`).
+fn normalized_demo_output(s: &str) -> Vec<String> {
+    s.lines()
+        .map(|line| {
+            let mut out = String::new();
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c.is_ascii_digit() {
+                    while chars.peek().is_some_and(|d| d.is_ascii_digit() || *d == '.' || *d == ',') {
+                        chars.next();
+                    }
+                    out.push('N');
+                } else if c == '/' && (out.is_empty() || out.ends_with([' ', '('])) {
+                    while chars.peek().is_some_and(|d| !d.is_whitespace() && *d != ')' && *d != ';') {
+                        chars.next();
+                    }
+                    out.push_str("PATH");
+                } else {
+                    out.push(c);
+                }
+            }
+            out.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// The README's sample of `handover demo` is what the demo prints, numbers, pids and paths
+/// aside: the test runs it (on a free port, booting in 300 ms) and compares line by line.
+#[test]
+fn the_readme_shows_what_handover_demo_prints() {
+    let readme = read("README.md");
+    let after = readme.split("`handover demo` runs a real").nth(1).expect("README's demo paragraph");
+    let block = after.split("```text\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```text block");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_handover"));
+    cmd.args(["demo", "--tour-only", "--boot-ms", "300", "--listen"]).arg(format!("127.0.0.1:{port}"));
+    cmd.stdin(std::process::Stdio::null());
+    let out = common::run_with_deadline(cmd, std::time::Duration::from_secs(120));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "handover demo failed: {printed}{}", String::from_utf8_lossy(&out.stderr));
+    let (want, got) = (normalized_demo_output(block), normalized_demo_output(&printed));
+    assert_eq!(want, got, "README's demo sample (left) is not what handover demo prints (right):\n{printed}");
+}
