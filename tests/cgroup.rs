@@ -183,7 +183,10 @@ fn memory_limit_oom_kills_only_that_worker() {
     let controllers = cg.controllers();
     if !common::require_host(
         controllers.split_whitespace().any(|c| c == "memory"),
-        &format!("the memory controller is not available to cgroup2 here (cgroup.controllers: {:?})", controllers.trim()),
+        &format!(
+            "the memory controller is not available to cgroup2 here (cgroup.controllers: {:?})",
+            controllers.trim()
+        ),
     ) {
         return;
     }

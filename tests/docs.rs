@@ -270,7 +270,12 @@ fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
             })
         })
         .collect();
-    assert_eq!(files.len(), 6, "an app.toml and one file per recipe: {:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(
+        files.len(),
+        6,
+        "an app.toml and one file per recipe: {:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     let mut blocks = 0;
     for fence in ["```python", "```js", "```toml"] {
         for block in section.split(fence).skip(1) {
@@ -298,7 +303,8 @@ fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
         let text = read(&rel)
             .replace("/srv/app", &dir.path().display().to_string())
             .replace("[\"node\"", &format!("[\"{}\"", dir.path().join("node").display()));
-        let c = config::parse(Path::new("/etc/handover/app.toml"), &text, &env).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let c =
+            config::parse(Path::new("/etc/handover/app.toml"), &text, &env).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(c.name, "app", "{rel}");
     }
 }

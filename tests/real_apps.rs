@@ -665,7 +665,10 @@ fn the_readme_shows_what_these_tests_run() {
     assert!(!js.is_empty(), "README shows the Node code");
     for block in &js {
         let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(flat(&skeleton).contains(&flat(block)), "this README block is not in the shipped node/server.js:\n{block}");
+        assert!(
+            flat(&skeleton).contains(&flat(block)),
+            "this README block is not in the shipped node/server.js:\n{block}"
+        );
     }
     let blocks: Vec<String> = code_blocks(section, "python").into_iter().chain(js).collect();
     assert!(blocks.len() >= 3, "README shows the gunicorn, uvicorn and Node code: {blocks:#?}");

@@ -26,7 +26,11 @@ fn binary_for_others() -> Result<(tempfile::TempDir, PathBuf), String> {
     for d in dir.path().ancestors().skip(1) {
         let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0);
         if mode & 0o001 == 0 {
-            return Err(format!("{} (mode {:o}) is not searchable by other users; set TMPDIR=/tmp", d.display(), mode & 0o7777));
+            return Err(format!(
+                "{} (mode {:o}) is not searchable by other users; set TMPDIR=/tmp",
+                d.display(),
+                mode & 0o7777
+            ));
         }
     }
     Ok((dir, copy))

@@ -129,7 +129,10 @@ fn tour(args: &DemoArgs) -> Result<bool, String> {
         let _ = std::fs::remove_dir_all(&dir);
         println!("\ndemo: every reload behaved and no request failed");
     } else {
-        println!("\ndemo: something went wrong (see above; handover's log, workers' output included, is kept in {})", log_path.display());
+        println!(
+            "\ndemo: something went wrong (see above; handover's log, workers' output included, is kept in {})",
+            log_path.display()
+        );
     }
     Ok(all_good)
 }
