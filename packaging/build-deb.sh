@@ -13,7 +13,8 @@
 #   /usr/lib/systemd/system-generators/handover-generator (notify-reload guard for systemd < 253)
 #   /usr/share/man/man1/handover.1.gz, /usr/share/man/man5/handover.toml.5.gz
 #   /usr/share/doc/handover/examples/app.toml (and systemd/: app.service, app.socket,
-#     notify-reload.conf), copyright, changelog.Debian.gz
+#     notify-reload.conf; the recipes for real servers, each with its app.toml: gunicorn/
+#     gunicorn.conf.py, uvicorn/uvicorn_drain.py, node/server.js), copyright, changelog.Debian.gz
 #   /usr/share/lintian/overrides/handover (packaging/lintian-overrides: each one justified)
 #   /usr/share/bash-completion/completions/handover, /usr/share/zsh/vendor-completions/_handover,
 #     /usr/share/fish/vendor_completions.d/handover.fish (from `handover completions SHELL`)
@@ -63,7 +64,8 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/n
 rm -rf "$PKG"
 install -d "$PKG/DEBIAN" "$PKG/usr/bin" "$PKG/usr/lib/systemd/system" "$PKG/usr/lib/systemd/system-generators" \
   "$PKG/usr/share/man/man1" "$PKG/usr/share/man/man5" \
-  "$PKG/usr/share/doc/handover/examples/systemd" "$PKG/etc/handover"
+  "$PKG/usr/share/doc/handover/examples/systemd" "$PKG/usr/share/doc/handover/examples/gunicorn" \
+  "$PKG/usr/share/doc/handover/examples/uvicorn" "$PKG/usr/share/doc/handover/examples/node" "$PKG/etc/handover"
 
 install -m 0755 "$BIN" "$PKG/usr/bin/handover"
 # Debian policy: binaries are shipped stripped (the symbols are 90% of the file).
@@ -74,6 +76,11 @@ install -m 0755 systemd/handover-generator "$PKG/usr/lib/systemd/system-generato
 install -m 0644 systemd/app.service systemd/app.socket systemd/notify-reload.conf \
   "$PKG/usr/share/doc/handover/examples/systemd/"
 install -m 0644 packaging/examples/app.toml "$PKG/usr/share/doc/handover/examples/"
+# The recipes for real servers (README "Running a real app"; tests/real_apps.rs runs them).
+for f in gunicorn/app.toml gunicorn/gunicorn.conf.py uvicorn/app.toml uvicorn/uvicorn_drain.py \
+  node/app.toml node/server.js; do
+  install -m 0644 "packaging/examples/$f" "$PKG/usr/share/doc/handover/examples/$f"
+done
 install -m 0644 packaging/copyright "$PKG/usr/share/doc/handover/copyright"
 # Man pages gzipped with -n (no name/timestamp inside: reproducible), as policy wants.
 gzip -9n < man/handover.1 > "$PKG/usr/share/man/man1/handover.1.gz"

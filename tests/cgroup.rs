@@ -4,7 +4,7 @@
 //! worker gets a cgroup of its own, that a grandchild which called setsid() dies with its
 //! worker at stop, and (where the memory controller is available to cgroup2) that
 //! `memory_limit` OOM-kills only that worker. Needs root and a writable cgroup2 mount;
-//! skipped otherwise, with a message.
+//! skipped otherwise, in one line (`common::require`).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -18,26 +18,27 @@ struct TestCgroup(PathBuf);
 impl TestCgroup {
     /// `None` (with the reason printed) where the test cannot run.
     fn new(tag: &str) -> Option<TestCgroup> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to create a cgroup");
+        if !common::require(common::is_root(), "needs root to create a cgroup") {
             return None;
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let Some(mount) = handover::cgroup::parse_cgroup2_mount(&mountinfo) else {
-            eprintln!("skipped: no cgroup2 mount");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mount = handover::cgroup::parse_cgroup2_mount(&mountinfo);
+        if !common::require(mount.is_some(), "no cgroup2 mount in /proc/self/mountinfo") {
             return None;
-        };
+        }
+        let mount = mount.expect("checked");
         let dir = mount.join(format!("handover-test-{tag}-{}", std::process::id()));
         if let Err(e) = std::fs::create_dir(&dir) {
-            eprintln!("skipped: cannot create {}: {e}", dir.display());
+            common::require(false, &format!("cannot create the cgroup {}: {e}", dir.display()));
             return None;
         }
         let cg = TestCgroup(dir);
-        let path = std::ffi::CString::new(cg.0.as_os_str().as_encoded_bytes()).ok()?;
+        let path = std::ffi::CString::new(cg.0.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
         // SAFETY: setxattr(2) with NUL-terminated strings and a 1-byte value.
         let r = unsafe { libc::setxattr(path.as_ptr(), c"trusted.delegate".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
         if r != 0 {
-            eprintln!("skipped: cannot mark {} delegated: {}", cg.0.display(), std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            common::require(false, &format!("cannot mark {} delegated (trusted.delegate): {e}", cg.0.display()));
             return None;
         }
         Some(cg)
@@ -179,11 +180,14 @@ fn one_cgroup_per_worker_and_setsid_escapees_die_at_stop() {
 #[test]
 fn memory_limit_oom_kills_only_that_worker() {
     let Some(cg) = TestCgroup::new("oom") else { return };
-    if !cg.controllers().split_whitespace().any(|c| c == "memory") {
-        eprintln!(
-            "skipped: the memory controller is not available to cgroup2 here (cgroup.controllers: {:?})",
-            cg.controllers().trim()
-        );
+    let controllers = cg.controllers();
+    if !common::require_host(
+        controllers.split_whitespace().any(|c| c == "memory"),
+        &format!(
+            "the memory controller is not available to cgroup2 here (cgroup.controllers: {:?})",
+            controllers.trim()
+        ),
+    ) {
         return;
     }
     // Slot 0 grows past the limit once ready; slot 1 stays small.

@@ -7,6 +7,8 @@
 //! - the shipped units comment every directive, use command lines the CLI accepts, and the
 //!   plain example `app.service` says what the template `handover@.service` says;
 //! - the example config is valid.
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -78,10 +80,7 @@ fn every_subcommand_and_option_is_in_handover_1() {
 #[test]
 fn every_subcommand_is_in_the_readme() {
     let path = root().join("README.md");
-    let Ok(readme) = std::fs::read_to_string(&path) else {
-        eprintln!("docs: README.md does not exist yet; skipping the README check");
-        return;
-    };
+    let readme = std::fs::read_to_string(&path).expect("README.md");
     let missing: Vec<String> =
         cli_surface().keys().filter(|name| !readme.contains(&format!("handover {name}"))).cloned().collect();
     assert!(missing.is_empty(), "README.md does not mention `handover <name>` for: {missing:?}");
@@ -161,8 +160,7 @@ fn every_config_key_is_in_handover_toml_5() {
 
 #[test]
 fn man_pages_render_without_warnings() {
-    if std::process::Command::new("groff").arg("--version").output().is_err() {
-        eprintln!("docs: groff is not installed; skipping the rendering check (apt-get install groff)");
+    if !common::require_tool("groff", "apt-get install groff-base") {
         return;
     }
     for page in ["man/handover.1", "man/handover.toml.5"] {
@@ -250,4 +248,108 @@ fn the_example_config_is_valid() {
     let l = c.listen.first().expect("a [[listen]] entry");
     assert!(socket.contains(&format!("FileDescriptorName={}", l.name)), "app.socket and app.toml disagree on the name");
     assert!(socket.contains(&format!("ListenStream={}", l.address)), "app.socket and app.toml disagree on the address");
+}
+
+/// The recipes the package ships (`packaging/examples/{gunicorn,uvicorn,node}/`), README
+/// "Running a real app" and the man pages agree: every code block of that README section is
+/// in one of the shipped files (whitespace aside), and each shipped config is valid.
+#[test]
+fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
+    let readme = read("README.md");
+    let section = readme.split("## Running a real app").nth(1).expect("README section Running a real app");
+    let section = section.split("\n## ").next().unwrap_or_default();
+    let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let recipes = ["gunicorn", "uvicorn", "node"];
+    let files: Vec<(String, String)> = recipes
+        .iter()
+        .flat_map(|r| {
+            let dir = root().join("packaging/examples").join(r);
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| {
+                let p = e.expect("dir entry").path();
+                (p.display().to_string(), flat(&std::fs::read_to_string(&p).expect("read")))
+            })
+        })
+        .collect();
+    assert_eq!(
+        files.len(),
+        6,
+        "an app.toml and one file per recipe: {:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    let mut blocks = 0;
+    for fence in ["```python", "```js", "```toml"] {
+        for block in section.split(fence).skip(1) {
+            let code = block.split("```").next().unwrap_or_default();
+            blocks += 1;
+            assert!(
+                files.iter().any(|(_, text)| text.contains(&flat(code))),
+                "this README block is in none of packaging/examples/{{gunicorn,uvicorn,node}}/:\n{code}"
+            );
+        }
+    }
+    assert!(blocks >= 4, "README shows the gunicorn config and file, the uvicorn and the Node code: {blocks} blocks");
+    assert!(section.contains("/usr/share/doc/handover/examples/"), "README names where the recipes are installed");
+
+    // Each config is valid, with the programs it names standing in a directory of the test's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for prog in ["venv/bin/gunicorn", "venv/bin/uvicorn", "node"] {
+        let p = dir.path().join(prog);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::copy("/bin/true", &p).expect("copy /bin/true");
+    }
+    let env = LoadEnv { runtime_directory: Some("/run/handover/app".into()), ..LoadEnv::default() };
+    for r in recipes {
+        let rel = format!("packaging/examples/{r}/app.toml");
+        let text = read(&rel)
+            .replace("/srv/app", &dir.path().display().to_string())
+            .replace("[\"node\"", &format!("[\"{}\"", dir.path().join("node").display()));
+        let c =
+            config::parse(Path::new("/etc/handover/app.toml"), &text, &env).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert_eq!(c.name, "app", "{rel}");
+    }
+}
+
+/// `s` with what changes from run to run made constant: every number (`N`) and every
+/// absolute path (`PATH`).
+fn normalized_demo_output(s: &str) -> Vec<String> {
+    s.lines()
+        .map(|line| {
+            let mut out = String::new();
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c.is_ascii_digit() {
+                    while chars.peek().is_some_and(|d| d.is_ascii_digit() || *d == '.' || *d == ',') {
+                        chars.next();
+                    }
+                    out.push('N');
+                } else if c == '/' && (out.is_empty() || out.ends_with([' ', '('])) {
+                    while chars.peek().is_some_and(|d| !d.is_whitespace() && *d != ')' && *d != ';') {
+                        chars.next();
+                    }
+                    out.push_str("PATH");
+                } else {
+                    out.push(c);
+                }
+            }
+            out.trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// The README's sample of `handover demo` is what the demo prints, numbers, pids and paths
+/// aside: the test runs it (on a free port, booting in 300 ms) and compares line by line.
+#[test]
+fn the_readme_shows_what_handover_demo_prints() {
+    let readme = read("README.md");
+    let after = readme.split("`handover demo` runs a real").nth(1).expect("README's demo paragraph");
+    let block = after.split("```text\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```text block");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_handover"));
+    cmd.args(["demo", "--tour-only", "--boot-ms", "300", "--listen"]).arg(format!("127.0.0.1:{port}"));
+    cmd.stdin(std::process::Stdio::null());
+    let out = common::run_with_deadline(cmd, std::time::Duration::from_secs(120));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "handover demo failed: {printed}{}", String::from_utf8_lossy(&out.stderr));
+    let (want, got) = (normalized_demo_output(block), normalized_demo_output(&printed));
+    assert_eq!(want, got, "README's demo sample (left) is not what handover demo prints (right):\n{printed}");
 }

@@ -1,8 +1,8 @@
 //! `[metrics] textfile`: the counters a running daemon writes after good, rolled-back and
 //! refused reloads, and the file read by a real node_exporter (textfile collector) and
 //! checked by `promtool check metrics` (Debian's `prometheus-node-exporter` and `prometheus`
-//! packages; `.ci/run` installs them and sets `HANDOVER_METRICS_TOOLS=1`, which turns a
-//! missing tool into a failure rather than a skip).
+//! packages; `.ci/run` installs them and sets `HANDOVER_REQUIRE_TOOLS=1`, which turns a
+//! missing tool into a failure rather than a one-line skip).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -137,18 +137,14 @@ fn a_bad_textfile_fails_check_with_its_place() {
     assert!(stderr.contains("is a directory"), "{stderr}");
 }
 
-/// Whether the tools must be there (CI) or their absence only skips the test.
+/// `name` on PATH, or `None` where it is not installed (the test then skips, see
+/// `common::require`).
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
-    if found.is_none() {
-        assert!(
-            std::env::var_os("HANDOVER_METRICS_TOOLS").is_none(),
-            "{name} not found, and HANDOVER_METRICS_TOOLS is set (apt-get install prometheus-node-exporter prometheus)"
-        );
-        eprintln!("metrics: {name} is not installed; skipped (apt-get install prometheus-node-exporter prometheus)");
+    if !common::require_tool(name, "apt-get install prometheus-node-exporter prometheus") {
+        return None;
     }
-    found
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// A free port of the range this suite may use (18590-18599).
@@ -171,7 +167,8 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 
 #[test]
 fn node_exporter_serves_the_file_and_promtool_accepts_it() {
-    let (Some(exporter), Some(promtool)) = (tool("prometheus-node-exporter"), tool("promtool")) else { return };
+    let Some(exporter) = tool("prometheus-node-exporter") else { return };
+    let Some(promtool) = tool("promtool") else { return };
     let _x = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let (d, textfile) = daemon_after_three_reloads(dir.path());

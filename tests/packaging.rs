@@ -1,8 +1,10 @@
 //! The packages (issue 12), built from the binary cargo built for these tests:
 //! - the .deb (`packaging/build-deb.sh`) is lintian clean (no error, no warning; the one
 //!   override is justified in `packaging/lintian-overrides`) and holds a Debian changelog
-//!   whose version is the package's, a DEP-5 copyright file with a notice, and the shell
-//!   completions in the directories bash-completion, zsh and fish load them from;
+//!   whose version is the package's, a DEP-5 copyright file with a notice, the shell
+//!   completions in the directories bash-completion, zsh and fish load them from, and the
+//!   recipes for real servers in /usr/share/doc/handover/examples/, which the man pages
+//!   point to;
 //! - bash (with bash-completion), fish and zsh, each driven as a user pressing Tab would,
 //!   complete handover's visible subcommands and options from the files the .deb installs,
 //!   and never the hidden ones;
@@ -11,7 +13,10 @@
 //!   `packaging/rpmlint.toml` (each filter there says why).
 //!
 //! The tools (lintian, bash-completion, fish, zsh, rpm, rpmlint, cargo-generate-rpm) are
-//! installed by `.ci/run`; a missing one fails its test with the command that installs it.
+//! installed by `.ci/run`; where one is missing, the tests that need it say so in one line and
+//! skip (`common::require`), or fail under `HANDOVER_REQUIRE_TOOLS=1`, as in `.ci/run`.
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -34,12 +39,14 @@ fn work() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging")
 }
 
-/// Panics with how to install `tool` if it is not on PATH.
-fn need(tool: &str, install: &str) {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
-    assert!(found, "{tool} is needed for this test: {install} (.ci/run does)");
+/// Whether `tools` (name, how to install it) are all there; skips (one line) at the first
+/// missing one.
+fn need(tools: &[(&str, &str)]) -> bool {
+    tools.iter().all(|(tool, install)| common::require_tool(tool, install))
 }
+
+/// What building and unpacking the .deb takes.
+const DEB_TOOLS: (&str, &str) = ("dpkg-deb", "apt-get install dpkg");
 
 /// Runs `cmd` under coreutils' `timeout` (killed after `secs`), returning its output; panics
 /// with its stderr if it could not run or was killed.
@@ -75,11 +82,21 @@ fn run_ok(secs: u32, cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The recipes for real servers under `packaging/examples/`, shipped in
+/// `/usr/share/doc/handover/examples/`.
+const RECIPES: [&str; 6] = [
+    "gunicorn/app.toml",
+    "gunicorn/gunicorn.conf.py",
+    "uvicorn/app.toml",
+    "uvicorn/uvicorn_drain.py",
+    "node/app.toml",
+    "node/server.js",
+];
+
 /// The .deb, built once per test run.
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
-        need("dpkg-deb", "apt-get install dpkg");
         let dir = work().join("deb");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
@@ -118,7 +135,9 @@ fn deb_files() -> BTreeSet<String> {
 
 #[test]
 fn the_deb_is_lintian_clean() {
-    need("lintian", "apt-get install lintian");
+    if !need(&[DEB_TOOLS, ("lintian", "apt-get install lintian")]) {
+        return;
+    }
     let out = run(
         300,
         Command::new("lintian")
@@ -139,6 +158,9 @@ fn the_deb_is_lintian_clean() {
 
 #[test]
 fn the_deb_ships_its_changelog_copyright_and_completions() {
+    if !need(&[DEB_TOOLS]) {
+        return;
+    }
     let files = deb_files();
     for f in [
         "/usr/bin/handover",
@@ -152,6 +174,22 @@ fn the_deb_ships_its_changelog_copyright_and_completions() {
         "/usr/share/fish/vendor_completions.d/handover.fish",
     ] {
         assert!(files.contains(f), "the .deb has no {f}; it holds {files:#?}");
+    }
+
+    // The recipes for real servers, as handover(1) and handover.toml(5) point to them: the
+    // repository's files (which tests/real_apps.rs runs), byte for byte.
+    for f in RECIPES {
+        let shipped = deb_tree().join("usr/share/doc/handover/examples").join(f);
+        let shipped = std::fs::read(&shipped).unwrap_or_else(|e| panic!("the .deb has no examples/{f}: {e}"));
+        let source = std::fs::read(root().join("packaging/examples").join(f)).expect("packaging/examples");
+        assert!(shipped == source, "examples/{f} in the .deb is not packaging/examples/{f}");
+    }
+    for page in ["usr/share/man/man1/handover.1.gz", "usr/share/man/man5/handover.toml.5.gz"] {
+        let text = run_ok(10, Command::new("gzip").arg("-dc").arg(deb_tree().join(page)));
+        assert!(
+            text.contains("/usr/share/doc/handover/examples/") && !text.contains("README"),
+            "{page} must point to the shipped examples, not to a README the package does not ship"
+        );
     }
 
     // The changelog: gzip -9n (no file name, no time stamp: reproducible), and its top entry
@@ -240,10 +278,9 @@ fn check_completions(shell: &str, complete: impl Fn(&str) -> Vec<String>) {
 
 #[test]
 fn bash_completes_the_subcommands_from_the_deb() {
-    assert!(
-        Path::new("/usr/share/bash-completion/bash_completion").is_file(),
-        "bash-completion is needed for this test: apt-get install bash-completion (.ci/run does)"
-    );
+    if !need(&[DEB_TOOLS, ("/usr/share/bash-completion/bash_completion", "apt-get install bash-completion")]) {
+        return;
+    }
     let script = root().join("tests/packaging/bash-complete.bash");
     check_completions("bash", |line| {
         let out =
@@ -254,7 +291,9 @@ fn bash_completes_the_subcommands_from_the_deb() {
 
 #[test]
 fn fish_completes_the_subcommands_from_the_deb() {
-    need("fish", "apt-get install fish");
+    if !need(&[DEB_TOOLS, ("fish", "apt-get install fish")]) {
+        return;
+    }
     // fish finds vendor completions in $XDG_DATA_DIRS/fish/vendor_completions.d, as it finds
     // /usr/share/fish/vendor_completions.d once the package is installed, and loads them on
     // the first completion of a command that is on PATH. HOME and XDG_CONFIG_HOME point to an
@@ -290,7 +329,9 @@ fn fish_completes_the_subcommands_from_the_deb() {
 
 #[test]
 fn zsh_completes_the_subcommands_from_the_deb() {
-    need("zsh", "apt-get install zsh");
+    if !need(&[DEB_TOOLS, ("zsh", "apt-get install zsh")]) {
+        return;
+    }
     // The test puts the unpacked directory first on $fpath; installed, the file is found
     // because Debian's zsh has the package's directory on its default $fpath.
     let fpath_default = run_ok(10, Command::new("zsh").args(["-f", "-c", "print -l $fpath"]));
@@ -312,7 +353,6 @@ fn zsh_completes_the_subcommands_from_the_deb() {
 fn rpm() -> &'static Path {
     static RPM: OnceLock<PathBuf> = OnceLock::new();
     RPM.get_or_init(|| {
-        need("cargo-generate-rpm", "cargo install --locked cargo-generate-rpm");
         let dir = work().join("rpm");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
@@ -332,8 +372,14 @@ fn rpm() -> &'static Path {
 
 #[test]
 fn the_rpm_holds_the_debs_files_and_is_rpmlint_clean() {
-    need("rpm", "apt-get install rpm");
-    need("rpmlint", "apt-get install rpmlint");
+    if !need(&[
+        DEB_TOOLS,
+        ("rpm", "apt-get install rpm"),
+        ("rpmlint", "apt-get install rpmlint"),
+        ("cargo-generate-rpm", "cargo install --locked cargo-generate-rpm"),
+    ]) {
+        return;
+    }
     let listed = run_ok(60, Command::new("rpm").arg("-qpl").arg(rpm()));
     let rpm_files: BTreeSet<String> = listed.lines().map(str::to_string).collect();
     // The same files as the .deb, where Fedora puts them; the Debian-only ones left out.

@@ -6,7 +6,10 @@
 //! generation while nothing serves: the hole of a HUP, measured by `benches/run.sh` at
 //! 1.9 s for a 2 s import. The recipe now hides NOTIFY_SOCKET from the arbiter; the
 //! benchmark's `benches/wsgi/gunicorn.conf.py` must contain it verbatim, so the figures
-//! in docs/benchmarks.md are those of the recipe users copy.
+//! in docs/benchmarks.md are those of the recipe users copy. The recipe users copy is the
+//! shipped file, `packaging/examples/gunicorn/gunicorn.conf.py`
+//! (/usr/share/doc/handover/examples/gunicorn/), which the README quotes and
+//! tests/real_apps.rs runs.
 use std::path::Path;
 
 fn read(rel: &str) -> String {
@@ -25,16 +28,19 @@ fn python_block_after(text: &str, marker: &str) -> String {
 }
 
 #[test]
-fn the_benchmark_runs_the_readme_gunicorn_recipe() {
+fn the_benchmark_and_the_package_run_the_readme_gunicorn_recipe() {
     let recipe = python_block_after(&read("README.md"), "- **gunicorn**");
     assert!(
         recipe.contains("os.environ.pop(\"NOTIFY_SOCKET\")"),
         "the recipe must keep NOTIFY_SOCKET from gunicorn's arbiter:\n{recipe}"
     );
     assert!(recipe.contains("def post_worker_init(worker):"), "{recipe}");
-    let conf = read("benches/wsgi/gunicorn.conf.py");
-    assert!(
-        conf.contains(recipe.trim()),
-        "benches/wsgi/gunicorn.conf.py must contain the README's recipe verbatim:\n{recipe}"
-    );
+    for file in ["packaging/examples/gunicorn/gunicorn.conf.py", "benches/wsgi/gunicorn.conf.py"] {
+        let conf = read(file);
+        assert!(conf.contains(recipe.trim()), "{file} must contain the README's recipe verbatim:\n{recipe}");
+    }
+    // The shipped file is the recipe and nothing else: its code is the README's block.
+    let shipped = read("packaging/examples/gunicorn/gunicorn.conf.py");
+    let code = shipped.rsplit_once("\"\"\"\n").map_or(shipped.as_str(), |(_, code)| code);
+    assert_eq!(code.trim(), recipe.trim(), "the shipped gunicorn.conf.py's code is the README's recipe");
 }

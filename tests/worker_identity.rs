@@ -2,14 +2,42 @@
 //! user, group and supplementary groups asked for, their READY=1 still arrives, and a user
 //! that does not exist is an error at `handover check`. Needs root (skipped otherwise,
 //! with a message).
+//!
+//! The workers run as `nobody`, which must be able to exec the binary: a checkout under a
+//! 0700 directory (root's home, `mktemp -d`) is out of its reach, so the test runs a copy of
+//! the binary from a 0755 directory of its own in the temp directory.
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Daemon, Options};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// A 0755 directory holding a 0755 copy of the binary under test, for workers that run as
+/// another user; `Err` says why another user could not reach it.
+fn binary_for_others() -> Result<(tempfile::TempDir, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("handover-identity-").tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+    let copy = dir.path().join("handover");
+    std::fs::copy(common::bin(), &copy).expect("copying the binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+    // Every directory above must be searchable by others (TMPDIR could be a private one).
+    for d in dir.path().ancestors().skip(1) {
+        let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0);
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "{} (mode {:o}) is not searchable by other users; set TMPDIR=/tmp",
+                d.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok((dir, copy))
+}
+
+fn demo_worker_at(binary: &Path) -> Vec<String> {
+    [binary.display().to_string(), "demo-worker".into(), "--boot-delay".into(), "200ms".into()].into()
 }
 
 /// `Uid:`, `Gid:` and `Groups:` of /proc/<pid>/status.
@@ -23,10 +51,14 @@ fn ids_of(pid: i32) -> (String, String, String) {
 
 #[test]
 fn workers_run_as_the_user_and_group_asked_for_and_are_heard() {
-    if !is_root() {
-        eprintln!("skipped: needs root (a master that is not root cannot switch users)");
+    if !common::require(common::is_root(), "needs root (a master that is not root cannot switch users)") {
         return;
     }
+    let reachable = binary_for_others();
+    if !common::require(reachable.is_ok(), reachable.as_ref().err().map_or("", String::as_str)) {
+        return;
+    }
+    let (_bin_dir, binary) = reachable.expect("checked");
     let user = nix::unistd::User::from_name("nobody").expect("passwd").expect("a 'nobody' user");
     // The group asked for differs from nobody's primary group: `group` wins for the gid,
     // and the supplementary groups are nobody's own (getgrouplist) plus that gid.
@@ -40,6 +72,7 @@ fn workers_run_as_the_user_and_group_asked_for_and_are_heard() {
         workers: 2,
         workers_extra: "boot_timeout = \"10s\"\ngraceful_timeout = \"10s\"\nuser = \"nobody\"\ngroup = \"daemon\"\n"
             .into(),
+        command: Some(demo_worker_at(&binary)),
         ..Options::default()
     };
     let d = Daemon::start(opts); // READY=1 comes only once both workers said READY=1

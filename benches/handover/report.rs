@@ -1232,8 +1232,8 @@ idle CPU is utime+stime and wake-ups are voluntary+involuntary context switches 
 workers said READY=1), vs the baseline: a fresh small process (the benchmark's binary in a helper mode) that \
 fork+execs the same 512 demo workers with nothing else (own process group, the socket as fd 3, `LISTEN_FDS=1`, \
 its own NOTIFY_SOCKET) and waits for their 512 READY=1; both launched through `/bin/sh -c 'exec …'` and timed \
-from that launch (until 2026-11-29 the baseline was timed from its first fork, leaving out its own start; the \
-ratio that way is printed too); alternated rounds, medians compared. A second loop also waits, after each fork, \
+from that launch (the ratio with the baseline timed from its first fork, which leaves out its own start, is \
+printed too); alternated rounds, medians compared. A second loop also waits, after each fork, \
 for its child's `execve` to succeed before the next fork (EOF on a close-on-exec pipe), as handover learns \
 each exec's outcome so that `spawn` reports an exec failure synchronously.
 - **Scale**: 512 demo workers, reloaded all-at-once and then rolling with `max_surge = 32`, under 4 clients.

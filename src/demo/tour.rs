@@ -74,8 +74,9 @@ fn tour(args: &DemoArgs) -> Result<bool, String> {
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
 
     println!(
-        "handover demo: {} workers of a demo app that takes {} ms to boot (its \"import time\")",
-        args.workers, args.boot_ms
+        "handover demo: {} of a demo app that takes {} ms to boot (its \"import time\")",
+        plural(args.workers, "worker"),
+        args.boot_ms
     );
     println!("  config   {}", config.display());
     println!("  log      {}", log_path.display());
@@ -100,12 +101,12 @@ fn tour(args: &DemoArgs) -> Result<bool, String> {
 
     let mut all_good = true;
     println!("\n1. reload under load: 4 clients keep requesting while a new generation boots");
-    let (ok, failed) = reload_under_load(args, &control, "new workers ready")?;
+    let (ok, failed) = reload_under_load(args, &control, &log_path, "new workers ready")?;
     all_good &= ok && failed == 0;
 
     println!("\n2. reload to a broken version (its workers exit at boot): rolled back, old one keeps serving");
     std::fs::write(&config, config_text(&dir, &exe, args, &["--exit-at-boot", "3"])).map_err(|e| e.to_string())?;
-    let (ok, failed) = reload_under_load(args, &control, "new workers ready")?;
+    let (ok, failed) = reload_under_load(args, &control, &log_path, "new workers ready")?;
     all_good &= !ok && failed == 0;
     std::fs::write(&config, config_text(&dir, &exe, args, &[])).map_err(|e| e.to_string())?;
 
@@ -124,21 +125,21 @@ fn tour(args: &DemoArgs) -> Result<bool, String> {
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
     let status = daemon.child.wait().map_err(|e| e.to_string())?;
     println!("handover exited with {status}");
-    let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "\n{}",
-        if all_good {
-            "demo: every reload behaved and no request failed"
-        } else {
-            "demo: something went wrong (see above)"
-        }
-    );
+    if all_good {
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("\ndemo: every reload behaved and no request failed");
+    } else {
+        println!(
+            "\ndemo: something went wrong (see above; handover's log, workers' output included, is kept in {})",
+            log_path.display()
+        );
+    }
     Ok(all_good)
 }
 
 /// Runs a reload through the control socket while loading the app; prints what happened.
 /// Returns (reload succeeded, failed requests).
-fn reload_under_load(args: &DemoArgs, control: &Path, label: &str) -> Result<(bool, u64), String> {
+fn reload_under_load(args: &DemoArgs, control: &Path, log: &Path, label: &str) -> Result<(bool, u64), String> {
     let mut spec = LoadSpec::new(Target::Tcp(args.listen));
     spec.clients = 4;
     spec.max_duration = Duration::from_secs(120);
@@ -170,6 +171,8 @@ fn reload_under_load(args: &DemoArgs, control: &Path, label: &str) -> Result<(bo
     match (&outcome.ok, &outcome.message, &outcome.error) {
         (true, Some(m), _) => println!("   reload succeeded in {:.2}s: {m}", took.as_secs_f64()),
         (_, _, Some(e)) => {
+            // The daemon's stderr, where its workers' output goes, is the demo's log file.
+            let e = e.replace(DAEMON_OUTPUT_HINT, &format!("its output is in {}", log.display()));
             println!("   reload failed after {:.2}s (exit 1 for `handover reload`): {e}", took.as_secs_f64())
         }
         _ => println!("   reload: {outcome:?}"),
@@ -190,6 +193,19 @@ fn reload_under_load(args: &DemoArgs, control: &Path, label: &str) -> Result<(bo
         println!("   failed at {:?}: {}", f.at, f.reason);
     }
     Ok((outcome.ok, report.failed))
+}
+
+/// What the daemon says of a failed worker's output when it is not under journald: on its
+/// stderr, which the demo sends to its log file.
+const DAEMON_OUTPUT_HINT: &str = "its output is above, on handover's stderr";
+
+/// `1 worker`, `4 workers`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn wait_serving(control: &Path, daemon: &mut DaemonChild, timeout: Duration) -> Result<(), String> {

@@ -20,6 +20,69 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Whether a test can run here: the one place a test skips. `have` says whether what it
+/// needs (a tool, root, a kernel feature) is there; `why` says what is missing and how to get
+/// it. When it is missing, prints one line `skipped: BINARY::TEST: WHY` straight to the
+/// terminal (a passing test's captured output is never shown) and returns false: the test
+/// returns at once. With `HANDOVER_REQUIRE_TOOLS=1` (`.ci/run` sets it) it panics instead,
+/// so that CI runs every test or fails.
+pub fn require(have: bool, why: &str) -> bool {
+    skip_unless(have, why, true)
+}
+
+/// [`require`] for what no installation or privilege provides, a feature of this host's
+/// kernel (the memory controller where the host binds it to cgroup v1): the same one-line
+/// skip, which `HANDOVER_REQUIRE_TOOLS=1` leaves a skip, as CI cannot change the host.
+pub fn require_host(have: bool, why: &str) -> bool {
+    skip_unless(have, why, false)
+}
+
+fn skip_unless(have: bool, why: &str, ci_must_have: bool) -> bool {
+    if have {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = format!("{}::{}", env!("CARGO_CRATE_NAME"), thread.name().unwrap_or("?"));
+    assert!(
+        !ci_must_have || std::env::var_os("HANDOVER_REQUIRE_TOOLS").as_deref() != Some(std::ffi::OsStr::new("1")),
+        "{test}: {why}; HANDOVER_REQUIRE_TOOLS=1 forbids skipping"
+    );
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {test}: {why}");
+    false
+}
+
+/// Whether `HANDOVER_TEST_HIDE` (comma-separated) names `what`: a machine that has a tool
+/// can try the skip of a test that needs it (`HANDOVER_TEST_HIDE=lintian,root`).
+pub fn hidden(what: &str) -> bool {
+    std::env::var("HANDOVER_TEST_HIDE").is_ok_and(|v| v.split(',').any(|h| h.trim() == what))
+}
+
+/// Whether `tool` is an executable file on PATH (or, with a `/`, that file exists), unless
+/// hidden by `HANDOVER_TEST_HIDE`.
+pub fn have_tool(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if hidden(tool) {
+        return false;
+    }
+    if tool.contains('/') {
+        return Path::new(tool).is_file();
+    }
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p)
+            .any(|d| std::fs::metadata(d.join(tool)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    })
+}
+
+/// [`require`] for a tool: `install` says how to get it (`apt-get install lintian`).
+pub fn require_tool(tool: &str, install: &str) -> bool {
+    require(have_tool(tool), &format!("{tool} is not installed ({install})"))
+}
+
+/// Whether the test runs as root (unless `HANDOVER_TEST_HIDE` names `root`).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root() && !hidden("root")
+}
+
 /// The handover binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_handover"))
