@@ -118,8 +118,10 @@ fn reloads_rollbacks_and_refusals_are_counted_in_the_textfile() {
 fn a_bad_textfile_fails_check_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("app.toml");
+    // control_socket named: a user who is not root and has no XDG_RUNTIME_DIR has no default.
     let text = format!(
-        "name = \"app\"\n[workers]\ncommand = [\"/bin/true\"]\n[metrics]\ntextfile = {:?}\n",
+        "name = \"app\"\ncontrol_socket = {:?}\n[workers]\ncommand = [\"/bin/true\"]\n[metrics]\ntextfile = {:?}\n",
+        dir.path().join("control.sock").display().to_string(),
         dir.path().display().to_string()
     );
     std::fs::write(&config, text).unwrap();
@@ -133,7 +135,7 @@ fn a_bad_textfile_fails_check_with_its_place() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("app.toml:5:12: metrics.textfile:"), "{stderr}");
+    assert!(stderr.contains("app.toml:6:12: metrics.textfile:"), "{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
 }
 

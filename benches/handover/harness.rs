@@ -451,11 +451,51 @@ impl Handover {
     /// Starts handover with `setup` on `listener`; does not wait for READY=1.
     pub fn spawn_on(setup: &WorkerSetup, listener: TcpListener) -> Result<Handover> {
         let dir = tempfile::Builder::new().prefix("handover-bench-").tempdir()?;
+        let log = std::fs::File::create(dir.path().join("handover.log"))?;
+        Self::spawn_with(setup, listener, dir, log.into())
+    }
+
+    /// Starts handover with its stdout and stderr in a pipe that a thread copies to the
+    /// log, and that the returned [`StderrGate`] can stop reading: a journal that got stuck.
+    /// The pipe holds one page, so a few lines fill it. Does not wait for READY=1.
+    pub fn spawn_gated(setup: &WorkerSetup) -> Result<(Handover, StderrGate)> {
+        let dir = tempfile::Builder::new().prefix("handover-bench-").tempdir()?;
+        let mut log = std::fs::File::create(dir.path().join("handover.log"))?;
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))?;
+        let paused = Arc::new(AtomicBool::new(false));
+        let gate = StderrGate { paused: paused.clone() };
+        std::thread::spawn(move || {
+            let mut pipe = std::fs::File::from(read_end);
+            let mut buf = [0u8; 8192];
+            loop {
+                if paused.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50)); // not reading, on purpose
+                    continue;
+                }
+                match std::io::Read::read(&mut pipe, &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let _ = std::io::Write::write_all(&mut log, &buf[..n]);
+                    }
+                }
+            }
+        });
+        let h = Self::spawn_with(setup, listen_loopback(1024)?, dir, write_end)?;
+        Ok((h, gate))
+    }
+
+    fn spawn_with(
+        setup: &WorkerSetup,
+        listener: TcpListener,
+        dir: tempfile::TempDir,
+        log: std::os::fd::OwnedFd,
+    ) -> Result<Handover> {
         let config = dir.path().join("bench.toml");
         std::fs::write(&config, setup.toml(&dir.path().join("control.sock")))?;
         let notify = NotifySink::bind(&dir.path().join("systemd-notify"))?;
         let addr = listener.local_addr()?;
-        let log = std::fs::File::create(dir.path().join("handover.log"))?;
+        let log = std::fs::File::from(log);
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" run -c \"$1\""])
             .arg(handover_bin())
@@ -547,6 +587,18 @@ impl Drop for Handover {
             // Fast stop: handover SIGKILLs every worker group itself.
             self.proc.stop(libc::SIGINT, Duration::from_secs(10));
         }
+    }
+}
+
+/// Stops and resumes the reading of a daemon's stderr ([`Handover::spawn_gated`]).
+pub struct StderrGate {
+    paused: Arc<AtomicBool>,
+}
+
+impl StderrGate {
+    /// Stops reading (`true`) or reads again (`false`).
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
     }
 }
 

@@ -38,7 +38,8 @@
 //! (tests/real_apps/) against themselves run alone: the gunicorn recipe's memory vs
 //! `gunicorn --preload -w 4`, uvicorn `--fd 3` keep-alive latency vs `uvicorn --port`.
 //! 8 a soak with faults (reloads every 5 s, SIGKILLed workers, misbehaving control clients,
-//! notify noise), only with `--soak MINUTES`.
+//! notify noise and descriptor floods, a stopped master, upgrades raced by a scale-down, an
+//! unread stderr), only with `--soak MINUTES`.
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
@@ -262,6 +263,11 @@ fn soak_checks(s: &soak::Soak) -> Vec<report::Check> {
         "soak: every reload succeeded",
         s.reloads > 0 && s.reloads_ok == s.reloads,
         format!("{}/{}", s.reloads_ok, s.reloads),
+    );
+    check(
+        "soak: every upgrade raced by a scale-down succeeded with the same pid",
+        s.upgrades > 0 && s.upgrades_ok == s.upgrades,
+        format!("{}/{}", s.upgrades_ok, s.upgrades),
     );
     check("soak: master fd count does not grow", s.fd_growth() <= 0, format!("{:+} fds", s.fd_growth()));
     check(
