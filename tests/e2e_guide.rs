@@ -343,62 +343,164 @@ fn matcher_takes_ellipses_within_lines_and_vertical_ellipses_for_lines() {
 #[test]
 #[ignore = "boots systemd in a container as root: cargo test --test e2e_guide -- --ignored (.ci/run does)"]
 fn the_guide_runs_as_written_under_systemd() {
-    if !common::require(common::is_root(), &format!("running {GUIDE} in a systemd container needs root")) {
+    run_guide(GUIDE, E2E_NAME, false);
+}
+
+/// The gunicorn guide: a Flask app in a venv, deployed twice, the second time broken.
+const GUNICORN_GUIDE: &str = "docs/deploy-gunicorn.md";
+
+#[test]
+#[ignore = "boots systemd in a container as root: cargo test --test e2e_guide -- --ignored (.ci/run does)"]
+fn the_gunicorn_guide_runs_as_written_under_systemd() {
+    run_guide(GUNICORN_GUIDE, "handover-e2e-guide-gunicorn", true);
+}
+
+#[test]
+fn the_gunicorn_guide_covers_the_venv_the_recipe_and_a_refused_release() {
+    let md = std::fs::read_to_string(root().join(GUNICORN_GUIDE)).expect("reading the gunicorn guide");
+    let steps = parse_guide(&md).unwrap_or_else(|e| panic!("{GUNICORN_GUIDE}: {e}"));
+    let all: String = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Run { script, .. } => Some(script.as_str()),
+            Step::Skip { .. } => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = [
+        "apt install ./handover_",
+        "python3-venv",
+        "python3 -m venv /srv/shop/venv",
+        "pip install -q gunicorn flask",
+        "chmod -R a+rX /srv/shop",
+        "HANDOVER_NOTIFY_SOCKET",
+        "\"--preload\"",
+        "working_directory = \"/srv/shop/current\"",
+        "handover check -c /etc/handover/shop.toml",
+        "systemctl start handover@shop",
+        "systemctl reload handover@shop\n",
+        "import shop_payments",
+        "systemctl reload handover@shop || echo",
+    ];
+    let mut from = 0;
+    for want in path {
+        let at =
+            all[from..].find(want).unwrap_or_else(|| panic!("{GUNICORN_GUIDE}: no `{want}` after the previous step"));
+        from += at + want.len();
+    }
+    let checked = steps.iter().filter(|s| matches!(s, Step::Run { expected: Some(_), .. })).count();
+    assert!(checked >= 5, "only {checked} outputs checked in {GUNICORN_GUIDE}");
+    assert!(!steps.iter().any(|s| matches!(s, Step::Skip { .. })), "{GUNICORN_GUIDE}: every block runs");
+    // The config is the README's recipe: the same gunicorn.conf.py, byte for byte.
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let conf_start = all.find("import os, socket").expect("the guide's gunicorn.conf.py");
+    let conf_end = conf_start + all[conf_start..].find("\nEOF").expect("its end");
+    let conf = &all[conf_start..conf_end];
+    let readme_conf: String = readme
+        .lines()
+        .skip_while(|l| l.trim() != "import os, socket")
+        .take_while(|l| l.trim() != "```")
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(conf.trim_end(), readme_conf.trim_end(), "{GUNICORN_GUIDE}'s gunicorn.conf.py is not the README's");
+}
+
+/// The Python version of the container's python3, as pip's --python-version wants it.
+fn container_python(sb: &Container) -> String {
+    let out =
+        sb.exec("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'").unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "python3 in the container: {}", text_of(&out));
+    text_of(&out).trim().to_owned()
+}
+
+/// Runs `guide` in a fresh container `name`. With `wheels`, pip in the container installs
+/// from wheels the host downloads for the container's Python (this machine's network cannot
+/// verify PyPI's certificate from inside the container), through pip's own environment
+/// variables: the guide's `pip install` line runs unchanged.
+fn run_guide(guide: &str, name: &'static str, wheels: bool) {
+    if !common::require(common::is_root(), &format!("running {guide} in a systemd container needs root")) {
         return;
     }
+    // Both guides' apps listen on APP_PORT: one guide at a time (cargo runs tests in threads).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t_all = Instant::now();
-    let steps = guide_steps();
+    let md = std::fs::read_to_string(root().join(guide)).unwrap_or_else(|e| panic!("reading {guide}: {e}"));
+    let steps = parse_guide(&md).unwrap_or_else(|e| panic!("{guide}: {e}"));
     let root = root();
     let script = root.join("tests/e2e/sandbox.sh");
-    // A container left by a crashed run is ours (same name) and may hold the port.
-    let _ = sandbox_cmd(&script, &["down"]).stdout(Stdio::null()).status();
+    let _ = sandbox_cmd(&script, name, &["down"]).stdout(Stdio::null()).status();
     if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", APP_PORT)) {
-        panic!("port 127.0.0.1:{APP_PORT} is in use on this host ({e}); {GUIDE}'s app needs it");
+        panic!("port 127.0.0.1:{APP_PORT} is in use on this host ({e}); {guide}'s app needs it");
     }
-    // The two packages, in a directory of their own (bound into the container).
     let t0 = Instant::now();
-    let deb_dir = root.join("target/e2e-guide-deb");
+    let deb_dir = root.join(format!("target/{name}-deb"));
     let _ = std::fs::remove_dir_all(&deb_dir);
-    std::fs::create_dir_all(&deb_dir).expect("creating target/e2e-guide-deb");
-    let deb_a = build_deb(&root, &deb_dir, Path::new(env!("CARGO_BIN_EXE_handover")), None);
-    let deb_b = build_deb(&root, &deb_dir, &common::binary_b(), Some(common::VERSION_B));
-    let built: Vec<String> =
-        [&deb_a, &deb_b].iter().map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned()).collect();
+    std::fs::create_dir_all(&deb_dir).expect("creating the guide's package directory");
     let wanted = installed_debs(&steps);
+    let mut built = vec![build_deb(&root, &deb_dir, Path::new(env!("CARGO_BIN_EXE_handover")), None)];
+    if wanted.len() > 1 {
+        built.push(build_deb(&root, &deb_dir, &common::binary_b(), Some(common::VERSION_B)));
+    }
+    let built: Vec<String> =
+        built.iter().map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned()).collect();
     assert_eq!(
         wanted, built,
-        "{GUIDE} installs {wanted:?} but the packages built are {built:?}: update the file names (and the versions shown) in the guide"
+        "{guide} installs {wanted:?} but the packages built are {built:?}: update the file names (and the versions shown) in the guide"
     );
     let t_build = t0.elapsed();
 
     let t0 = Instant::now();
-    let sb = Container::up(&script, &deb_dir);
+    let wheel_dir = root.join(format!("target/{name}-wheels"));
+    let mut binds = format!("{}:/mnt/deb", deb_dir.display());
+    if wheels {
+        std::fs::create_dir_all(&wheel_dir).expect("creating the wheel directory");
+        binds.push_str(&format!(" {}:/mnt/wheels", wheel_dir.display()));
+    }
+    let mut sb = Container::up(&script, name, &binds);
     let t_boot = t0.elapsed();
     let version = sb.exec("systemctl --version | head -n1").unwrap_or_else(|e| panic!("{e}"));
     eprintln!("e2e_guide: container up in {:.1}s: {}", t_boot.as_secs_f64(), text_of(&version).trim());
     let copy = sb.exec(&format!("cp /mnt/deb/*.deb {WORKDIR}/")).unwrap_or_else(|e| panic!("{e}"));
     assert!(copy.status.success(), "copying the packages into the container: {}", text_of(&copy));
+    let mut t_wheels = Duration::ZERO;
+    if wheels {
+        let t0 = Instant::now();
+        let py = container_python(&sb);
+        // gunicorn and flask, as the guide installs them, for the container's Python.
+        let out = Command::new("python3")
+            .args(["-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", &py])
+            .args(["--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "-d"])
+            .arg(&wheel_dir)
+            .args(["gunicorn", "flask"])
+            .output()
+            .expect("running python3 -m pip download on the host");
+        assert!(out.status.success(), "pip download on the host (Python {py}): {}", text_of(&out));
+        sb.prelude = "export PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/wheels PIP_DISABLE_PIP_VERSION_CHECK=1\n".into();
+        t_wheels = t0.elapsed();
+    }
 
     let t0 = Instant::now();
     let (mut ran, mut checked) = (0, 0);
     for step in &steps {
         match step {
-            Step::Skip { line, reason } => eprintln!("\n--- {GUIDE}:{line}: not run: {reason}"),
+            Step::Skip { line, reason } => eprintln!("\n--- {guide}:{line}: not run: {reason}"),
             Step::Run { line, script, expected } => {
-                eprintln!("\n--- {GUIDE}:{line}:\n{script}");
+                eprintln!("\n--- {guide}:{line}:\n{script}");
                 let t = Instant::now();
-                let out = sb.exec(&format!("cd {WORKDIR}\n{script}")).unwrap_or_else(|e| panic!("{GUIDE}:{line}: {e}"));
+                let out = sb.exec(&format!("cd {WORKDIR}\n{script}")).unwrap_or_else(|e| panic!("{guide}:{line}: {e}"));
                 let printed = text_of(&out);
                 eprintln!("{printed}--- exit {:?} in {:.2}s", out.status.code(), t.elapsed().as_secs_f64());
                 if !out.status.success() {
                     sb.dump_journal();
-                    panic!("{GUIDE}:{line}: the block failed (exit {:?}); it printed:\n{printed}", out.status.code());
+                    panic!("{guide}:{line}: the block failed (exit {:?}); it printed:\n{printed}", out.status.code());
                 }
                 ran += 1;
                 if let Some(expected) = expected {
                     if let Err(e) = output_matches(expected, &printed) {
                         sb.dump_journal();
-                        panic!("{GUIDE}:{line}: the output differs from the guide's: {e}");
+                        panic!("{guide}:{line}: the output differs from the guide's: {e}");
                     }
                     checked += 1;
                 }
@@ -408,9 +510,10 @@ fn the_guide_runs_as_written_under_systemd() {
     let t_blocks = t0.elapsed();
     drop(sb);
     eprintln!(
-        "\nnumbers: e2e_guide: {ran} blocks run, {checked} outputs checked; packages {:.1}s, container boot {:.1}s, blocks {:.1}s, total {:.1}s",
+        "\nnumbers: e2e_guide {guide}: {ran} blocks run, {checked} outputs checked; packages {:.1}s, container boot {:.1}s, wheels {:.1}s, blocks {:.1}s, total {:.1}s",
         t_build.as_secs_f64(),
         t_boot.as_secs_f64(),
+        t_wheels.as_secs_f64(),
         t_blocks.as_secs_f64(),
         t_all.elapsed().as_secs_f64()
     );
@@ -428,11 +531,11 @@ fn build_deb(root: &Path, dir: &Path, binary: &Path, version: Option<&str>) -> P
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// `tests/e2e/sandbox.sh ARGS` for the guide's container.
-fn sandbox_cmd(script: &Path, args: &[&str]) -> Command {
+/// `tests/e2e/sandbox.sh ARGS` for the guide's container, `name`.
+fn sandbox_cmd(script: &Path, name: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(script);
     cmd.args(args)
-        .env("E2E_NAME", E2E_NAME)
+        .env("E2E_NAME", name)
         .env("E2E_SYSTEMD", std::env::var("E2E_SYSTEMD").unwrap_or_else(|_| "254".into()));
     cmd
 }
@@ -445,14 +548,17 @@ fn text_of(o: &Output) -> String {
 /// The guide's container; powered off on drop.
 struct Container {
     script: PathBuf,
+    name: &'static str,
+    /// Lines run before every block (the wheelhouse for pip, where the guide needs one).
+    prelude: String,
 }
 
 impl Container {
-    fn up(script: &Path, deb_dir: &Path) -> Container {
+    fn up(script: &Path, name: &'static str, binds: &str) -> Container {
         // Created first, so that a failed `up` is torn down too (Drop).
-        let sb = Container { script: script.to_owned() };
-        let out = sandbox_cmd(script, &["up"])
-            .env("E2E_BIND", format!("{}:/mnt/deb", deb_dir.display()))
+        let sb = Container { script: script.to_owned(), name, prelude: String::new() };
+        let out = sandbox_cmd(script, name, &["up"])
+            .env("E2E_BIND", binds)
             .stderr(Stdio::inherit())
             .output()
             .expect("running tests/e2e/sandbox.sh up");
@@ -463,9 +569,12 @@ impl Container {
 
     /// Runs `script` with `bash -e -o pipefail` in the container, stderr merged into stdout.
     fn exec(&self, script: &str) -> Result<Output, String> {
-        let mut cmd =
-            sandbox_cmd(&self.script, &["exec", "bash", "-c", "exec 2>&1; set -e -o pipefail; eval \"$1\"", "_"]);
-        cmd.arg(script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut cmd = sandbox_cmd(
+            &self.script,
+            self.name,
+            &["exec", "bash", "-c", "exec 2>&1; set -e -o pipefail; eval \"$1\"", "_"],
+        );
+        cmd.arg(format!("{}{script}", self.prelude)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| format!("sandbox.sh exec: {e}"))?;
         common::output_within(child, BLOCK_DEADLINE)
             .map_err(|_| format!("the block did not finish within {BLOCK_DEADLINE:?}"))
@@ -480,6 +589,6 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = sandbox_cmd(&self.script, &["down"]).stdout(Stdio::null()).status();
+        let _ = sandbox_cmd(&self.script, self.name, &["down"]).stdout(Stdio::null()).status();
     }
 }

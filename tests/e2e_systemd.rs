@@ -10,10 +10,11 @@
 //! binds. Scenarios that do not apply to a systemd version (see [`Features`]) are skipped
 //! with the reason printed, never silently.
 //!
-//! Runs only with `HANDOVER_E2E=1` as root (it boots a container and needs the network
-//! once, to build the container's root fs); otherwise it prints why it skipped and passes.
+//! An ignored test (plain `cargo test` lists it as ignored), run by `tests/e2e/run.sh`
+//! (`-- --ignored`) as root: it boots a container and needs the network once, to build the
+//! container's root fs; without root it says in one line that it skipped.
 //! One command does everything: `tests/e2e/run.sh` (or
-//! `HANDOVER_E2E=1 cargo test --release --test e2e_systemd -- --nocapture`).
+//! `cargo test --release --test e2e_systemd -- --ignored --nocapture`).
 //!
 //! Every scenario is a function returning `Err(why)` on the first failed assertion; they run
 //! in order in one container (one boot), each first putting the app back into a known state,
@@ -37,6 +38,9 @@ const HTTP_PORT: u16 = 18471;
 const ADMIN_PORT: u16 = 18472;
 /// The plain example units' port (app.socket with a drop-in).
 const PLAIN_PORT: u16 = 18475;
+/// App b's port and the port of the app with a name that is no valid user name (scenario 17).
+const B_PORT: u16 = 18476;
+const ODD_PORT: u16 = 18477;
 /// The demo workers' simulated boot time; reload latency is measured against it.
 const BOOT: Duration = Duration::from_secs(1);
 const WORKERS: usize = 3;
@@ -59,19 +63,15 @@ macro_rules! ensure {
 }
 
 #[test]
+#[ignore = "boots systemd in a container as root: tests/e2e/run.sh (cargo test --test e2e_systemd -- --ignored)"]
 fn systemd_e2e() {
-    if std::env::var_os("HANDOVER_E2E").as_deref() != Some(std::ffi::OsStr::new("1")) {
-        eprintln!("e2e_systemd: skipped: set HANDOVER_E2E=1 (and run as root) to boot systemd in a container; see tests/e2e/run.sh");
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("e2e_systemd: skipped: HANDOVER_E2E=1 but not root; the container needs root (see tests/e2e/run.sh)");
+    if !common::require(common::is_root(), "booting systemd in a container needs root (see tests/e2e/run.sh)") {
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // A container left over by a crashed run is ours (same name) and may hold the ports.
     let _ = Command::new(root.join("tests/e2e/sandbox.sh")).arg("down").stdout(Stdio::null()).status();
-    for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT] {
+    for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT, B_PORT, ODD_PORT] {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             panic!("port 127.0.0.1:{port} is in use on this host ({e}); the e2e suite needs it free");
         }
@@ -96,7 +96,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 16] = [
+        let scenarios: [(&str, Scenario); 17] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -133,6 +133,10 @@ fn systemd_e2e() {
             (
                 "16 kill -STOP of the master past WatchdogSec=: SIGABRT, restarted, workers killed, sockets kept",
                 Box::new(s16_stopped_master_watchdog),
+            ),
+            (
+                "17 one user per app: b cannot kill -0 app's workers nor reach its control socket; root can; odd names, metrics group",
+                Box::new(s17_one_user_per_app),
             ),
         ];
         for (name, f) in scenarios {
@@ -909,6 +913,144 @@ fn s12_python_and_node(sb: &mut Sandbox) -> R<Vec<String>> {
     // Back to the demo workers, whatever happened.
     sb.write(CONFIG, &app_config(&[], None))?;
     sb.systemctl(&["reload", UNIT])?;
+    result
+}
+
+/// Issue 21: every instance of handover@.service used to run as the one user "handover".
+/// Now each app has a user of its own: handover@app as handover-app, handover@b as handover-b,
+/// and an app whose name is not a valid user name (dots) as the user handover-generator names
+/// for it (handover_ + 16 hex digits of the name's SHA-256). App b, with the Ansible role's
+/// metrics drop-in (SupplementaryGroups=handover-metrics, ReadWritePaths=), cannot `kill -0`
+/// app's master or workers nor connect to app's control socket, from inside its own unit's
+/// mount namespace, while it can do both to itself; root's `handover status -c` works for all
+/// three; b's metrics file is written, owned by b, group handover-metrics.
+fn s17_one_user_per_app(sb: &mut Sandbox) -> R<Vec<String>> {
+    sb.reset()?;
+    const ODD: &str = "shop.example.com";
+    let b_unit = "handover@b.service";
+    let odd_unit = format!("handover@{ODD}.service");
+    let demo = |name: &str, port: u16, extra: &str| {
+        format!(
+            "name = \"{name}\"\n\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\n\n\
+             [workers]\ncommand = [\"/usr/bin/handover\", \"demo-worker\"]\ncount = 2\ngraceful_timeout = \"5s\"\n{extra}"
+        )
+    };
+    // What the Ansible role sets up for a metrics textfile.
+    sb.sh("getent group handover-metrics >/dev/null || groupadd --system handover-metrics")?;
+    sb.sh("install -d -g handover-metrics -m 02775 /var/lib/e2e-metrics && rm -f /var/lib/e2e-metrics/b.prom")?;
+    sb.write(
+        "/etc/systemd/system/handover@b.service.d/metrics.conf",
+        "[Service]\nSupplementaryGroups=handover-metrics\nReadWritePaths=/var/lib/e2e-metrics\n",
+    )?;
+    sb.write("/etc/handover/b.toml", &demo("b", B_PORT, "\n[metrics]\ntextfile = \"/var/lib/e2e-metrics/b.prom\"\n"))?;
+    sb.write(&format!("/etc/handover/{ODD}.toml"), &demo(ODD, ODD_PORT, ""))?;
+    // The generator runs at daemon-reload and names the odd app's user.
+    sb.systemctl(&["daemon-reload"])?;
+    let result = (|| -> R<Vec<String>> {
+        sb.systemctl(&["start", b_unit, &odd_unit])?;
+        let main_of = |unit: &str| -> R<String> {
+            let pid = sb.prop(unit, "MainPID")?;
+            ensure!(pid != "0", "{unit} has no main process");
+            Ok(pid)
+        };
+        let ids = |pid: &str| -> R<(u32, u32, String)> {
+            let out = sb.sh(&format!("stat -c '%u %g' /proc/{pid}"))?;
+            let mut it = out.split_whitespace().map(|n| n.parse::<u32>().map_err(|e| format!("stat {out:?}: {e}")));
+            let (uid, gid) = (it.next().ok_or("no uid")??, it.next().ok_or("no gid")??);
+            Ok((uid, gid, sb.sh(&format!("getent passwd {uid} | cut -d: -f1"))?))
+        };
+        let (a_main, b_main, odd_main) = (main_of(UNIT)?, main_of(b_unit)?, main_of(&odd_unit)?);
+        let (a_uid, _, a_user) = ids(&a_main)?;
+        let (b_uid, b_gid, b_user) = ids(&b_main)?;
+        let (odd_uid, _, odd_user) = ids(&odd_main)?;
+        let hash = sb.sh(&format!("printf %s {ODD} | sha256sum | cut -c1-16"))?;
+        ensure!(a_user == "handover-app", "{UNIT} runs as {a_user:?}, expected handover-app");
+        ensure!(b_user == "handover-b", "{b_unit} runs as {b_user:?}, expected handover-b");
+        ensure!(odd_user == format!("handover_{hash}"), "{odd_unit} runs as {odd_user:?}, expected handover_{hash}");
+        let uids = BTreeSet::from([a_uid, b_uid, odd_uid]);
+        ensure!(
+            uids.len() == 3 && !uids.contains(&0),
+            "uids app {a_uid}, b {b_uid}, {ODD} {odd_uid}: not three non-root ones"
+        );
+        // The metrics group reaches b's processes.
+        let metrics_gid = sb.sh("getent group handover-metrics | cut -d: -f3")?;
+        let groups = sb.sh(&format!("grep '^Groups:' /proc/{b_main}/status"))?;
+        ensure!(
+            groups.split_whitespace().any(|g| g == metrics_gid),
+            "b's master is not in handover-metrics ({metrics_gid}): {groups}"
+        );
+        let a_workers = pids(&sb.status()?);
+        let b_status: Value =
+            serde_json::from_str(&sb.run(&["handover", "status", "--json", "-c", "/etc/handover/b.toml"])?)
+                .map_err(|e| format!("handover status --json of b: {e}"))?;
+        let b_workers = pids(&b_status);
+        ensure!(a_workers.len() == WORKERS && b_workers.len() == 2, "workers: app {a_workers:?}, b {b_workers:?}");
+        // As b: its uid, gid and groups, in its unit's mount namespace (ProtectSystem=, the
+        // private /tmp, ...), where its own code would run.
+        let as_b = |cmd: &str| {
+            sb.run_status(&[
+                "nsenter",
+                "-t",
+                &b_main,
+                "-m",
+                "setpriv",
+                &format!("--reuid={b_uid}"),
+                &format!("--regid={b_gid}"),
+                &format!("--groups={metrics_gid}"),
+                "sh",
+                "-c",
+                cmd,
+            ])
+        };
+        let mut refused = vec![];
+        for pid in std::iter::once(a_main.parse::<u32>().map_err(|e| format!("MainPID {a_main}: {e}"))?)
+            .chain(a_workers.iter().copied())
+        {
+            let out = as_b(&format!("kill -0 {pid}"))?;
+            ensure!(!out.status.success(), "app b could signal app's process {pid}: {}", text(&out));
+            ensure!(
+                text(&out).contains("not permitted"),
+                "kill -0 {pid} as b failed, but not with EPERM: {}",
+                text(&out)
+            );
+            refused.push(pid);
+        }
+        for pid in &b_workers {
+            let out = as_b(&format!("kill -0 {pid}"))?;
+            ensure!(
+                out.status.success(),
+                "app b cannot signal its own worker {pid} (the check proves nothing): {}",
+                text(&out)
+            );
+        }
+        let out = as_b("handover status --control /run/handover/app/control.sock")?;
+        ensure!(!out.status.success(), "app b got app's status through its control socket: {}", text(&out));
+        let a_refusal = text(&out);
+        let out = as_b("handover status --control /run/handover/b/control.sock")?;
+        ensure!(out.status.success(), "app b cannot reach its own control socket: {}", text(&out));
+        // Root reaches every app.
+        for config in ["/etc/handover/app.toml", "/etc/handover/b.toml", &format!("/etc/handover/{ODD}.toml")] {
+            sb.run(&["handover", "status", "-c", config])
+                .map_err(|e| format!("root's handover status -c {config}: {e}"))?;
+        }
+        // b's metrics, through the group and ReadWritePaths=.
+        let mut owner = String::new();
+        wait_for("b's metrics textfile", Duration::from_secs(10), || {
+            owner = sb.run(&["sh", "-c", "stat -c '%u %G' /var/lib/e2e-metrics/b.prom 2>/dev/null || true"])?;
+            Ok(!owner.is_empty())
+        })?;
+        ensure!(
+            owner == format!("{b_uid} handover-metrics"),
+            "b.prom is owned by {owner:?}, expected \"{b_uid} handover-metrics\""
+        );
+        Ok(vec![
+            format!("users: {UNIT} {a_user} ({a_uid}), {b_unit} {b_user} ({b_uid}), {odd_unit} {odd_user} ({odd_uid})"),
+            format!("as b (uid {b_uid}, in its mount namespace): kill -0 refused (EPERM) for app's pids {refused:?}, allowed for its own {b_workers:?}"),
+            format!("as b: app's control socket refused ({}), its own answers; root's handover status -c works for all three", a_refusal.lines().last().unwrap_or("").trim()),
+            format!("metrics group: b's master in handover-metrics ({metrics_gid}); b.prom written, owner {owner}"),
+        ])
+    })();
+    let _ = sb.run(&["systemctl", "stop", b_unit, &odd_unit]);
     result
 }
 

@@ -3,8 +3,10 @@
 //! - `systemd/handover-generator` restores the unit's own `ExecReload=` when the
 //!   notify-reload drop-in is installed on systemd < 253, and does nothing on 253+ or for
 //!   units of other programs;
-//! - the templates run unprivileged, with the cgroup delegated and without the hardening
-//!   that breaks JIT runtimes.
+//! - it gives every app with a config a valid, unique dynamic user name where the template's
+//!   `User=handover-%i` is not one;
+//! - the templates run unprivileged, one user per app, with the cgroup delegated and without
+//!   the hardening that breaks JIT runtimes.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,6 +52,7 @@ impl Tree {
             .arg(self.path("late"))
             .env("HANDOVER_GENERATOR_SYSTEMD_VERSION", version)
             .env("HANDOVER_GENERATOR_UNIT_PATH", unit_path)
+            .env("HANDOVER_GENERATOR_CONFIG_DIR", self.path("conf"))
             .status()
             .expect("running systemd/handover-generator");
         assert!(status.success(), "handover-generator exited {status}");
@@ -151,12 +154,67 @@ fn templates_run_unprivileged_with_a_delegated_cgroup() {
         ] {
             assert!(d.iter().any(|l| l == wanted), "{unit} lacks {wanted}");
         }
-        for key in ["User=", "Group=", "MemoryDenyWriteExecute=", "PrivateUsers=", "ProtectControlGroups="] {
+        // One user per app (a dynamic one, named after the app), never root.
+        let user = if unit.contains('@') { "User=handover-%i" } else { "User=handover-app" };
+        assert!(d.iter().any(|l| l == user), "{unit} lacks {user}");
+        assert_eq!(d.iter().filter(|l| l.starts_with("User=")).count(), 1, "{unit}: one User=");
+        for key in ["Group=", "MemoryDenyWriteExecute=", "PrivateUsers=", "ProtectControlGroups="] {
             assert!(
                 !d.iter().any(|l| l.starts_with(key)),
                 "{unit} sets {key}: root, JIT runtimes (Node), `handover status` as root or the delegated cgroup would break"
             );
         }
         assert!(d.iter().any(|l| l.starts_with("StateDirectory=handover/")), "{unit}: no StateDirectory=");
+    }
+}
+
+/// What systemd accepts as a dynamic user's name (measured on 252, 254, 257 and 262): at most
+/// 31 characters, a letter or `_` first, then letters, digits, `_`, `-`.
+fn valid_dynamic_user(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 31
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[test]
+fn generator_gives_every_app_a_valid_unique_user() {
+    let t = Tree::new();
+    let direct = ["app", "my-app", "a-b", "My_App2", "1st", "abcdefghijklmnopqrstuv"];
+    let hashed = ["shop.example.com", "a\\x2db", "x@y", "abcdefghijklmnopqrstuvw", "a.b"];
+    // Not unit instance names at all, or refused by systemd at load (":"): nothing to write.
+    let ignored = ["a:b", "a b", "caf\u{e9}"];
+    for name in direct.iter().chain(&hashed).chain(&ignored) {
+        t.put(&format!("conf/{name}.toml"), "");
+    }
+    t.put("conf/notes.txt", "");
+    for version in ["252", "257"] {
+        let files = t.generate(version);
+        let mut users = std::collections::BTreeSet::new();
+        for name in direct {
+            let user = format!("handover-{name}");
+            assert!(valid_dynamic_user(&user), "{user}");
+            assert!(users.insert(user));
+        }
+        let mut written = vec![];
+        for (file, content) in &files {
+            let app = file
+                .strip_prefix("handover@")
+                .and_then(|f| f.strip_suffix(".service.d/50-handover-user.conf"))
+                .unwrap_or_else(|| panic!("unexpected file {file}"));
+            let user = content
+                .lines()
+                .find_map(|l| l.strip_prefix("User="))
+                .unwrap_or_else(|| panic!("{file} sets no User=: {content}"));
+            assert!(content.contains("[Service]\n"), "{content}");
+            assert!(valid_dynamic_user(user), "{app}: {user} is not a valid dynamic user name");
+            assert!(user.starts_with("handover_") && user.len() == 25, "{app}: {user}");
+            assert!(users.insert(user.to_owned()), "{app}: {user} is not unique");
+            written.push(app.to_owned());
+        }
+        written.sort();
+        let mut expected: Vec<String> = hashed.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(written, expected, "systemd {version}");
     }
 }

@@ -48,7 +48,7 @@ for v in $versions; do
   # The test builds the .deb itself (packaging/build-deb.sh) from the binary cargo builds
   # for it, so what is tested is what is packaged.
   # shellcheck disable=SC2086
-  if E2E_SYSTEMD=$v HANDOVER_E2E=1 cargo test --release --locked ${CARGO_TEST_ARGS:-} --test e2e_systemd -- --nocapture; then
+  if E2E_SYSTEMD=$v cargo test --release --locked ${CARGO_TEST_ARGS:-} --test e2e_systemd -- --ignored --nocapture; then
     result=passed
   else
     result=FAILED; failed=$((failed + 1))
