@@ -349,7 +349,11 @@ fn control_path(t: &Target) -> Result<PathBuf, i32> {
     if let Some(p) = &t.control {
         return Ok(p.clone());
     }
-    match config::control_socket_of(&t.config.path(), &LoadEnv::from_process()) {
+    let path = t.config_path().map_err(|e| {
+        eprintln!("handover: {e}");
+        EXIT_USAGE
+    })?;
+    match config::control_socket_of(&path, &LoadEnv::from_process()) {
         Ok(view) => {
             // Clients read the file leniently (handover(1)): a file the daemon would refuse
             // still names its socket, and the operator hears about the error now.

@@ -1,6 +1,6 @@
 //! The command line (SPEC §1). `man/handover.1` documents the same surface; a test checks
 //! that every subcommand appears there.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -70,15 +70,98 @@ impl ConfigArg {
     }
 }
 
+/// Where the apps' config files are when a client command is given an app name
+/// (`handover status shop` reads `/etc/handover/shop.toml`); `$HANDOVER_CONFIG_DIR` names
+/// another directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/handover";
+
 /// How a client command finds the daemon.
 #[derive(Debug, Args)]
 pub struct Target {
+    /// The app: its config is CONFIG_DIR/APP.toml (/etc/handover, or $HANDOVER_CONFIG_DIR).
+    /// Without it, -c or --control: $HANDOVER_CONFIG, else /etc/handover/handover.toml,
+    /// else the one app configured in that directory.
+    #[arg(value_name = "APP", conflicts_with_all = ["config", "control"])]
+    pub app: Option<String>,
     #[command(flatten)]
     /// The config whose control socket to use.
     pub config: ConfigArg,
     /// Talk to this control socket instead of the config's.
     #[arg(long = "control", value_name = "SOCK", conflicts_with = "config")]
     pub control: Option<PathBuf>,
+}
+
+impl Target {
+    /// The config file a client command reads its control socket from (SPEC §1): `-c` (or
+    /// `$HANDOVER_CONFIG`); else the app's file in the config directory; else
+    /// `handover.toml` there; else the only `*.toml` there. An error says which files it
+    /// looked for and how to name the app.
+    pub fn config_path(&self) -> Result<PathBuf, String> {
+        let dir = std::env::var_os("HANDOVER_CONFIG_DIR")
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR), PathBuf::from);
+        config_path_in(&dir, self.app.as_deref(), self.config.config.as_deref())
+    }
+}
+
+/// [`Target::config_path`] with the config directory given.
+pub fn config_path_in(dir: &Path, app: Option<&str>, explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(app) = app {
+        let valid = !app.is_empty() && !app.starts_with('.') && !app.contains('/') && !app.contains('\0');
+        if !valid {
+            return Err(format!("{app:?} is not an app name (its config would be {}/APP.toml)", dir.display()));
+        }
+        let path = dir.join(format!("{app}.toml"));
+        if !path.exists() {
+            return Err(format!(
+                "no app {app:?}: {} does not exist{}",
+                path.display(),
+                listed(dir).map(|apps| format!(" (configured here: {apps})")).unwrap_or_default()
+            ));
+        }
+        return Ok(path);
+    }
+    let default = dir.join("handover.toml");
+    if default.exists() {
+        return Ok(default);
+    }
+    let apps = apps_in(dir);
+    match apps.as_slice() {
+        [one] => Ok(dir.join(format!("{one}.toml"))),
+        [] => Err(format!(
+            "no app is configured: neither {} nor any other *.toml in {} exists; name the config \
+             with -c FILE (or $HANDOVER_CONFIG)",
+            default.display(),
+            dir.display()
+        )),
+        several => Err(format!(
+            "{} apps are configured in {} ({}); name one: handover COMMAND APP, or -c FILE",
+            several.len(),
+            dir.display(),
+            several.join(", ")
+        )),
+    }
+}
+
+/// The app names with a `*.toml` in `dir`, sorted.
+fn apps_in(dir: &Path) -> Vec<String> {
+    let mut apps: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")).map(str::to_owned))
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .collect();
+    apps.sort();
+    apps
+}
+
+fn listed(dir: &Path) -> Option<String> {
+    let apps = apps_in(dir);
+    (!apps.is_empty()).then(|| apps.join(", "))
 }
 
 /// `handover reload`.
@@ -197,6 +280,31 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_app_name_picks_its_file_and_without_one_the_only_app() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let none = config_path_in(d, None, None).expect_err("nothing configured");
+        assert!(none.contains("handover.toml") && none.contains("-c FILE"), "{none}");
+        std::fs::write(d.join("shop.toml"), "").expect("write");
+        assert_eq!(config_path_in(d, None, None), Ok(d.join("shop.toml")), "the only app");
+        assert_eq!(config_path_in(d, Some("shop"), None), Ok(d.join("shop.toml")));
+        let missing = config_path_in(d, Some("blog"), None).expect_err("no such app");
+        assert!(missing.contains("blog.toml") && missing.contains("configured here: shop"), "{missing}");
+        for bad in ["", "../etc/x", ".hidden"] {
+            assert!(config_path_in(d, Some(bad), None).is_err(), "{bad:?} accepted");
+        }
+        std::fs::write(d.join("blog.toml"), "").expect("write");
+        let several = config_path_in(d, None, None).expect_err("two apps");
+        assert!(several.contains("blog, shop") && several.contains("name one"), "{several}");
+        std::fs::write(d.join("handover.toml"), "").expect("write");
+        assert_eq!(config_path_in(d, None, None), Ok(d.join("handover.toml")), "the default file wins");
+        assert_eq!(config_path_in(d, Some("blog"), Some(Path::new("/x.toml"))), Ok(PathBuf::from("/x.toml")));
+        let r = Cli::try_parse_from(["handover", "scale", "3", "shop"]).expect("scale N APP");
+        assert!(matches!(r.command, Command::Scale(ScaleArgs { count: 3, target: Target { app: Some(_), .. }, .. })));
+        assert!(Cli::try_parse_from(["handover", "status", "shop", "--control", "/x.sock"]).is_err());
     }
 
     #[test]

@@ -1033,6 +1033,10 @@ fn s17_one_user_per_app(sb: &mut Sandbox) -> R<Vec<String>> {
             sb.run(&["handover", "status", "-c", config])
                 .map_err(|e| format!("root's handover status -c {config}: {e}"))?;
         }
+        // And by the app's name, as the instance is named (SPEC §1).
+        for app in ["app", "b", ODD] {
+            sb.run(&["handover", "status", app]).map_err(|e| format!("root's handover status {app}: {e}"))?;
+        }
         // b's metrics, through the group and ReadWritePaths=.
         let mut owner = String::new();
         wait_for("b's metrics textfile", Duration::from_secs(10), || {
@@ -1046,7 +1050,7 @@ fn s17_one_user_per_app(sb: &mut Sandbox) -> R<Vec<String>> {
         Ok(vec![
             format!("users: {UNIT} {a_user} ({a_uid}), {b_unit} {b_user} ({b_uid}), {odd_unit} {odd_user} ({odd_uid})"),
             format!("as b (uid {b_uid}, in its mount namespace): kill -0 refused (EPERM) for app's pids {refused:?}, allowed for its own {b_workers:?}"),
-            format!("as b: app's control socket refused ({}), its own answers; root's handover status -c works for all three", a_refusal.lines().last().unwrap_or("").trim()),
+            format!("as b: app's control socket refused ({}), its own answers; root's handover status -c FILE and status APP work for all three", a_refusal.lines().last().unwrap_or("").trim()),
             format!("metrics group: b's master in handover-metrics ({metrics_gid}); b.prom written, owner {owner}"),
         ])
     })();
