@@ -663,3 +663,54 @@ fn clients_read_a_broken_config_leniently() {
     let (code, err, _) = client(&["check", "-c", b]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A control socket that closes its first `drops` connections without reading them (as an
+/// image replaced by `handover upgrade` does with a connection it had not read yet), then
+/// answers `reply` to the next request; returns how many connections it saw (within 5 s).
+fn closing_then_answering(path: &Path, drops: usize, reply: &'static str) -> std::thread::JoinHandle<usize> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(5));
+        while Instant::now() < deadline {
+            let Ok((conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            seen += 1;
+            if seen <= drops {
+                drop(conn);
+                continue;
+            }
+            conn.set_nonblocking(false).unwrap();
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_ok() && !line.is_empty() {
+                let _ = reader.get_mut().write_all(format!("{reply}\n").as_bytes());
+                return seen;
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_status_or_scale_whose_connection_closed_unanswered_is_sent_once_more_a_reload_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("scale.sock");
+    let server = closing_then_answering(&sock, 1, r#"{"ok":true,"message":"scaled to 2"}"#);
+    let mut cmd = Command::new(bin());
+    cmd.args(["scale", "2", "--timeout", "3s", "--control"]).arg(&sock);
+    let out = run_with_deadline(cmd, Duration::from_secs(20));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "scale after a connection closed unanswered: {said}");
+    assert_eq!(server.join().unwrap(), 2, "one connection closed, one answered");
+    // A reload is not repeated: the daemon may have taken it in.
+    let sock = dir.path().join("reload.sock");
+    let server = closing_then_answering(&sock, 1, r#"{"ok":true}"#);
+    let mut cmd = Command::new(bin());
+    cmd.args(["reload", "--timeout", "3s", "--control"]).arg(&sock);
+    let out = run_with_deadline(cmd, Duration::from_secs(20));
+    assert!(!out.status.success(), "a reload whose connection closed unanswered succeeded");
+    assert_eq!(server.join().unwrap(), 1, "the reload was sent again");
+}

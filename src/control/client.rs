@@ -86,6 +86,12 @@ pub fn call(
 
 /// [`call`] with explicit [`Limits`]. No wait is unbounded unless `limits.total` is None,
 /// and then only once the daemon has shown it answers.
+///
+/// A status or scale whose connection the daemon closed without a word is sent once more:
+/// `handover upgrade` replaces the daemon's process image, and a connection the old image
+/// had accepted but not yet read a request from ends with it (connections whose request it
+/// had read are handed over and answered by the new image). Both requests are safe to
+/// repeat (a scale names the count, not a change); a reload or an upgrade is not repeated.
 pub fn call_with(
     path: &Path,
     request: &Request,
@@ -94,13 +100,47 @@ pub fn call_with(
     mut on_progress: impl FnMut(Progress),
 ) -> Result<Option<Outcome>, ClientError> {
     let start = Instant::now();
+    let repeatable = matches!(request, Request::Status {} | Request::Scale { .. });
+    match attempt(path, request, limits, wait, &mut on_progress, start) {
+        Err(Unanswered(_)) if repeatable => {
+            attempt(path, request, limits, wait, &mut on_progress, start).map_err(Failed::into_error)
+        }
+        result => result.map_err(Failed::into_error),
+    }
+}
+
+/// How an attempt failed: before the daemon said anything about the request (it may be
+/// repeated), or after.
+enum Failed {
+    Unanswered(ClientError),
+    Answered(ClientError),
+}
+use Failed::{Answered, Unanswered};
+
+impl Failed {
+    fn into_error(self) -> ClientError {
+        match self {
+            Unanswered(e) | Answered(e) => e,
+        }
+    }
+}
+
+/// One connection's worth of [`call_with`]: deadlines count from `start`.
+fn attempt(
+    path: &Path,
+    request: &Request,
+    limits: Limits,
+    wait: bool,
+    on_progress: &mut impl FnMut(Progress),
+    start: Instant,
+) -> Result<Option<Outcome>, Failed> {
     // A deadline too far away to represent is no deadline (a `--timeout` of 10^19 s).
     let answer_by = start.checked_add(limits.answer);
     let total_by = limits.total.and_then(|t| start.checked_add(t));
     let unresponsive = || ClientError::Unresponsive { path: path.to_path_buf(), waited: limits.answer };
     let stream = connect_by(path, answer_by).map_err(|e| match e {
-        ConnectError::Failed(source) => ClientError::Unreachable { path: path.to_path_buf(), source },
-        ConnectError::TimedOut => unresponsive(),
+        ConnectError::Failed(source) => Answered(ClientError::Unreachable { path: path.to_path_buf(), source }),
+        ConnectError::TimedOut => Answered(unresponsive()),
     })?;
     let protocol = |why: String| ClientError::Protocol { path: path.to_path_buf(), why };
     let mut reader = BufReader::new(stream);
@@ -108,16 +148,18 @@ pub fn call_with(
         if let Err(write_error) = send(reader.get_mut(), &Request::Status {}) {
             return match read_refusal(reader.get_ref()) {
                 Some(outcome) => Ok(Some(outcome)),
-                None => Err(protocol(format!("write: {write_error}"))),
+                None => Err(Answered(protocol(format!("write: {write_error}")))),
             };
         }
         match read_reply(&mut reader, answer_by) {
             // Refused (too many clients, say): that is the answer to the request too.
             Ok(Some(Reply::Done(outcome))) if !outcome.ok => return Ok(Some(outcome)),
             Ok(Some(Reply::Done(_))) => {}
-            Ok(Some(Reply::Progress { .. })) => return Err(protocol("a progress line answered a status".into())),
-            Ok(None) => return Err(unresponsive()),
-            Err(why) => return Err(protocol(why)),
+            Ok(Some(Reply::Progress { .. })) => {
+                return Err(Answered(protocol("a progress line answered a status".into())))
+            }
+            Ok(None) => return Err(Answered(unresponsive())),
+            Err(why) => return Err(Answered(protocol(why))),
         }
     }
     if let Err(write_error) = send(reader.get_mut(), request) {
@@ -125,7 +167,7 @@ pub fn call_with(
         // reason is still in our receive buffer, and says more than "Broken pipe".
         return match read_refusal(reader.get_ref()) {
             Some(outcome) => Ok(Some(outcome)),
-            None => Err(protocol(format!("write: {write_error}"))),
+            None => Err(Unanswered(protocol(format!("write: {write_error}")))),
         };
     }
     if !wait {
@@ -143,9 +185,13 @@ pub fn call_with(
             Ok(Some(Reply::Progress { progress })) => on_progress(progress),
             Ok(Some(Reply::Done(outcome))) => return Ok(Some(outcome)),
             // The first word was due first: the daemon does not answer at all.
-            Ok(None) if !answered && total_by.is_none_or(|t| Some(t) > answer_by) => return Err(unresponsive()),
-            Ok(None) => return Err(ClientError::Timeout(limits.total.unwrap_or(limits.answer))),
-            Err(why) => return Err(protocol(why)),
+            Ok(None) if !answered && total_by.is_none_or(|t| Some(t) > answer_by) => {
+                return Err(Answered(unresponsive()))
+            }
+            Ok(None) => return Err(Answered(ClientError::Timeout(limits.total.unwrap_or(limits.answer)))),
+            // Closed without a word about the request (see `call_with`).
+            Err(why) if !answered => return Err(Unanswered(protocol(why))),
+            Err(why) => return Err(Answered(protocol(why))),
         }
         answered = true;
     }
