@@ -26,6 +26,22 @@
 //! worker; each worker leads its own process group. handover reaps its children itself
 //! (SIGCHLD → `waitpid`), and nothing else in the process spawns children.
 //!
+//! # Layers
+//! Every import points down this list or stays on its line, and none goes round in a circle:
+//! `tests/architecture.rs` reads this block and fails otherwise. Top first; the machine
+//! sits low because everything around it speaks its vocabulary, while it imports only plain
+//! data. Only the top line may start the demo wing; no product module imports it.
+//! ```text
+//! cli app                                         │ the doors: dispatch, daemon start, client commands
+//! demo loadgen measure                            │ the demo wing: built-in app, load generator, readings
+//! supervisor                                      │ the executor: one event loop carries out effects
+//! upgrade                                         │ `handover upgrade`: pre-flight, hand-off, exec
+//! metrics control                                 │ textfile counters; control socket server and client
+//! sockets worker cgroup systemd signals logging   │ the edges: listening sockets, workers, PID 1, journal
+//! supervisor::machine                             │ the sans-io state machine: Event → Effect, plain data
+//! config                                          │ the config model, read, validated and resolved
+//! ```
+//!
 //! # Modules
 //! - [`config`]: the TOML file → validated [`config::Config`], errors with file:line:col.
 //! - [`systemd`]: the protocol boundary with PID 1 (sd_listen_fds, sd_notify, fd store).
