@@ -10,19 +10,10 @@ use crate::cli::{Cli, Command, CompletionsArgs, ReloadArgs, ScaleArgs, StatusArg
 use crate::config::{self, LoadEnv};
 use crate::control::client::{self, ClientError, Limits, ANSWER_TIMEOUT};
 use crate::control::proto::{Outcome, Request, Status};
+use crate::machine::Level;
 use crate::sockets::{SocketError, Sockets};
-use crate::supervisor::machine::Level;
 use crate::systemd::Notifier;
-use crate::{logging, supervisor};
-
-/// Success.
-pub const EXIT_OK: i32 = 0;
-/// The operation failed (reload rolled back, the daemon said no, a socket could not be bound).
-pub const EXIT_FAILED: i32 = 1;
-/// Bad usage or bad config: retrying will not help.
-pub const EXIT_USAGE: i32 = 2;
-/// The daemon could not be reached.
-pub const EXIT_UNREACHABLE: i32 = 3;
+use crate::{logging, supervisor, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 
 /// Runs the parsed command line; returns the exit code.
 pub fn main(cli: Cli) -> i32 {
@@ -91,7 +82,7 @@ pub fn run_daemon(path: PathBuf) -> i32 {
     for s in sockets.status() {
         logging::event(Level::Info, "sockets", format!("socket {:?} on {} ({})", s.name, s.address, s.origin));
     }
-    let now = supervisor::unix_now();
+    let now = crate::unix::unix_now();
     let binary = argv.first().and_then(|a0| crate::upgrade::resolve_binary(a0, load_env.path.as_ref()));
     let identity = supervisor::Identity {
         binary,
@@ -137,8 +128,8 @@ fn take_over(taken: crate::upgrade::exec::Taken, argv: Vec<std::ffi::OsString>) 
             eprintln!("handover: taking over from the previous binary: {e}");
             // Never back to a binary that handed it back itself: that one refused already.
             if let (Some(exe), None) = (way_back, returned) {
-                eprintln!("handover {}: handing the daemon back to the previous binary", crate::upgrade::VERSION);
-                let why = format!("handover {} refused the hand-off after the exec: {e}", crate::upgrade::VERSION);
+                eprintln!("handover {}: handing the daemon back to the previous binary", crate::VERSION);
+                let why = format!("handover {} refused the hand-off after the exec: {e}", crate::VERSION);
                 let error = crate::upgrade::exec::hand_back(&exe, &argv, &bytes, &why);
                 eprintln!("handover: handing back to the previous binary failed: {error}");
             }
@@ -169,7 +160,7 @@ fn resume_daemon(mut h: crate::upgrade::HandOff, argv: Vec<std::ffi::OsString>) 
             binary: Some(h.binary.clone()),
             argv,
             started_unix: h.started_unix,
-            version_since_unix: h.version_since_unix.unwrap_or_else(supervisor::unix_now),
+            version_since_unix: h.version_since_unix.unwrap_or_else(crate::unix::unix_now),
             upgrades: h.upgrades.saturating_sub(1),
             upgraded_from: h.upgraded_from.clone(),
         },
@@ -177,7 +168,7 @@ fn resume_daemon(mut h: crate::upgrade::HandOff, argv: Vec<std::ffi::OsString>) 
             binary: Some(h.binary.clone()),
             argv,
             started_unix: h.started_unix,
-            version_since_unix: supervisor::unix_now(),
+            version_since_unix: crate::unix::unix_now(),
             upgrades: h.upgrades,
             upgraded_from: Some(h.from_version.clone()),
         },
@@ -221,92 +212,6 @@ fn serve(setup: supervisor::Setup) -> i32 {
 /// How long an exiting daemon waits for its queued log lines to be written: a reader that
 /// stopped reading must not keep a stopped service from exiting.
 const LOG_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The daemon's pid file (`pidfile =`), written so that nobody else's file is touched.
-///
-/// Its directory may be writable by others (`/tmp`, a shared run directory), so the pid is
-/// written to a new file next to it (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0644) that is then
-/// renamed over the path: rename(2) replaces whatever is at the path, a planted symlink
-/// included, without following it. At exit the file is removed only if it still holds our
-/// pid (opened with `O_NOFOLLOW`): a newer daemon's pid file stays.
-#[derive(Debug)]
-pub struct Pidfile {
-    path: PathBuf,
-    pid: u32,
-}
-
-impl Pidfile {
-    /// Writes `pid` to `path` as described on [`Pidfile`].
-    pub fn write(path: &Path, pid: u32) -> std::io::Result<Pidfile> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let name = path.file_name().ok_or_else(|| std::io::Error::other("the pidfile path has no file name"))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        // Names others can guess: O_EXCL refuses one they planted, and the next is tried.
-        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let mut last_error = None;
-        for attempt in 0..16u32 {
-            let mut tmp_name = std::ffi::OsString::from(".");
-            tmp_name.push(name);
-            tmp_name.push(format!(".{pid}.{nonce:x}.{attempt}.tmp"));
-            let tmp = dir.join(tmp_name);
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp);
-            let mut file = match file {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    last_error = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let written = file
-                // 0644 whatever the umask: tools that read pid files may run as other users.
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .and_then(|()| file.write_all(format!("{pid}\n").as_bytes()))
-                .and_then(|()| std::fs::rename(&tmp, path));
-            return match written {
-                Ok(()) => Ok(Pidfile { path: path.to_path_buf(), pid }),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    Err(e)
-                }
-            };
-        }
-        Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
-    }
-
-    /// Where the pid file is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Removes the file if it is still a regular file that holds our pid; true if removed.
-    pub fn remove(self) -> bool {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let ours = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&self.path)
-            .and_then(|f| {
-                if !f.metadata()?.is_file() {
-                    return Ok(false);
-                }
-                let mut text = String::new();
-                f.take(64).read_to_string(&mut text)?;
-                Ok(text.trim().parse::<u32>().ok() == Some(self.pid))
-            })
-            .unwrap_or(false);
-        ours && std::fs::remove_file(&self.path).is_ok()
-    }
-}
 
 /// `handover check`.
 pub fn check(path: PathBuf) -> i32 {
@@ -403,7 +308,7 @@ fn client_timeout(text: Option<&str>) -> Result<Option<Duration>, i32> {
             eprintln!(
                 "handover: --timeout: {text} is longer than the longest wait handover takes ({}); \
                  nothing was sent",
-                crate::supervisor::machine::human(MAX_CLIENT_TIMEOUT)
+                crate::text::human(MAX_CLIENT_TIMEOUT)
             );
             Err(EXIT_USAGE)
         }
@@ -539,12 +444,12 @@ pub fn render_status(s: &Status) -> String {
     use std::fmt::Write as _;
     // Worker text is cleaned where it is received; clean every string again here, so that
     // nothing in a reply can drive the terminal.
-    let clean = crate::worker::readiness::strip_control_chars;
+    let clean = crate::text::strip_control_chars;
     let mut out = String::new();
     let _ = writeln!(out, "{} (pid {}): {}: {}", clean(&s.name), s.pid, clean(&s.phase), clean(&s.summary));
     if !s.version.is_empty() {
-        let now = crate::supervisor::unix_now();
-        let ago = |t: f64| crate::supervisor::machine::human(Duration::from_secs_f64((now - t).max(0.0)));
+        let now = crate::unix::unix_now();
+        let ago = |t: f64| crate::text::human(Duration::from_secs_f64((now - t).max(0.0)));
         let mut line = format!("handover {} for {}", clean(&s.version), ago(s.version_since_unix));
         if let Some(from) = &s.upgraded_from {
             let _ = write!(line, " (upgraded in place from {})", clean(from));
@@ -653,63 +558,5 @@ pub fn completions(a: &CompletionsArgs) -> i32 {
             eprintln!("handover: completions: writing to standard output: {e}");
             EXIT_FAILED
         }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn pidfile_replaces_a_planted_symlink_and_leaves_its_target_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "precious\n").unwrap();
-        let path = dir.path().join("app.pid");
-        std::os::unix::fs::symlink(&victim, &path).unwrap();
-        let p = Pidfile::write(&path, 4242).unwrap();
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        assert!(meta.is_file(), "the symlink was replaced by a file");
-        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
-        // No temporary file is left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(p.remove());
-        assert!(!path.exists());
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
-    }
-
-    #[test]
-    fn pidfile_is_removed_only_while_it_holds_our_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app.pid");
-        let p = Pidfile::write(&path, 4242).unwrap();
-        std::fs::write(&path, "77\n").unwrap(); // a newer daemon's
-        assert!(!p.remove());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "77\n");
-        // A symlink planted at the path after we wrote it is not followed, nor removed.
-        let p = Pidfile::write(&path, 4242).unwrap();
-        let ours_elsewhere = dir.path().join("elsewhere");
-        std::fs::write(&ours_elsewhere, "4242\n").unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::os::unix::fs::symlink(&ours_elsewhere, &path).unwrap();
-        assert!(!p.remove());
-        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
-    }
-
-    #[test]
-    fn pidfile_errors_leave_nothing_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        // The path is a directory: the rename fails, the temporary file is removed.
-        let path = dir.path().join("app.pid");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::write(path.join("x"), "").unwrap();
-        assert!(Pidfile::write(&path, 1).is_err());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(Pidfile::write(&dir.path().join("missing/app.pid"), 1).is_err());
     }
 }

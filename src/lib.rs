@@ -15,7 +15,7 @@
 //!                 supervisor::run (one event loop, the executor)
 //!                   │        ▲ events: signals, SIGCHLD, worker notify, control, timer
 //!                   ▼        │
-//!             supervisor::machine::Machine  (sans-io state machine: Event → Effect)
+//!             machine::Machine  (sans-io state machine: Event → Effect)
 //!                   │ effects
 //!      ┌────────────┼──────────────┬───────────────┬──────────────┐
 //!   worker::spawn  signals to   systemd::notify   control replies  logging
@@ -38,8 +38,9 @@
 //! upgrade                                         │ `handover upgrade`: pre-flight, hand-off, exec
 //! metrics control                                 │ textfile counters; control socket server and client
 //! sockets worker cgroup systemd signals logging   │ the edges: listening sockets, workers, PID 1, journal
-//! supervisor::machine                             │ the sans-io state machine: Event → Effect, plain data
+//! machine                                         │ the sans-io state machine: Event → Effect, plain data
 //! config                                          │ the config model, read, validated and resolved
+//! pidfile text unix                               │ small helpers: atomic files, text, unix paths
 //! ```
 //!
 //! # Modules
@@ -61,6 +62,25 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+/// The version this binary reports (`--version`, `handover status`, the upgrade log):
+/// Cargo's package version, or `HANDOVER_BUILD_VERSION` set at compile time (a package
+/// build, or the tests' second binary).
+pub const VERSION: &str = match option_env!("HANDOVER_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// Exit codes (SPEC §1): 0 ok; 1 operation failed; 2 bad usage or bad config (permanent:
+/// the unit lists it in `RestartPreventExitStatus=`); 3 daemon unreachable.
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// The operation failed (reload rolled back, the daemon said no, a socket could not be bound).
+pub const EXIT_FAILED: i32 = 1;
+/// Bad usage or bad config: retrying will not help.
+pub const EXIT_USAGE: i32 = 2;
+/// The daemon could not be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
 pub mod app;
 pub mod cgroup;
 pub mod cli;
@@ -69,11 +89,15 @@ pub mod control;
 pub mod demo;
 pub mod loadgen;
 pub mod logging;
+pub mod machine;
 pub mod measure;
 pub mod metrics;
+pub mod pidfile;
 pub mod signals;
 pub mod sockets;
 pub mod supervisor;
 pub mod systemd;
+pub mod text;
+pub mod unix;
 pub mod upgrade;
 pub mod worker;

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use handover::config::{self, LoadEnv};
 use handover::control::proto::{Outcome, Reply, Request};
-use handover::supervisor::machine::snapshot::TimeBase;
-use handover::supervisor::machine::{Effect, Event, Machine, WorkerMessage};
-use handover::upgrade::{ConnectionRecord, HandOff, SocketRecord, SystemdRecord, Waits};
+use handover::machine::snapshot::TimeBase;
+use handover::machine::{Effect, Event, Machine, WorkerMessage};
+use handover::sockets::SocketRecord;
+use handover::upgrade::{ConnectionRecord, HandOff, SystemdRecord, Waits};
 
 const CONFIG: &str = r#"
 name = "shop"
@@ -186,7 +187,7 @@ fn status_and_reload_replies_are_unchanged() {
     for line in replies.iter().chain([&status]) {
         text += &serde_json::to_string(line).unwrap();
         text += "\n";
-        assert_eq!(&serde_json::from_str::<Reply>(&text.lines().last().unwrap_or_default()).unwrap(), line);
+        assert_eq!(&serde_json::from_str::<Reply>(text.lines().last().unwrap_or_default()).unwrap(), line);
     }
     golden("replies.jsonl", &text);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::master::{MasterCost, ScaleRun};
+use crate::master::{strategy, MasterCost, ScaleRun};
 use crate::realapps::RealApps;
 use crate::reload::{FailedReload, ReloadRun, WrkReload};
 use crate::stats::median;
@@ -433,14 +433,6 @@ fn rounded(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
 }
 
-fn strategy(s: &ScaleRun) -> String {
-    if s.strategy == "rolling" {
-        format!("rolling, max_surge {}", s.max_surge)
-    } else {
-        s.strategy.clone()
-    }
-}
-
 /// A number of milliseconds, compactly.
 fn fms(v: f64) -> String {
     if v >= 1000.0 {
@@ -549,22 +541,6 @@ pub fn master_line(m: &MasterCost) -> String {
         m.spawn.confirmed_rate,
         m.spawn.handover_rate,
         m.spawn.ratio
-    )
-}
-
-/// Scenario 6 line.
-pub fn scale_line(s: &ScaleRun) -> String {
-    format!(
-        "  {} workers {} [{}]: reload {:.2}s exit {}; sent {} failed {}; gap steady {:.1}ms -> reload {:.1}ms",
-        s.workers,
-        strategy(s),
-        s.clients,
-        s.reload_s,
-        s.exit,
-        s.counts.sent,
-        s.counts.failed,
-        s.steady.gap_ms,
-        s.during.gap_ms
     )
 }
 

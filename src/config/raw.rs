@@ -8,8 +8,8 @@
 //! 3. the raw values are validated and defaults applied: the raw fields keep their spans
 //!    (`toml::Spanned`), so every error points at the offending value.
 use super::{
-    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers,
-    MAX_LIFETIME, MAX_TIMEOUT,
+    units, Config, ConfigError, Credentials, Listen, ListenAddress, LoadEnv, Metrics, ReadyMode, Reload, Strategy,
+    Workers, MAX_LIFETIME, MAX_TIMEOUT,
 };
 use serde::{de, Deserialize};
 use std::collections::{BTreeMap, HashMap};
@@ -406,7 +406,7 @@ impl RawConfig {
             control_socket_path(src.file, &name, self.control_socket.as_ref().map(|s| s.get_ref().as_str()), env)
                 .and_then(|p| check_socket_path(&p).map(|()| p))
                 // The workers' notify socket is derived from it: refuse a collision here.
-                .and_then(|p| crate::worker::readiness::check_control_socket_path(&p).map(|()| p))
+                .and_then(|p| crate::unix::check_control_socket_path(&p).map(|()| p))
                 .map_err(|why| src.maybe_at(socket_span, "control_socket", why))?;
 
         let pidfile = match &self.pidfile {
@@ -745,7 +745,7 @@ fn resolve_credentials(
     group: Option<&Spanned<Scalar>>,
     src: &Source<'_>,
     env: &LoadEnv,
-) -> Result<Option<crate::worker::spawn::Credentials>, ConfigError> {
+) -> Result<Option<Credentials>, ConfigError> {
     use nix::unistd::{Gid, Group, Uid, User};
     if user.is_none() && group.is_none() {
         return Ok(None);
@@ -856,7 +856,7 @@ fn resolve_credentials(
             ),
         ));
     }
-    Ok(Some(crate::worker::spawn::Credentials { uid, gid, groups }))
+    Ok(Some(Credentials { uid, gid, groups }))
 }
 
 fn check_working_directory(wd: &str) -> Result<PathBuf, String> {

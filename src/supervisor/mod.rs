@@ -15,10 +15,7 @@
 //!
 //! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
 //! naming the functions that do each step.
-pub mod events;
-pub mod machine;
 pub mod memory;
-pub mod policy;
 pub mod rejects;
 mod spawning;
 mod upgrading;
@@ -46,7 +43,7 @@ use crate::upgrade;
 use crate::worker::readiness::{Datagram, NotifyServer, Rejected};
 use crate::worker::{self, Launcher, WorkerProcess};
 
-use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
+use crate::machine::{self, policy, Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
 use memory::MemorySource;
 use rejects::RejectTally;
 
@@ -112,20 +109,6 @@ pub struct Identity {
     pub upgraded_from: Option<String>,
 }
 
-/// Now, in seconds since the epoch (0 if the clock is before it).
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// One reading of [`Instant`] and `CLOCK_MONOTONIC` together (see [`machine::snapshot`]).
-pub fn time_base() -> machine::snapshot::TimeBase {
-    let instant = Instant::now();
-    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
-        .unwrap_or(0);
-    machine::snapshot::TimeBase { instant, monotonic_ns }
-}
-
 /// Errors that stop the daemon before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -154,9 +137,9 @@ pub enum RunError {
 }
 
 /// The path of the workers' NOTIFY_SOCKET, next to the control socket (see
-/// [`worker::readiness::notify_path_for`]).
+/// [`crate::unix::notify_path_for`]).
 pub fn worker_notify_path(control_socket: &Path) -> PathBuf {
-    worker::readiness::notify_path_for(control_socket)
+    crate::unix::notify_path_for(control_socket)
 }
 
 /// Runs the daemon until it has stopped; returns the process exit code.
@@ -198,7 +181,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let (commands_tx, commands) = mpsc::channel(16);
     let adopted = resume.as_mut().map(|h| adopted_connections(h, &identity, taken)).unwrap_or_default();
     tokio::spawn(control.serve_with(commands_tx, adopted));
-    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::app::Pidfile::write(p, std::process::id()) {
+    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::pidfile::Pidfile::write(p, std::process::id()) {
         Ok(f) => Some(f),
         Err(e) => {
             logging::event(Level::Warn, "pidfile", format!("cannot write pidfile {}: {e}", p.display()));
@@ -229,7 +212,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let (machine, effects) = match &mut resume {
         Some(h) => {
             let state = std::mem::replace(&mut h.machine, empty_state());
-            let machine = Machine::restore(state, &time_base(), Instant::now()).map_err(RunError::Resume)?;
+            let machine = Machine::restore(state, &upgrade::time_base(), Instant::now()).map_err(RunError::Resume)?;
             (machine, Vec::new())
         }
         None => Machine::start(config, Instant::now()),
@@ -325,7 +308,7 @@ fn adopted_connections(
                 // Our own hand-off, back: the upgrade failed (see `upgrade::exec`).
                 upgrade::Waits::Upgrade if h.returned.is_some() => {
                     let reason = h.returned.clone().unwrap_or_default();
-                    let why = format!("{reason}; it was handed back and handover {} goes on", upgrade::VERSION);
+                    let why = format!("{reason}; it was handed back and handover {} goes on", crate::VERSION);
                     crate::control::AdoptedStart::Reply(Box::new(Reply::Done(Outcome::error(why))))
                 }
                 upgrade::Waits::Upgrade => {
@@ -339,7 +322,7 @@ fn adopted_connections(
 
 fn upgraded_message(from: &str, identity: &Identity) -> String {
     let binary = identity.binary.as_deref().map_or_else(|| "?".into(), |b| b.display().to_string());
-    format!("upgraded in place: handover {from} -> {} ({binary}), pid {} kept", upgrade::VERSION, std::process::id())
+    format!("upgraded in place: handover {from} -> {} ({binary}), pid {} kept", crate::VERSION, std::process::id())
 }
 
 /// Where `handover upgrade` stands (the executor's side; the machine knows nothing of it).
@@ -771,7 +754,7 @@ impl Daemon {
                 };
                 status.sockets = self.sockets.status();
                 status.metrics_error = self.metrics.write_error();
-                status.version = upgrade::VERSION.to_string();
+                status.version = crate::VERSION.to_string();
                 status.version_since_unix = self.identity.version_since_unix;
                 status.started_unix = self.identity.started_unix;
                 status.upgrades = self.identity.upgrades;

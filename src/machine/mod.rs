@@ -1,7 +1,7 @@
 //! The supervisor as a sans-io state machine: [`Event`]s in, [`Effect`]s out.
 //!
 //! [`Machine::step`] does no I/O and never reads the clock: the executor
-//! ([`super::run`]) passes `now`, carries out the effects and feeds their results back as
+//! ([`crate::supervisor::run`]) passes `now`, carries out the effects and feeds their results back as
 //! events. After every event the machine *reconciles*: it recomputes what each generation
 //! wants against what runs and emits the spawns and signals that are missing, so handling
 //! an event twice is harmless.
@@ -37,16 +37,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, ReadyMode, Strategy};
-use crate::control::proto::{Outcome, Progress, Reply};
+use crate::text::human;
 
-use super::policy;
+pub use events::*;
+pub use replies::{Outcome, Progress, Reply};
+pub use status::{FailingSlotStatus, GenerationStatus, SocketStatus, Status, WorkerStatus};
 
-pub use super::events::*;
-
+pub mod events;
 mod index;
 #[cfg(any(debug_assertions, test))]
 mod invariants;
+pub mod policy;
 mod reconcile;
+mod replies;
 pub mod snapshot;
 mod status;
 
@@ -874,8 +877,8 @@ impl Machine {
             w.state = WorkerState::Stopping { kill_at: policy::deadline(now, grace) };
             w.since = now;
             match w.pid {
-                Some(pid) => fx.push(Effect::Signal { pid, signal: libc::SIGABRT }),
-                None => w.stop_signal_pending = Some(libc::SIGABRT),
+                Some(pid) => fx.push(Effect::Signal { pid, signal: crate::config::SIGABRT }),
+                None => w.stop_signal_pending = Some(crate::config::SIGABRT),
             }
         }
         match self.gen(generation).role {
@@ -1026,7 +1029,7 @@ impl Machine {
                 w.state = WorkerState::Killed;
                 fx.push(Effect::KillGroup { pid });
             }
-            None => w.stop_signal_pending = Some(libc::SIGKILL),
+            None => w.stop_signal_pending = Some(crate::config::SIGKILL),
         }
     }
 
@@ -1246,21 +1249,4 @@ fn log(
     pid: Option<Pid>,
 ) -> Effect {
     Effect::Log(LogRecord { level, event, message, generation, slot, pid })
-}
-
-/// A duration for humans: `250ms`, `2.5s`, `3m`.
-pub fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 120_000 {
-        let s = d.as_secs_f64();
-        if s.fract() == 0.0 {
-            format!("{}s", s as u64)
-        } else {
-            format!("{s:.1}s")
-        }
-    } else {
-        format!("{}m", d.as_secs() / 60)
-    }
 }
