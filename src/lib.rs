@@ -33,7 +33,7 @@
 //! data. Only the top line may start the demo wing; no product module imports it.
 //! ```text
 //! cli app                                         │ the doors: dispatch, daemon start, client commands
-//! demo loadgen measure                            │ the demo wing: built-in app, load generator, readings
+//! demo                                            │ the demo wing: built-in app, load generator, readings
 //! supervisor                                      │ the executor: one event loop carries out effects
 //! upgrade                                         │ `handover upgrade`: pre-flight, hand-off, exec
 //! metrics control                                 │ textfile counters; control socket server and client
@@ -48,7 +48,10 @@
 //! - [`systemd`]: the protocol boundary with PID 1 (sd_listen_fds, sd_notify, fd store).
 //! - [`sockets`]: which listening sockets workers get, and where they came from.
 //! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
-//! - [`supervisor`]: the state machine and its executor.
+//! - [`machine`]: the sans-io state machine (events in, effects out), its vocabulary
+//!   ([`machine::events`]), its timing rules ([`machine::policy`]), what it reports
+//!   (replies, status) and its snapshot for `handover upgrade`.
+//! - [`supervisor`]: the machine's executor, the one event loop.
 //! - [`cgroup`]: a cgroup per worker where handover's cgroup is delegated (else process
 //!   groups only).
 //! - [`control`]: the control socket protocol, server and client.
@@ -56,9 +59,11 @@
 //!   (node_exporter's textfile collector) once per turn of the event loop.
 //! - [`upgrade`]: `handover upgrade`, the binary replaced in place (pre-flight, hand-off, exec).
 //! - [`signals`], [`logging`], [`cli`], [`app`]: the edges.
-//! - [`demo`], [`loadgen`], [`measure`]: the built-in demo app, a bounded load generator and
-//!   the readings (wrk's report, a process tree's memory) used by the demo, the tests and the
-//!   benchmarks.
+//! - [`pidfile`], [`text`], [`unix`]: small helpers at the bottom (the pid file and the one
+//!   atomic file writer; durations and cleaned text; socket paths, cloexec, the wall clock).
+//! - [`demo`]: the demo wing: the built-in demo app, a bounded load generator
+//!   ([`demo::loadgen`]) and the readings ([`demo::measure`]: wrk's report, a process tree's
+//!   memory) used by the demo, the tests and the benchmarks. No product module imports it.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -71,8 +76,7 @@ pub const VERSION: &str = match option_env!("HANDOVER_BUILD_VERSION") {
 };
 
 /// Exit codes (SPEC §1): 0 ok; 1 operation failed; 2 bad usage or bad config (permanent:
-/// the unit lists it in `RestartPreventExitStatus=`); 3 daemon unreachable.
-/// Success.
+/// the unit lists it in `RestartPreventExitStatus=`); 3 daemon unreachable. Success:
 pub const EXIT_OK: i32 = 0;
 /// The operation failed (reload rolled back, the daemon said no, a socket could not be bound).
 pub const EXIT_FAILED: i32 = 1;
@@ -87,10 +91,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
-pub mod loadgen;
 pub mod logging;
 pub mod machine;
-pub mod measure;
 pub mod metrics;
 pub mod pidfile;
 pub mod signals;

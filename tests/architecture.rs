@@ -26,7 +26,7 @@ const MACHINE_MAY_USE: &[&str] = &["config", "text"];
 /// External crates the machine may name (std, core and alloc always).
 const MACHINE_MAY_USE_CRATES: &[&str] = &["serde"];
 /// The demo wing: test and benchmark tooling beside the product.
-const DEMO_WING: &[&str] = &["demo", "loadgen", "measure"];
+const DEMO_WING: &[&str] = &["demo"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

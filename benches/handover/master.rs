@@ -378,7 +378,7 @@ fn scale_reload_wrk(h: &Handover) -> Result<ScaleRun> {
     if w.code != 0 {
         bail!("wrk failed ({}): {}{}", w.code, w.stdout, w.stderr);
     }
-    let c = handover::measure::WrkReport::parse(&w.stdout);
+    let c = handover::demo::measure::WrkReport::parse(&w.stdout);
     if out.code != 0 {
         eprintln!("bench: reload of {MANY} (wrk) exited {}: {}\n{}", out.code, out.stderr, h.log_tail());
     }

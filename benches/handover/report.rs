@@ -1181,7 +1181,7 @@ reported ready.
 - **handover** runs `handover run` with the socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID` = its pid) and a \
 NOTIFY_SOCKET the benchmark reads, i.e. an emulated systemd; its 4 workers are `gunicorn --preload -w 1` each. The \
 reload is `handover reload`, which returns when the new generation serves.
-- **Load**: `handover::loadgen`, 4 blocking clients on loopback, either a new connection per request \
+- **Load**: `handover::demo::loadgen`, 4 blocking clients on loopback, either a new connection per request \
 (`Connection: close`) or keep-alive connections that retry a request once on a new connection only when the server \
 closed an idle one before answering (RFC 9112 §9.3.1); every other error counts as failed. The longest gap is the \
 longest interval without any completed request within a window (window edges count). The longest gap of a window \

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::client;
 use crate::control::proto::{Outcome, Request};
-use crate::loadgen::{self, LoadSpec, Target};
+use crate::demo::loadgen::{self, LoadSpec, Target};
 
 /// `handover demo`'s arguments.
 #[derive(Debug, clap::Args)]
