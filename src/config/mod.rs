@@ -6,10 +6,14 @@
 //! failed reload can point at the mistake. Loading has no side effects: a reload with an
 //! invalid file changes nothing that is running.
 
+mod checks;
+mod paths;
 #[cfg(test)]
 mod prop_tests;
 mod raw;
+mod source;
 mod units;
+mod users;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::MAX_CONFIG_BYTES;
+pub use checks::MAX_CONFIG_BYTES;
 pub use units::{format_duration, parse_duration, parse_signal, parse_size, SIGABRT, SIGKILL};
 
 /// The longest `workers.boot_timeout`, `workers.graceful_timeout`, `workers.watchdog` and
