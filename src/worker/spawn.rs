@@ -1,5 +1,8 @@
 //! The only process creation in handover.
 //!
+//! (About 800 lines on purpose: this is the one fenced area of fork/exec and its `unsafe`
+//! (style rule 8); what runs between clone and exec is reviewed in one file.)
+//!
 //! Everything the child needs is prepared before it is created: the argv and envp arrays,
 //! the sockets that would be overwritten duplicated above the target range, a `LISTEN_PID=`
 //! entry with room for the pid, the signal sets, the identity to switch to, and the child's
