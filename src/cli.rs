@@ -12,7 +12,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/handover/handover.toml";
 /// `systemctl reload` rolls a new generation of workers in and returns only once it serves,
 /// or rolls it back and fails; `systemctl restart` refuses no connection.
 #[derive(Debug, Parser)]
-#[command(name = "handover", version = crate::upgrade::VERSION, about, long_about = None, propagate_version = true)]
+#[command(name = "handover", version = crate::VERSION, about, long_about = None, propagate_version = true)]
 #[command(after_help = "Exit codes: 0 ok; 1 operation failed (reload rolled back, daemon said no); \
 2 bad usage or bad config; 3 daemon unreachable.\nSee handover(1) and handover.toml(5).")]
 pub struct Cli {
@@ -45,7 +45,7 @@ pub enum Command {
     HandoffCheck(HandoffCheckArgs),
     /// The quick start: serve a demo app on 127.0.0.1:8080 with 4 workers and reload it
     /// under load.
-    Demo(DemoArgs),
+    Demo(crate::demo::tour::DemoArgs),
     /// The built-in demo worker (spawned by `handover demo`; not for direct use).
     #[command(hide = true)]
     DemoWorker(crate::demo::worker::DemoWorkerArgs),
@@ -232,23 +232,6 @@ pub struct ScaleArgs {
     /// a daemon that resumes later may still carry the scale out. Default: 5s.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
-}
-
-/// `handover demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Where the demo app listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-    /// How many workers.
-    #[arg(long, default_value_t = 4)]
-    pub workers: usize,
-    /// Simulated import time of the demo app, in milliseconds.
-    #[arg(long, default_value_t = 1500)]
-    pub boot_ms: u64,
-    /// Run the scripted tour (load + reloads) and exit instead of serving until Ctrl-C.
-    #[arg(long)]
-    pub tour_only: bool,
 }
 
 /// `handover completions SHELL`.

@@ -17,8 +17,6 @@
 //! temporary one.
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,7 +25,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::logging;
-use crate::supervisor::machine::{Effect, Level, Machine, Phase, Pid};
+use crate::machine::{Effect, Level, Machine, Phase, Pid};
 
 /// The upper bounds (seconds) of the reload duration histogram's buckets: from a small app's
 /// sub-second reload to a rolling reload of thousands of workers with a health window.
@@ -611,41 +609,10 @@ fn float(v: f64) -> String {
     }
 }
 
-/// Replaces `path` with `text`: a temporary file beside it (created exclusively: a file or
-/// symlink already there is removed, never followed), mode 0644, then renamed over `path`.
+/// Replaces `path` with `text` ([`crate::pidfile::replace`], the temporary file named
+/// `.NAME.tmp`).
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let Some(file_name) = path.file_name() else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"));
-    };
-    let tmp = dir.join(format!(".{}.tmp", file_name.to_string_lossy()));
-    let open = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-    };
-    let mut file = match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Left by a write that died halfway, or planted: unlink removes a symlink itself.
-            std::fs::remove_file(&tmp)?;
-            open()?
-        }
-        other => other?,
-    };
-    let written = (|| {
-        // The umask may have taken bits away; the exporter's user must be able to read it.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.write_all(text.as_bytes())?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::pidfile::replace(path, text.as_bytes(), crate::pidfile::Temporary::Beside)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::Path;
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage};
 
 use crate::config::{Config, Listen, ListenAddress};
-use crate::control::proto::SocketStatus;
+use crate::machine::SocketStatus;
 use crate::systemd::{fdstore, NamedFd, Notifier};
 
 /// Where a socket came from.
@@ -136,10 +136,10 @@ impl Sockets {
     }
 
     /// The sockets as plain records for `handover upgrade` (the descriptors stay open).
-    pub fn handoff_records(&self) -> Vec<crate::upgrade::SocketRecord> {
+    pub fn handoff_records(&self) -> Vec<SocketRecord> {
         self.list
             .iter()
-            .map(|s| crate::upgrade::SocketRecord {
+            .map(|s| SocketRecord {
                 fd: s.fd.as_raw_fd(),
                 name: s.name.clone(),
                 origin: match s.origin {
@@ -156,11 +156,7 @@ impl Sockets {
 
     /// The registry the previous binary handed over at `handover upgrade`: each record's
     /// descriptor is taken over (close-on-exec set again) and must be a socket.
-    pub fn adopt(
-        records: Vec<crate::upgrade::SocketRecord>,
-        notifier: Notifier,
-        fdstore_enabled: bool,
-    ) -> io::Result<Sockets> {
+    pub fn adopt(records: Vec<SocketRecord>, notifier: Notifier, fdstore_enabled: bool) -> io::Result<Sockets> {
         use std::os::fd::FromRawFd;
         let mut list = Vec::with_capacity(records.len());
         for r in records {
@@ -174,7 +170,7 @@ impl Sockets {
             if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(io::Error::other(format!("socket {:?}: fd {} is not a socket", r.name, r.fd)));
             }
-            crate::worker::readiness::set_cloexec(&fd)?;
+            crate::unix::set_cloexec(&fd)?;
             let address = describe_local(fd.as_fd());
             list.push(ListenSocket {
                 name: r.name,
@@ -470,6 +466,25 @@ pub fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
             Err(_) => std::fs::remove_file(path),
         },
     }
+}
+
+/// One listening socket in a [`HandOff`](crate::upgrade::HandOff).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SocketRecord {
+    /// Its descriptor, open across the exec.
+    pub fd: std::os::fd::RawFd,
+    /// Its name.
+    pub name: String,
+    /// `systemd` or `bound`.
+    pub origin: String,
+    /// Claimed by a `[[listen]]` entry.
+    pub claimed: bool,
+    /// The `[[listen]]` address it was bound for.
+    pub bound_for: Option<crate::config::ListenAddress>,
+    /// handover may move it at a reload.
+    pub rebindable: bool,
+    /// In systemd's fd store.
+    pub stored: bool,
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! `E2E_SYSTEMD=252|254|257|sid`. Installs the .deb built by `packaging/build-deb.sh` from the
 //! binary cargo built for this test, and runs the scenarios below against the shipped unit
 //! templates (`handover@app.service` + `handover@app.socket`, unprivileged and hardened),
-//! with load from this process (`handover::loadgen`) against 127.0.0.1 ports the container
+//! with load from this process (`handover::demo::loadgen`) against 127.0.0.1 ports the container
 //! binds. Scenarios that do not apply to a systemd version (see [`Features`]) are skipped
 //! with the reason printed, never silently.
 //!
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use handover::loadgen::{self, LoadHandle, LoadReport, LoadSpec, Target};
+use handover::demo::loadgen::{self, LoadHandle, LoadReport, LoadSpec, Target};
 
 mod common;
 use serde_json::Value;
@@ -425,7 +425,7 @@ fn s4_restart(sb: &mut Sandbox) -> R<Vec<String>> {
     let reports = load.stop();
     let wrk = wrk.wait_with_output().map_err(|e| format!("wrk: {e}"))?;
     let wrk_out = String::from_utf8_lossy(&wrk.stdout).into_owned();
-    let counted = handover::measure::WrkReport::parse(&wrk_out);
+    let counted = handover::demo::measure::WrkReport::parse(&wrk_out);
     ensure!(
         wrk.status.success() && counted.requests > 0,
         "wrk failed: {wrk_out}{}",

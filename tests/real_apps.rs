@@ -311,7 +311,7 @@ impl Drop for Handover {
     }
 }
 
-use handover::measure::{process_tree, pss_kib, WrkReport as Wrk};
+use handover::demo::measure::{process_tree, pss_kib, WrkReport as Wrk};
 
 /// wrk with keep-alive (its only mode), never retrying; `connections` over one thread.
 fn spawn_wrk(addr: SocketAddr, connections: u32, seconds: u32) -> Child {
@@ -370,11 +370,11 @@ fn reload_rollback_and_stop(mut kind: Kind) {
     const WRK_SECONDS: u32 = 8;
     let wrk = spawn_wrk(h.addr, 8, WRK_SECONDS);
     let load = {
-        let mut spec = handover::loadgen::LoadSpec::new(handover::loadgen::Target::Tcp(h.addr));
+        let mut spec = handover::demo::loadgen::LoadSpec::new(handover::demo::loadgen::Target::Tcp(h.addr));
         spec.clients = 2;
         spec.keep_alive = true;
         spec.max_duration = Duration::from_secs(60);
-        handover::loadgen::start(spec).expect("start load")
+        handover::demo::loadgen::start(spec).expect("start load")
     };
     let t0 = load.started_at();
     std::thread::sleep(Duration::from_millis(1000)); // a window of steady load to compare with

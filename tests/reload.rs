@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// Steady-state load for `d`, then the longest gap in that window.
-fn steady_gap(load: &handover::loadgen::LoadHandle, d: Duration) -> Duration {
+fn steady_gap(load: &handover::demo::loadgen::LoadHandle, d: Duration) -> Duration {
     std::thread::sleep(d); // measuring a window of plain load, not synchronising
     let (_, ok, _) = load.snapshot();
     assert!(ok > 0, "load must be flowing");
     d
 }
 
-fn assert_no_failures(what: &str, report: &handover::loadgen::LoadReport, d: &Daemon) {
+fn assert_no_failures(what: &str, report: &handover::demo::loadgen::LoadReport, d: &Daemon) {
     assert_eq!(report.failed, 0, "{what}: failed requests: {:#?}\nlog:\n{}", report.failures, d.log());
     assert!(report.ok > 50, "{what}: too little load to prove anything: {}", report.summary());
 }

@@ -378,7 +378,7 @@ fn scale_reload_wrk(h: &Handover) -> Result<ScaleRun> {
     if w.code != 0 {
         bail!("wrk failed ({}): {}{}", w.code, w.stdout, w.stderr);
     }
-    let c = handover::measure::WrkReport::parse(&w.stdout);
+    let c = handover::demo::measure::WrkReport::parse(&w.stdout);
     if out.code != 0 {
         eprintln!("bench: reload of {MANY} (wrk) exited {}: {}\n{}", out.code, out.stderr, h.log_tail());
     }
@@ -460,7 +460,7 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
             setup.max_surge = surge;
             h.rewrite(&setup)?;
             let r = scale_reload(&h, strategy, surge, keep_alive)?;
-            eprintln!("{}", crate::report::scale_line(&r));
+            eprintln!("{}", scale_line(&r));
             runs.push(r);
             wait_workers(&h, MANY, Duration::from_secs(120))?;
         }
@@ -468,7 +468,7 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
         setup.max_surge = 1;
         h.rewrite(&setup)?;
         let r = scale_reload_wrk(&h)?;
-        eprintln!("{}", crate::report::scale_line(&r));
+        eprintln!("{}", scale_line(&r));
         runs.push(r);
         wait_workers(&h, MANY, Duration::from_secs(120))?;
     } else {
@@ -496,4 +496,29 @@ pub fn run(cost: bool, scale: bool) -> Result<(Option<MasterCost>, Vec<ScaleRun>
     };
     h.stop(Duration::from_secs(90))?;
     Ok((cost, runs))
+}
+
+/// Scenario 6 line.
+pub fn scale_line(s: &ScaleRun) -> String {
+    format!(
+        "  {} workers {} [{}]: reload {:.2}s exit {}; sent {} failed {}; gap steady {:.1}ms -> reload {:.1}ms",
+        s.workers,
+        strategy(s),
+        s.clients,
+        s.reload_s,
+        s.exit,
+        s.counts.sent,
+        s.counts.failed,
+        s.steady.gap_ms,
+        s.during.gap_ms
+    )
+}
+
+/// The strategy of a scale run, as the report writes it.
+pub fn strategy(s: &ScaleRun) -> String {
+    if s.strategy == "rolling" {
+        format!("rolling, max_surge {}", s.max_surge)
+    } else {
+        s.strategy.clone()
+    }
 }

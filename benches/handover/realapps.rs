@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use handover::measure::{process_tree, pss_kib};
+use handover::demo::measure::{process_tree, pss_kib};
 
 use crate::harness::{handover_bin, run_bounded, Proc};
 use crate::stats::median;
@@ -186,7 +186,7 @@ fn wrk_p50_ms(addr: SocketAddr) -> Result<f64> {
     let mut cmd = Command::new("wrk");
     cmd.args(WRK_ARGS).arg(format!("http://{addr}/"));
     let out = run_bounded("wrk", cmd, Duration::from_secs(30))?;
-    let counts = handover::measure::WrkReport::parse(&out.stdout);
+    let counts = handover::demo::measure::WrkReport::parse(&out.stdout);
     if out.code != 0 || counts.errors() > 0 {
         bail!("wrk failed or saw errors ({}): {}", out.code, out.stdout);
     }

@@ -324,11 +324,11 @@ pub fn failed_reload_gunicorn(py: &Python) -> Result<FailedReload> {
     let (running, addr) = start_server(Server::GunicornHup, &App::Gunicorn(py), &version_file, "5s")?;
     let Running::Gunicorn(mut g) = running else { bail!("not gunicorn") };
     // Short request timeout: once nobody serves, each client would wait that long per try.
-    let mut spec = handover::loadgen::LoadSpec::new(handover::loadgen::Target::Tcp(addr));
+    let mut spec = handover::demo::loadgen::LoadSpec::new(handover::demo::loadgen::Target::Tcp(addr));
     spec.clients = CLIENTS;
     spec.request_timeout = Duration::from_secs(3);
     spec.max_duration = Duration::from_secs(60);
-    let load = handover::loadgen::start(spec)?;
+    let load = handover::demo::loadgen::start(spec)?;
     let t0 = load.started_at();
     stats::wait_flowing(&load, Duration::from_secs(10))?;
     let flowing = t0.elapsed();
@@ -371,7 +371,7 @@ pub fn failed_reload_gunicorn(py: &Python) -> Result<FailedReload> {
     })
 }
 
-pub use handover::measure::WrkReport as WrkCounts;
+pub use handover::demo::measure::WrkReport as WrkCounts;
 
 /// Scenarios 1 and 2 again, counted by wrk instead of the load generator: wrk keeps
 /// connections alive and never retries a request (the load generator retries one that a

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::master::{MasterCost, ScaleRun};
+use crate::master::{strategy, MasterCost, ScaleRun};
 use crate::realapps::RealApps;
 use crate::reload::{FailedReload, ReloadRun, WrkReload};
 use crate::stats::median;
@@ -433,14 +433,6 @@ fn rounded(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
 }
 
-fn strategy(s: &ScaleRun) -> String {
-    if s.strategy == "rolling" {
-        format!("rolling, max_surge {}", s.max_surge)
-    } else {
-        s.strategy.clone()
-    }
-}
-
 /// A number of milliseconds, compactly.
 fn fms(v: f64) -> String {
     if v >= 1000.0 {
@@ -549,22 +541,6 @@ pub fn master_line(m: &MasterCost) -> String {
         m.spawn.confirmed_rate,
         m.spawn.handover_rate,
         m.spawn.ratio
-    )
-}
-
-/// Scenario 6 line.
-pub fn scale_line(s: &ScaleRun) -> String {
-    format!(
-        "  {} workers {} [{}]: reload {:.2}s exit {}; sent {} failed {}; gap steady {:.1}ms -> reload {:.1}ms",
-        s.workers,
-        strategy(s),
-        s.clients,
-        s.reload_s,
-        s.exit,
-        s.counts.sent,
-        s.counts.failed,
-        s.steady.gap_ms,
-        s.during.gap_ms
     )
 }
 
@@ -1205,7 +1181,7 @@ reported ready.
 - **handover** runs `handover run` with the socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID` = its pid) and a \
 NOTIFY_SOCKET the benchmark reads, i.e. an emulated systemd; its 4 workers are `gunicorn --preload -w 1` each. The \
 reload is `handover reload`, which returns when the new generation serves.
-- **Load**: `handover::loadgen`, 4 blocking clients on loopback, either a new connection per request \
+- **Load**: `handover::demo::loadgen`, 4 blocking clients on loopback, either a new connection per request \
 (`Connection: close`) or keep-alive connections that retry a request once on a new connection only when the server \
 closed an idle one before answering (RFC 9112 §9.3.1); every other error counts as failed. The longest gap is the \
 longest interval without any completed request within a window (window edges count). The longest gap of a window \

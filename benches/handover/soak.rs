@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use handover::loadgen::{self, LoadSpec, Target};
+use handover::demo::loadgen::{self, LoadSpec, Target};
 
 use crate::harness::{rss_kib, signal, Handover, WorkerSetup};
 

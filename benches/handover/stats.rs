@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use handover::loadgen::{LoadHandle, LoadReport, LoadSpec, Target};
+use handover::demo::loadgen::{LoadHandle, LoadReport, LoadSpec, Target};
 use serde::Serialize;
 
 /// Milliseconds, as a float.
@@ -127,7 +127,7 @@ pub fn load(addr: std::net::SocketAddr, clients: usize, keep_alive: bool, max: D
     spec.keep_alive = keep_alive;
     spec.request_timeout = Duration::from_secs(10);
     spec.max_duration = max;
-    Ok(handover::loadgen::start(spec)?)
+    Ok(handover::demo::loadgen::start(spec)?)
 }
 
 /// Waits until the load has completed at least one request (bounded).

@@ -6,10 +6,14 @@
 //! failed reload can point at the mistake. Loading has no side effects: a reload with an
 //! invalid file changes nothing that is running.
 
+mod checks;
+mod paths;
 #[cfg(test)]
 mod prop_tests;
 mod raw;
+mod source;
 mod units;
+mod users;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,8 +22,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::MAX_CONFIG_BYTES;
-pub use units::{format_duration, parse_duration, parse_signal, parse_size};
+pub use checks::MAX_CONFIG_BYTES;
+pub use units::{format_duration, parse_duration, parse_signal, parse_size, SIGABRT, SIGKILL};
 
 /// The longest `workers.boot_timeout`, `workers.graceful_timeout`, `workers.watchdog` and
 /// `ready = "delay:…"` accepted: a day. Longer is a typo (a unit off), and a bound keeps
@@ -123,7 +127,7 @@ pub struct Workers {
     pub memory_limit: Option<u64>,
     /// `user`/`group`, resolved at load time (the NSS lookups happen here, never after the
     /// clone): the identity a root master switches its workers to. `None`: handover's own.
-    pub credentials: Option<crate::worker::spawn::Credentials>,
+    pub credentials: Option<Credentials>,
 }
 
 /// When a spawned worker counts as ready (`workers.ready`).
@@ -212,6 +216,17 @@ impl LoadEnv {
             arg_max: usize::try_from(unsafe { libc::sysconf(libc::_SC_ARG_MAX) }).ok().filter(|n| *n > 0),
         }
     }
+}
+
+/// The user, group and supplementary groups a worker runs as, resolved before the spawn.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    /// The user id (setresuid).
+    pub uid: libc::uid_t,
+    /// The primary group id (setresgid).
+    pub gid: libc::gid_t,
+    /// The supplementary groups (setgroups), the primary one included.
+    pub groups: Vec<libc::gid_t>,
 }
 
 /// Reads and validates the config file at `path`.

@@ -1,4 +1,7 @@
-//! TOML → [`Config`]: serde structs that mirror the file, then validation.
+//! TOML → [`Config`]: serde structs that mirror the file, then validation and resolution
+//! (defaults applied, paths made absolute). Checks of single values are in `checks.rs`,
+//! path rules in `paths.rs`, users and groups in `users.rs`, error positions in `source.rs`;
+//! the model itself in `mod.rs`.
 //!
 //! Parsing happens in three steps, each with its own kind of error location:
 //! 1. the text is parsed into toml's spanned document tree (`DeTable`): syntax errors;
@@ -7,25 +10,20 @@
 //!    span up in the document tree;
 //! 3. the raw values are validated and defaults applied: the raw fields keep their spans
 //!    (`toml::Spanned`), so every error points at the offending value.
+use super::{checks::*, paths::*, source::*, users::*};
 use super::{
-    units, Config, ConfigError, Listen, ListenAddress, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers,
-    MAX_LIFETIME, MAX_TIMEOUT,
+    units, Config, ConfigError, Listen, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers, MAX_LIFETIME,
+    MAX_TIMEOUT,
 };
-use serde::{de, Deserialize};
+use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsStr;
-use std::fmt;
 use std::io::Read;
-use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 use toml::Spanned;
 
-/// The largest config file read (1 MiB): real ones are a few KiB; the cap bounds the time
-/// and memory a reload spends on a wrong path.
-pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// `workers.count` when the file does not say.
 const DEFAULT_COUNT: i64 = 1;
 /// Upper bound for `workers.count`: far above any sane pre-fork pool, low enough that a
@@ -48,17 +46,6 @@ const DEFAULT_MIN_HEALTHY_TIME_GUESSED: Duration = Duration::from_secs(5);
 /// Upper bound for `reload.min_healthy_time`: a reload holds two generations (twice the
 /// memory) and keeps `systemctl reload` waiting for this long.
 const MAX_MIN_HEALTHY_TIME: Duration = Duration::from_secs(3600);
-/// The search path when the environment has no `PATH`: systemd's default for services.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
-/// `sun_path` is 108 bytes, including the terminating NUL.
-const MAX_UNIX_PATH: usize = 107;
-/// systemd's limit for an FDNAME (`FDNAME_MAX`).
-const MAX_FDNAME: usize = 255;
-/// Variables handover sets for each worker; `workers.env` must not override them, or the
-/// worker would look for its sockets or its notify socket in the wrong place.
-const RESERVED_ENV: &[&str] =
-    &["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "HANDOVER_GENERATION", "HANDOVER_WORKER_SLOT"];
-
 /// The whole file (SPEC §2).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
@@ -137,69 +124,6 @@ struct RawReload {
     min_healthy_time: Option<Spanned<DurationText>>,
 }
 
-/// A duration as written: a string; checked later by [`units::parse_duration`].
-///
-/// Its own type so that a bare TOML number (`boot_timeout = 30`) gets a hint rather than
-/// serde's "invalid type: integer".
-struct DurationText(String);
-
-impl<'de> Deserialize<'de> for DurationText {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = DurationText;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"30s\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
-                Ok(DurationText(v.to_owned()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
-                Err(number_for_duration(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
-                Err(number_for_duration(v))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationText, E> {
-                Err(number_for_duration(v))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-fn number_for_duration<E: de::Error>(v: impl fmt::Display) -> E {
-    E::custom(format!("a duration is a string with a unit, e.g. \"30s\", not the number {v}"))
-}
-
-/// A value that may be written as a string or an integer (`max_memory`, `stop_signal`).
-enum Scalar {
-    Str(String),
-    Int(i64),
-}
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v.to_owned()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar::Int(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                i64::try_from(v).map(Scalar::Int).map_err(|_| E::custom("number too large"))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 /// Reads the config file; shared by `load` and `control_socket_of` so both report an
 /// unreadable file the same way.
 ///
@@ -232,39 +156,6 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
         let at = e.utf8_error().valid_up_to();
         fail(format!("cannot read: not UTF-8 (invalid byte at offset {at})"))
     })
-}
-
-/// A config file is a regular file of at most [`MAX_CONFIG_BYTES`].
-fn check_config_file(meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let kind = if t.is_file() {
-        None
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO (named pipe)")
-    } else if t.is_char_device() {
-        Some("a character device")
-    } else if t.is_block_device() {
-        Some("a block device")
-    } else if t.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a file")
-    };
-    if let Some(kind) = kind {
-        return Err(format!("cannot read: it is {kind}, not a regular file"));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(too_large(Some(meta.len())));
-    }
-    Ok(())
-}
-
-fn too_large(len: Option<u64>) -> String {
-    let size = len.map_or_else(|| "more than 1 MiB".to_string(), |n| format!("{n} bytes"));
-    format!("cannot read: the file is {size}; a config file can have at most {MAX_CONFIG_BYTES} bytes (1 MiB)")
 }
 
 /// Parses and validates `text`, the contents of `path`; see [`super::parse`].
@@ -342,57 +233,6 @@ fn scan_top_level_strings(text: &str) -> (Option<Spanned<String>>, Option<Spanne
     (name, socket)
 }
 
-/// The application name: `name` if the file sets it, else the file stem.
-fn name_or_stem(file: &Path, name: Option<&str>) -> String {
-    match name {
-        Some(n) => n.to_owned(),
-        None => file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-    }
-}
-
-/// Where the control socket is, for the daemon and the CLI alike (SPEC §2): `explicit`
-/// (relative to the file's directory), else `$RUNTIME_DIRECTORY/control.sock`, else
-/// `/run/handover/<name>/control.sock` as root, else
-/// `$XDG_RUNTIME_DIR/handover/<name>/control.sock`.
-fn control_socket_path(file: &Path, name: &str, explicit: Option<&str>, env: &LoadEnv) -> Result<PathBuf, String> {
-    if let Some(p) = explicit {
-        if p.is_empty() {
-            return Err("must not be empty".into());
-        }
-        return Ok(relative_to_file(file, p));
-    }
-    if let Some(dir) = &env.runtime_directory {
-        Ok(dir.join("control.sock"))
-    } else if env.is_root {
-        Ok(Path::new("/run/handover").join(name).join("control.sock"))
-    } else if let Some(dir) = &env.xdg_runtime_dir {
-        Ok(dir.join("handover").join(name).join("control.sock"))
-    } else {
-        Err("no default applies (not root, and neither $RUNTIME_DIRECTORY nor \
-             $XDG_RUNTIME_DIR is set); set control_socket"
-            .into())
-    }
-}
-
-/// The directory relative paths in the file are resolved against. Made absolute so that
-/// the daemon and the CLI agree, and so a later chdir cannot change its meaning.
-fn base_dir(file: &Path) -> PathBuf {
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
-}
-
-fn relative_to_file(file: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base_dir(file).join(p)
-    }
-}
-
 impl RawConfig {
     fn validate(self, src: &Source<'_>, env: &LoadEnv) -> Result<Config, ConfigError> {
         let name = name_or_stem(src.file, self.name.as_ref().map(|n| n.get_ref().as_str()));
@@ -406,7 +246,7 @@ impl RawConfig {
             control_socket_path(src.file, &name, self.control_socket.as_ref().map(|s| s.get_ref().as_str()), env)
                 .and_then(|p| check_socket_path(&p).map(|()| p))
                 // The workers' notify socket is derived from it: refuse a collision here.
-                .and_then(|p| crate::worker::readiness::check_control_socket_path(&p).map(|()| p))
+                .and_then(|p| crate::unix::check_control_socket_path(&p).map(|()| p))
                 .map_err(|why| src.maybe_at(socket_span, "control_socket", why))?;
 
         let pidfile = match &self.pidfile {
@@ -459,90 +299,6 @@ impl RawMetrics {
     }
 }
 
-/// `metrics.textfile`: a file (relative to the config file's directory) whose name ends in
-/// `.prom` (node_exporter's textfile collector reads no other), in a directory that exists.
-fn check_textfile(file: &Path, text: &str) -> Result<PathBuf, String> {
-    if text.is_empty() {
-        return Err("must not be empty".into());
-    }
-    no_nul(text)?;
-    if text.ends_with('/') {
-        return Err(format!("\"{text}\" is a directory; name the file, e.g. \"{text}app.prom\""));
-    }
-    let path = relative_to_file(file, text);
-    if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
-        return Err(format!("{} is a directory; name a file in it", path.display()));
-    }
-    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
-        return Err(format!("\"{text}\" does not name a file"));
-    };
-    if !file_name.ends_with(".prom") || file_name == ".prom" || file_name.starts_with('.') {
-        return Err(format!(
-            "{} must be named NAME.prom (node_exporter's textfile collector reads only *.prom files, \
-             and handover writes its temporary file as .NAME.prom.tmp beside it)",
-            path.display()
-        ));
-    }
-    // Whether its directory exists and is writable is not checked: that is the state of
-    // the machine, not of the file, and the metrics are optional. A daemon whose metrics
-    // directory went away must still start and reload; it reports the failed writes
-    // (status, journal) instead. `handover check` warns.
-    Ok(path)
-}
-
-/// The longest string execve(2) takes as one argument or one environment variable,
-/// including its terminating NUL: MAX_ARG_STRLEN, 32 pages of 4 KiB on Linux.
-const MAX_ARG_STRLEN: usize = 32 * 4096;
-
-/// A string of `len` bytes (without its NUL) fits in one execve(2) argument.
-fn within_arg_limit(len: usize, what: &str) -> Result<(), String> {
-    if len < MAX_ARG_STRLEN {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} is {} bytes with its terminating NUL; the kernel takes at most {MAX_ARG_STRLEN} \
-         (MAX_ARG_STRLEN) per argument or variable, so every spawn would fail with E2BIG \
-         (pass large data in a file instead)",
-        len + 1
-    ))
-}
-
-/// The name goes into paths (`/run/handover/<name>/`), logs and `STATUS=`.
-fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err(format!("cannot be \"{name}\" (it is used in paths)"));
-    }
-    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))) {
-        Some(c) => Err(format!("{c:?} is not allowed; use letters, digits and . _ @ - (it is used in paths)")),
-        None => Ok(()),
-    }
-}
-
-fn check_socket_path(p: &Path) -> Result<(), String> {
-    let len = p.as_os_str().len();
-    if len > MAX_UNIX_PATH {
-        return Err(format!(
-            "{} is {len} bytes long; a unix socket path can have at most {MAX_UNIX_PATH}",
-            p.display()
-        ));
-    }
-    if p.as_os_str().as_encoded_bytes().contains(&0) {
-        return Err("must not contain a NUL byte".into());
-    }
-    Ok(())
-}
-
-fn no_nul(s: &str) -> Result<(), String> {
-    if s.contains('\0') {
-        Err("must not contain a NUL byte".into())
-    } else {
-        Ok(())
-    }
-}
-
 impl RawListen {
     fn validate(&self, src: &Source<'_>, i: usize) -> Result<Listen, ConfigError> {
         let name = self.name.get_ref();
@@ -558,45 +314,6 @@ impl RawListen {
             nodelay: self.nodelay.as_ref().is_none_or(|v| *v.get_ref()),
         })
     }
-}
-
-/// A systemd FDNAME: it travels in `LISTEN_FDNAMES` (colon-separated) and `FDNAME=`.
-fn check_fdname(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > MAX_FDNAME {
-        return Err(format!("is {} bytes long; at most {MAX_FDNAME} (it is a systemd FDNAME)", name.len()));
-    }
-    for c in name.chars() {
-        if !c.is_ascii() {
-            return Err("must be ASCII (it is a systemd FDNAME)".into());
-        }
-        if c == ':' {
-            return Err("must not contain ':' (it separates names in LISTEN_FDNAMES)".into());
-        }
-        if c.is_ascii_control() {
-            return Err("must not contain control characters".into());
-        }
-    }
-    Ok(())
-}
-
-fn parse_address(s: &str) -> Result<ListenAddress, String> {
-    if let Some(p) = s.strip_prefix("unix:") {
-        if !p.starts_with('/') {
-            return Err(format!("the unix socket path must be absolute, e.g. \"unix:/run/app/app.sock\", not \"{s}\""));
-        }
-        let path = PathBuf::from(p);
-        check_socket_path(&path)?;
-        return Ok(ListenAddress::Unix(path));
-    }
-    s.parse().map(ListenAddress::Tcp).map_err(|_| {
-        format!(
-            "cannot parse \"{s}\"; expected IP:PORT (\"127.0.0.1:8000\", \"[::]:8000\") or \
-             \"unix:/absolute/path\""
-        )
-    })
 }
 
 impl RawWorkers {
@@ -736,242 +453,6 @@ impl RawWorkers {
     }
 }
 
-/// `workers.user` and `workers.group` (names or numeric ids) resolved to the uid, gid and
-/// supplementary groups the workers get: the user's own groups (getgrouplist) with `group`
-/// or else the user's primary group as the gid. A master that is not root may only name
-/// itself (then nothing is switched).
-fn resolve_credentials(
-    user: Option<&Spanned<Scalar>>,
-    group: Option<&Spanned<Scalar>>,
-    src: &Source<'_>,
-    env: &LoadEnv,
-) -> Result<Option<crate::worker::spawn::Credentials>, ConfigError> {
-    use nix::unistd::{Gid, Group, Uid, User};
-    if user.is_none() && group.is_none() {
-        return Ok(None);
-    }
-    let text = |s: &Scalar| match s {
-        Scalar::Str(s) => s.clone(),
-        Scalar::Int(n) => n.to_string(),
-    };
-    let numeric = |s: &Scalar| -> Option<u32> {
-        match s {
-            Scalar::Int(n) => u32::try_from(*n).ok(),
-            Scalar::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
-            Scalar::Str(_) => None,
-        }
-    };
-    let user_entry = match user {
-        None => None,
-        Some(u) => {
-            let name = text(u.get_ref());
-            let found = match numeric(u.get_ref()) {
-                Some(id) => User::from_uid(Uid::from_raw(id)),
-                None if name.is_empty() || name.contains('\0') => {
-                    return Err(src.at(u.span(), "workers.user", "must be a user name or a numeric uid"))
-                }
-                None => User::from_name(&name),
-            };
-            match (found, numeric(u.get_ref())) {
-                (Ok(Some(entry)), _) => Some((entry.uid.as_raw(), Some(entry))),
-                // A numeric uid without a passwd entry is allowed (as systemd's User= does),
-                // but then the group must be given.
-                (Ok(None), Some(id)) => Some((id, None)),
-                (Ok(None), None) => {
-                    return Err(src.at(u.span(), "workers.user", format!("no such user: {name:?}")));
-                }
-                (Err(e), _) => {
-                    return Err(src.at(u.span(), "workers.user", format!("looking up {name:?}: {e}")));
-                }
-            }
-        }
-    };
-    let gid = match group {
-        Some(g) => {
-            let name = text(g.get_ref());
-            let found = match numeric(g.get_ref()) {
-                Some(id) => Group::from_gid(Gid::from_raw(id)).map(|e| e.map(|e| e.gid.as_raw()).or(Some(id))),
-                None if name.is_empty() || name.contains('\0') => {
-                    return Err(src.at(g.span(), "workers.group", "must be a group name or a numeric gid"))
-                }
-                None => Group::from_name(&name).map(|e| e.map(|e| e.gid.as_raw())),
-            };
-            match found {
-                Ok(Some(gid)) => gid,
-                Ok(None) => return Err(src.at(g.span(), "workers.group", format!("no such group: {name:?}"))),
-                Err(e) => return Err(src.at(g.span(), "workers.group", format!("looking up {name:?}: {e}"))),
-            }
-        }
-        None => match &user_entry {
-            Some((_, Some(entry))) => entry.gid.as_raw(),
-            Some((uid, None)) => {
-                let span = user.map(|u| u.span());
-                return Err(src.maybe_at(
-                    span,
-                    "workers.user",
-                    format!("uid {uid} has no passwd entry, so no primary group: set workers.group too"),
-                ));
-            }
-            None => env.ids.1,
-        },
-    };
-    let uid = user_entry.as_ref().map_or(env.ids.0, |(uid, _)| *uid);
-    // The supplementary groups: the user's (from the group database), with the gid; a user
-    // without a passwd entry, or only `group` given, gets the gid alone.
-    let groups = match user_entry.as_ref().and_then(|(_, e)| e.as_ref()) {
-        Some(entry) => {
-            let name = std::ffi::CString::new(entry.name.as_bytes()).map_err(|_| {
-                src.maybe_at(user.map(|u| u.span()), "workers.user", "the user name has a NUL byte".into())
-            })?;
-            let mut list: Vec<u32> = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
-                .map_err(|e| {
-                    src.maybe_at(user.map(|u| u.span()), "workers.user", format!("reading the user's groups: {e}"))
-                })?
-                .into_iter()
-                .map(|g| g.as_raw())
-                .collect();
-            list.sort_unstable();
-            list.dedup();
-            list
-        }
-        None => vec![gid],
-    };
-    if !env.is_root {
-        if (uid, gid) == env.ids {
-            return Ok(None); // ourselves: nothing to switch
-        }
-        let (key, span) = match (user, group) {
-            (Some(u), _) if uid != env.ids.0 => ("workers.user", u.span()),
-            (_, Some(g)) => ("workers.group", g.span()),
-            (Some(u), None) => ("workers.user", u.span()),
-            (None, None) => return Ok(None),
-        };
-        return Err(src.at(
-            span,
-            key,
-            format!(
-                "handover runs as uid {} gid {}, not root: it cannot start workers as uid {uid} gid {gid}; \
-                 run it as that user instead, or as root",
-                env.ids.0, env.ids.1
-            ),
-        ));
-    }
-    Ok(Some(crate::worker::spawn::Credentials { uid, gid, groups }))
-}
-
-fn check_working_directory(wd: &str) -> Result<PathBuf, String> {
-    no_nul(wd)?;
-    let p = Path::new(wd);
-    if !p.is_absolute() {
-        return Err(format!("must be an absolute path, not \"{wd}\""));
-    }
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => Ok(p.to_path_buf()),
-        Ok(_) => Err(format!("{wd} is not a directory")),
-        Err(e) => Err(format!("{wd}: {e}")),
-    }
-}
-
-/// Resolves `command[0]` now, so that a typo fails `handover check` and the reload instead
-/// of every worker after fork. The path is not canonicalized: a venv's `bin/python` is a
-/// symlink that must be run by its own name to find the venv.
-fn resolve_program(
-    prog: &str,
-    working_directory: Option<&Path>,
-    base_dir: &Path,
-    path_var: Option<&OsStr>,
-) -> Result<PathBuf, String> {
-    if prog.is_empty() {
-        return Err("the program name (command[0]) is empty".into());
-    }
-    if prog.contains('/') {
-        let p = Path::new(prog);
-        let full = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            // Relative to where the worker starts, as the shell would see it there.
-            working_directory.unwrap_or(base_dir).join(p)
-        };
-        return match std::fs::metadata(&full) {
-            Err(e) => Err(format!("program \"{prog}\" ({}): {e}", full.display())),
-            Ok(m) if !m.is_file() => Err(format!("program \"{prog}\" ({}) is not a regular file", full.display())),
-            Ok(_) if !is_executable(&full) => Err(format!("program \"{prog}\" ({}) is not executable", full.display())),
-            Ok(_) => Ok(full),
-        };
-    }
-
-    let search = path_var.unwrap_or(OsStr::new(DEFAULT_PATH));
-    let mut not_executable = None;
-    for dir in std::env::split_paths(search) {
-        // An empty or relative PATH entry would make the result depend on the current
-        // directory of whoever loads the file; execvp would accept it, we do not.
-        if !dir.is_absolute() {
-            continue;
-        }
-        let candidate = dir.join(prog);
-        match std::fs::metadata(&candidate) {
-            Ok(m) if m.is_file() => {
-                if is_executable(&candidate) {
-                    return Ok(candidate);
-                }
-                not_executable.get_or_insert(candidate);
-            }
-            _ => {}
-        }
-    }
-    match not_executable {
-        Some(p) => Err(format!("program \"{prog}\" found at {} but it is not executable", p.display())),
-        None => Err(format!("program \"{prog}\" not found in PATH ({})", search.to_string_lossy())),
-    }
-}
-
-/// access(2) rather than mode bits: it answers for our uid (and for root, "any x bit").
-fn is_executable(p: &Path) -> bool {
-    nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
-}
-
-fn check_env_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("the variable name must not be empty".into());
-    }
-    if name.contains('=') {
-        return Err("the variable name must not contain '='".into());
-    }
-    no_nul(name)?;
-    if RESERVED_ENV.contains(&name) {
-        return Err(format!("{name} is set by handover for each worker and cannot be overridden"));
-    }
-    Ok(())
-}
-
-fn parse_ready(s: &str) -> Result<ReadyMode, String> {
-    match s {
-        "notify" => Ok(ReadyMode::Notify),
-        "spawn" => Ok(ReadyMode::Spawn),
-        _ => match s.strip_prefix("delay:") {
-            Some(d) => units::parse_duration(d)
-                .and_then(|d| at_most(d, MAX_TIMEOUT))
-                .map(ReadyMode::Delay)
-                .map_err(|why| format!("in \"{s}\": {why}")),
-            None => {
-                Err(format!("expected \"notify\", \"spawn\" or \"delay:<duration>\" (e.g. \"delay:2s\"), not \"{s}\""))
-            }
-        },
-    }
-}
-
-fn parse_stop_signal(v: &Scalar) -> Result<i32, String> {
-    let sig = match v {
-        Scalar::Str(s) => units::parse_signal(s)?,
-        Scalar::Int(n) => units::parse_signal(&n.to_string())?,
-    };
-    if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-        let name = if sig == libc::SIGKILL { "SIGKILL" } else { "SIGSTOP" };
-        return Err(format!("{name} cannot be caught, so no worker could drain on it; use e.g. SIGTERM"));
-    }
-    Ok(sig)
-}
-
 impl RawReload {
     fn validate(&self, src: &Source<'_>, workers: &Workers) -> Result<Reload, ConfigError> {
         let strategy = match &self.strategy {
@@ -1002,243 +483,14 @@ impl RawReload {
     }
 }
 
-/// The file being parsed: turns byte spans into [`ConfigError`]s.
-struct Source<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Source<'_> {
-    /// An error at the value or key at byte range `span`.
-    fn at(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        let (line, col) = line_col(self.text, span.start);
-        ConfigError { file: self.file.to_path_buf(), line, col, key: key.into(), message: message.into() }
-    }
-
-    /// An error with no place in the text (a default that does not work, say).
-    fn whole(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: self.file.to_path_buf(), line: 0, col: 0, key: key.into(), message: message.into() }
-    }
-
-    fn maybe_at(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
-        match span {
-            Some(s) => self.at(s, key, message),
-            None => self.whole(key, message),
-        }
-    }
-
-    fn syntax(&self, e: &toml::de::Error) -> ConfigError {
-        // toml gives no place for a few errors (a dotted key past its recursion limit):
-        // they point at the start of the file rather than at no line at all.
-        self.at(e.span().unwrap_or(0..0), "(syntax)", e.message())
-    }
-
-    /// Turns a serde error into a `ConfigError`, finding the key from toml's span.
-    fn deserialize(&self, e: &toml::de::Error) -> ConfigError {
-        let span = e.span().unwrap_or(0..0);
-        // The text parsed a moment ago; if it somehow does not now, the error still
-        // has its place, only no key.
-        let path = DeTable::parse(self.text).map(|doc| key_path_at(doc.get_ref(), &span)).unwrap_or_default();
-        let msg = e.message();
-        let (key, message) = if let Some(field) = backticked(msg, "missing field `") {
-            // The span is the table that lacks the key.
-            let key = join_key(&path, field);
-            let message = if path.is_empty() && field == "workers" {
-                "the [workers] table is required".to_string()
-            } else {
-                "required key is missing".to_string()
-            };
-            (key, message)
-        } else if let Some(field) = backticked(msg, "unknown field `") {
-            // The span is the unknown key itself, so the path normally ends with it.
-            let key = if path == field || path.ends_with(&format!(".{field}")) { path } else { join_key(&path, field) };
-            let rest = msg.split_once("`, ").map_or("", |(_, rest)| rest);
-            let message = if rest.is_empty() { "unknown key".to_string() } else { format!("unknown key, {rest}") };
-            (key, message)
-        } else {
-            let key = if path.is_empty() { "(file)".to_string() } else { path };
-            (key, polish(msg))
-        };
-        self.at(span, key, message)
-    }
-
-    fn int_in(&self, v: Option<&Spanned<i64>>, key: &str, default: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
-        let Some(v) = v else { return Ok(default) };
-        let n = *v.get_ref();
-        if (lo..=hi).contains(&n) {
-            return Ok(n);
-        }
-        let message = if hi == i64::MAX {
-            format!("must be at least {lo}, not {n}")
-        } else {
-            format!("must be between {lo} and {hi}, not {n}")
-        };
-        Err(self.at(v.span(), key, message))
-    }
-
-    /// A duration of at most `max`, if given.
-    fn duration(
-        &self,
-        v: Option<&Spanned<DurationText>>,
-        key: &str,
-        max: Duration,
-    ) -> Result<Option<Duration>, ConfigError> {
-        v.map(|v| {
-            units::parse_duration(&v.get_ref().0)
-                .and_then(|d| at_most(d, max))
-                .map_err(|why| self.at(v.span(), key, why))
-        })
-        .transpose()
-    }
-
-    /// A duration that must not be zero nor longer than [`MAX_TIMEOUT`], or `default` if
-    /// not given.
-    fn positive_duration(
-        &self,
-        v: Option<&Spanned<DurationText>>,
-        key: &str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match (v, self.duration(v, key, MAX_TIMEOUT)?) {
-            (Some(v), Some(d)) if d.is_zero() => Err(self.at(v.span(), key, "must be greater than 0")),
-            (_, d) => Ok(d.unwrap_or(default)),
-        }
-    }
-
-    /// A top-level string entry, read leniently (for `control_socket_of`).
-    fn string_entry(&self, doc: &DeTable<'_>, key: &str) -> Result<Option<Spanned<String>>, ConfigError> {
-        for (k, v) in doc {
-            if k.get_ref() == key {
-                return match v.get_ref() {
-                    DeValue::String(s) => Ok(Some(Spanned::new(v.span(), s.to_string()))),
-                    other => {
-                        Err(self.at(v.span(), key, format!("invalid type: {}, expected a string", other.type_str())))
-                    }
-                };
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// `d` if it is at most `max`: every duration in the file has an upper bound, so that no
-/// deadline computed from it can overflow the clock (and a unit typo is caught).
-fn at_most(d: Duration, max: Duration) -> Result<Duration, String> {
-    if d <= max {
-        Ok(d)
-    } else {
-        Err(format!("must be at most {}, not {}", units::format_duration(max), units::format_duration(d)))
-    }
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.matches('\n').count() + 1;
-    let col = before.get(line_start..).unwrap_or("").chars().count() + 1;
-    (line, col)
-}
-
-/// The text between `prefix` and the next backtick, if `msg` starts with `prefix`.
-fn backticked<'m>(msg: &'m str, prefix: &str) -> Option<&'m str> {
-    msg.strip_prefix(prefix)?.split('`').next()
-}
-
-fn join_key(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
-    }
-}
-
-/// serde's type names → TOML's.
-fn polish(msg: &str) -> String {
-    msg.replace("expected i64", "expected an integer")
-        .replace("invalid type: map", "invalid type: table")
-        .replace("invalid type: sequence", "invalid type: array")
-        .replace("expected a sequence", "expected an array")
-        .replace("expected a map", "expected a table")
-}
-
-/// The dotted key (`listen[1].name`) of the key or value whose span is exactly `span`;
-/// empty if none (the document root). Where an array and its first element share a span
-/// (`[[listen]]`), the element wins.
-fn key_path_at(root: &DeTable<'_>, span: &Range<usize>) -> String {
-    let mut path = Vec::new();
-    let mut best = None;
-    search_table(root, span, &mut path, &mut best);
-    best.map(|segs| render_path(&segs)).unwrap_or_default()
-}
-
-#[derive(Clone)]
-enum Segment {
-    Key(String),
-    Index(usize),
-}
-
-fn consider(path: &[Segment], best: &mut Option<Vec<Segment>>) {
-    // Deeper wins a tie: visited later, so replace on `>=`.
-    if best.as_ref().is_none_or(|b| path.len() >= b.len()) {
-        *best = Some(path.to_vec());
-    }
-}
-
-fn search_table(table: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<Segment>, best: &mut Option<Vec<Segment>>) {
-    for (k, v) in table {
-        path.push(Segment::Key(k.get_ref().to_string()));
-        if k.span() == *span {
-            consider(path, best);
-        }
-        search_value(v, span, path, best);
-        path.pop();
-    }
-}
-
-fn search_value(
-    v: &Spanned<DeValue<'_>>,
-    span: &Range<usize>,
-    path: &mut Vec<Segment>,
-    best: &mut Option<Vec<Segment>>,
-) {
-    if v.span() == *span {
-        consider(path, best);
-    }
-    match v.get_ref() {
-        DeValue::Table(t) => search_table(t, span, path, best),
-        DeValue::Array(a) => {
-            for (i, e) in a.iter().enumerate() {
-                path.push(Segment::Index(i));
-                search_value(e, span, path, best);
-                path.pop();
-            }
-        }
-        _ => {}
-    }
-}
-
-fn render_path(segs: &[Segment]) -> String {
-    let mut out = String::new();
-    for s in segs {
-        match s {
-            Segment::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Segment::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
+    use super::super::ListenAddress;
     use super::*;
+    use std::ffi::OsStr;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     /// Most tests parse text as if it came from this file; `parse` never reads it.
     const FILE: &str = "/etc/handover/app.toml";

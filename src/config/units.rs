@@ -146,6 +146,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     value.checked_mul(1u64 << shift).ok_or_else(|| "size too large".to_string())
 }
 
+/// SIGABRT's number: what a hung worker (watchdog) is sent, as systemd does.
+pub const SIGABRT: i32 = libc::SIGABRT;
+
+/// SIGKILL's number.
+pub const SIGKILL: i32 = libc::SIGKILL;
+
 /// Parses a signal: `"SIGTERM"`, `"TERM"` (any case) or a number in 1..=64.
 pub fn parse_signal(s: &str) -> Result<i32, String> {
     let t = s.trim();

@@ -32,7 +32,7 @@ pub enum ClientError {
     #[error(
         "the handover daemon at {} did not answer within {}: is it stopped (SIGSTOP) or wedged?",
         path.display(),
-        crate::supervisor::machine::human(*waited)
+        crate::text::human(*waited)
     )]
     Unresponsive {
         /// The control socket path.

@@ -104,7 +104,7 @@ impl ControlServer {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
             }
         }
-        crate::worker::readiness::remove_stale_socket(path)?;
+        crate::unix::remove_stale_socket(path)?;
         // Bind with a restrictive umask-independent mode: bind, then chmod before anyone
         // could have been served (the listener is not polled until `serve`).
         let std_listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -116,7 +116,7 @@ impl ControlServer {
     /// Takes over the listening socket a previous handover binary bound at `path`
     /// (`handover upgrade`). Clients that connected during the exec wait in its backlog.
     pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<ControlServer> {
-        crate::worker::readiness::set_cloexec(&fd)?;
+        crate::unix::set_cloexec(&fd)?;
         let std_listener = std::os::unix::net::UnixListener::from(fd);
         std_listener.set_nonblocking(true)?;
         Ok(ControlServer { listener: UnixListener::from_std(std_listener)?, path: path.to_path_buf() })
@@ -143,14 +143,14 @@ impl ControlServer {
         let clients = Clients::default();
         for Adopted { stream, start } in adopted {
             let stream = std::os::unix::net::UnixStream::from(stream);
-            let stream = match crate::worker::readiness::set_cloexec(&stream)
+            let stream = match crate::unix::set_cloexec(&stream)
                 .and_then(|()| stream.set_nonblocking(true))
                 .and_then(|()| UnixStream::from_std(stream))
             {
                 Ok(s) => s,
                 Err(e) => {
                     crate::logging::event(
-                        crate::supervisor::machine::Level::Warn,
+                        crate::machine::Level::Warn,
                         "control-error",
                         format!("taking over a control connection: {e}"),
                     );
@@ -172,7 +172,7 @@ impl ControlServer {
                 Ok((s, _)) => s,
                 Err(e) => {
                     crate::logging::event(
-                        crate::supervisor::machine::Level::Warn,
+                        crate::machine::Level::Warn,
                         "control-error",
                         format!("accept on control socket: {e}"),
                     );

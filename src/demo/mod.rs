@@ -1,5 +1,7 @@
-//! The built-in demo app: what `handover demo` serves and what the integration tests and
-//! benchmarks run as workers.
+//! The demo wing: the built-in demo app (what `handover demo` serves and what the integration
+//! tests and benchmarks run as workers), the load generator ([`loadgen`]) and the readings
+//! ([`measure`]) the demo, the tests and the benchmarks use. Nothing in the product imports
+//! it (`tests/architecture.rs`); only the command line starts it.
 //!
 //! The worker runs as the hidden subcommand `handover demo-worker`, spawned by the master
 //! like any other worker (SPEC §4): it takes its listening sockets the way a Rust app would
@@ -12,5 +14,7 @@
 //! process group, environment) so tests can check the spawn contract from the outside.
 
 mod http;
+pub mod loadgen;
+pub mod measure;
 pub mod tour;
 pub mod worker;

@@ -13,10 +13,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cli::DemoArgs;
 use crate::control::client;
 use crate::control::proto::{Outcome, Request};
-use crate::loadgen::{self, LoadSpec, Target};
+use crate::demo::loadgen::{self, LoadSpec, Target};
+
+/// `handover demo`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo app listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// How many workers.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Simulated import time of the demo app, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub boot_ms: u64,
+    /// Run the scripted tour (load + reloads) and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub tour_only: bool,
+}
 
 /// Runs the demo; returns the exit code (0: every reload behaved and no request failed).
 pub fn run(args: DemoArgs) -> i32 {

@@ -1,5 +1,9 @@
 //! `handover demo-worker`: the demo/test worker process.
 //!
+//! (Over 800 lines on purpose: one worker program whose misbehaviours, each a flag the tests
+//! need, act on the same lifecycle; split, each flag's code would sit away from the step it
+//! changes. Demo wing, not product.)
+//!
 //! One process, one thread (a tokio current-thread runtime): the master runs several of
 //! these, so each one stays as simple and cheap as a pre-forked worker should be. The
 //! lifecycle, in the order [`run`] goes through it:

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::{Config, Strategy};
-use crate::supervisor::machine::{Event, WorkerMessage};
+use crate::machine::{Event, WorkerMessage};
 
 /// The machine, fed as the executor feeds it, with the metrics watching every step.
 struct Sim {

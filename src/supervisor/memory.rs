@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use super::machine::Pid;
+use crate::machine::Pid;
 
 /// Where the executor gets worker memory from.
 pub trait MemorySource {

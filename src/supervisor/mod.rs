@@ -13,15 +13,19 @@
 //! [`machine::Machine::next_deadline`]: no periodic wake-up happens unless systemd's
 //! watchdog or `max_memory` asks for one.
 //!
+//! This file holds the setup and the event loop; `workers.rs` what workers report (exits,
+//! notify datagrams, memory), `commands.rs` the control socket's commands, `notifying.rs`
+//! what is told to systemd, `spawning.rs` and `upgrading.rs` the spawns and the upgrade.
+//!
 //! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
 //! naming the functions that do each step.
-pub mod events;
-pub mod machine;
+mod commands;
 pub mod memory;
-pub mod policy;
+mod notifying;
 pub mod rejects;
 mod spawning;
 mod upgrading;
+mod workers;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -46,7 +50,7 @@ use crate::upgrade;
 use crate::worker::readiness::{Datagram, NotifyServer, Rejected};
 use crate::worker::{self, Launcher, WorkerProcess};
 
-use machine::{Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
+use crate::machine::{self, policy, Effect, Event, Level, Machine, RequestId, ScaleTo, SystemdMessage};
 use memory::MemorySource;
 use rejects::RejectTally;
 
@@ -112,20 +116,6 @@ pub struct Identity {
     pub upgraded_from: Option<String>,
 }
 
-/// Now, in seconds since the epoch (0 if the clock is before it).
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// One reading of [`Instant`] and `CLOCK_MONOTONIC` together (see [`machine::snapshot`]).
-pub fn time_base() -> machine::snapshot::TimeBase {
-    let instant = Instant::now();
-    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
-        .unwrap_or(0);
-    machine::snapshot::TimeBase { instant, monotonic_ns }
-}
-
 /// Errors that stop the daemon before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -154,9 +144,9 @@ pub enum RunError {
 }
 
 /// The path of the workers' NOTIFY_SOCKET, next to the control socket (see
-/// [`worker::readiness::notify_path_for`]).
+/// [`crate::unix::notify_path_for`]).
 pub fn worker_notify_path(control_socket: &Path) -> PathBuf {
-    worker::readiness::notify_path_for(control_socket)
+    crate::unix::notify_path_for(control_socket)
 }
 
 /// Runs the daemon until it has stopped; returns the process exit code.
@@ -198,7 +188,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let (commands_tx, commands) = mpsc::channel(16);
     let adopted = resume.as_mut().map(|h| adopted_connections(h, &identity, taken)).unwrap_or_default();
     tokio::spawn(control.serve_with(commands_tx, adopted));
-    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::app::Pidfile::write(p, std::process::id()) {
+    let pidfile = config.pidfile.as_deref().and_then(|p| match crate::pidfile::Pidfile::write(p, std::process::id()) {
         Ok(f) => Some(f),
         Err(e) => {
             logging::event(Level::Warn, "pidfile", format!("cannot write pidfile {}: {e}", p.display()));
@@ -229,7 +219,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
     let (machine, effects) = match &mut resume {
         Some(h) => {
             let state = std::mem::replace(&mut h.machine, empty_state());
-            let machine = Machine::restore(state, &time_base(), Instant::now()).map_err(RunError::Resume)?;
+            let machine = Machine::restore(state, &upgrade::time_base(), Instant::now()).map_err(RunError::Resume)?;
             (machine, Vec::new())
         }
         None => Machine::start(config, Instant::now()),
@@ -325,7 +315,7 @@ fn adopted_connections(
                 // Our own hand-off, back: the upgrade failed (see `upgrade::exec`).
                 upgrade::Waits::Upgrade if h.returned.is_some() => {
                     let reason = h.returned.clone().unwrap_or_default();
-                    let why = format!("{reason}; it was handed back and handover {} goes on", upgrade::VERSION);
+                    let why = format!("{reason}; it was handed back and handover {} goes on", crate::VERSION);
                     crate::control::AdoptedStart::Reply(Box::new(Reply::Done(Outcome::error(why))))
                 }
                 upgrade::Waits::Upgrade => {
@@ -339,7 +329,7 @@ fn adopted_connections(
 
 fn upgraded_message(from: &str, identity: &Identity) -> String {
     let binary = identity.binary.as_deref().map_or_else(|| "?".into(), |b| b.display().to_string());
-    format!("upgraded in place: handover {from} -> {} ({binary}), pid {} kept", upgrade::VERSION, std::process::id())
+    format!("upgraded in place: handover {from} -> {} ({binary}), pid {} kept", crate::VERSION, std::process::id())
 }
 
 /// Where `handover upgrade` stands (the executor's side; the machine knows nothing of it).
@@ -561,28 +551,6 @@ impl Daemon {
         }
     }
 
-    /// One memory sample of every watched worker, in one pass over the processes. Only the
-    /// workers over their limit are news for the machine (it ignores the others).
-    fn sample_memory(&mut self) {
-        let watched = self.machine.memory_watched();
-        let groups: Vec<machine::Pid> = watched.iter().map(|&(pid, _)| pid).collect();
-        // One small read per worker (memory.current, what the kernel charges it) where each
-        // has its own cgroup with the memory controller; one pass over /proc otherwise.
-        let totals = match &mut self.cgroups {
-            Some(tree) if tree.memory => {
-                tree.sweep();
-                tree.memory_of(&groups)
-            }
-            _ => self.memory.group_rss(&groups),
-        };
-        for (pid, limit) in watched {
-            let rss_bytes = totals.get(&pid).copied().unwrap_or(0);
-            if rss_bytes > limit {
-                self.dispatch(Event::MemoryUsage { pid, rss_bytes });
-            }
-        }
-    }
-
     fn on_signal(&mut self, sig: SignalEvent) {
         match sig {
             SignalEvent::Child => {} // reaped by the event loop, which owns the notify socket
@@ -614,217 +582,6 @@ impl Daemon {
                 self.begin_upgrade(UpgradeRequester { replies: None, connection: None });
             }
         }
-    }
-
-    /// Reaps every exited child (SIGCHLDs coalesce, so loop until none is left); returns
-    /// how many workers it reaped.
-    ///
-    /// Each exited child is first only looked at (waitid with WNOWAIT): while it is an
-    /// unreaped zombie its pid, and so its process group id, cannot be reused, and that is
-    /// the moment to SIGKILL whatever the worker left in its group. Only then is it reaped
-    /// and its handle (pidfd) dropped; the machine's `KillGroup` for a reaped worker finds
-    /// no handle and sends nothing.
-    ///
-    /// What a worker said just before it died (STOPPING=1, say) must be heard before its
-    /// exit, not afterwards as a stranger's. Once a child has exited, every datagram it sent
-    /// is in the notify socket's queue, so the queue is read after each child and before its
-    /// exit is dispatched. (Reading it once per SIGCHLD is not enough: a second child may
-    /// send and exit between that read and its reaping.)
-    fn reap(&mut self, notify_server: &NotifyServer) -> usize {
-        let mut reaped = 0;
-        loop {
-            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let pid = match waitid(Id::All, flags) {
-                Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => pid,
-                Ok(_) | Err(_) => return reaped,
-            };
-            if let UpgradeStep::Checking { pid: check, exit, .. } = &mut self.upgrade.step {
-                if *check == pid.as_raw() {
-                    *exit = Some(match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::Exited(_, code)) => (format!("exited with code {code}"), code == 0),
-                        Ok(WaitStatus::Signaled(_, sig, _)) => (format!("was killed by {}", sig.as_str()), false),
-                        Ok(_) | Err(_) => ("vanished".into(), false),
-                    });
-                    self.judge_preflight();
-                    continue;
-                }
-            }
-            if let Some(process) = self.processes.get(&pid.as_raw()) {
-                process.kill_group();
-                if let Some(tree) = &self.cgroups {
-                    tree.kill(pid.as_raw());
-                }
-            }
-            let oom = self.cgroups.as_ref().and_then(|t| t.oom_kills(pid.as_raw()));
-            let exited = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, format!("exit code {code}")),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                    let core = if core { ", core dumped" } else { "" };
-                    let oom = match oom {
-                        Some(n) => format!(" (the kernel's OOM killer, {n} kill(s): memory_limit reached)"),
-                        None => String::new(),
-                    };
-                    (pid, format!("killed by {}{core}{oom}", sig.as_str()))
-                }
-                Ok(_) | Err(_) => return reaped,
-            };
-            while let Ok(Some(d)) = notify_server.try_recv() {
-                self.on_datagram(Ok(d));
-            }
-            let (pid, status) = exited;
-            self.processes.remove(&pid.as_raw());
-            if let Some(tree) = &mut self.cgroups {
-                tree.release(pid.as_raw());
-            }
-            self.dispatch(Event::Exited { pid: pid.as_raw(), status });
-            reaped += 1;
-        }
-    }
-
-    fn on_datagram(&mut self, datagram: std::io::Result<Result<Datagram, Rejected>>) {
-        for event in self.heard(datagram) {
-            self.dispatch(event);
-        }
-    }
-
-    /// The machine's events for one datagram read from the workers' notify socket: one
-    /// `Message` per message from a worker (or a process in a worker's group), none from
-    /// anyone else (counted and summarised instead).
-    fn heard(&mut self, datagram: std::io::Result<Result<Datagram, Rejected>>) -> Vec<Event> {
-        match datagram {
-            Ok(Ok(d)) => {
-                // A worker's own pid (every process handover holds a handle on is a worker,
-                // and the leader of its group) needs no process-group lookup, a system call.
-                // The group may have been looked up when the datagram was read (see
-                // `Datagram::sender_group`).
-                let pgid = if self.processes.contains_key(&d.pid) {
-                    None
-                } else {
-                    d.sender_group.or_else(|| worker::process_group_of(d.pid))
-                };
-                // Only workers and the processes in their groups are heard; anyone else is
-                // counted here rather than logged per datagram (by the machine).
-                let known = |p: Option<machine::Pid>| p.is_some_and(|p| self.processes.contains_key(&p));
-                if !known(Some(d.pid)) && !known(pgid) {
-                    let reason = format!("pid {} is not a worker (nor in a worker's process group)", d.pid);
-                    let rejected =
-                        Rejected { pid: Some(d.pid), kind: worker::readiness::RejectKind::UnknownSender, reason };
-                    self.on_rejected(&rejected);
-                    return Vec::new();
-                }
-                d.messages
-                    .into_iter()
-                    .map(|message| Event::Message { sender: d.pid, sender_pgid: pgid, message })
-                    .collect()
-            }
-            Ok(Err(rejected)) => {
-                self.on_rejected(&rejected);
-                Vec::new()
-            }
-            Err(e) => {
-                logging::event(Level::Warn, "notify-error", format!("reading the worker notify socket: {e}"));
-                Vec::new()
-            }
-        }
-    }
-
-    fn on_rejected(&mut self, rejected: &worker::readiness::Rejected) {
-        if let Some(line) = self.rejects.note(rejected, Instant::now()) {
-            logging::record(&machine::LogRecord {
-                level: Level::Warn,
-                event: "notify-rejected",
-                message: line,
-                generation: None,
-                slot: None,
-                pid: rejected.pid,
-            });
-        }
-    }
-
-    fn on_command(&mut self, cmd: Command) {
-        if self.upgrading() && matches!(cmd.request, Request::Reload {}) {
-            logging::event(Level::Info, "reload-requested", "reload requested; held until the upgrade is done");
-            self.upgrade.held.push(cmd);
-            return;
-        }
-        if let (true, Request::Scale { count }) = (self.upgrading(), &cmd.request) {
-            let msg = format!("scale to {count} requested on the control socket; held until the upgrade is done");
-            logging::event(Level::Info, "scale-requested", msg);
-            self.upgrade.held.push(cmd);
-            return;
-        }
-        let Command { request, replies, connection } = cmd;
-        match request {
-            Request::Status {} => {
-                let mut status = self.machine.status(Instant::now());
-                status.pid = std::process::id();
-                status.worker_isolation = match &self.cgroups {
-                    Some(tree) => {
-                        for w in &mut status.workers {
-                            let usage = tree.usage(w.pid);
-                            w.memory_bytes = usage.memory_bytes;
-                            w.cpu_usec = usage.cpu_usec;
-                        }
-                        tree.describe()
-                    }
-                    None => "process group per worker".to_owned(),
-                };
-                status.sockets = self.sockets.status();
-                status.metrics_error = self.metrics.write_error();
-                status.version = upgrade::VERSION.to_string();
-                status.version_since_unix = self.identity.version_since_unix;
-                status.started_unix = self.identity.started_unix;
-                status.upgrades = self.identity.upgrades;
-                status.upgraded_from = self.identity.upgraded_from.clone();
-                if let Some(note) = self.upgrade_note() {
-                    status.summary = format!("{}; {note}", status.summary);
-                }
-                let outcome = Outcome { status: Some(status), ..Outcome::ok("status") };
-                let _ = replies.send(Reply::Done(outcome));
-            }
-            Request::Reload {} => {
-                let id = self.register(replies);
-                logging::event(Level::Info, "reload-requested", "reload requested on the control socket");
-                let config = self.load_config();
-                self.dispatch(Event::ReloadRequested { config, requester: Some(id) });
-            }
-            Request::Scale { count } => {
-                let id = self.register(replies);
-                self.dispatch(Event::ScaleRequested { to: ScaleTo::Count(count), requester: Some(id) });
-            }
-            Request::Upgrade {} => {
-                logging::event(Level::Info, "upgrade", "upgrade in place requested on the control socket");
-                self.begin_upgrade(UpgradeRequester { replies: Some(replies), connection });
-            }
-        }
-    }
-
-    fn register(&mut self, replies: mpsc::UnboundedSender<Reply>) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.waiters.insert(id, replies);
-        id
-    }
-
-    /// Re-reads the config file and prepares its sockets; an error changes nothing.
-    fn load_config(&mut self) -> Result<Arc<Config>, String> {
-        let config = config::load(&self.config_path, &self.load_env).map_err(|e| e.to_string())?;
-        let warnings = self.sockets.prepare(&config.listen).map_err(|e| e.to_string())?;
-        for w in warnings {
-            logging::event(Level::Warn, "sockets", w);
-        }
-        let running = self.machine.active_config();
-        if config.control_socket != running.control_socket
-            || config.name != running.name
-            || config.pidfile != running.pidfile
-        {
-            logging::event(
-                Level::Warn,
-                "reload-restart-needed",
-                "name, control_socket and pidfile changes take effect at the next restart",
-            );
-        }
-        Ok(Arc::new(config))
     }
 
     /// Feeds `event` and everything its effects produce, then publishes the status.
@@ -938,94 +695,6 @@ impl Daemon {
         }
         for dir in &tree.doomed {
             logging::event(Level::Warn, "cgroups", format!("{} not removed: not empty", dir.display()));
-        }
-    }
-
-    fn notify_systemd(&mut self, messages: &[SystemdMessage]) {
-        let mut states = Vec::new();
-        // A lifecycle change carries the status line in the same datagram, so systemctl
-        // status is never a step behind READY=1/RELOADING=1/STOPPING=1.
-        let lifecycle = messages.iter().any(|m| !matches!(m, SystemdMessage::ExtendTimeout(_)));
-        let now = Instant::now();
-        if lifecycle {
-            // A new job (start, reload, stop) has a timeout of its own.
-            self.extended_until = None;
-        } else if messages.iter().all(|m| self.extension_is_redundant(m, now)) {
-            return;
-        }
-        let line = self.status_line();
-        // Formatted here: the crate's EXTEND_TIMEOUT_USEC= holds a u32 (71 minutes), and a
-        // boot_timeout may be 24 hours. systemd reads the value as a u64.
-        let extensions: Vec<String> = messages
-            .iter()
-            .filter_map(|m| match m {
-                SystemdMessage::ExtendTimeout(d) => Some(format!("EXTEND_TIMEOUT_USEC={}", d.as_micros())),
-                _ => None,
-            })
-            .collect();
-        let mut extensions = extensions.iter();
-        for m in messages {
-            match m {
-                SystemdMessage::Ready => states.push(NotifyState::Ready),
-                SystemdMessage::Reloading => {
-                    states.push(NotifyState::Reloading);
-                    states.push(NotifyState::MonotonicUsec(monotonic_usec() as i128));
-                }
-                SystemdMessage::Stopping => states.push(NotifyState::Stopping),
-                SystemdMessage::ExtendTimeout(d) => {
-                    let until = policy::deadline(now, *d);
-                    self.extended_until = Some(self.extended_until.map_or(until, |u| u.max(until)));
-                    if let Some(text) = extensions.next() {
-                        states.push(NotifyState::Custom(text));
-                    }
-                }
-            }
-        }
-        if lifecycle {
-            states.push(NotifyState::Status(&line));
-        }
-        if let Err(e) = self.notifier.send(&states) {
-            logging::event(Level::Warn, "notify-error", format!("notifying systemd: {e}"));
-        }
-        if lifecycle {
-            self.last_status = line;
-            self.status_pacer.spend(now);
-        }
-    }
-
-    /// Whether `message` is an `EXTEND_TIMEOUT_USEC=` that would move systemd's deadline
-    /// by less than [`EXTEND_GRANULARITY`] past the last one sent for this job. The machine
-    /// asks for room after every worker that becomes ready; for a start of 512 workers,
-    /// sending each would wake the service manager 512 times for nothing. The extensions
-    /// carry seconds of slack, so a deadline up to that granularity short is still ahead.
-    fn extension_is_redundant(&self, message: &SystemdMessage, now: Instant) -> bool {
-        match (message, self.extended_until) {
-            (SystemdMessage::ExtendTimeout(d), Some(until)) => {
-                policy::deadline(now, *d) < policy::deadline(until, EXTEND_GRANULARITY)
-            }
-            _ => false,
-        }
-    }
-
-    /// The machine's `STATUS=` line, with the upgrade in progress if there is one.
-    fn status_line(&self) -> String {
-        let line = self.machine.status_line();
-        match self.upgrade_note() {
-            Some(note) => format!("{line}; {note}"),
-            None => line,
-        }
-    }
-
-    fn publish_status(&mut self) {
-        let line = self.status_line();
-        if line != self.last_status {
-            if let Err(e) = self.notifier.send_status(&line) {
-                logging::event(Level::Debug, "notify-error", format!("STATUS= to systemd: {e}"));
-            }
-            self.last_status = line;
-            // Each line wakes the service manager and makes it emit a D-Bus signal: workers
-            // that become ready one by one would otherwise be a line per worker.
-            self.status_pacer.spend(Instant::now());
         }
     }
 }

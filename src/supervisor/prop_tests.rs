@@ -21,7 +21,7 @@ use proptest::test_runner::Config as RunnerConfig;
 
 use crate::config::{self, format_duration, Config, LoadEnv, MAX_LIFETIME, MAX_TIMEOUT};
 
-use super::machine::{Effect, Event, Machine, Pid, ScaleTo, WorkerMessage};
+use crate::machine::{Effect, Event, Machine, Pid, ScaleTo, WorkerMessage};
 
 /// When a worker counts as ready, as written in the file.
 #[derive(Debug, Clone)]

@@ -4,10 +4,10 @@
 //! `mod.rs`; the state it touches is `Daemon::processes` and `Daemon::cgroups`.
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::machine::Level;
-use super::machine::{Event, SpawnRequest};
 use super::Daemon;
 use crate::logging;
+use crate::machine::Level;
+use crate::machine::{Event, SpawnRequest};
 use crate::worker::Meanwhile;
 
 /// Descriptors kept free beyond the workers' pidfds when the table is grown for a batch.
@@ -144,9 +144,9 @@ mod tests {
     use std::os::fd::AsFd;
     use std::sync::Arc;
 
-    use super::super::machine::{SpawnRequest, WorkerId};
     use super::super::tests::config;
     use crate::config::Strategy;
+    use crate::machine::{SpawnRequest, WorkerId};
     use crate::sockets::Sockets;
     use crate::systemd::Notifier;
     use crate::worker::Launcher;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, ReadyMode, Reload, Strategy, Workers};
 use crate::control::proto::Reply;
 
-use super::machine::*;
+use crate::machine::*;
 
 /// A valid config for machine tests (also used by `machine::index`'s tests).
 pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Config {

@@ -26,8 +26,9 @@ use crate::upgrade::{self, ConnectionRecord, HandOff, Waits};
 use crate::worker::readiness::NotifyServer;
 use crate::worker::WorkerProcess;
 
-use super::machine::{Event, Level};
-use super::{time_base, upgraded_message, Daemon, Internal, UpgradeRequester, UpgradeStep};
+use super::{upgraded_message, Daemon, Internal, UpgradeRequester, UpgradeStep};
+use crate::machine::{Event, Level};
+use crate::upgrade::time_base;
 
 impl Daemon {
     /// Whether an upgrade is in progress.
@@ -46,7 +47,7 @@ impl Daemon {
     /// Applies the scale signals held during an upgrade, in the order they came.
     fn apply_held_scale(&mut self, deltas: Vec<i64>) {
         for d in deltas {
-            self.dispatch(Event::ScaleRequested { to: super::machine::ScaleTo::Delta(d), requester: None });
+            self.dispatch(Event::ScaleRequested { to: crate::machine::ScaleTo::Delta(d), requester: None });
         }
     }
 
@@ -62,7 +63,7 @@ impl Daemon {
 
     /// An upgrade is asked for: start one, or join the one in progress.
     pub(super) fn begin_upgrade(&mut self, requester: UpgradeRequester) {
-        if matches!(self.machine.phase(), super::machine::Phase::Stopping { .. }) {
+        if matches!(self.machine.phase(), crate::machine::Phase::Stopping { .. }) {
             return self.answer(requester, Err("the daemon is stopping".into()));
         }
         if self.identity.binary.is_none() {
@@ -113,7 +114,7 @@ impl Daemon {
                     let out = p.output.await.unwrap_or_default();
                     let _ = tx.send(Internal::PreflightOutput { pid, output: out });
                 });
-                let deadline = super::policy::deadline(Instant::now(), upgrade::PREFLIGHT_TIMEOUT);
+                let deadline = crate::machine::policy::deadline(Instant::now(), upgrade::PREFLIGHT_TIMEOUT);
                 self.upgrade.step = UpgradeStep::Checking { pid, deadline, exit: None, output: None };
                 self.publish_status();
             }
@@ -269,7 +270,7 @@ impl Daemon {
         let machine = self.machine.snapshot(&base)?;
         Ok(HandOff {
             format: upgrade::HANDOFF_FORMAT,
-            from_version: upgrade::VERSION.to_string(),
+            from_version: crate::VERSION.to_string(),
             binary: self.identity.binary.clone().unwrap_or_default(),
             config_path: self.config_path.clone(),
             started_unix: self.identity.started_unix,
@@ -315,7 +316,7 @@ impl Daemon {
         logging::event(
             Level::Error,
             "upgrade",
-            format!("upgrade failed, handover {} goes on: {reason}", upgrade::VERSION),
+            format!("upgrade failed, handover {} goes on: {reason}", crate::VERSION),
         );
         self.metrics.record_upgrade(false);
         for r in requesters {
@@ -371,7 +372,7 @@ impl Daemon {
             Some(reason) => {
                 let msg = format!(
                     "upgrade failed, handover {} goes on: {reason}; the hand-off was handed back ({adopted})",
-                    upgrade::VERSION
+                    crate::VERSION
                 );
                 logging::event(Level::Error, "upgrade", msg);
                 self.metrics.record_upgrade(false);

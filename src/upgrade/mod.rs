@@ -20,7 +20,7 @@
 //!
 //! This module holds the format, the pre-flight and the exec; the supervisor's executor
 //! drives them ([`crate::supervisor`]); the machine only provides its state as plain data
-//! ([`crate::supervisor::machine::snapshot`]).
+//! ([`crate::machine::snapshot`]).
 //!
 //! # Format versions
 //! The hand-off is versioned by [`HANDOFF_FORMAT`]. A binary reads every format from
@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::machine::snapshot::MachineState;
+use crate::machine::snapshot::MachineState;
+pub use crate::VERSION;
 
 /// The hand-off format this binary writes (and the newest it reads). A build can bump it
 /// with `HANDOVER_HANDOFF_FORMAT=N` at compile time (the tests build such a binary to prove
@@ -50,14 +51,6 @@ pub const HANDOFF_FORMAT: u32 = match option_env!("HANDOVER_HANDOFF_FORMAT") {
 
 /// The oldest format this binary reads.
 pub const OLDEST_HANDOFF_FORMAT: u32 = 1;
-
-/// The version this binary reports (`--version`, `handover status`, the upgrade log):
-/// Cargo's package version, or `HANDOVER_BUILD_VERSION` set at compile time (a package
-/// build, or the tests' second binary).
-pub const VERSION: &str = match option_env!("HANDOVER_BUILD_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
 
 /// The environment variable that tells `handover run` it is the new binary of an upgrade:
 /// the number of the memfd holding the [`HandOff`].
@@ -102,7 +95,7 @@ pub struct HandOff {
     /// The state machine.
     pub machine: MachineState,
     /// The listening sockets, by fd.
-    pub sockets: Vec<SocketRecord>,
+    pub sockets: Vec<crate::sockets::SocketRecord>,
     /// The control socket's listening fd.
     pub control_fd: RawFd,
     /// The workers' notify socket's fd.
@@ -144,25 +137,6 @@ pub struct HandOff {
     pub returned: Option<String>,
 }
 
-/// One listening socket in a [`HandOff`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SocketRecord {
-    /// Its descriptor, open across the exec.
-    pub fd: RawFd,
-    /// Its name.
-    pub name: String,
-    /// `systemd` or `bound`.
-    pub origin: String,
-    /// Claimed by a `[[listen]]` entry.
-    pub claimed: bool,
-    /// The `[[listen]]` address it was bound for.
-    pub bound_for: Option<crate::config::ListenAddress>,
-    /// handover may move it at a reload.
-    pub rebindable: bool,
-    /// In systemd's fd store.
-    pub stored: bool,
-}
-
 /// A control connection in a [`HandOff`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionRecord {
@@ -192,6 +166,15 @@ pub struct SystemdRecord {
     pub watchdog: Option<Duration>,
     /// `$FDSTORE` was set.
     pub fdstore_enabled: bool,
+}
+
+/// One reading of [`Instant`](std::time::Instant) and `CLOCK_MONOTONIC` together (see [`crate::machine::snapshot`]).
+pub fn time_base() -> crate::machine::snapshot::TimeBase {
+    let instant = std::time::Instant::now();
+    let monotonic_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .unwrap_or(0);
+    crate::machine::snapshot::TimeBase { instant, monotonic_ns }
 }
 
 impl HandOff {
@@ -231,8 +214,8 @@ impl HandOff {
                 return Err(format!("descriptor {fd} is not a socket"));
             }
         }
-        let base = crate::supervisor::time_base();
-        crate::supervisor::machine::Machine::restore(self.machine.clone(), &base, base.instant)
+        let base = time_base();
+        crate::machine::Machine::restore(self.machine.clone(), &base, base.instant)
             .map(drop)
             .map_err(|e| format!("the daemon's state cannot be taken over: {e}"))
     }
@@ -317,8 +300,8 @@ pub fn handoff_check(format: u32, config: &Path) -> i32 {
             .read_to_end(&mut bytes)
             .map_err(|e| format!("reading the hand-off on stdin: {e}"))?;
         let handoff = HandOff::parse(&bytes)?;
-        let base = crate::supervisor::time_base();
-        crate::supervisor::machine::Machine::restore(handoff.machine, &base, base.instant)
+        let base = time_base();
+        crate::machine::Machine::restore(handoff.machine, &base, base.instant)
             .map_err(|e| format!("the daemon's state cannot be taken over: {e}"))?;
         Ok(())
     })();
@@ -333,9 +316,9 @@ pub fn handoff_check(format: u32, config: &Path) -> i32 {
         Err(e) => eprintln!("handover: {e}"),
     }
     if answer.accepts {
-        crate::app::EXIT_OK
+        crate::EXIT_OK
     } else {
-        crate::app::EXIT_FAILED
+        crate::EXIT_FAILED
     }
 }
 

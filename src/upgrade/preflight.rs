@@ -88,7 +88,7 @@ pub fn verdict(status: &str, exited_zero: bool, output: &[u8]) -> Result<String,
         None => {
             let said: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             let tail = said.iter().rev().take(3).rev().copied().collect::<Vec<_>>().join(" / ");
-            let tail = crate::worker::readiness::strip_control_chars(&tail);
+            let tail = crate::text::strip_control_chars(&tail);
             let tail: String = tail.chars().take(300).collect();
             if tail.is_empty() {
                 Err(format!("the new binary is not a handover that knows upgrades: it {status} without answering"))

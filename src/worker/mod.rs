@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::machine::{Pid, SpawnRequest};
 use crate::sockets::Sockets;
-use crate::supervisor::machine::{Pid, SpawnRequest};
 
 /// What every spawn shares: handover's environment (without systemd's variables) and the
 /// path of its worker NOTIFY_SOCKET.
@@ -203,7 +203,7 @@ impl Launcher {
     /// they can send to it, other users still cannot (root can anyway), and the sender of
     /// every datagram is authenticated by its SCM_CREDENTIALS pid regardless. Only a root
     /// master has workers of another identity (the config check refuses it otherwise).
-    fn give_notify_socket(&mut self, credentials: Option<&spawn::Credentials>) -> Result<(), String> {
+    fn give_notify_socket(&mut self, credentials: Option<&crate::config::Credentials>) -> Result<(), String> {
         let wanted = match credentials {
             Some(c) => (c.uid, c.gid),
             None if self.notify_owner.is_none() => return Ok(()), // still as bound: ours

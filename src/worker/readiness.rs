@@ -8,13 +8,13 @@
 //! `supervisor::REJECT_SUMMARY_INTERVAL`); nothing a worker sends can disturb the daemon.
 //!
 //! # Where it lives
-//! [`notify_path_for`]: the control socket's full path with `.notify` appended
+//! [`notify_path_for`](crate::unix::notify_path_for): the control socket's full path with `.notify` appended
 //! (`control.sock` → `control.sock.notify`). It cannot collide with another daemon's files:
 //! a second daemon's notify socket is its own control socket's path plus `.notify`, equal to
 //! ours only if the control sockets are the same path (which [`bind`](NotifyServer::bind)'s
 //! liveness check and the control socket's own refuse); a second daemon's control socket
 //! equal to our notify path would end in `.notify`, which the config check refuses
-//! ([`check_control_socket_path`]). (The former scheme replaced the extension, so `x.sock`
+//! ([`check_control_socket_path`](crate::unix::check_control_socket_path)). (The former scheme replaced the extension, so `x.sock`
 //! and `x.ctl` shared `x.notify`.) A private directory would work as well but adds a second
 //! thing to create, own and clean up next to a directory the admin chose.
 //!
@@ -27,13 +27,15 @@
 //! SCM_CREDENTIALS in any case (a worker's pid, or a process in a worker's group).
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use tokio::io::unix::AsyncFd;
 
-use crate::supervisor::machine::WorkerMessage;
+use crate::machine::WorkerMessage;
+use crate::text::strip_control_chars;
+use crate::unix::{remove_stale_socket, set_cloexec};
 
 /// The largest datagram read; longer ones are truncated and dropped (systemd allows ~4 KiB
 /// of useful payload too).
@@ -50,75 +52,6 @@ pub struct Datagram {
     pub sender_group: Option<i32>,
     /// What it said, in order; unknown keys dropped.
     pub messages: Vec<WorkerMessage>,
-}
-
-/// What the file name of the workers' NOTIFY_SOCKET adds to the control socket's.
-pub const NOTIFY_SUFFIX: &str = ".notify";
-
-/// The longest path a unix socket address holds (sun_path without its NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
-
-/// The workers' NOTIFY_SOCKET of the daemon whose control socket is `control_socket`: its
-/// full path with [`NOTIFY_SUFFIX`] appended (see the module doc for why).
-pub fn notify_path_for(control_socket: &Path) -> PathBuf {
-    let mut p = control_socket.as_os_str().to_owned();
-    p.push(NOTIFY_SUFFIX);
-    PathBuf::from(p)
-}
-
-/// Refuses a `control_socket` that would collide with a daemon's notify socket (it ends in
-/// [`NOTIFY_SUFFIX`]) or whose notify socket path would not fit in a socket address.
-pub fn check_control_socket_path(control_socket: &Path) -> Result<(), String> {
-    if control_socket.as_os_str().as_encoded_bytes().ends_with(NOTIFY_SUFFIX.as_bytes()) {
-        return Err(format!(
-            "must not end in \"{NOTIFY_SUFFIX}\": such names are the workers' NOTIFY_SOCKETs \
-             (the control socket path + \"{NOTIFY_SUFFIX}\")"
-        ));
-    }
-    let notify = notify_path_for(control_socket);
-    let len = notify.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        return Err(format!(
-            "is too long: the workers' NOTIFY_SOCKET {} would be {len} bytes, more than a unix \
-             socket path holds ({MAX_SOCKET_PATH})",
-            notify.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Removes `path` if it is a socket nobody listens on; refuses (AddrInUse) if something
-/// does, and (AlreadyExists) if it is not a socket. Checks with a datagram and then a stream
-/// connect, so a live socket of either type is recognised (a connect to a socket of the
-/// other type fails with EPROTOTYPE, which says nothing about whether it is live).
-pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-        Ok(m) if !m.file_type().is_socket() => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket; not removing it", path.display()),
-            ))
-        }
-        Ok(_) => {}
-    }
-    let in_use =
-        || io::Error::new(io::ErrorKind::AddrInUse, format!("{} is in use by another process", path.display()));
-    let datagram = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path));
-    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::ECONNREFUSED);
-    match datagram {
-        Ok(()) => Err(in_use()),
-        Err(e) if refused(&e) => std::fs::remove_file(path),
-        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => Err(in_use()),
-            Err(e) if refused(&e) => std::fs::remove_file(path),
-            Err(e) => {
-                Err(io::Error::new(e.kind(), format!("{}: cannot tell whether it is in use: {e}", path.display())))
-            }
-        },
-        Err(e) => Err(io::Error::new(e.kind(), format!("{}: cannot tell whether it is in use: {e}", path.display()))),
-    }
 }
 
 /// Why a datagram was dropped, as counted in the supervisor's summary.
@@ -459,27 +392,6 @@ pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
 
 fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
-}
-
-/// `text` without control characters (C0 including ESC, CR, LF and TAB; DEL; C1), so that
-/// text a worker chose cannot move a terminal's cursor, recolour it, or forge a line when it
-/// is shown by `handover status`, logged, or passed on to systemd's `STATUS=`.
-///
-/// Worker text is cleaned once, where the datagram is parsed ([`parse`]); renderers call
-/// this again as a second line of defence.
-pub fn strip_control_chars(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        std::borrow::Cow::Owned(text.chars().filter(|c| !c.is_control()).collect())
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
-}
-
-/// Sets FD_CLOEXEC on `fd` again: a descriptor handed across `handover upgrade`'s exec had
-/// it cleared, and workers must not inherit it.
-pub fn set_cloexec(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop).map_err(io::Error::from)
 }
 
 #[cfg(test)]

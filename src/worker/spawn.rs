@@ -1,5 +1,8 @@
 //! The only process creation in handover.
 //!
+//! (About 800 lines on purpose: this is the one fenced area of fork/exec and its `unsafe`
+//! (style rule 8); what runs between clone and exec is reviewed in one file.)
+//!
 //! Everything the child needs is prepared before it is created: the argv and envp arrays,
 //! the sockets that would be overwritten duplicated above the target range, a `LISTEN_PID=`
 //! entry with room for the pid, the signal sets, the identity to switch to, and the child's
@@ -49,6 +52,7 @@
 //! A failing step stores `(step, errno)` in the error slot and exits 127 (126: not
 //! executable). When the clone returns, the child has either exec'd or exited, so [`spawn`]
 //! reports exec failures synchronously, as `std::process::Command` does.
+use crate::config::Credentials;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -118,17 +122,6 @@ impl SignalResets {
     pub fn signals(&self) -> &[libc::c_int] {
         &self.signals
     }
-}
-
-/// The user, group and supplementary groups a worker runs as, resolved before the spawn.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Credentials {
-    /// The user id (setresuid).
-    pub uid: libc::uid_t,
-    /// The primary group id (setresgid).
-    pub gid: libc::gid_t,
-    /// The supplementary groups (setgroups), the primary one included.
-    pub groups: Vec<libc::gid_t>,
 }
 
 /// A spawned child: its pid (also its process group id) and, where the kernel gives one

@@ -435,12 +435,12 @@ impl Daemon {
     }
 
     /// A load generator against the app.
-    pub fn load(&self, clients: usize, keep_alive: bool) -> handover::loadgen::LoadHandle {
-        let mut spec = handover::loadgen::LoadSpec::new(handover::loadgen::Target::Tcp(self.addr));
+    pub fn load(&self, clients: usize, keep_alive: bool) -> handover::demo::loadgen::LoadHandle {
+        let mut spec = handover::demo::loadgen::LoadSpec::new(handover::demo::loadgen::Target::Tcp(self.addr));
         spec.clients = clients;
         spec.keep_alive = keep_alive;
         spec.max_duration = Duration::from_secs(120);
-        handover::loadgen::start(spec).expect("start load")
+        handover::demo::loadgen::start(spec).expect("start load")
     }
 }
 

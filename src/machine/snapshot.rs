@@ -360,7 +360,7 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::machine::{Effect, Event};
+    use crate::machine::{Effect, Event};
 
     fn config(count: usize) -> Arc<Config> {
         let text = format!("[workers]\ncommand = [\"/bin/true\"]\ncount = {count}\nready = \"notify\"\n");

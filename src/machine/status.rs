@@ -2,7 +2,7 @@
 //! report. Read-only views; nothing here changes state.
 use std::time::Instant;
 
-use crate::control::proto;
+use serde::{Deserialize, Serialize};
 
 use super::{Machine, Phase, Role, WorkerState};
 
@@ -71,7 +71,7 @@ impl Machine {
     }
 
     /// The state for `handover status` (sockets and pid are filled in by the executor).
-    pub fn status(&self, now: Instant) -> proto::Status {
+    pub fn status(&self, now: Instant) -> Status {
         let phase = match &self.phase {
             Phase::Starting => "starting",
             Phase::Running if self.degraded => "degraded",
@@ -85,7 +85,7 @@ impl Machine {
             .rev()
             .map(|g| {
                 let counts = self.workers.counts(g.number);
-                proto::GenerationStatus {
+                GenerationStatus {
                     generation: g.number,
                     role: g.role.as_str().into(),
                     wanted: g.slots.wanted_count(),
@@ -95,10 +95,10 @@ impl Machine {
                 }
             })
             .collect();
-        let mut workers: Vec<proto::WorkerStatus> = self
+        let mut workers: Vec<WorkerStatus> = self
             .workers
             .values()
-            .map(|w| proto::WorkerStatus {
+            .map(|w| WorkerStatus {
                 slot: w.slot,
                 pid: w.pid.unwrap_or(0),
                 generation: w.generation,
@@ -121,7 +121,7 @@ impl Machine {
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
-        proto::Status {
+        Status {
             name: self.active_config().name.clone(),
             pid: 0,
             phase: phase.into(),
@@ -138,7 +138,7 @@ impl Machine {
             failing: self
                 .degraded_slots()
                 .into_iter()
-                .map(|f| proto::FailingSlotStatus {
+                .map(|f| FailingSlotStatus {
                     generation: f.generation,
                     slot: f.slot,
                     restarts: f.restarts,
@@ -147,7 +147,130 @@ impl Machine {
                 })
                 .collect(),
             // The executor's to fill in (the machine knows no binary, nor the wall clock).
-            ..proto::Status::default()
+            ..Status::default()
         }
     }
+}
+
+/// What `handover status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Status {
+    /// The app name from the config.
+    pub name: String,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// `starting`, `running`, `degraded` (running, but slots are failing: see `failing`),
+    /// `reloading` or `stopping`.
+    pub phase: String,
+    /// The one-line summary also sent as `STATUS=`.
+    pub summary: String,
+    /// The generation that serves (the rollback target during a reload).
+    pub active_generation: u64,
+    /// The generation a reload is rolling in, if any.
+    pub candidate_generation: Option<u64>,
+    /// Every generation that still has workers, newest first.
+    pub generations: Vec<GenerationStatus>,
+    /// Every worker process, by generation then slot.
+    pub workers: Vec<WorkerStatus>,
+    /// The listening sockets passed to workers.
+    pub sockets: Vec<SocketStatus>,
+    /// The last reload's result, if any.
+    pub last_reload: Option<String>,
+    /// Slots of the active generation that are failing (crash-loop backoff): the daemon is
+    /// degraded while this is not empty.
+    #[serde(default)]
+    pub failing: Vec<FailingSlotStatus>,
+    /// The running handover's version.
+    #[serde(default)]
+    pub version: String,
+    /// Since when this version runs the daemon (the start, or the last upgrade), in seconds
+    /// since the epoch.
+    #[serde(default)]
+    pub version_since_unix: f64,
+    /// When the daemon first started (upgrades keep it), in seconds since the epoch.
+    #[serde(default)]
+    pub started_unix: f64,
+    /// In-place upgrades in the daemon's life.
+    #[serde(default)]
+    pub upgrades: u32,
+    /// The version before the last upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_from: Option<String>,
+    /// How workers are kept apart: "process group per worker", or "cgroup per worker in
+    /// DIR (controllers: …)" where handover's cgroup is delegated.
+    #[serde(default)]
+    pub worker_isolation: String,
+    /// Why the `[metrics] textfile` cannot be written (its directory removed, not writable),
+    /// while that lasts: metrics are optional, so this is reported and nothing waits on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_error: Option<String>,
+}
+
+/// A slot in crash-loop backoff, in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailingSlotStatus {
+    /// Its generation (the active one).
+    pub generation: u64,
+    /// The slot.
+    pub slot: usize,
+    /// Respawns after failures so far.
+    pub restarts: u32,
+    /// How its last worker failed.
+    pub last_failure: Option<String>,
+    /// Seconds until the next attempt; `None` while a new worker boots in it.
+    pub next_attempt_secs: Option<f64>,
+}
+
+/// One generation in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    /// Its number (1 at start, +1 per reload).
+    pub generation: u64,
+    /// `active`, `candidate` or `outgoing`.
+    pub role: String,
+    /// Workers wanted.
+    pub wanted: usize,
+    /// Workers ready.
+    pub ready: usize,
+    /// Workers booting (spawned, not ready yet).
+    pub booting: usize,
+    /// Workers told to stop and not gone yet.
+    pub draining: usize,
+}
+
+/// One worker process in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its slot in the generation (HANDOVER_WORKER_SLOT).
+    pub slot: usize,
+    /// Its pid (0 while being spawned).
+    pub pid: i32,
+    /// Its generation (HANDOVER_GENERATION).
+    pub generation: u64,
+    /// `booting`, `ready`, `draining` or `killed`.
+    pub state: String,
+    /// Seconds since it entered that state.
+    pub since_secs: f64,
+    /// How many times its slot has been respawned after a failure.
+    pub restarts: u32,
+    /// The last `STATUS=` it sent, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// Its cgroup's `memory.current`, bytes (cgroup per worker with the memory controller).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub memory_bytes: Option<u64>,
+    /// Its cgroup's CPU time (`cpu.stat` `usage_usec`), microseconds (cgroup per worker).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_usec: Option<u64>,
+}
+
+/// One listening socket in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketStatus {
+    /// Its name (LISTEN_FDNAMES / FDNAME).
+    pub name: String,
+    /// Its bound address.
+    pub address: String,
+    /// `systemd` (socket activation), `fdstore` or `bound` (by handover).
+    pub origin: String,
 }

@@ -16,7 +16,7 @@ pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(3600);
 
 /// How late the event loop may wake for a deadline before it counts as a stall
-/// ([`crate::supervisor::machine::Event::Resumed`]): far above a busy host's scheduling delay.
+/// ([`crate::machine::Event::Resumed`]): far above a busy host's scheduling delay.
 pub const STALL_THRESHOLD: Duration = Duration::from_millis(100);
 
 /// The longest that verdicts on workers' messages are held after a stall.

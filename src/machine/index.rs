@@ -412,7 +412,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use crate::config::{Config, Strategy};
-    use crate::supervisor::machine::{Effect, Event, Machine, Pid, WorkerMessage};
+    use crate::machine::{Effect, Event, Machine, Pid, WorkerMessage};
 
     fn config(count: usize) -> Config {
         let mut c = crate::supervisor::tests::config(count, Strategy::AllAtOnce, 1);

@@ -1,11 +1,11 @@
 //! The vocabulary of the supervisor: what goes into the state machine ([`Event`]) and what
 //! comes out of it ([`Effect`]), with the small types they carry. Nothing here does anything;
-//! [`super::machine`] decides, [`super`] (the executor) acts.
+//! [`super`] (the machine) decides, [`crate::supervisor`] (the executor) acts.
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Reply;
 use crate::config::Config;
-use crate::control::proto::Reply;
 
 /// A process id.
 pub type Pid = i32;
@@ -106,7 +106,7 @@ pub enum Event {
     /// The event loop ran again after a stall (SIGSTOP, a frozen cgroup, a host that
     /// paused): it woke `stalled` later than its earliest deadline. What workers sent in
     /// the meantime is still queued unread, so verdicts on their messages (boot_timeout,
-    /// watchdog) are held for a short while (see [`crate::supervisor::policy::stall_hold`]).
+    /// watchdog) are held for a short while (see [`crate::machine::policy::stall_hold`]).
     Resumed {
         /// How much later than its deadline the loop woke.
         stalled: Duration,

@@ -1,0 +1,109 @@
+//! The human-readable `handover status` table.
+use std::time::Duration;
+
+use crate::control::proto::Status;
+
+/// The human-readable `handover status` table.
+pub fn render_status(s: &Status) -> String {
+    use std::fmt::Write as _;
+    // Worker text is cleaned where it is received; clean every string again here, so that
+    // nothing in a reply can drive the terminal.
+    let clean = crate::text::strip_control_chars;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} (pid {}): {}: {}", clean(&s.name), s.pid, clean(&s.phase), clean(&s.summary));
+    if !s.version.is_empty() {
+        let now = crate::unix::unix_now();
+        let ago = |t: f64| crate::text::human(Duration::from_secs_f64((now - t).max(0.0)));
+        let mut line = format!("handover {} for {}", clean(&s.version), ago(s.version_since_unix));
+        if let Some(from) = &s.upgraded_from {
+            let _ = write!(line, " (upgraded in place from {})", clean(from));
+        }
+        if s.upgrades > 0 {
+            let _ = write!(line, "; daemon up {}, {} upgrade(s)", ago(s.started_unix), s.upgrades);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
+        "GEN", "ROLE", "WANTED", "READY", "BOOTING", "DRAINING"
+    );
+    for g in &s.generations {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
+            g.generation,
+            clean(&g.role),
+            g.wanted,
+            g.ready,
+            g.booting,
+            g.draining
+        );
+    }
+    if !s.worker_isolation.is_empty() {
+        let _ = writeln!(out, "\nworkers: {}", clean(&s.worker_isolation));
+    }
+    // Memory and CPU per worker where each has a cgroup (cgroup per worker mode).
+    let usage = s.workers.iter().any(|w| w.cpu_usec.is_some() || w.memory_bytes.is_some());
+    let _ = writeln!(
+        out,
+        "\n{:<5} {:<5} {:>8} {:<9} {:>9} {:>8}{}  STATUS",
+        "GEN",
+        "SLOT",
+        "PID",
+        "STATE",
+        "SINCE",
+        "RESTARTS",
+        if usage { format!(" {:>10} {:>9}", "MEMORY", "CPU") } else { String::new() }
+    );
+    for w in &s.workers {
+        let columns = if usage {
+            let memory = w.memory_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1 << 20) as f64));
+            let cpu = w.cpu_usec.map_or("-".to_owned(), |u| format!("{:.2}s", u as f64 / 1e6));
+            format!(" {memory:>10} {cpu:>9}")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}  {}",
+            w.generation,
+            w.slot,
+            w.pid,
+            clean(&w.state),
+            w.since_secs,
+            w.restarts,
+            clean(w.status.as_deref().unwrap_or(""))
+        );
+    }
+    if !s.failing.is_empty() {
+        let _ = writeln!(out, "\nFAILING SLOTS (crash-loop backoff)");
+        let _ = writeln!(out, "{:<5} {:<5} {:>8} {:>13}  LAST FAILURE", "GEN", "SLOT", "RESTARTS", "NEXT ATTEMPT");
+        for f in &s.failing {
+            let next = match f.next_attempt_secs {
+                Some(secs) => format!("in {secs:.1}s"),
+                None => "booting".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<5} {:<5} {:>8} {:>13}  {}",
+                f.generation,
+                f.slot,
+                f.restarts,
+                next,
+                f.last_failure.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{:<16} {:<8} ADDRESS", "SOCKET", "ORIGIN");
+    for k in &s.sockets {
+        let _ = writeln!(out, "{:<16} {:<8} {}", clean(&k.name), clean(&k.origin), clean(&k.address));
+    }
+    if let Some(e) = &s.metrics_error {
+        let _ = writeln!(out, "\nmetrics: {} (retried at the next change; nothing waits on it)", clean(e));
+    }
+    if let Some(last) = &s.last_reload {
+        let _ = writeln!(out, "\nlast reload: {}", clean(last));
+    }
+    out
+}

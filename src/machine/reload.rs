@@ -1,0 +1,187 @@
+//! Reloads: a new generation requested, begun, reported on, committed or rolled back, and
+//! the reload queued behind it started. The machine's state and the other handlers are in
+//! `mod.rs`; the rule applied after every event in `reconcile.rs`.
+use super::*;
+
+impl Machine {
+    pub(super) fn on_reload_requested(
+        &mut self,
+        config: Result<Arc<Config>, String>,
+        requester: Option<RequestId>,
+        fx: &mut Vec<Effect>,
+    ) {
+        match &self.phase {
+            Phase::Stopping { .. } => {
+                if let Some(r) = requester {
+                    fx.push(done(r, Outcome::error("the daemon is stopping")));
+                }
+            }
+            Phase::Starting | Phase::Reloading(_) => {
+                // Coalesce: one reload runs after the current operation, with the newest
+                // config; every waiter gets its result.
+                match &mut self.pending_reload {
+                    Some(pending) => {
+                        pending.config = config;
+                        pending.waiters.extend(requester);
+                    }
+                    None => {
+                        self.pending_reload = Some(PendingReload { config, waiters: requester.into_iter().collect() })
+                    }
+                }
+                fx.push(log(
+                    Level::Info,
+                    "reload-queued",
+                    "reload requested while busy; it will run next".into(),
+                    None,
+                    None,
+                    None,
+                ));
+            }
+            Phase::Running => self.begin_reload(config, requester.into_iter().collect(), fx),
+        }
+    }
+
+    pub(super) fn begin_reload(
+        &mut self,
+        config: Result<Arc<Config>, String>,
+        waiters: Vec<RequestId>,
+        fx: &mut Vec<Effect>,
+    ) {
+        fx.push(Effect::Systemd(vec![SystemdMessage::Reloading]));
+        let config = match config {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("invalid config: {e}");
+                let msg = format!("reload failed, still serving gen {}: {reason}", self.active);
+                fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(self.active), None, None));
+                self.last_reload = Some(msg);
+                self.last_reload_failure = Some(reason.clone());
+                fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+                for r in waiters {
+                    fx.push(done(r, Outcome { generation: Some(self.active), ..Outcome::error(reason.clone()) }));
+                }
+                return;
+            }
+        };
+        let previous = self.active;
+        let candidate = self.next_generation;
+        self.next_generation += 1;
+        self.add_generation(candidate, config, Role::Candidate);
+        let g = self.gen(candidate);
+        let strategy = match g.config.reload.strategy {
+            Strategy::AllAtOnce => "all-at-once".to_string(),
+            Strategy::Rolling => format!("rolling, max_surge {}", g.config.reload.max_surge),
+        };
+        fx.push(log(
+            Level::Info,
+            "reload-started",
+            format!(
+                "reloading: generation {candidate} with {} workers ({strategy}) replaces generation {previous}",
+                g.slots.len()
+            ),
+            Some(candidate),
+            None,
+            None,
+        ));
+        self.phase = Phase::Reloading(Reloading { candidate, previous, waiters });
+    }
+
+    /// Tells the clients waiting on a reload how far its generation has come.
+    pub(super) fn report_progress(&self, generation: u64, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = &self.phase else { return };
+        if r.candidate != generation {
+            return;
+        }
+        let g = self.gen(generation);
+        let progress = Progress {
+            generation,
+            ready: self.ready_count(generation),
+            total: g.slots.len(),
+            healthy: self.healthy_count(generation),
+            min_healthy_ms: u64::try_from(g.config.reload.min_healthy_time.as_millis()).unwrap_or(u64::MAX),
+        };
+        for &w in &r.waiters {
+            fx.push(Effect::Reply { requester: w, reply: Reply::Progress { progress } });
+        }
+    }
+
+    /// The reload failed: stop the candidate's booting workers, keep serving the previous
+    /// generation, answer the waiters, tell systemd we are ready again.
+    pub(super) fn fail_reload(&mut self, reason: String, now: Instant, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = std::mem::replace(&mut self.phase, Phase::Running) else { return };
+        let candidate = r.candidate;
+        self.gen_mut(candidate).role = Role::Outgoing;
+        // Booting candidate workers are useless: stop them (gracefully: a worker that never
+        // said READY=1 may still be serving requests it accepted).
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == candidate && w.state == WorkerState::Booting)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stop_worker(id, now, fx);
+        }
+        self.gen_mut(candidate).slots.unwant_vacant();
+        // Rolling: slots of the previous generation retired during this reload are wanted
+        // again; its ready candidate workers serve until they are replaced.
+        self.gen_mut(r.previous).slots.set_all_wanted(true);
+        let msg =
+            format!("reload to generation {candidate} failed, rolled back; generation {} serves: {reason}", r.previous);
+        fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(candidate), None, None));
+        self.last_reload = Some(msg);
+        self.last_reload_failure = Some(format!("gen {candidate} rolled back: {reason}"));
+        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+        for w in r.waiters {
+            fx.push(done(w, Outcome { generation: Some(r.previous), ..Outcome::error(reason.clone()) }));
+        }
+        self.start_pending_reload(fx);
+    }
+
+    pub(super) fn commit_reload(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Phase::Reloading(r) = std::mem::replace(&mut self.phase, Phase::Running) else { return };
+        let candidate = r.candidate;
+        for g in self.generations.values_mut() {
+            if g.number != candidate {
+                g.role = Role::Outgoing;
+            }
+        }
+        self.gen_mut(candidate).role = Role::Active;
+        self.active = candidate;
+        // Everything older is retired now; its workers drain.
+        let old: Vec<u64> = self.generations.keys().copied().filter(|&n| n != candidate).collect();
+        for n in old {
+            let ids: Vec<WorkerId> =
+                self.workers.iter().filter(|(_, w)| w.generation == n).map(|(id, _)| *id).collect();
+            self.gen_mut(n).slots.set_all_wanted(false);
+            for id in ids {
+                self.stop_worker(id, now, fx);
+            }
+        }
+        let n = self.gen(candidate).slots.len();
+        let msg = format!(
+            "reload succeeded: generation {candidate} serves with {n}/{n} workers ready; generation {} drains",
+            r.previous
+        );
+        fx.push(log(Level::Info, "reload-succeeded", msg.clone(), Some(candidate), None, None));
+        self.last_reload = Some(msg.clone());
+        self.last_reload_failure = None;
+        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+        fx.push(Effect::Committed { generation: candidate });
+        for w in r.waiters {
+            fx.push(done(w, Outcome { generation: Some(candidate), ..Outcome::ok(msg.clone()) }));
+        }
+        self.start_pending_reload(fx);
+    }
+
+    pub(super) fn start_pending_reload(&mut self, fx: &mut Vec<Effect>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(p) = self.pending_reload.take() {
+            self.begin_reload(p.config, p.waiters, fx);
+        }
+    }
+
+    // ----------------------------------------------------------------- queries
+}
