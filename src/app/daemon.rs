@@ -186,6 +186,27 @@ fn serve(setup: supervisor::Setup) -> i32 {
 /// stopped reading must not keep a stopped service from exiting.
 const LOG_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Arguments of a worker command that look like relative file paths: `gunicorn.conf.py`,
+/// `conf/app.ini`, `--config=app.toml`, `unix:run/app.sock` (no URL, no option name, no
+/// shell script with spaces).
+fn relative_paths(args: &[String]) -> Vec<&str> {
+    const FILE_ENDINGS: [&str; 14] = [
+        ".py", ".conf", ".cfg", ".ini", ".toml", ".json", ".yaml", ".yml", ".js", ".mjs", ".cjs", ".rb", ".sock",
+        ".env",
+    ];
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((_, value)) if a.starts_with('-') => value,
+            _ => a.as_str(),
+        })
+        .filter(|a| !a.is_empty() && !a.starts_with('-') && !a.contains("://") && !a.contains(char::is_whitespace))
+        .filter(|a| {
+            let file = a.rsplit_once(':').map_or(*a, |(_, f)| f);
+            !file.starts_with('/') && (file.contains('/') || FILE_ENDINGS.iter().any(|e| file.ends_with(e)))
+        })
+        .collect()
+}
+
 /// `handover check`.
 pub fn check(path: PathBuf) -> i32 {
     match config::load(&path, &LoadEnv::from_process()) {
@@ -207,6 +228,18 @@ pub fn check(path: PathBuf) -> i32 {
                     );
                 }
             }
+            // Relative to the directory the workers start in: under systemd that is `/`, not
+            // the one `handover check` runs in, where they would have been found.
+            if c.workers.working_directory.is_none() {
+                for arg in relative_paths(c.workers.command.get(1..).unwrap_or_default()) {
+                    eprintln!(
+                        "{}: warning: workers.command: {arg:?} is a relative path and no \
+                         workers.working_directory is set: workers start in / under systemd \
+                         (set working_directory to the app's directory)",
+                        path.display()
+                    );
+                }
+            }
             print_out(&format!(
                 "{}: ok: {} x {} on {listen}; control socket {}\n",
                 path.display(),
@@ -219,5 +252,33 @@ pub fn check(path: PathBuf) -> i32 {
             eprintln!("{e}");
             EXIT_USAGE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_paths;
+
+    #[test]
+    fn relative_file_arguments_are_told_from_modules_options_and_scripts() {
+        let args: Vec<String> = [
+            "-c",
+            "gunicorn.conf.py",
+            "--config=app.toml",
+            "--bind=unix:run/app.sock",
+            "conf/app.ini",
+            "app:app",
+            "--preload",
+            "-w",
+            "4",
+            "/etc/app.conf",
+            "127.0.0.1:8000",
+            "exec gunicorn -c x.py",
+            "http://example.com/x.py",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(relative_paths(&args), vec!["gunicorn.conf.py", "app.toml", "unix:run/app.sock", "conf/app.ini"]);
     }
 }

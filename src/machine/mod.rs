@@ -273,6 +273,12 @@ pub struct Machine {
     /// from a stall ([`Event::Resumed`]): messages that met those deadlines may still be
     /// queued unread.
     verdicts_held_until: Option<Instant>,
+    /// Some worker has been ready since the daemon started (a start that got this far is
+    /// not hopeless: see `give_up_a_hopeless_start`). True for a restored machine.
+    ever_ready: bool,
+    /// Why the start was given up (`give_up_a_hopeless_start`): shown in `STATUS=`, and the
+    /// daemon exits with [`policy::START_FAILED_EXIT`] once every worker is gone.
+    start_given_up: Option<String>,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -307,6 +313,8 @@ impl Machine {
             invariant_checks: true,
             last_now: now,
             verdicts_held_until: None,
+            ever_ready: false,
+            start_given_up: None,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -441,8 +449,12 @@ impl Machine {
         self.reconcile(now, &mut fx);
         // Only a counted failure can make the daemon degraded, and only while it is can a
         // step end it: the scan of the slots is skipped otherwise.
-        if self.degraded || std::mem::take(&mut self.failure_counted) {
+        let counted = std::mem::take(&mut self.failure_counted);
+        if self.degraded || counted {
             self.update_degraded(&mut fx);
+        }
+        if counted && matches!(self.phase, Phase::Starting) {
+            self.give_up_a_hopeless_start(now, &mut fx);
         }
         #[cfg(any(debug_assertions, test))]
         if self.invariant_checks {

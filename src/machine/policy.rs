@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// The longest respawn delay.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How many times in a row every slot of the first generation may fail before it was ever
+/// ready before handover gives the start up (exit 3): with the backoff, 1.5 s of waiting
+/// plus five boots, long enough for a worker that fails once or twice on a passing cause.
+pub const START_ATTEMPTS: u32 = 5;
+
+/// The daemon's exit status when it gives a start up (SPEC §5: 3). Not in
+/// `RestartPreventExitStatus=`: systemd may try again, bounded by `StartLimitBurst=`.
+pub const START_FAILED_EXIT: i32 = 3;
 /// A worker that stayed up this long resets its slot's failure count.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// How long a worker that missed its watchdog gets between SIGABRT and SIGKILL.

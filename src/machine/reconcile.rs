@@ -20,7 +20,7 @@ impl Machine {
     pub(super) fn reconcile(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if matches!(self.phase, Phase::Stopping { .. }) {
             if self.workers.is_empty() {
-                let code = 0;
+                let code = if self.start_given_up.is_some() { super::policy::START_FAILED_EXIT } else { 0 };
                 fx.push(log(Level::Info, "stopped", "every worker has exited; exiting".into(), None, None, None));
                 fx.push(Effect::Exit { code });
                 self.generations.retain(|&n, _| n == self.active);

@@ -353,6 +353,8 @@ impl Machine {
             worker_output: if state.output_to_journal { WorkerOutput::Journal } else { WorkerOutput::Stderr },
             last_now: now,
             verdicts_held_until: None,
+            ever_ready: true,
+            start_given_up: None,
         })
     }
 }

@@ -49,6 +49,10 @@ impl Machine {
                 line.push_str(last);
             }
         }
+        if let Some(why) = &self.start_given_up {
+            line.push_str("; ");
+            line.push_str(why);
+        }
         if let Some(why) = &self.last_reload_failure {
             line.push_str("; last reload failed: ");
             line.push_str(why);

@@ -300,6 +300,7 @@ impl Machine {
         w.state = WorkerState::Ready;
         w.since = now;
         w.ready_at = Some(now);
+        self.ever_ready = true;
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
         let boot = now.saturating_duration_since(w.spawned_at);
         drop(w);
@@ -426,6 +427,34 @@ impl Machine {
         s.not_before = Some(policy::deadline(now, policy::backoff(s.failures)));
         s.last_failure = Some(why.to_string());
         self.failure_counted = true;
+    }
+
+    /// A start that cannot succeed ends (SPEC §5): while the first generation starts and no
+    /// worker was ever ready, once every slot failed [`policy::START_ATTEMPTS`] times in a
+    /// row, the daemon says why (log, `STATUS=`) and stops with exit status 3, instead of
+    /// retrying until systemd's start timeout. systemd's `Restart=` then decides (the unit
+    /// bounds it with `StartLimitBurst=`): a passing cause gets another start.
+    pub(super) fn give_up_a_hopeless_start(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.ever_ready {
+            return;
+        }
+        let active = self.active;
+        let g = self.gen(active);
+        let hopeless = !g.slots.is_empty() && g.slots.iter().all(|s| s.failures >= policy::START_ATTEMPTS);
+        if !hopeless {
+            return;
+        }
+        let last = g.slots.iter().filter_map(|s| s.last_failure.clone()).next_back().unwrap_or_default();
+        let msg = format!(
+            "cannot start: every worker of generation {active} failed {} times in a row before it was ever ready; \
+             giving up (exit 3). The last: {last}",
+            policy::START_ATTEMPTS
+        );
+        fx.push(log(Level::Error, "start-failed", msg.clone(), Some(active), None, None));
+        self.start_given_up = Some(msg);
+        self.on_stop(false, now, fx);
+        // The step's reconcile ran before this: with no worker left, the exit is now.
+        self.reconcile(now, fx);
     }
 
     /// Logs the transitions into and out of the degraded state.

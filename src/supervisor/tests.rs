@@ -801,3 +801,41 @@ fn a_worker_that_exits_after_its_stop_signal_is_logged_as_drained_and_one_killed
     let killed = logged(&sim, mark, "worker-exited");
     assert!(killed[0].contains("SIGKILLed, it had not exited within graceful_timeout"), "{killed:?}");
 }
+
+/// Exits every booting worker of generation 1 and lets the backoff pass, `rounds` times.
+fn fail_at_boot(sim: &mut Sim, rounds: usize) {
+    for _ in 0..rounds {
+        for pid in sim.pids_of(1) {
+            if sim.state_of(pid) == "booting" {
+                sim.exit(pid);
+            }
+        }
+        if sim.m.next_deadline().is_some() {
+            sim.run_timer();
+        }
+    }
+}
+
+#[test]
+fn a_start_whose_every_slot_keeps_failing_at_boot_is_given_up_with_exit_3() {
+    let mut sim = Sim::new(config(2, Strategy::AllAtOnce, 1));
+    fail_at_boot(&mut sim, policy::START_ATTEMPTS as usize - 1);
+    assert!(!sim.log.iter().any(|e| matches!(e, Effect::Exit { .. })), "given up too early");
+    fail_at_boot(&mut sim, 1);
+    assert!(sim.log.iter().any(|e| matches!(e, Effect::Exit { code: 3 })), "not given up: {}", sim.m.status_line());
+    assert!(sim.m.status_line().contains("cannot start"), "{}", sim.m.status_line());
+    assert!(!sim.systemd_since(0).contains(&SystemdMessage::Ready));
+}
+
+#[test]
+fn a_start_where_some_worker_was_ready_is_never_given_up() {
+    let mut sim = Sim::new(config(2, Strategy::AllAtOnce, 1));
+    let first = sim.pids_of(1)[0];
+    sim.ready(first);
+    // The other slot fails at boot again and again: degraded, not hopeless.
+    for _ in 0..2 * policy::START_ATTEMPTS {
+        fail_at_boot(&mut sim, 1);
+    }
+    assert!(!sim.log.iter().any(|e| matches!(e, Effect::Exit { .. })), "{}", sim.m.status_line());
+    assert_eq!(sim.state_of(first), "ready");
+}
