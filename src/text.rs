@@ -2,6 +2,11 @@
 //! made safe to show. Plain functions of std only; the bottom of the house.
 use std::time::Duration;
 
+/// `n` and the noun for that many: `1 worker`, `2 workers` (`plural` for n != 1).
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// A duration for humans: `250ms`, `2.5s`, `3m`.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, ReadyMode, Strategy};
-use crate::text::human;
+use crate::text::{count, human};
 
 pub use events::*;
 pub use replies::{Outcome, Progress, Reply};
@@ -320,7 +320,7 @@ impl Machine {
         let mut fx = vec![log(
             Level::Info,
             "starting",
-            format!("starting generation 1 with {} workers", m.gen(1).slots.len()),
+            format!("starting generation 1 with {}", count(m.gen(1).slots.len(), "worker", "workers")),
             Some(1),
             None,
             None,
@@ -497,7 +497,7 @@ impl Machine {
         }
         let g = self.gen_mut(active);
         g.slots.resize(want);
-        let msg = format!("scaled generation {active} from {have} to {want} workers");
+        let msg = format!("scaled generation {active} from {have} to {}", count(want, "worker", "workers"));
         fx.push(log(Level::Info, "scaled", msg.clone(), Some(active), None, None));
         answer(fx, Outcome { generation: Some(active), ..Outcome::ok(msg) });
     }

@@ -76,8 +76,8 @@ impl Machine {
             Level::Info,
             "reload-started",
             format!(
-                "reloading: generation {candidate} with {} workers ({strategy}) replaces generation {previous}",
-                g.slots.len()
+                "reloading: generation {candidate} with {} ({strategy}) replaces generation {previous}",
+                count(g.slots.len(), "worker", "workers")
             ),
             Some(candidate),
             None,

@@ -5,6 +5,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{Machine, Phase, Role, WorkerState};
+use crate::text::count;
 
 impl Machine {
     /// The one-line summary for `STATUS=` and `handover status`.
@@ -43,7 +44,7 @@ impl Machine {
         let mut line = format!("{prefix}{}", parts.join("; "));
         if self.degraded {
             let failing = self.degraded_slots();
-            line.push_str(&format!("; degraded: {} slots in crash-loop backoff", failing.len()));
+            line.push_str(&format!("; degraded: {} in crash-loop backoff", count(failing.len(), "slot", "slots")));
             if let Some(last) = failing.iter().find_map(|f| f.last_failure.as_deref()) {
                 line.push_str(", last: ");
                 line.push_str(last);

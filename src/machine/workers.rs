@@ -469,9 +469,9 @@ impl Machine {
         if degraded {
             let last = failing.first().and_then(|f| f.last_failure.clone()).unwrap_or_default();
             let msg = format!(
-                "degraded: {} of {} slots of generation {active} are failing (crash-loop backoff); last: {last}",
+                "degraded: {} of {} of generation {active} failing (crash-loop backoff); last: {last}",
                 failing.len(),
-                self.gen(active).slots.len()
+                count(self.gen(active).slots.len(), "slot", "slots")
             );
             fx.push(log(Level::Error, "degraded", msg, Some(active), None, None));
         } else {

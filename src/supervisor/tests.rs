@@ -746,11 +746,7 @@ fn a_crash_loop_shows_as_degraded_with_the_last_failure_and_next_attempt() {
     assert_eq!((f.generation, f.slot, f.restarts), (1, 0, 1));
     assert!(f.last_failure.as_deref().unwrap_or("").contains("exit code 1"), "{f:?}");
     assert!(f.next_attempt_secs.is_some_and(|s| s > 0.0 && s <= 0.1), "{f:?}");
-    assert!(
-        st.summary.contains("degraded: 1 slots in crash-loop backoff, last: worker gen 1 slot 0"),
-        "{}",
-        st.summary
-    );
+    assert!(st.summary.contains("degraded: 1 slot in crash-loop backoff, last: worker gen 1 slot 0"), "{}", st.summary);
     assert_eq!(logged(&sim, mark, "degraded").len(), 1);
     // Respawned after the backoff: booting, still failing until ready.
     sim.run_timer();
