@@ -7,10 +7,11 @@
 //! Query them with `journalctl -u app HANDOVER_EVENT=reload-failed`.
 //!
 //! # Never blocking the event loop
-//! A log line is handed to a writer thread through a bounded queue ([`QUEUE_LINES`]); only
-//! that thread writes to stderr or the journal's socket. A reader that stops reading (a
-//! full pipe, a stuck journald, a FIFO nobody opens for reading) then blocks the writer
-//! thread, never the event loop: status, reloads, reaping and systemd's watchdog go on,
+//! A log line is written at once only where that cannot block (stderr with room for it, and
+//! nothing queued before it); otherwise it is handed to a writer thread through a bounded
+//! queue ([`QUEUE_LINES`]), and only that thread writes to the journal's socket. A reader
+//! that stops reading (a full pipe, a stuck journald, a FIFO nobody reads) then blocks the
+//! writer thread, never the event loop: status, reloads, reaping and systemd's watchdog go on,
 //! lines that do not fit in the queue are dropped, and the next line written says how many
 //! ("N log lines dropped"). Before the process execs (`handover upgrade`) or exits, [`flush`]
 //! waits a bounded time for the queue to empty.
@@ -46,6 +47,8 @@ static WRITER: OnceLock<Writer> = OnceLock::new();
 
 /// The sending side of the writer thread's queue.
 struct Writer {
+    /// Where lines go: on stderr a line may be written at once (see `record`).
+    destination: Destination,
     queue: SyncSender<LogRecord>,
     /// Lines dropped because the queue was full, not yet reported.
     dropped: Arc<AtomicU64>,
@@ -57,7 +60,7 @@ struct Writer {
 /// starts the writer thread. Safe to call more than once (later calls do nothing).
 pub fn init(name: &str) -> Destination {
     let destination = install(name);
-    start_writer();
+    start_writer(destination);
     destination
 }
 
@@ -82,7 +85,7 @@ fn install(name: &str) -> Destination {
     Destination::Stderr
 }
 
-fn start_writer() {
+fn start_writer(destination: Destination) {
     if WRITER.get().is_some() {
         return;
     }
@@ -115,8 +118,23 @@ fn start_writer() {
     });
     // Without the thread (it could not be started), lines are written where they are logged.
     if spawned.is_ok() {
-        let _ = WRITER.set(Writer { queue, dropped, pending });
+        let _ = WRITER.set(Writer { destination, queue, dropped, pending });
     }
+}
+
+/// The longest message written directly by [`record`]: with the prefix, well under
+/// PIPE_BUF (4096), which a pipe that polls writable takes whole.
+const DIRECT_LINE_MAX: usize = 3072;
+
+/// Whether stderr can take a line now without blocking (poll(2) with no wait).
+fn stderr_has_room() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let stderr = std::io::stderr();
+    let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLOUT) && !r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 /// Waits until every queued line was written, at most `timeout` (a reader that stopped
@@ -145,6 +163,19 @@ pub fn record(r: &LogRecord) {
     let Some(writer) = WRITER.get() else { return emit(r) };
     let (count, _) = &*writer.pending;
     let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Written here and now when that cannot block: nothing queued before it (the order
+    // stays), stderr (not the journal's socket, which only the writer thread touches), and
+    // room for the line in it (a file always has; a pipe has when poll says so, and a line
+    // shorter than PIPE_BUF is then written whole). So a line is in the log before the
+    // daemon answers the request that caused it, as long as stderr keeps up. The lock is
+    // held meanwhile: no line is queued behind this one's back.
+    if *count == 0
+        && writer.destination == Destination::Stderr
+        && r.message.len() < DIRECT_LINE_MAX
+        && stderr_has_room()
+    {
+        return emit(r);
+    }
     match writer.queue.try_send(r.clone()) {
         Ok(()) => *count += 1,
         Err(TrySendError::Full(_)) => {
