@@ -95,18 +95,7 @@ fn start_writer(destination: Destination) {
     let (thread_dropped, thread_pending) = (dropped.clone(), pending.clone());
     let spawned = std::thread::Builder::new().name("handover-log".into()).spawn(move || {
         for line in lines {
-            let lost = thread_dropped.swap(0, Ordering::Relaxed);
-            if lost > 0 {
-                let message = format!("{lost} log lines dropped: stderr or the journal did not keep up");
-                emit(&LogRecord {
-                    level: Level::Warn,
-                    event: "log-dropped",
-                    message,
-                    generation: None,
-                    slot: None,
-                    pid: None,
-                });
-            }
+            report_dropped(&thread_dropped);
             emit(&line);
             let (count, written) = &*thread_pending;
             let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -119,6 +108,15 @@ fn start_writer(destination: Destination) {
     // Without the thread (it could not be started), lines are written where they are logged.
     if spawned.is_ok() {
         let _ = WRITER.set(Writer { destination, queue, dropped, pending });
+    }
+}
+
+/// Says how many lines were dropped since the last time, if any were.
+fn report_dropped(dropped: &AtomicU64) {
+    let lost = dropped.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let message = format!("{lost} log lines dropped: stderr or the journal did not keep up");
+        emit(&LogRecord { level: Level::Warn, event: "log-dropped", message, generation: None, slot: None, pid: None });
     }
 }
 
@@ -174,6 +172,7 @@ pub fn record(r: &LogRecord) {
         && r.message.len() < DIRECT_LINE_MAX
         && stderr_has_room()
     {
+        report_dropped(&writer.dropped);
         return emit(r);
     }
     match writer.queue.try_send(r.clone()) {
