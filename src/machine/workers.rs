@@ -85,17 +85,11 @@ impl Machine {
                     fx.push(log(Level::Warn, "worker-exited", reason, Some(generation), Some(slot), w.pid));
                 } else {
                     let uptime = now.saturating_duration_since(w.spawned_at);
-                    self.count_failure(generation, slot, uptime, &reason, now);
-                    let delay = self
-                        .gen(generation)
-                        .slots
-                        .get(slot)
-                        .and_then(|s| s.not_before)
-                        .map(|t| t.saturating_duration_since(now));
+                    let delay = self.count_failure(generation, slot, uptime, &reason, now);
                     fx.push(log(
                         Level::Warn,
                         "worker-failed",
-                        format!("{reason}; respawning in {}", human(delay.unwrap_or_default())),
+                        format!("{reason}; respawning in {}", human(delay)),
                         Some(generation),
                         Some(slot),
                         w.pid,
@@ -169,14 +163,8 @@ impl Machine {
                             s.failures = 0;
                         }
                     } else if role != Role::Outgoing {
-                        self.count_failure(generation, slot, uptime, &format!("{msg} (STOPPING=1)"), now);
-                        let delay = self
-                            .gen(generation)
-                            .slots
-                            .get(slot)
-                            .and_then(|s| s.not_before)
-                            .map(|t| t.saturating_duration_since(now));
-                        msg.push_str(&format!("; its replacement starts in {}", human(delay.unwrap_or_default())));
+                        let delay = self.count_failure(generation, slot, uptime, &format!("{msg} (STOPPING=1)"), now);
+                        msg.push_str(&format!("; its replacement starts in {}", human(delay)));
                     }
                     fx.push(log(Level::Info, "worker-stopping", msg, Some(generation), Some(slot), pid));
                 }
@@ -286,7 +274,9 @@ impl Machine {
         match self.gen(generation).role {
             Role::Candidate if !healthy => self.fail_reload(msg, now, fx),
             Role::Outgoing => {}
-            _ => self.count_failure(generation, slot, uptime, &msg, now),
+            _ => {
+                self.count_failure(generation, slot, uptime, &msg, now);
+            }
         }
     }
 
@@ -417,16 +407,29 @@ impl Machine {
         }
     }
 
-    pub(super) fn count_failure(&mut self, generation: u64, slot: usize, uptime: Duration, why: &str, now: Instant) {
-        let Some(mut s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else { return };
+    /// Counts a failure of the slot's worker and sets the slot's backoff; returns how long
+    /// until its replacement may start.
+    pub(super) fn count_failure(
+        &mut self,
+        generation: u64,
+        slot: usize,
+        uptime: Duration,
+        why: &str,
+        now: Instant,
+    ) -> Duration {
+        let Some(mut s) = self.generations.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else {
+            return Duration::ZERO;
+        };
         if uptime >= policy::BACKOFF_RESET_AFTER {
             s.failures = 0;
         }
         s.failures = s.failures.saturating_add(1);
         s.restarts = s.restarts.saturating_add(1);
-        s.not_before = Some(policy::deadline(now, policy::backoff(s.failures)));
+        let not_before = policy::deadline(now, policy::backoff(s.failures));
+        s.not_before = Some(not_before);
         s.last_failure = Some(why.to_string());
         self.failure_counted = true;
+        not_before.saturating_duration_since(now)
     }
 
     /// A start that cannot succeed ends (SPEC §5): while the first generation starts and no
