@@ -22,6 +22,7 @@ use crate::control::proto::{Outcome, Reply, Request};
 use crate::control::Command;
 use crate::logging;
 use crate::signals::{SignalEvent, Signals};
+use crate::text::count;
 use crate::upgrade::{self, ConnectionRecord, HandOff, Waits};
 use crate::worker::readiness::NotifyServer;
 use crate::worker::WorkerProcess;
@@ -244,11 +245,11 @@ impl Daemon {
             Level::Info,
             "upgrade",
             format!(
-                "upgrade: executing {} in place ({} workers, {} sockets, {} waiting connections handed over)",
+                "upgrade: executing {} in place ({}, {}, {} handed over)",
                 binary.display(),
-                handoff.machine.workers.len(),
-                handoff.sockets.len(),
-                handoff.connections.len()
+                count(handoff.machine.workers.len(), "worker", "workers"),
+                count(handoff.sockets.len(), "socket", "sockets"),
+                count(handoff.connections.len(), "waiting connection", "waiting connections")
             ),
         );
         // The metrics file gets its last text before the writer thread ends with the exec.
@@ -364,8 +365,8 @@ impl Daemon {
         }
         let took = time_base().monotonic_ns.saturating_sub(h.exec_monotonic_ns);
         let adopted = format!(
-            "{} workers adopted, {gone} exited during the hand-off; the exec took {:.1} ms",
-            self.processes.len() + gone,
+            "{} adopted, {gone} exited during the hand-off; the exec took {:.1} ms",
+            count(self.processes.len() + gone, "worker", "workers"),
             took as f64 / 1e6
         );
         match &h.returned {
