@@ -210,14 +210,15 @@ impl Tree {
     }
 
     /// Creates the cgroup for a worker about to be spawned, with `memory.max` set if asked
-    /// (and the memory controller is enabled), and returns it opened (`O_DIRECTORY`) for
-    /// the clone.
+    /// (and the memory controller is enabled) and `cpu.weight` if given (the cpu controller
+    /// is), and returns it opened (`O_DIRECTORY`) for the clone.
     pub fn create_worker(
         &self,
         generation: u64,
         slot: usize,
         id: u64,
         memory_max: Option<u64>,
+        cpu_weight: Option<u32>,
     ) -> io::Result<(PathBuf, OwnedFd)> {
         let dir = self.own.join(format!("{WORKER_PREFIX}{generation}-{slot}-{id}"));
         match std::fs::create_dir(&dir) {
@@ -236,6 +237,13 @@ impl Tree {
                 }
             }
         }
+        if let (Some(weight), true) = (cpu_weight, self.cpu) {
+            let file = dir.join("cpu.weight");
+            if let Err(e) = std::fs::write(&file, weight.to_string()) {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(annotate(e, &file));
+            }
+        }
         match open_dir(&dir) {
             Ok(fd) => Ok((dir, fd)),
             Err(e) => {
@@ -243,6 +251,14 @@ impl Tree {
                 Err(annotate(e, &dir))
             }
         }
+    }
+
+    /// Sets the `cpu.weight` of the worker `pid`'s cgroup (a worker that booted at low
+    /// priority, raised).
+    pub fn set_cpu_weight(&self, pid: i32, weight: u32) -> io::Result<()> {
+        let Some(dir) = self.workers.get(&pid) else { return Ok(()) };
+        let file = dir.join("cpu.weight");
+        std::fs::write(&file, weight.to_string()).map_err(|e| annotate(e, &file))
     }
 
     /// Records that the worker `pid` runs in `dir`.

@@ -43,6 +43,9 @@ pub fn render_status(s: &Status) -> String {
     if !s.worker_isolation.is_empty() {
         let _ = writeln!(out, "\nworkers: {}", clean(&s.worker_isolation));
     }
+    if !s.boot_priority.is_empty() {
+        let _ = writeln!(out, "boot priority: {}", clean(&s.boot_priority));
+    }
     // Memory and CPU per worker where each has a cgroup (cgroup per worker mode).
     let usage = s.workers.iter().any(|w| w.cpu_usec.is_some() || w.memory_bytes.is_some());
     let _ = writeln!(
@@ -64,9 +67,10 @@ pub fn render_status(s: &Status) -> String {
         } else {
             String::new()
         };
+        let low = if w.low_priority { "[low CPU priority] " } else { "" };
         let _ = writeln!(
             out,
-            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}  {}",
+            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}  {low}{}",
             w.generation,
             w.slot,
             w.pid,

@@ -153,6 +153,19 @@ pub struct Reload {
     /// and a new worker that fails before it is healthy rolls the reload back. Zero: ready
     /// is healthy.
     pub min_healthy_time: Duration,
+    /// The CPU priority a generation boots at beside a serving one.
+    pub boot_priority: BootPriority,
+}
+
+/// `reload.boot_priority`: the CPU priority of workers that boot while others serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BootPriority {
+    /// The lowest CPU weight until ready (or until half the boot_timeout passed), so that
+    /// the serving workers keep the CPU while the new code imports.
+    #[default]
+    Low,
+    /// The same priority as every other worker.
+    Normal,
 }
 
 /// `reload.strategy`.

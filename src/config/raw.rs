@@ -12,8 +12,8 @@
 //!    (`toml::Spanned`), so every error points at the offending value.
 use super::{checks::*, paths::*, source::*, users::*};
 use super::{
-    units, Config, ConfigError, Listen, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers, MAX_LIFETIME,
-    MAX_TIMEOUT,
+    units, BootPriority, Config, ConfigError, Listen, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers,
+    MAX_LIFETIME, MAX_TIMEOUT,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -115,13 +115,14 @@ struct RawWorkers {
 }
 
 /// The `[reload]` table (optional). Defaults: `strategy` "all-at-once", `max_surge` 1,
-/// `min_healthy_time` 0 with `ready = "notify"`, else 5 s.
+/// `min_healthy_time` 0 with `ready = "notify"`, else 5 s, `boot_priority` "low".
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 struct RawReload {
     strategy: Option<Spanned<String>>,
     max_surge: Option<Spanned<i64>>,
     min_healthy_time: Option<Spanned<DurationText>>,
+    boot_priority: Option<Spanned<String>>,
 }
 
 /// Reads the config file; shared by `load` and `control_socket_of` so both report an
@@ -479,7 +480,26 @@ impl RawReload {
                 ReadyMode::Spawn | ReadyMode::Delay(_) => DEFAULT_MIN_HEALTHY_TIME_GUESSED,
             },
         };
-        Ok(Reload { strategy, max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX), min_healthy_time })
+        let boot_priority = match &self.boot_priority {
+            None => BootPriority::Low,
+            Some(s) => match s.get_ref().as_str() {
+                "low" => BootPriority::Low,
+                "normal" => BootPriority::Normal,
+                other => {
+                    return Err(src.at(
+                        s.span(),
+                        "reload.boot_priority",
+                        format!("expected \"low\" or \"normal\", not \"{other}\""),
+                    ))
+                }
+            },
+        };
+        Ok(Reload {
+            strategy,
+            max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX),
+            min_healthy_time,
+            boot_priority,
+        })
     }
 }
 
@@ -615,7 +635,12 @@ mod tests {
                     memory_limit: None,
                     credentials: None,
                 },
-                reload: Reload { strategy: Strategy::AllAtOnce, max_surge: 1, min_healthy_time: Duration::ZERO },
+                reload: Reload {
+                    strategy: Strategy::AllAtOnce,
+                    max_surge: 1,
+                    min_healthy_time: Duration::ZERO,
+                    boot_priority: BootPriority::Low,
+                },
                 metrics: Metrics { textfile: None },
             }
         );
@@ -714,7 +739,12 @@ max_surge = 2
         // ready = "delay:2s": handover guesses readiness, so a window by default.
         assert_eq!(
             c.reload,
-            Reload { strategy: Strategy::Rolling, max_surge: 2, min_healthy_time: Duration::from_secs(5) }
+            Reload {
+                strategy: Strategy::Rolling,
+                max_surge: 2,
+                min_healthy_time: Duration::from_secs(5),
+                boot_priority: BootPriority::Low,
+            }
         );
     }
 
@@ -1214,7 +1244,19 @@ max_surge = 2
     fn reload() {
         let fx = Fx::new();
         let c = fx.ok(&format!("{MIN}count = 2\n[reload]\nstrategy = \"rolling\"\nmax_surge = 8\n"));
-        assert_eq!(c.reload, Reload { strategy: Strategy::Rolling, max_surge: 8, min_healthy_time: Duration::ZERO });
+        assert_eq!(
+            c.reload,
+            Reload {
+                strategy: Strategy::Rolling,
+                max_surge: 8,
+                min_healthy_time: Duration::ZERO,
+                boot_priority: BootPriority::Low
+            }
+        );
+        let c = fx.ok(&format!("{MIN}[reload]\nboot_priority = \"normal\"\n"));
+        assert_eq!(c.reload.boot_priority, BootPriority::Normal);
+        let e = fx.err(&format!("{MIN}[reload]\nboot_priority = \"idle\"\n"));
+        assert_eq!(at(&e), (4, 17, "reload.boot_priority"));
         let e = fx.err(&format!("{MIN}[reload]\nstrategy = \"blue-green\"\n"));
         assert_eq!(at(&e), (4, 12, "reload.strategy"));
         assert_eq!(e.message, "expected \"all-at-once\" or \"rolling\", not \"blue-green\"");

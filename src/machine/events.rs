@@ -167,6 +167,9 @@ pub struct SpawnRequest {
     pub slot: usize,
     /// The generation's config (command, env, sockets).
     pub config: Arc<Config>,
+    /// Start it at the lowest CPU priority (`reload.boot_priority = "low"`, beside serving
+    /// workers); [`Effect::RaisePriority`] ends it.
+    pub low_priority: bool,
 }
 
 /// An output of the state machine, carried out by the executor.
@@ -181,6 +184,12 @@ pub enum Effect {
         pid: Pid,
         /// The signal number.
         signal: i32,
+    },
+    /// Give a worker spawned with [`SpawnRequest::low_priority`] the normal CPU priority
+    /// again (its cgroup's weight, or its process group's nice value).
+    RaisePriority {
+        /// The worker's pid.
+        pid: Pid,
     },
     /// SIGKILL the worker's whole process group (pgid = its pid).
     KillGroup {

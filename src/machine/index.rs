@@ -30,6 +30,8 @@ pub(super) struct StateCounts {
     pub draining: usize,
     /// `Ready` and healthy (`reload.min_healthy_time` passed): a subset of `ready`.
     pub healthy: usize,
+    /// `Booting` at the low boot priority: a subset of `booting`.
+    pub low_booting: usize,
 }
 
 impl StateCounts {
@@ -54,6 +56,7 @@ pub(super) struct Indexed {
     pid: Option<Pid>,
     deadline: Option<Instant>,
     healthy: bool,
+    low_booting: bool,
 }
 
 /// The worker table and its indexes. See the module documentation.
@@ -80,6 +83,9 @@ impl WorkerIndexes {
         if ix.healthy {
             counts.healthy += 1;
         }
+        if ix.low_booting {
+            counts.low_booting += 1;
+        }
         if let Some(t) = ix.deadline {
             self.deadlines.insert((t, id));
         }
@@ -96,6 +102,9 @@ impl WorkerIndexes {
             *n = n.saturating_sub(1);
             if ix.healthy {
                 c.healthy = c.healthy.saturating_sub(1);
+            }
+            if ix.low_booting {
+                c.low_booting = c.low_booting.saturating_sub(1);
             }
             if c.is_empty() {
                 self.counts.remove(&ix.generation);
@@ -123,6 +132,7 @@ fn indexed(w: &Worker) -> Indexed {
         pid: w.pid,
         deadline: w.deadline(),
         healthy: w.state == WorkerState::Ready && w.healthy,
+        low_booting: w.state == WorkerState::Booting && w.low_priority,
     }
 }
 

@@ -35,8 +35,13 @@ impl Machine {
             if w.state == WorkerState::Ready {
                 let current = self.generations.get(&w.generation).and_then(|g| g.slots.get(w.slot)?.current);
                 assert_eq!(current, Some(*id), "a ready worker is the current worker of its slot");
+                assert!(!w.low_priority, "a ready worker runs at normal CPU priority");
             }
         }
+        // Low priority only beside serving workers (a spawned one: see `raise_priority`).
+        let low_with_pid =
+            self.workers.values().any(|w| w.low_priority && w.state == WorkerState::Booting && w.pid.is_some());
+        assert!(!low_with_pid || self.serving_workers() > 0, "a worker boots at low priority with nothing serving");
         // The indexes (issue 13) agree with the tables they index.
         self.workers.check_indexes();
         for g in self.generations.values() {

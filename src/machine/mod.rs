@@ -173,6 +173,9 @@ struct Worker {
     /// Ready and up for the generation's `reload.min_healthy_time` since (see
     /// [`Machine::mark_healthy`]); a candidate worker that fails before this rolls back.
     healthy: bool,
+    /// Spawned at the low boot priority (`reload.boot_priority`) and not raised yet: raised
+    /// once ready, when half its boot_timeout has passed, or when nothing serves any more.
+    low_priority: bool,
 }
 
 /// The config durations a worker's deadlines are computed from (copied at spawn, so that
@@ -219,7 +222,11 @@ impl Worker {
                     (Some(d), Some(_)) => self.spawned_at.checked_add(d),
                     _ => None,
                 };
-                earliest(boot, ready)
+                let raise = match self.low_priority {
+                    true => self.spawned_at.checked_add(policy::raise_priority_after(t.boot_timeout)),
+                    false => None,
+                };
+                earliest(earliest(boot, ready), raise)
             }
             WorkerState::Ready => {
                 let watchdog = match (self.watchdog_last, t.watchdog) {
@@ -279,6 +286,9 @@ pub struct Machine {
     /// Why the start was given up (`give_up_a_hopeless_start`): shown in `STATUS=`, and the
     /// daemon exits with [`policy::START_FAILED_EXIT`] once every worker is gone.
     start_given_up: Option<String>,
+    /// The executor can lower a booting worker's CPU priority and raise it again
+    /// ([`Machine::set_boot_lowering`]); without it every worker boots at normal priority.
+    boot_lowering: bool,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -315,6 +325,7 @@ impl Machine {
             verdicts_held_until: None,
             ever_ready: false,
             start_given_up: None,
+            boot_lowering: false,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -332,6 +343,14 @@ impl Machine {
     /// Tells the machine where workers' output goes (see [`WorkerOutput`]).
     pub fn set_worker_output(&mut self, output: WorkerOutput) {
         self.worker_output = output;
+    }
+
+    /// Tells the machine whether the executor can lower a booting worker's CPU priority and
+    /// raise it again (a delegated cgroup with the cpu controller, or a master allowed to
+    /// renice): only then does `reload.boot_priority = "low"` ask for it
+    /// ([`SpawnRequest::low_priority`], [`Effect::RaisePriority`]).
+    pub fn set_boot_lowering(&mut self, can: bool) {
+        self.boot_lowering = can;
     }
 
     /// The current phase.
@@ -456,6 +475,7 @@ impl Machine {
         if counted && matches!(self.phase, Phase::Starting) {
             self.give_up_a_hopeless_start(now, &mut fx);
         }
+        self.raise_when_nothing_serves(&mut fx);
         #[cfg(any(debug_assertions, test))]
         if self.invariant_checks {
             self.check_invariants();

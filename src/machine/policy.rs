@@ -19,6 +19,14 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// How long a worker that missed its watchdog gets between SIGABRT and SIGKILL.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// How long after its spawn a worker booting at the low priority (`reload.boot_priority`)
+/// is raised to normal if it is not ready by then: half its boot_timeout, so that a boot
+/// starved by a saturated CPU still has the other half at full priority and a reload
+/// always finishes.
+pub fn raise_priority_after(boot_timeout: std::time::Duration) -> std::time::Duration {
+    boot_timeout / 2
+}
+
 /// The longest the executor's timer sleeps in one go (a later deadline is slept towards in
 /// steps), and the longest period of its systemd watchdog ping.
 pub const MAX_TIMER_SLEEP: Duration = Duration::from_secs(3600);

@@ -7,7 +7,7 @@
 //! allows. Handling the same state twice emits nothing new.
 use std::time::Instant;
 
-use crate::config::Strategy;
+use crate::config::{BootPriority, Strategy};
 
 use super::{
     describe, log, Effect, Level, Machine, Phase, Role, SpawnRequest, SystemdMessage, Timing, Worker, WorkerId,
@@ -218,6 +218,11 @@ impl Machine {
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
         let timing = Timing::of(&self.gen(generation).config);
+        // Low only beside serving workers: a first start, or a respawn with nothing
+        // serving, takes the CPU it can get (SPEC §5 "Boot priority").
+        let low_priority = self.boot_lowering
+            && self.gen(generation).config.reload.boot_priority == BootPriority::Low
+            && self.serving_workers() > 0;
         self.workers.insert(
             id,
             Worker {
@@ -234,10 +239,11 @@ impl Machine {
                 timing,
                 ready_at: None,
                 healthy: false,
+                low_priority,
             },
         );
         let config = self.gen(generation).config.clone();
-        fx.push(Effect::Spawn(SpawnRequest { worker: id, generation, slot, config }));
+        fx.push(Effect::Spawn(SpawnRequest { worker: id, generation, slot, config, low_priority }));
         id
     }
 }

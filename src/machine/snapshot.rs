@@ -146,6 +146,9 @@ pub struct WorkerRecord {
     pub ready_at_ns: Option<u64>,
     /// Up for `min_healthy_time` since ready.
     pub healthy: bool,
+    /// Booting at the low CPU priority, not raised yet (absent: normal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub low_priority: bool,
 }
 
 impl Machine {
@@ -213,6 +216,7 @@ impl Machine {
                     min_healthy: w.timing.min_healthy,
                     ready_at_ns: w.ready_at.map(ns),
                     healthy: w.healthy,
+                    low_priority: w.low_priority,
                 }
             })
             .collect();
@@ -316,6 +320,7 @@ impl Machine {
                 },
                 ready_at: w.ready_at_ns.map(at),
                 healthy: w.healthy,
+                low_priority: w.low_priority,
             };
             if workers.get(&WorkerId(w.id)).is_some() {
                 return Err(format!("worker id {} appears twice", w.id));
@@ -355,6 +360,7 @@ impl Machine {
             verdicts_held_until: None,
             ever_ready: true,
             start_given_up: None,
+            boot_lowering: false,
         })
     }
 }

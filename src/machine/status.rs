@@ -123,6 +123,7 @@ impl Machine {
                 status: w.status_text.clone(),
                 memory_bytes: None, // filled in by the executor (cgroup per worker)
                 cpu_usec: None,
+                low_priority: w.low_priority && w.state == WorkerState::Booting,
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
@@ -205,6 +206,10 @@ pub struct Status {
     /// DIR (controllers: …)" where handover's cgroup is delegated.
     #[serde(default)]
     pub worker_isolation: String,
+    /// How a generation that boots beside a serving one is prioritised: "low: …" with the
+    /// means (cgroup cpu.weight or nice), or "normal" and why.
+    #[serde(default)]
+    pub boot_priority: String,
     /// Why the `[metrics] textfile` cannot be written (its directory removed, not writable),
     /// while that lasts: metrics are optional, so this is reported and nothing waits on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +272,9 @@ pub struct WorkerStatus {
     /// Its cgroup's CPU time (`cpu.stat` `usage_usec`), microseconds (cgroup per worker).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_usec: Option<u64>,
+    /// Booting at the low CPU priority (`reload.boot_priority`); absent once raised.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub low_priority: bool,
 }
 
 /// One listening socket in [`Status`].

@@ -201,6 +201,12 @@ impl Machine {
                     }
                     if now >= policy::deadline(w.spawned_at, wc.boot_timeout) && !verdicts_held {
                         self.boot_timed_out(id, now, fx);
+                        continue;
+                    }
+                    let raise_at = policy::deadline(w.spawned_at, policy::raise_priority_after(wc.boot_timeout));
+                    if w.low_priority && now >= raise_at {
+                        let why = format!("half its boot_timeout {} has passed", human(wc.boot_timeout));
+                        self.raise_priority(id, &why, fx);
                     }
                 }
                 WorkerState::Ready => {
@@ -293,6 +299,12 @@ impl Machine {
         self.ever_ready = true;
         let (generation, slot, pid) = (w.generation, w.slot, w.pid);
         let boot = now.saturating_duration_since(w.spawned_at);
+        // Ready: it takes traffic now, at the priority of every serving worker.
+        if std::mem::take(&mut w.low_priority) {
+            if let Some(pid) = pid {
+                fx.push(Effect::RaisePriority { pid });
+            }
+        }
         drop(w);
         let g = self.gen(generation);
         // Only a reload's new workers must prove themselves; the first generation has nothing
@@ -373,6 +385,43 @@ impl Machine {
             } else if s.successor == Some(id) {
                 s.successor = None;
             }
+        }
+    }
+
+    /// Raises a worker that boots at the low priority to normal before it is ready, so that
+    /// its boot finishes ([`policy::raise_priority_after`], or nothing serves any more).
+    pub(super) fn raise_priority(&mut self, id: WorkerId, why: &str, fx: &mut Vec<Effect>) {
+        let Some(mut w) = self.workers.get_mut(&id) else { return };
+        // Not spawned yet: raised once its pid is known (the next step's check).
+        let (true, Some(pid)) = (w.low_priority, w.pid) else { return };
+        w.low_priority = false;
+        let msg = format!("{} still booting: raised to normal CPU priority, as {why}", describe(&w));
+        let (generation, slot) = (w.generation, w.slot);
+        drop(w);
+        fx.push(Effect::RaisePriority { pid });
+        fx.push(log(Level::Info, "worker-priority", msg, Some(generation), Some(slot), Some(pid)));
+    }
+
+    /// Workers that are ready, in every generation.
+    pub(super) fn serving_workers(&self) -> usize {
+        self.generations.keys().map(|&g| self.workers.counts(g).ready).sum()
+    }
+
+    /// Workers boot at the low priority only beside serving ones: once none serves (the old
+    /// generation crashed, a scale-down), the booting ones get the whole CPU.
+    pub(super) fn raise_when_nothing_serves(&mut self, fx: &mut Vec<Effect>) {
+        let low: usize = self.generations.keys().map(|&g| self.workers.counts(g).low_booting).sum();
+        if low == 0 || self.serving_workers() > 0 {
+            return;
+        }
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.low_priority && w.state == WorkerState::Booting)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.raise_priority(id, "no worker serves any more", fx);
         }
     }
 

@@ -32,6 +32,8 @@ impl Daemon {
                     }
                     None => "process group per worker".to_owned(),
                 };
+                let low = self.machine.active_config().reload.boot_priority == crate::config::BootPriority::Low;
+                status.boot_priority = self.lowering.describe(low);
                 status.sockets = self.sockets.status();
                 status.metrics_error = self.metrics.write_error();
                 status.version = crate::VERSION.to_string();

@@ -47,6 +47,7 @@ use crate::sockets::Sockets;
 use crate::systemd::notify::NotifyState;
 use crate::systemd::{monotonic_usec, Notifier};
 use crate::upgrade;
+use crate::worker::priority::Lowering;
 use crate::worker::readiness::{Datagram, NotifyServer, Rejected};
 use crate::worker::{self, Launcher, WorkerProcess};
 
@@ -195,10 +196,11 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             None
         }
     });
-    let launcher = Launcher {
+    let mut launcher = Launcher {
         base_env,
         notify_socket: notify_server.path().to_path_buf(),
         notify_owner: resume.as_ref().and_then(|h| h.notify_owner),
+        boot_nice: None,
     };
     // A cgroup per worker where ours is delegated; process groups otherwise. After an
     // upgrade, the tree the old binary used (with its workers' cgroups) goes on.
@@ -215,6 +217,10 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             }
         },
     };
+    // How workers that boot beside serving ones are lowered (reload.boot_priority), if at
+    // all: decided once, as the cgroups are.
+    let lowering = Lowering::for_this_process(cgroups.as_ref().map(|t| t.cpu));
+    launcher.boot_nice = lowering.child_nice();
     let (internal_tx, internal) = mpsc::unbounded_channel();
     let (machine, effects) = match &mut resume {
         Some(h) => {
@@ -257,7 +263,9 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
             None => Metrics::new(&name),
         },
         cgroups,
+        lowering,
     };
+    daemon.machine.set_boot_lowering(daemon.lowering.available());
     // Workers inherit our stdout and stderr: where ours go, theirs go.
     daemon.machine.set_worker_output(if logging::stderr_is_journal() {
         machine::WorkerOutput::Journal
@@ -432,6 +440,8 @@ struct Daemon {
     metrics: Metrics,
     /// The cgroup per worker, where handover's cgroup is delegated (plain data).
     cgroups: Option<crate::cgroup::Tree>,
+    /// How workers that boot beside serving ones are lowered, if at all.
+    lowering: worker::priority::Lowering,
 }
 
 impl Daemon {
@@ -652,6 +662,7 @@ impl Daemon {
                         }
                     }
                 }
+                Effect::RaisePriority { pid } => self.raise_priority(pid),
                 Effect::KillGroup { pid } => {
                     if let Some(process) = self.processes.get(&pid) {
                         process.kill_group();

@@ -250,7 +250,10 @@ struct Sim {
 impl Sim {
     fn start(config: Arc<Config>) -> Result<Sim, TestCaseError> {
         let now = Instant::now();
-        let (m, fx) = Machine::start(config, now);
+        let (mut m, fx) = Machine::start(config, now);
+        // As on a host where booting workers can be lowered: the boot priority's rules are
+        // held to the invariants too.
+        m.set_boot_lowering(true);
         let mut sim = Sim { m, now, next_pid: 1000, live: vec![], spawns_fail: false, next_request: 1, exited: false };
         let produced = sim.execute(fx);
         sim.drain(produced)?;

@@ -8,6 +8,7 @@ use super::Daemon;
 use crate::logging;
 use crate::machine::Level;
 use crate::machine::{Event, SpawnRequest};
+use crate::worker::priority::{self, Lowering};
 use crate::worker::Meanwhile;
 
 /// Descriptors kept free beyond the workers' pidfds when the table is grown for a batch.
@@ -41,7 +42,11 @@ impl Daemon {
             match &self.cgroups {
                 Some(tree) => {
                     let limit = req.config.workers.memory_limit;
-                    match tree.create_worker(req.generation, req.slot, req.worker.0, limit) {
+                    let weight = match (req.low_priority, &self.lowering) {
+                        (true, Lowering::CpuWeight) => Some(priority::LOW_WEIGHT),
+                        _ => None,
+                    };
+                    match tree.create_worker(req.generation, req.slot, req.worker.0, limit, weight) {
                         Ok((dir, fd)) => {
                             launch.push(req);
                             fds.push(Some(fd));
@@ -110,6 +115,23 @@ impl Daemon {
         produced
     }
 
+    /// Carries out `Effect::RaisePriority`: the worker `pid`, spawned at low priority, gets
+    /// the normal one (its cgroup's weight, or its process group's nice value).
+    pub(super) fn raise_priority(&mut self, pid: i32) {
+        if !self.processes.contains_key(&pid) {
+            return; // reaped already
+        }
+        let result = match (&self.lowering, &self.cgroups) {
+            (Lowering::CpuWeight, Some(tree)) => tree.set_cpu_weight(pid, priority::NORMAL_WEIGHT),
+            (Lowering::Nice { normal }, _) => priority::renice_group(pid, *normal),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            let msg = format!("worker pid {pid} could not be raised to normal CPU priority: {e}");
+            logging::event(Level::Warn, "worker-priority", msg);
+        }
+    }
+
     /// Binds the workers' notify socket anew if its file was removed or replaced: the
     /// workers about to be spawned find it by its path, and could not say READY=1 otherwise
     /// (every later reload would fail as "not ready within boot_timeout"). One stat(2) per
@@ -167,11 +189,16 @@ mod tests {
                 generation: 1,
                 slot: i as usize,
                 config: if i % 3 == 1 { bad.clone() } else { good.clone() },
+                low_priority: false,
             })
             .collect();
         let sockets = Sockets::new(vec![], Notifier::new(None), false);
-        let mut launcher =
-            Launcher { base_env: vec![], notify_socket: "/nonexistent/notify".into(), notify_owner: None };
+        let mut launcher = Launcher {
+            base_env: vec![],
+            notify_socket: "/nonexistent/notify".into(),
+            notify_owner: None,
+            boot_nice: None,
+        };
         // The calling thread serves a watched descriptor meanwhile: a pipe with a byte in it
         // is readable from the start, so it is called (and asks for no more).
         let (readable, writer) = nix::unistd::pipe().expect("pipe");

@@ -33,7 +33,7 @@ pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Conf
             memory_limit: None,
             credentials: None,
         },
-        reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO },
+        reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO, boot_priority: Default::default() },
         metrics: Default::default(),
     }
 }
@@ -834,4 +834,101 @@ fn a_start_where_some_worker_was_ready_is_never_given_up() {
     }
     assert!(!sim.log.iter().any(|e| matches!(e, Effect::Exit { .. })), "{}", sim.m.status_line());
     assert_eq!(sim.state_of(first), "ready");
+}
+
+// ----------------------------------------------------------------- boot priority
+
+fn low_spawns_since(sim: &Sim, mark: usize) -> Vec<(u64, usize, bool)> {
+    sim.log[mark..]
+        .iter()
+        .filter_map(|e| if let Effect::Spawn(r) = e { Some((r.generation, r.slot, r.low_priority)) } else { None })
+        .collect()
+}
+
+fn raises_since(sim: &Sim, mark: usize) -> Vec<Pid> {
+    sim.log[mark..]
+        .iter()
+        .filter_map(|e| if let Effect::RaisePriority { pid } = e { Some(*pid) } else { None })
+        .collect()
+}
+
+fn low_in_status(sim: &Sim) -> Vec<Pid> {
+    sim.m.status(sim.now).workers.iter().filter(|w| w.low_priority).map(|w| w.pid).collect()
+}
+
+#[test]
+fn a_reload_boots_low_beside_the_serving_generation_and_each_worker_is_raised_once_ready() {
+    let mut sim = Sim::new(config(2, Strategy::AllAtOnce, 1));
+    sim.m.set_boot_lowering(true);
+    assert!(low_spawns_since(&sim, 0).iter().all(|&(_, _, low)| !low), "generation 1 had nothing beside it");
+    sim.ready_all(1);
+    let mark = sim.log.len();
+    sim.reload(config(2, Strategy::AllAtOnce, 1), None);
+    assert_eq!(low_spawns_since(&sim, mark), vec![(2, 0, true), (2, 1, true)]);
+    let new = sim.pids_of(2);
+    assert_eq!(low_in_status(&sim), new);
+    sim.ready(new[0]);
+    assert_eq!(raises_since(&sim, mark), vec![new[0]], "raised as it became ready, before it serves");
+    assert_eq!(low_in_status(&sim), vec![new[1]]);
+    sim.ready(new[1]);
+    assert_eq!(raises_since(&sim, mark), new);
+    assert!(low_in_status(&sim).is_empty());
+    assert_eq!(sim.m.phase(), &Phase::Running);
+}
+
+#[test]
+fn boot_priority_normal_or_an_executor_that_cannot_lower_boots_at_normal_priority() {
+    let mut normal = config(2, Strategy::Rolling, 1);
+    normal.reload.boot_priority = crate::config::BootPriority::Normal;
+    let mut sim = Sim::started(2, Strategy::Rolling, 1);
+    sim.m.set_boot_lowering(true);
+    let mark = sim.log.len();
+    sim.reload(normal.clone(), None);
+    assert_eq!(low_spawns_since(&sim, mark), vec![(2, 0, false)]);
+    // The default ("low"), where the executor has no means: normal as well.
+    let mut sim = Sim::started(2, Strategy::Rolling, 1);
+    let mark = sim.log.len();
+    sim.reload(config(2, Strategy::Rolling, 1), None);
+    assert_eq!(low_spawns_since(&sim, mark), vec![(2, 0, false)]);
+    sim.ready_all(2);
+    assert!(raises_since(&sim, mark).is_empty());
+}
+
+#[test]
+fn a_low_boot_is_raised_at_half_its_boot_timeout_so_that_the_reload_still_finishes() {
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.m.set_boot_lowering(true);
+    let mark = sim.log.len();
+    sim.reload(config(1, Strategy::AllAtOnce, 1), None);
+    let new = sim.pids_of(2);
+    // The next deadline is the raise (boot_timeout 10 s: at 5 s), not the boot timeout.
+    sim.run_timer();
+    assert_eq!(raises_since(&sim, mark), new);
+    assert!(low_in_status(&sim).is_empty());
+    assert_eq!(sim.state_of(new[0]), "booting", "raised, still booting, not judged yet");
+    let logged = sim.log[mark..].iter().any(|e| {
+        matches!(e, Effect::Log(r) if r.event == "worker-priority" && r.message.contains("half its boot_timeout 10s"))
+    });
+    assert!(logged, "the raise is logged with its reason");
+    sim.ready(new[0]);
+    assert_eq!(raises_since(&sim, mark), new, "raised once only");
+}
+
+#[test]
+fn when_nothing_serves_any_more_the_booting_workers_get_the_whole_cpu() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    sim.m.set_boot_lowering(true);
+    let old = sim.pids_of(1);
+    let mark = sim.log.len();
+    sim.reload(config(2, Strategy::AllAtOnce, 1), None);
+    let new = sim.pids_of(2);
+    sim.exit(old[0]);
+    assert!(raises_since(&sim, mark).is_empty(), "one old worker still serves");
+    sim.exit(old[1]);
+    assert_eq!(raises_since(&sim, mark), new);
+    // The respawns of the crashed slots find nothing serving: normal priority.
+    let respawn_mark = sim.log.len();
+    sim.advance(Duration::from_secs(1));
+    let respawns = low_spawns_since(&sim, respawn_mark);
+    assert!(!respawns.is_empty() && respawns.iter().all(|&(g, _, low)| g == 1 && !low), "{respawns:?}");
 }

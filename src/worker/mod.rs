@@ -3,9 +3,11 @@
 //!
 //! - [`spawn`]: the fenced fork/exec (the only `unsafe` process code).
 //! - [`readiness`]: handover's NOTIFY_SOCKET for workers.
+//! - [`priority`]: the CPU priority of workers that boot beside serving ones.
 //! - [`WorkerProcess`]: a spawned worker's pidfd, through which it is signalled.
 //! - [`Launcher`]: turns a [`SpawnRequest`] into a [`spawn::SpawnSpec`] (environment,
 //!   sockets, working directory).
+pub mod priority;
 pub mod readiness;
 pub mod spawn;
 
@@ -31,6 +33,9 @@ pub struct Launcher {
     /// Who owns the NOTIFY_SOCKET file now (uid, gid): it is given to the workers' identity
     /// before they are spawned (sending needs write permission on it). `None`: as bound.
     pub notify_owner: Option<(u32, u32)>,
+    /// The nice value a worker spawned with `low_priority` starts at, where nice values are
+    /// how booting workers are lowered ([`priority::Lowering::child_nice`]).
+    pub boot_nice: Option<i32>,
 }
 
 impl Launcher {
@@ -62,6 +67,7 @@ impl Launcher {
             credentials: wc.credentials.as_ref(),
             cgroup,
             resets,
+            nice: if req.low_priority { self.boot_nice } else { None },
         };
         spawn::spawn(&spec).map(WorkerProcess::from_spawned).map_err(|e| e.to_string())
     }

@@ -23,8 +23,8 @@
 //! for it: the digits of the `LISTEN_PID=` entry and the error slot it fills when a step
 //! fails (plus, through libc, the calling thread's `errno`, which the parent does not read
 //! after a successful clone). It makes only async-signal-safe system calls (rt_sigaction,
-//! sigprocmask, setpgid, getpid, close_range, unshare, dup2, fcntl, write, setgroups,
-//! setresgid, setresuid, chdir, execve, _exit; the credential calls raw, see below) and
+//! sigprocmask, setpgid, getpid, close_range, unshare, dup2, fcntl, write, setpriority,
+//! setgroups, setresgid, setresuid, chdir, execve, _exit; the credential calls raw, see below) and
 //! allocates
 //! nothing: handover has other threads, and a lock one of them holds (malloc's, say) would
 //! never be released for the child.
@@ -43,7 +43,8 @@
 //!    group must not touch a terminal); `dup2` the sockets to 3, 4, … (dup2 clears FD_CLOEXEC
 //!    on the copy), then mark every fd above them close-on-exec
 //!    (`close_range(CLOSE_RANGE_CLOEXEC)`), so no other fd leaks in; without clone3, join
-//!    the worker's cgroup (write "0" to its `cgroup.procs`);
+//!    the worker's cgroup (write "0" to its `cgroup.procs`); for a worker that boots at
+//!    low priority, `setpriority` to its nice value (see `worker::priority`);
 //! 6. with `[workers] user`/`group`: setgroups, setresgid, setresuid (raw system calls:
 //!    glibc's wrappers would try to change every thread of the parent, whose memory the
 //!    child shares);
@@ -82,6 +83,9 @@ pub struct SpawnSpec<'a> {
     /// [`SignalResets::query`]), reset in the child; `None`: every signal is reset, one
     /// system call each.
     pub resets: Option<&'a SignalResets>,
+    /// A nice value to set before exec (a worker that boots at low priority, see
+    /// [`crate::worker::priority`]); inherited by whatever the worker starts.
+    pub nice: Option<i32>,
 }
 
 /// The signals whose disposition in this process is not `SIG_DFL` (a handler, or
@@ -299,6 +303,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         groups,
         join_cgroup: -1,
         error: &raw mut error,
+        nice: spec.nice.unwrap_or(i32::MIN),
     };
 
     // Block every signal in this thread across the clone: the child must not run one of
@@ -654,6 +659,8 @@ struct ChildPlan<'a> {
     join_cgroup: RawFd,
     /// Where to store `(step, errno)` of a failed step (`STEP_NONE` while none failed).
     error: *mut [u32; 2],
+    /// The nice value to set, or `i32::MIN` for none.
+    nice: i32,
 }
 
 /// The clone's entry point: runs [`child_after_clone`] on the plan. Never returns.
@@ -729,6 +736,11 @@ unsafe fn child_after_clone(plan: *const ChildPlan<'_>) -> ! {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 fd += 1;
             }
+        }
+        // 5b. A worker that boots at low priority lowers itself (always allowed) while it
+        //     may still: before it changes identity. A failure leaves it at normal priority.
+        if plan.nice != i32::MIN {
+            libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, plan.nice);
         }
         // 6. The worker's identity, with raw system calls: glibc's setuid & co. would try to
         //    change every thread of what they take for a multi-threaded process (the
@@ -864,6 +876,7 @@ mod tests {
             credentials: None,
             cgroup: None,
             resets: Some(&resets),
+            nice: None,
         };
         let spawned = spawn(&spec).expect("spawn");
         let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
@@ -871,6 +884,30 @@ mod tests {
         let line = std::fs::read_to_string(&out).expect("the child's report");
         let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).expect("hex mask");
         assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE still ignored in the child: {line}");
+    }
+
+    /// A worker that boots at low priority runs its program at the nice value asked for.
+    #[test]
+    fn the_child_sets_the_nice_value_it_was_given_before_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("nice");
+        let script = format!("nice > {}", out.display());
+        let spec = SpawnSpec {
+            program: Path::new("/bin/sh"),
+            argv: &["sh".into(), "-c".into(), script],
+            env: vec![],
+            fds: vec![],
+            cwd: None,
+            credentials: None,
+            cgroup: None,
+            resets: None,
+            nice: Some(19),
+        };
+        let spawned = spawn(&spec).expect("spawn");
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
+        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
+        let nice = std::fs::read_to_string(&out).expect("the child's report");
+        assert_eq!(nice.trim(), "19");
     }
 
     #[test]
@@ -908,6 +945,7 @@ mod tests {
             credentials: None,
             cgroup: None,
             resets: None,
+            nice: None,
         };
         let spawned = spawn(&spec).expect("spawn");
         assert!(spawned.pidfd.is_some(), "this kernel returns a pidfd with the clone (5.2+)");
@@ -946,6 +984,7 @@ mod tests {
             credentials: None,
             cgroup: None,
             resets: None,
+            nice: None,
         };
         let before = CLONE3.swap(CLONE3_NO, Ordering::Relaxed);
         let spawned = spawn(&spec);
@@ -970,6 +1009,7 @@ mod tests {
             credentials: None,
             cgroup: None,
             resets: None,
+            nice: None,
         };
         let err = spawn(&spec).expect_err("must fail");
         assert!(err.to_string().contains("execve"), "{err}");
@@ -1022,6 +1062,7 @@ mod rate {
             credentials: None,
             cgroup: None,
             resets: None,
+            nice: None,
         };
         let started = Instant::now();
         let pids: Vec<libc::pid_t> = (0..n).map(|_| spawn(&spec).expect("spawn").pid).collect();
