@@ -76,6 +76,59 @@ fn check_warns_of_relative_paths_in_a_command_without_a_working_directory() {
     assert!(out.status.success(), "{said}");
     assert!(said.contains("\"gunicorn.conf.py\" is a relative path") && said.contains("working_directory"), "{said}");
     assert!(!said.contains("app:app"), "a module taken for a path: {said}");
+    // Searchable by the workers' user (tempdir makes it 0700; see the next test).
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = check(&format!("{base}working_directory = {:?}\n", dir.path().display().to_string()));
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 21: `handover check` run as root says when the workers' user could not run the
+/// program or enter the working directory (a venv under a 0700 home: the shipped unit runs
+/// the app as a user of its own), naming the directory in the way. Run as another user, it
+/// cannot tell who the workers will be and says nothing.
+#[test]
+fn check_warns_when_the_workers_user_cannot_reach_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let bin_dir = home.join("venv/bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let program = bin_dir.join("app");
+    std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    };
+    mode(&program, 0o755);
+    mode(dir.path(), 0o755);
+    mode(&home, 0o700);
+    let config = dir.path().join("app.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"shop\"\ncontrol_socket = {:?}\n[workers]\ncommand = [{:?}]\nworking_directory = {:?}\n",
+            dir.path().join("control.sock").display().to_string(),
+            program.display().to_string(),
+            bin_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["check", "-c"]).arg(&config);
+        let out = run_with_deadline(cmd, Duration::from_secs(20));
+        assert!(out.status.success(), "a warning, not an error: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let said = check();
+    if !is_root() {
+        assert!(!said.contains("cannot be used"), "{said}");
+        println!("numbers: not root: check cannot tell the workers' user and says nothing");
+        return;
+    }
+    let home_text = home.display().to_string();
+    for key in ["workers.command", "workers.working_directory"] {
+        let line = said.lines().find(|l| l.contains(key)).unwrap_or_else(|| panic!("no {key} warning: {said}"));
+        assert!(line.contains("handover-shop") && line.contains(&home_text) && line.contains("0700"), "{line}");
+    }
+    mode(&home, 0o755);
+    assert!(!check().contains("cannot be used"), "nothing in the way any more");
 }

@@ -207,6 +207,34 @@ fn relative_paths(args: &[String]) -> Vec<&str> {
         .collect()
 }
 
+/// What stops the workers' user from running the program or starting in the working
+/// directory, where `handover check` can tell who that is: `[workers] user`, or, when it
+/// runs as root without one, any other user (the shipped unit runs each app as a user of
+/// its own, `handover-APP`), so that a venv under a private home is caught before a start
+/// that could only fail.
+fn access_warnings(c: &config::Config) -> Vec<String> {
+    let wc = &c.workers;
+    let (who, as_whom) = match &wc.credentials {
+        Some(cred) => (cred.clone(), format!("workers.user (uid {})", cred.uid)),
+        None if nix::unistd::geteuid().is_root() => (
+            config::Credentials { uid: u32::MAX - 1, gid: u32::MAX - 1, groups: vec![] },
+            format!("a user of its own (under handover@.service: handover-{})", c.name),
+        ),
+        None => return vec![],
+    };
+    let mut warnings = vec![];
+    let mut check = |key: &str, p: &Path| {
+        if let Some(why) = config::denied_to(p, &who) {
+            warnings.push(format!("{key}: {} cannot be used by {as_whom}: {why}", p.display()));
+        }
+    };
+    check("workers.command", &wc.program);
+    if let Some(wd) = &wc.working_directory {
+        check("workers.working_directory", wd);
+    }
+    warnings
+}
+
 /// `handover check`.
 pub fn check(path: PathBuf) -> i32 {
     match config::load(&path, &LoadEnv::from_process()) {
@@ -239,6 +267,9 @@ pub fn check(path: PathBuf) -> i32 {
                         path.display()
                     );
                 }
+            }
+            for warning in access_warnings(&c) {
+                eprintln!("{}: warning: {warning}", path.display());
             }
             print_out(&format!(
                 "{}: ok: {} x {} on {listen}; control socket {}\n",

@@ -242,6 +242,13 @@ pub struct Credentials {
     pub groups: Vec<libc::gid_t>,
 }
 
+/// Why a worker running as `who` could not get to `path` (a program to execute, or a
+/// directory to start in), judged from mode bits; `None` when nothing stands in the way.
+/// For `handover check`'s warnings: ACLs are not read.
+pub fn denied_to(path: &Path, who: &Credentials) -> Option<String> {
+    paths::denied_to(path, who)
+}
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
     let text = raw::read(path)?;

@@ -166,3 +166,97 @@ pub(super) fn resolve_program(
 pub(super) fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }
+
+/// Why `who` cannot get to `path` (search permission on every directory on the way, then
+/// execute on the file, and read as well for a `#!` script, which its interpreter opens; or
+/// search on a directory), from mode bits: `None` when nothing stands in the way. ACLs are
+/// not read, so this is for warnings (`handover check`), never a refusal. Both the path as
+/// written and the file it resolves to (a venv's `bin/python` is a symlink) are checked.
+pub(super) fn denied_to(path: &Path, who: &super::Credentials) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let allows = |meta: &std::fs::Metadata, bits: u32| -> bool {
+        let mode = meta.mode();
+        let granted = if who.uid == 0 {
+            // root: directories always; files need some x bit for execute.
+            return meta.is_dir() || bits & 0o1 == 0 || mode & 0o111 != 0;
+        } else if meta.uid() == who.uid {
+            mode >> 6
+        } else if meta.gid() == who.gid || who.groups.contains(&meta.gid()) {
+            mode >> 3
+        } else {
+            mode
+        };
+        granted & bits == bits
+    };
+    let mut paths = vec![path.to_path_buf()];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if real != path {
+            paths.push(real);
+        }
+    }
+    for p in &paths {
+        for dir in p.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            let Ok(meta) = std::fs::metadata(dir) else { continue };
+            if !allows(&meta, 0o1) {
+                return Some(format!("{} (mode {:04o}) cannot be searched", dir.display(), meta.mode() & 0o7777));
+            }
+        }
+        let Ok(meta) = std::fs::metadata(p) else { continue };
+        let script = !meta.is_dir() && std::fs::read(p).map(|b| b.starts_with(b"#!")).unwrap_or(false);
+        let (bits, what) = match (meta.is_dir(), script) {
+            (true, _) => (0o1, "searched"),
+            (false, true) => (0o5, "read and executed (a #! script)"),
+            (false, false) => (0o1, "executed"),
+        };
+        if !allows(&meta, bits) {
+            return Some(format!("{} (mode {:04o}) cannot be {what}", p.display(), meta.mode() & 0o7777));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod denied_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::denied_to;
+    use crate::config::Credentials;
+
+    fn set_mode(p: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_program_under_a_private_directory_is_denied_to_a_stranger_and_says_where() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let bin = home.join("venv/bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        let prog = bin.join("gunicorn");
+        std::fs::write(&prog, "#!/bin/sh\n").expect("write");
+        set_mode(dir.path(), 0o755);
+        set_mode(&prog, 0o755);
+        let stranger = Credentials { uid: 4_000_000, gid: 4_000_000, groups: vec![] };
+        set_mode(&home, 0o700);
+        let why = denied_to(&prog, &stranger).expect("a 0700 directory on the way");
+        assert!(why.contains(&home.display().to_string()) && why.contains("0700"), "{why}");
+        set_mode(&home, 0o755);
+        assert_eq!(denied_to(&prog, &stranger), None);
+        // A script must be readable too: its interpreter opens it.
+        set_mode(&prog, 0o711);
+        let why = denied_to(&prog, &stranger).expect("a script without read permission");
+        assert!(why.contains("#! script"), "{why}");
+        // Its owner may; so may a member of its group, where the group bits allow it.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&prog).expect("stat");
+        let owner = Credentials { uid: meta.uid(), gid: 4_000_000, groups: vec![] };
+        assert_eq!(denied_to(&prog, &owner), None);
+        set_mode(&prog, 0o750);
+        let member = Credentials { uid: 4_000_000, gid: 4_000_001, groups: vec![meta.gid()] };
+        assert_eq!(denied_to(&prog, &member), None);
+        assert!(denied_to(&prog, &stranger).is_some());
+        // The working directory: search permission.
+        set_mode(&home, 0o750);
+        assert!(denied_to(&home, &stranger).expect("0750, not a member").contains("cannot be searched"));
+    }
+}

@@ -11,9 +11,11 @@
 //! 2. otherwise, nice [`LOW_NICE`] set by the child before exec, inherited by every thread
 //!    and process the worker starts, and the worker's whole process group set back to the
 //!    master's own nice value when raised (`setpriority(PRIO_PGRP)`, which covers every
-//!    thread of every process in the group). Going back needs CAP_SYS_NICE (a root master)
-//!    or an `RLIMIT_NICE` that allows the master's nice value (the shipped unit's
-//!    `LimitNICE=+0`): without either, lowering would be for good, so it is not done;
+//!    thread of every process in the group). Going back needs CAP_SYS_NICE (a root master,
+//!    unless its unit took the capability away) or an `RLIMIT_NICE` that allows the
+//!    master's nice value (the shipped unit's `LimitNICE=+0`, which systemd can grant only
+//!    where it holds CAP_SYS_RESOURCE itself): without either, lowering would be for good,
+//!    so it is not done;
 //! 3. else workers boot at normal priority, and `handover status` says why.
 use std::io;
 
@@ -40,14 +42,14 @@ pub enum Lowering {
 
 impl Lowering {
     /// Decides how to lower, from whether the worker cgroups have the cpu controller
-    /// (`None`: no cgroup per worker), and this process's nice value, effective uid and
-    /// `RLIMIT_NICE` soft limit.
-    pub fn choose(cgroup_cpu: Option<bool>, nice: i32, euid: u32, rlimit_nice: u64) -> Lowering {
+    /// (`None`: no cgroup per worker), and this process's nice value, whether it holds
+    /// CAP_SYS_NICE, and its `RLIMIT_NICE` soft limit.
+    pub fn choose(cgroup_cpu: Option<bool>, nice: i32, cap_sys_nice: bool, rlimit_nice: u64) -> Lowering {
         if cgroup_cpu == Some(true) {
             return Lowering::CpuWeight;
         }
         // RLIMIT_NICE r lets a process go down to nice 20 - r (setrlimit(2)).
-        let may_restore = euid == 0 || 20i64.saturating_sub(rlimit_nice.min(40) as i64) <= i64::from(nice);
+        let may_restore = cap_sys_nice || 20i64.saturating_sub(rlimit_nice.min(40) as i64) <= i64::from(nice);
         if may_restore {
             return Lowering::Nice { normal: nice };
         }
@@ -56,20 +58,21 @@ impl Lowering {
             None => "no cgroup per worker",
         };
         Lowering::Unavailable(format!(
-            "{cgroup}, and a worker's nice value could not be restored (not root, RLIMIT_NICE {rlimit_nice}; \
-             LimitNICE=+0 in the unit allows it)"
+            "{cgroup}, and a worker's nice value could not be set back (no CAP_SYS_NICE, RLIMIT_NICE \
+             {rlimit_nice}; LimitNICE=+0 in the unit allows it)"
         ))
     }
 
-    /// Reads this process's nice value, effective uid and RLIMIT_NICE, then [`choose`]s.
+    /// Reads this process's nice value, capabilities and RLIMIT_NICE, then [`choose`]s.
     ///
     /// [`choose`]: Lowering::choose
     pub fn for_this_process(cgroup_cpu: Option<bool>) -> Lowering {
         let nice = own_nice();
-        let euid = nix::unistd::geteuid().as_raw();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let cap = has_effective_capability(&status, CAP_SYS_NICE);
         let rlimit =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE).map_or(0, |(soft, _)| soft);
-        Lowering::choose(cgroup_cpu, nice, euid, rlimit)
+        Lowering::choose(cgroup_cpu, nice, cap, rlimit)
     }
 
     /// Whether workers can be lowered (and raised again) here.
@@ -99,6 +102,18 @@ impl Lowering {
             (true, Lowering::Unavailable(why)) => format!("normal: cannot lower here: {why}"),
         }
     }
+}
+
+/// capability(7)'s number of CAP_SYS_NICE.
+const CAP_SYS_NICE: u32 = 23;
+
+/// Whether the `CapEff:` mask of a `/proc/PID/status` text has capability `cap`.
+fn has_effective_capability(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| cap < 64 && mask & (1 << cap) != 0)
 }
 
 /// This process's nice value (0 if it cannot be read).
@@ -134,21 +149,32 @@ mod tests {
 
     #[test]
     fn the_cgroup_is_preferred_then_a_nice_value_that_can_be_restored() {
-        assert_eq!(Lowering::choose(Some(true), 0, 1000, 0), Lowering::CpuWeight);
-        assert_eq!(Lowering::choose(Some(false), 0, 0, 0), Lowering::Nice { normal: 0 });
-        assert_eq!(Lowering::choose(None, 0, 0, 0), Lowering::Nice { normal: 0 });
+        assert_eq!(Lowering::choose(Some(true), 0, false, 0), Lowering::CpuWeight);
+        assert_eq!(Lowering::choose(Some(false), 0, true, 0), Lowering::Nice { normal: 0 });
+        assert_eq!(Lowering::choose(None, 0, true, 0), Lowering::Nice { normal: 0 });
         // LimitNICE=+0 is RLIMIT_NICE 20: back to nice 0 is allowed.
-        assert_eq!(Lowering::choose(None, 0, 1000, 20), Lowering::Nice { normal: 0 });
+        assert_eq!(Lowering::choose(None, 0, false, 20), Lowering::Nice { normal: 0 });
         // A master at nice 5 needs only 15.
-        assert_eq!(Lowering::choose(None, 5, 1000, 15), Lowering::Nice { normal: 5 });
-        let no = Lowering::choose(None, 0, 1000, 0);
+        assert_eq!(Lowering::choose(None, 5, false, 15), Lowering::Nice { normal: 5 });
+        let no = Lowering::choose(None, 0, false, 0);
         assert!(!no.available());
         assert!(no.describe(true).contains("LimitNICE=+0"), "{}", no.describe(true));
-        let no = Lowering::choose(Some(false), 0, 1000, 19);
+        let no = Lowering::choose(Some(false), 0, false, 19);
         assert!(no.describe(true).contains("lack the cpu controller"), "{}", no.describe(true));
         assert_eq!(Lowering::CpuWeight.describe(false), "normal (boot_priority = \"normal\")");
         assert_eq!(Lowering::Nice { normal: 0 }.child_nice(), Some(LOW_NICE));
         assert_eq!(Lowering::CpuWeight.child_nice(), None);
+    }
+
+    #[test]
+    fn cap_sys_nice_is_read_from_the_effective_set() {
+        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
+        assert!(has_effective_capability(root, CAP_SYS_NICE));
+        // A root master under CapabilityBoundingSet= (empty): no capability at all.
+        assert!(!has_effective_capability("CapEff:\t0000000000000000\n", CAP_SYS_NICE));
+        assert!(!has_effective_capability("CapEff:\t0000000000800000\n", 24));
+        assert!(has_effective_capability("CapEff:\t0000000000800000\n", CAP_SYS_NICE));
+        assert!(!has_effective_capability("no such line", CAP_SYS_NICE));
     }
 
     /// Every process of the group moves, those forked before and after the renice.
