@@ -153,7 +153,9 @@ pub struct Reload {
     /// and a new worker that fails before it is healthy rolls the reload back. Zero: ready
     /// is healthy.
     pub min_healthy_time: Duration,
-    /// The CPU priority a generation boots at beside a serving one.
+    /// The CPU priority a generation boots at beside a serving one (absent from the
+    /// hand-off of a version before it: the default).
+    #[serde(default)]
     pub boot_priority: BootPriority,
 }
 
