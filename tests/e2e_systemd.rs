@@ -1412,7 +1412,7 @@ fn s19_boot_priority(sb: &mut Sandbox) -> R<Vec<String>> {
     restored.map(|()| notes)
 }
 
-/// A reload to workers that boot for 3 s: what their priority reads as while they boot
+/// A reload to workers that boot for 8 s: what their priority reads as while they boot
 /// beside the serving ones and once ready, per `line` (the status's boot priority).
 fn boot_priority_reload(sb: &mut Sandbox, line: &str) -> R<Vec<String>> {
     let weight = line.contains("cpu.weight");
@@ -1434,7 +1434,8 @@ fn boot_priority_reload(sb: &mut Sandbox, line: &str) -> R<Vec<String>> {
     for &p in &old {
         ensure!(priority_of(sb, p)? == normal, "serving worker {p} at {}", priority_of(sb, p)?);
     }
-    let slow = ["/usr/bin/handover", "demo-worker", "--boot-delay", "3s"];
+    // Long enough to look at them while they boot, on a busy host too.
+    let slow = ["/usr/bin/handover", "demo-worker", "--boot-delay", "8s"];
     sb.write(CONFIG, &app_config_command(&slow))?;
     let shared: &Sandbox = sb;
     let result = std::thread::scope(|s| -> R<Vec<String>> {
@@ -1454,12 +1455,13 @@ fn boot_priority_reload(sb: &mut Sandbox, line: &str) -> R<Vec<String>> {
                 .collect();
             Ok(booting.len() == 2) // app_config_command's count
         })?;
-        for &p in &booting {
-            ensure!(
-                priority_of(shared, p)? == low,
-                "booting worker {p} at {}, expected {low}",
-                priority_of(shared, p)?
-            );
+        let read: Vec<(u32, String)> = booting.iter().map(|&p| Ok((p, priority_of(shared, p)?))).collect::<R<_>>()?;
+        // Attributable to the boot only if they were still booting once read.
+        let st = shared.status()?;
+        let still = workers(&st).iter().filter(|w| booting.contains(&w.pid) && w.state == "booting").count();
+        ensure!(still == booting.len(), "the new workers were ready before their priority was read: {read:?}");
+        for (p, priority) in read {
+            ensure!(priority == low, "booting worker {p} at {priority}, expected {low}");
         }
         for &p in &old {
             ensure!(priority_of(shared, p)? == normal, "serving worker {p} was touched: {}", priority_of(shared, p)?);
