@@ -977,10 +977,11 @@ pub fn saturation_table(r: &Results, x: &Saturation) -> String {
     let mut s = String::new();
     let busy: Vec<f64> = x.runs.iter().map(|y| y.cpu_busy_steady * 100.0).collect();
     let (lo, hi) = (busy.iter().copied().fold(f64::INFINITY, f64::min), busy.iter().copied().fold(0.0, f64::max));
+    let busy = if hi - lo < 0.5 { format!("{hi:.0} %") } else { format!("{lo:.0}-{hi:.0} %") };
     let _ = writeln!(
         s,
         "**9. Reload under CPU saturation** — `cpu_app.py`: its import burns {} s of CPU, each request {} ms; {} \
-         workers; {} clients (a new connection per request); the machine's CPU was {lo:.0}-{hi:.0} % busy in the \
+         workers; {} clients (a new connection per request); the machine's CPU was {busy} busy in the \
          steady windows. Medians of {} rounds; latencies and throughput are steady state (the {} s before the \
          trigger) → the reload (from the trigger until the new generation serves), ratios reload / steady. A long \
          reload dilutes a disturbance over its window; \"worst {} s\" is the slice of the reload window, as long as \
@@ -1108,7 +1109,9 @@ boot_timeout. gunicorn runs with `--timeout 300` everywhere, because its arbiter
 checked in within `--timeout`, which a slow import at nice 19 could reach. Load: `handover::demo::loadgen`, \
 blocking clients on loopback, a new connection per request (gunicorn's sync worker closes it anyway), started 2 s \
 before the 5 s steady window; latencies are those of requests *started* in a window, throughput counts the \
-requests *completed* in it; the load runs 2 s past the reload so that the requests started in it complete. The \
+requests *completed* in it; the load runs 2 s past the reload so that the requests started in it complete; a \
+request still unanswered after 10 s fails (\"read timeout\": gunicorn's rows, where nobody accepts for the whole \
+boot). The \
 three set-ups alternate within each round (a fresh server for each run) and the summary gives medians of the \
 rounds. \"CPU busy\" is the machine's busy share from /proc/stat, every process included: the load clients, the \
 servers, and whatever else runs on this shared machine (other builds), which takes its share from all set-ups \

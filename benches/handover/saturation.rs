@@ -11,7 +11,7 @@
 //! requests. Set-ups alternate within each round, so that whatever else the shared machine
 //! does falls on all of them alike; the summary gives the medians of the rounds.
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use handover::demo::loadgen::LoadReport;
@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::gunicorn::{set_version, Gunicorn, Python};
 use crate::harness::{listen_loopback, Handover};
+use crate::reload::sleep_until;
 use crate::stats::{self, median, Counts, Window};
 
 /// Load clients by default (`--clients N`): each sends a request on a new connection as soon
@@ -342,13 +343,6 @@ fn start(py: &Python, setup: Setup, version_file: &Path) -> Result<(Running, std
         }
     };
     Ok((running, addr))
-}
-
-/// Sleeps until `offset` after `origin`: a measurement window's length, not a wait for an event.
-fn sleep_until(origin: Instant, offset: Duration) {
-    if let Some(left) = (origin + offset).checked_duration_since(Instant::now()) {
-        std::thread::sleep(left);
-    }
 }
 
 /// What handover said about the reload: its status line, the new workers seen at low
