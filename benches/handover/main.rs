@@ -45,7 +45,7 @@
 //! (benches/wsgi/cpu_app.py; 1 ms per request), 4 workers, clients keeping both cores busy;
 //! gunicorn's HUP, handover with `boot_priority = "normal"` and handover's default ("low",
 //! nice 19 here) side by side, alternating, 2 rounds: serving p50/p99/max and throughput
-//! during the reload vs steady state, and the reload's duration (about 3 minutes; its own
+//! during the reload vs steady state, and the reload's duration (about 6 minutes; its own
 //! section of docs/benchmarks.md, which `--only 9 --publish` rewrites alone).
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.

@@ -1095,8 +1095,8 @@ pub fn publish_saturation(r: &Results, x: &Saturation) -> Result<()> {
 
 /// How scenario 9 is measured (its section of docs/benchmarks.md).
 const SATURATION_METHOD: &str = "\
-How: `benches/run.sh --only 9` (about 3 minutes; `--clients N` for another load). The app \
-(`benches/wsgi/cpu_app.py`) spins at import until its process has used 2 s of CPU time (`time.process_time()`), a \
+How: `benches/run.sh --only 9` (about 6 minutes on a busy 2-core machine; `--clients N` for another load). \
+The app (`benches/wsgi/cpu_app.py`) spins at import until its process has used 2 s of CPU time (`time.process_time()`), a \
 real app compiling and loading its code, and 1 ms per request. Every set-up does the same work on a reload: 4 new \
 interpreters import the app once each. **gunicorn**: `gunicorn -w 4` (no `--preload`: each worker imports), \
 reloaded by `kill -HUP`; done when its 4 new workers said READY=1 (`post_worker_init`, the README's recipe). \
