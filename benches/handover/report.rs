@@ -1296,6 +1296,25 @@ fn readme_section(r: &Results) -> String {
             x.fd_without_nodelay_p50_ms / median(x.port_p50_ms.clone())
         );
     }
+    if let Some(x) = &r.saturation {
+        if let (Some(g), Some(n), Some(d)) = (x.of("gunicorn-hup"), x.of("handover-normal"), x.of("handover-default")) {
+            let _ = writeln!(
+                s,
+                "| reload under CPU saturation (import burns 2 s of CPU), p99 / throughput vs steady state, reload time | \
+                 {:.0}× / {:.2}×, {:.0} s | **{:.2}× / {:.2}×**, {:.0} s (default, nice 19 while booting); {:.2}× / {:.2}×, \
+                 {:.0} s (`boot_priority = \"normal\"`) |",
+                g.p99_ratio,
+                g.throughput_ratio,
+                g.reload_s,
+                d.p99_ratio,
+                d.throughput_ratio,
+                d.reload_s,
+                n.p99_ratio,
+                n.throughput_ratio,
+                n.reload_s
+            );
+        }
+    }
     for x in &r.scale {
         let _ = writeln!(
             s,
