@@ -15,7 +15,9 @@
 # Writes target/bench/results.json (everything, machine-readable), results.md (the tables)
 # and reload.svg; --publish also rewrites docs/benchmarks.md, docs/benchmark-reload.svg and
 # the README's Benchmarks section from this run. Loopback only; the whole run bounds itself
-# (13 minutes at most; about 8 in practice on 2 cores) and kills only what it started.
+# (22 minutes at most; about 13 in practice on 2 cores, 5 of them scenario 9's reloads under
+# CPU saturation) and kills only what it started. `--only 9 --publish` rewrites only scenario
+# 9's section of docs/benchmarks.md.
 # Scenario 3 (systemd) needs root and the e2e harness (tests/e2e/sandbox.sh,
 # packaging/build-deb.sh); without it, it is skipped and says why.
 set -euo pipefail

@@ -12,6 +12,11 @@ use crate::harness::{pass_fd_as_3, NotifySink, Proc, WorkerSetup};
 
 /// The app's simulated import time (the issue: "the app takes 2 s to import").
 pub const IMPORT_SECONDS: &str = "2";
+/// Scenario 9's app (`cpu_app.py`): CPU seconds its import burns (issue 23: "an app whose
+/// import burns 2 s of CPU")...
+pub const CPU_IMPORT_SECONDS: &str = "2";
+/// ...and CPU milliseconds each request burns.
+pub const CPU_REQUEST_MS: &str = "1";
 
 /// Where the app and gunicorn live.
 #[derive(Debug, Clone)]
@@ -52,6 +57,24 @@ impl Python {
         ]
     }
 
+    /// The environment of `cpu_app.py` (scenario 9): an import that burns
+    /// [`CPU_IMPORT_SECONDS`] of CPU, requests that burn [`CPU_REQUEST_MS`].
+    pub fn cpu_app_env(&self, version_file: &Path) -> Vec<(String, String)> {
+        let mut env = self.app_env(version_file);
+        env.push(("BENCH_APP_IMPORT_CPU_SECONDS".into(), CPU_IMPORT_SECONDS.into()));
+        env.push(("BENCH_APP_REQUEST_CPU_MS".into(), CPU_REQUEST_MS.into()));
+        env
+    }
+
+    /// gunicorn's arguments for `cpu_app.py` with `workers` sync workers, no `--preload`
+    /// (each worker imports the app itself), and a worker timeout far above any boot here:
+    /// gunicorn's arbiter kills a worker that has not checked in within `--timeout`, and the
+    /// import of a worker booting at nice 19 beside a saturated CPU may take tens of seconds.
+    pub fn cpu_app_args(&self, workers: usize) -> Vec<String> {
+        let w = workers.to_string();
+        ["-w", w.as_str(), "--timeout", "300", "-c", &self.conf(), "cpu_app:app"].map(str::to_owned).to_vec()
+    }
+
     /// handover's workers: 4 × `gunicorn --preload -w 1 -c gunicorn.conf.py app:app`.
     pub fn handover_workers(&self, count: usize, version_file: &Path) -> WorkerSetup {
         WorkerSetup {
@@ -72,7 +95,17 @@ impl Python {
             strategy: "all-at-once".into(),
             max_surge: 1,
             max_memory: None,
+            boot_priority: None,
         }
+    }
+
+    /// Scenario 9's handover workers: `count` × `gunicorn -w 1` of `cpu_app.py` (no
+    /// `--preload`: each gunicorn worker imports the app, as under `gunicorn -w 4`).
+    pub fn handover_cpu_workers(&self, count: usize, version_file: &Path) -> WorkerSetup {
+        let mut setup = self.handover_workers(count, version_file);
+        setup.command = std::iter::once(self.gunicorn.display().to_string()).chain(self.cpu_app_args(1)).collect();
+        setup.env = self.cpu_app_env(version_file);
+        setup
     }
 }
 
@@ -101,15 +134,29 @@ impl Gunicorn {
         listener: TcpListener,
         version_file: &Path,
     ) -> Result<(Gunicorn, Duration)> {
+        let args = ["-w".to_owned(), workers.to_string(), "-c".into(), py.conf(), "app:app".into()];
+        Self::start_with(py, workers, &args, &py.app_env(version_file), listener, Duration::from_secs(30))
+    }
+
+    /// Starts `gunicorn ARGS` (which run `workers` workers) with `env` and waits until all
+    /// its workers have imported the app, at most `timeout`.
+    pub fn start_with(
+        py: &Python,
+        workers: usize,
+        args: &[String],
+        env: &[(String, String)],
+        listener: TcpListener,
+        timeout: Duration,
+    ) -> Result<(Gunicorn, Duration)> {
         let dir = tempfile::Builder::new().prefix("gunicorn-bench-").tempdir()?;
         let notify = NotifySink::bind(&dir.path().join("notify"))?;
         let log = std::fs::File::create(dir.path().join("gunicorn.log"))?;
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh"])
             .arg(&py.gunicorn)
-            .args(["-w", &workers.to_string(), "-c", &py.conf(), "app:app"])
+            .args(args)
             .current_dir(&py.app_dir)
-            .envs(py.app_env(version_file))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("NOTIFY_SOCKET", &notify.path)
             .env("LISTEN_FDS", "1")
             .env("LISTEN_FDNAMES", "http")
@@ -121,7 +168,7 @@ impl Gunicorn {
         let proc = Proc::spawn("gunicorn", cmd)?;
         drop(listener);
         let g = Gunicorn { proc, notify, workers, _dir: dir };
-        let ready = g.notify.wait_count("READY=1", workers, Duration::from_secs(30))?;
+        let ready = g.notify.wait_count("READY=1", workers, timeout)?;
         Ok((g, ready - started))
     }
 

@@ -310,6 +310,8 @@ pub struct WorkerSetup {
     pub max_surge: usize,
     /// `workers.max_memory`, if set.
     pub max_memory: Option<String>,
+    /// `reload.boot_priority`, if set (the default is "low").
+    pub boot_priority: Option<String>,
 }
 
 impl WorkerSetup {
@@ -327,6 +329,7 @@ impl WorkerSetup {
             strategy: "all-at-once".into(),
             max_surge: 1,
             max_memory: None,
+            boot_priority: None,
         }
     }
 
@@ -387,6 +390,9 @@ impl WorkerSetup {
             q(&self.strategy),
             self.max_surge
         ));
+        if let Some(p) = &self.boot_priority {
+            t.push_str(&format!("boot_priority = {}\n", q(p)));
+        }
         t
     }
 }

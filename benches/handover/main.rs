@@ -5,7 +5,7 @@
 //! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
 //!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
 //!                    timing checks are reported, not enforced). About a minute.
-//! --only 1,2,4       run only these scenarios (1-7)
+//! --only 1,2,4       run only these scenarios (1-7 and 9; 8 is --soak)
 //! --venv DIR         the venv with gunicorn (default target/bench-venv)
 //! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
 //! --publish          also write docs/benchmarks.md, docs/benchmark-reload.svg and the README's
@@ -25,6 +25,7 @@
 //!                    READY=1: plain fork+exec loop, confirming loop, handover; alternating
 //!                    rounds, medians); prints a `numbers:` line (about a minute)
 //! --rounds N         spawn: rounds (default 5)
+//! --clients N        scenario 9: load clients (default 4)
 //! --sizes 64,512     scale: the worker counts (default 64,512,1024,4096)
 //! --memory-up-to N   scale: measure the idle cost of max_memory only up to N workers
 //! ```
@@ -40,6 +41,12 @@
 //! 8 a soak with faults (reloads every 5 s, SIGKILLed workers, misbehaving control clients,
 //! notify noise and descriptor floods, a stopped master, upgrades raced by a scale-down, an
 //! unread stderr), only with `--soak MINUTES`.
+//! 9 a reload under CPU saturation (issue 23): an app whose import burns 2 s of CPU
+//! (benches/wsgi/cpu_app.py; 1 ms per request), 4 workers, clients keeping both cores busy;
+//! gunicorn's HUP, handover with `boot_priority = "normal"` and handover's default ("low",
+//! nice 19 here) side by side, alternating, 2 rounds: serving p50/p99/max and throughput
+//! during the reload vs steady state, and the reload's duration (about 6 minutes; its own
+//! section of docs/benchmarks.md, which `--only 9 --publish` rewrites alone).
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
@@ -51,6 +58,7 @@ mod master;
 mod realapps;
 mod reload;
 mod report;
+mod saturation;
 mod scale;
 mod soak;
 mod stats;
@@ -62,7 +70,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The whole run must end by itself well within 15 minutes.
+/// The whole run must end by itself well within 15 minutes (scenario 9 adds its own budget,
+/// `saturation::BUDGET`).
 const FULL_DEADLINE: Duration = Duration::from_secs(13 * 60);
 /// Quick mode's bound.
 const QUICK_DEADLINE: Duration = Duration::from_secs(4 * 60);
@@ -100,6 +109,8 @@ pub struct Options {
     pub spawn: bool,
     /// Its rounds.
     pub rounds: usize,
+    /// Scenario 9's load clients.
+    pub clients: usize,
 }
 
 fn parse_args() -> Result<Option<Options>> {
@@ -111,7 +122,7 @@ fn parse_args() -> Result<Option<Options>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         quick: false,
-        only: vec![1, 2, 3, 4, 5, 6, 7],
+        only: vec![1, 2, 3, 4, 5, 6, 7, 9],
         venv: root.join("target/bench-venv"),
         out: root.join("target/bench"),
         publish: false,
@@ -125,6 +136,7 @@ fn parse_args() -> Result<Option<Options>> {
         memory_up_to: usize::MAX,
         spawn: false,
         rounds: 5,
+        clients: saturation::CLIENTS,
     };
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -140,7 +152,13 @@ fn parse_args() -> Result<Option<Options>> {
             "--only" => {
                 o.only = value("--only")?
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=7).contains(n)).context("--only takes 1-7"))
+                    .map(|s| {
+                        s.trim()
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|n| (1..=7).contains(n) || *n == 9)
+                            .context("--only takes 1-7 and 9 (8, the soak, is --soak MINUTES)")
+                    })
                     .collect::<Result<_>>()?;
             }
             "--venv" => o.venv = PathBuf::from(value("--venv")?),
@@ -176,6 +194,10 @@ fn parse_args() -> Result<Option<Options>> {
                             .context("--sizes takes 1-4096")
                     })
                     .collect::<Result<_>>()?;
+            }
+            "--clients" => {
+                o.clients =
+                    value("--clients")?.parse().ok().filter(|n| (1..=64).contains(n)).context("--clients takes 1-64")?
             }
             "--memory-up-to" => {
                 o.memory_up_to = value("--memory-up-to")?.parse().context("--memory-up-to takes a count")?
@@ -220,7 +242,8 @@ fn main() {
         scale::DEADLINE
     } else {
         FULL_DEADLINE
-    } + opts.soak.unwrap_or_default();
+    } + opts.soak.unwrap_or_default()
+        + if opts.only.contains(&9) { saturation::BUDGET } else { Duration::ZERO };
     std::thread::spawn(move || {
         std::thread::sleep(limit); // a deadline, not a synchronisation
         eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
@@ -295,7 +318,7 @@ fn run(opts: &Options) -> Result<i32> {
     let started = Instant::now();
     let mut results = report::Results::begin(opts)?;
     let wants = |n: u8| opts.only.contains(&n);
-    let python = if !opts.quick && (wants(1) || wants(2) || wants(4)) {
+    let python = if !opts.quick && (wants(1) || wants(2) || wants(4) || wants(9)) {
         Some(gunicorn::Python::find(&opts.venv)?)
     } else {
         None
@@ -397,6 +420,10 @@ fn run(opts: &Options) -> Result<i32> {
         eprintln!("{}", report::realapps_line(&r));
         results.realapps = Some(r);
     }
+    if let (true, Some(py)) = (wants(9) && !opts.quick, &python) {
+        section("9: reload under CPU saturation: gunicorn HUP, handover boot_priority normal and low");
+        results.saturation = Some(saturation::run(py, opts.clients)?);
+    }
     let soaked = match opts.soak {
         Some(d) => {
             section("8: soak with faults");
@@ -419,9 +446,12 @@ fn run(opts: &Options) -> Result<i32> {
     }
     // --quick gates on failed requests only; a full run on every check.
     let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
-    // A soak alone publishes only its own section, not an empty results page.
-    let page_opts = Options { publish: opts.publish && !opts.only.is_empty(), ..opts.clone() };
+    // A soak, or scenario 9, alone publishes only its own section, not an empty results page.
+    let page_opts = Options { publish: opts.publish && opts.only.iter().any(|n| (1..=7).contains(n)), ..opts.clone() };
     report::write(&results, &page_opts)?;
+    if let (true, Some(s)) = (opts.publish, &results.saturation) {
+        report::publish_saturation(&results, s)?;
+    }
     for c in &results.checks {
         eprintln!("check {}: {} ({})", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
     }

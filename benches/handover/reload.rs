@@ -157,7 +157,7 @@ fn stop_server(r: Running) -> Result<()> {
 
 /// Sleeps until `offset` after `origin`: the length of a measurement window, not a wait for
 /// an event.
-fn sleep_until(origin: Instant, offset: Duration) {
+pub fn sleep_until(origin: Instant, offset: Duration) {
     if let Some(left) = (origin + offset).checked_duration_since(Instant::now()) {
         std::thread::sleep(left);
     }
