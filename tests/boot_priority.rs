@@ -59,7 +59,7 @@ fn opts(boot_priority: Option<&str>, boot_delay: &str) -> Options {
 }
 
 #[test]
-fn a_reload_boots_at_nice_19_beside_the_serving_workers_and_is_raised_once_ready() {
+fn a_reload_boots_at_nice_10_beside_the_serving_workers_and_is_raised_once_ready() {
     let _x = exclusive();
     let d = Daemon::start(opts(None, "100ms"));
     let first = d.worker_pids(1, "ready");
@@ -73,7 +73,7 @@ fn a_reload_boots_at_nice_19_beside_the_serving_workers_and_is_raised_once_ready
         println!("numbers: boot priority: {line}");
         return;
     }
-    assert!(line.starts_with("low: nice 19 while booting"), "{line}");
+    assert!(line.starts_with("low: nice 10 while booting"), "{line}");
     // Generation 2 boots for 3 s: long enough to look at it while it boots.
     d.rewrite_config(&opts(None, "3s"));
     let reload = std::thread::scope(|s| {
@@ -85,14 +85,14 @@ fn a_reload_boots_at_nice_19_beside_the_serving_workers_and_is_raised_once_ready
         for w in workers_of(&booting, 2) {
             let pid = w["pid"].as_i64().unwrap() as i32;
             assert_eq!(w["low_priority"], true, "{w}");
-            assert_eq!(nice_of(pid), Some(19), "booting worker {pid} is not at nice 19");
+            assert_eq!(nice_of(pid), Some(10), "booting worker {pid} is not at nice 10");
         }
         for &p in &first {
             assert_eq!(nice_of(p), Some(own), "the serving worker {p} was touched");
         }
         let human = d.cli(&["status"]);
         let human = String::from_utf8_lossy(&human.stdout).into_owned();
-        assert!(human.contains("[low CPU priority]") && human.contains("boot priority: low: nice 19"), "{human}");
+        assert!(human.contains("[low CPU priority]") && human.contains("boot priority: low: nice 10"), "{human}");
         reload.join().unwrap()
     });
     assert!(reload.status.success(), "reload: {}\n{}", String::from_utf8_lossy(&reload.stderr), d.log());
@@ -102,7 +102,7 @@ fn a_reload_boots_at_nice_19_beside_the_serving_workers_and_is_raised_once_ready
         assert_eq!(nice_of(p), Some(own), "ready worker {p} still lowered");
     }
     assert!(workers_of(&d.status(), 2).iter().all(|w| w.get("low_priority").is_none()));
-    println!("numbers: boot priority: booting workers at nice 19, {} once ready (the master's)", own);
+    println!("numbers: boot priority: booting workers at nice 10, {} once ready (the master's)", own);
 }
 
 #[test]

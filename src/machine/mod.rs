@@ -174,7 +174,7 @@ struct Worker {
     /// [`Machine::mark_healthy`]); a candidate worker that fails before this rolls back.
     healthy: bool,
     /// Spawned at the low boot priority (`reload.boot_priority`) and not raised yet: raised
-    /// once ready, when half its boot_timeout has passed, or when nothing serves any more.
+    /// once ready, when 3/4 of its boot_timeout have passed, or when nothing serves any more.
     low_priority: bool,
 }
 

@@ -20,11 +20,12 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How long after its spawn a worker booting at the low priority (`reload.boot_priority`)
-/// is raised to normal if it is not ready by then: half its boot_timeout, so that a boot
-/// starved by a saturated CPU still has the other half at full priority and a reload
-/// always finishes.
+/// is raised to normal if it is not ready by then: 3/4 of its boot_timeout, so that a boot
+/// slowed down by a saturated CPU still has the last quarter at full priority and a reload
+/// always finishes, while a boot that takes its time on the low share (a tenth of the CPU
+/// beside as many serving workers) is not raised in the middle of it.
 pub fn raise_priority_after(boot_timeout: std::time::Duration) -> std::time::Duration {
-    boot_timeout / 2
+    boot_timeout / 4 * 3
 }
 
 /// The longest the executor's timer sleeps in one go (a later deadline is slept towards in

@@ -205,7 +205,7 @@ impl Machine {
                     }
                     let raise_at = policy::deadline(w.spawned_at, policy::raise_priority_after(wc.boot_timeout));
                     if w.low_priority && now >= raise_at {
-                        let why = format!("half its boot_timeout {} has passed", human(wc.boot_timeout));
+                        let why = format!("3/4 of its boot_timeout {} have passed", human(wc.boot_timeout));
                         self.raise_priority(id, &why, fx);
                     }
                 }

@@ -895,19 +895,19 @@ fn boot_priority_normal_or_an_executor_that_cannot_lower_boots_at_normal_priorit
 }
 
 #[test]
-fn a_low_boot_is_raised_at_half_its_boot_timeout_so_that_the_reload_still_finishes() {
+fn a_low_boot_is_raised_at_3_4_of_its_boot_timeout_so_that_the_reload_still_finishes() {
     let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
     sim.m.set_boot_lowering(true);
     let mark = sim.log.len();
     sim.reload(config(1, Strategy::AllAtOnce, 1), None);
     let new = sim.pids_of(2);
-    // The next deadline is the raise (boot_timeout 10 s: at 5 s), not the boot timeout.
+    // The next deadline is the raise (boot_timeout 10 s: at 7.5 s), not the boot timeout.
     sim.run_timer();
     assert_eq!(raises_since(&sim, mark), new);
     assert!(low_in_status(&sim).is_empty());
     assert_eq!(sim.state_of(new[0]), "booting", "raised, still booting, not judged yet");
     let logged = sim.log[mark..].iter().any(|e| {
-        matches!(e, Effect::Log(r) if r.event == "worker-priority" && r.message.contains("half its boot_timeout 10s"))
+        matches!(e, Effect::Log(r) if r.event == "worker-priority" && r.message.contains("3/4 of its boot_timeout 10s"))
     });
     assert!(logged, "the raise is logged with its reason");
     sim.ready(new[0]);

@@ -2,7 +2,7 @@
 //! SPEC §5 "Boot priority").
 //!
 //! A new release's import burns CPU; on a busy host it would take it from the workers that
-//! serve. So a worker the machine spawns with `low_priority` starts at the lowest priority
+//! serve. So a worker the machine spawns with `low_priority` starts at a low priority
 //! and is raised to normal once ready (or when its boot must finish: see
 //! `machine::policy::raise_priority_after`). How depends on what handover may do here,
 //! decided once at start ([`Lowering::choose`]):
@@ -19,12 +19,17 @@
 //! 3. else workers boot at normal priority, and `handover status` says why.
 use std::io;
 
-/// `cpu.weight` of a booting worker's cgroup: the lowest (cgroup v2 allows 1-10000).
-pub const LOW_WEIGHT: u32 = 1;
+/// `cpu.weight` of a booting worker's cgroup: a tenth of a serving worker's (cgroup v2
+/// allows 1-10000). Not the lowest: on a saturated host the lowest leaves a boot nearly
+/// stopped until it is raised, and then every new worker takes a full share at once; a
+/// tenth boots a generation beside as many serving workers on about a tenth of the CPU
+/// throughout (benchmark scenario 9).
+pub const LOW_WEIGHT: u32 = 10;
 /// `cpu.weight` once raised: the kernel's default, that of every serving worker.
 pub const NORMAL_WEIGHT: u32 = 100;
-/// The nice value of a booting worker without a cgroup of its own: the lowest priority.
-pub const LOW_NICE: i32 = 19;
+/// The nice value of a booting worker without a cgroup of its own: scheduler weight 110
+/// against nice 0's 1024, about a tenth, as [`LOW_WEIGHT`] (sched(7); nice 19 would be 15).
+pub const LOW_NICE: i32 = 10;
 
 /// How booting workers are lowered on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -901,13 +901,13 @@ mod tests {
             credentials: None,
             cgroup: None,
             resets: None,
-            nice: Some(19),
+            nice: Some(10),
         };
         let spawned = spawn(&spec).expect("spawn");
         let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
         assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
         let nice = std::fs::read_to_string(&out).expect("the child's report");
-        assert_eq!(nice.trim(), "19");
+        assert_eq!(nice.trim(), "10");
     }
 
     #[test]
