@@ -3,9 +3,11 @@
 //!
 //! - [`spawn`]: the fenced fork/exec (the only `unsafe` process code).
 //! - [`readiness`]: handover's NOTIFY_SOCKET for workers.
+//! - [`connections`]: the client connections a worker still holds (draining, visible).
 //! - [`WorkerProcess`]: a spawned worker's pidfd, through which it is signalled.
 //! - [`Launcher`]: turns a [`SpawnRequest`] into a [`spawn::SpawnSpec`] (environment,
 //!   sockets, working directory).
+pub mod connections;
 pub mod readiness;
 pub mod spawn;
 
