@@ -355,6 +355,7 @@ impl Machine {
             verdicts_held_until: None,
             ever_ready: true,
             start_given_up: None,
+            open_connections: BTreeMap::new(),
         })
     }
 }
