@@ -123,6 +123,7 @@ impl Machine {
                 status: w.status_text.clone(),
                 memory_bytes: None, // filled in by the executor (cgroup per worker)
                 cpu_usec: None,
+                open_connections: None, // filled in by the executor (draining workers)
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
@@ -267,6 +268,11 @@ pub struct WorkerStatus {
     /// Its cgroup's CPU time (`cpu.stat` `usage_usec`), microseconds (cgroup per worker).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cpu_usec: Option<u64>,
+    /// A draining worker's open client connections: sockets its processes hold that were
+    /// accepted from handover's listening sockets, read when the status was asked for.
+    /// Absent for the other states, and where they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub open_connections: Option<usize>,
 }
 
 /// One listening socket in [`Status`].

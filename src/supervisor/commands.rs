@@ -32,6 +32,7 @@ impl Daemon {
                     }
                     None => "process group per worker".to_owned(),
                 };
+                self.fill_open_connections(&mut status);
                 status.sockets = self.sockets.status();
                 status.metrics_error = self.metrics.write_error();
                 status.version = crate::VERSION.to_string();
