@@ -220,7 +220,7 @@ impl Machine {
                 WorkerState::Stopping { kill_at } => {
                     if now >= kill_at {
                         // The executor's sample, taken right before this step (see
-                        // `kills_due`); none in a step it did not foresee.
+                        // `kills_due`); none where it could not read them.
                         let open = match w.pid.and_then(|pid| self.open_connections.get(&pid)) {
                             Some(&n) => format!(" with {}", count(n, "open connection", "open connections")),
                             None => String::new(),

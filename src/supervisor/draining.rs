@@ -1,7 +1,8 @@
 //! The executor's side of draining, visible (issue 23): how many client connections each
 //! draining worker still holds, read through [`worker::connections`] only when someone needs
 //! the number:
-//! - a status request (every draining worker's count, `open_connections`);
+//! - a status request (every draining worker's count, `open_connections`; a request within
+//!   [`STATUS_SAMPLE_REUSE`] of a sample that has them all is answered from it);
 //! - a metrics write while workers drain (`handover_draining_connections`, sampled at most
 //!   once per [`METRICS_SAMPLE_EVERY`]);
 //! - right before a step that SIGKILLs workers at their graceful_timeout: their counts go to
@@ -19,7 +20,11 @@ use crate::worker::connections::{ClientSockets, Listeners};
 /// thousands of times with workers draining all along.
 pub const METRICS_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
-/// The last sample of the draining workers' connections, for the metrics.
+/// A status request within this long of the last sample, which covers every worker draining
+/// now, is answered from it: a client asking in a loop costs the event loop no more reads.
+pub const STATUS_SAMPLE_REUSE: Duration = Duration::from_millis(100);
+
+/// The last sample of the draining workers' connections (status requests, metrics).
 #[derive(Debug, Default)]
 pub(super) struct DrainSample {
     /// Open client connections by worker pid.
@@ -63,14 +68,24 @@ impl Daemon {
         Some(Event::OpenConnections { counts: due.iter().filter_map(|pid| Some((*pid, *open.get(pid)?))).collect() })
     }
 
-    /// Fills in `open_connections` of the draining workers of a status reply (read now).
+    /// Fills in `open_connections` of the draining workers of a status reply: read now,
+    /// unless the last sample is younger than [`STATUS_SAMPLE_REUSE`] and has them all.
     pub(super) fn fill_open_connections(&mut self, status: &mut machine::Status) {
         let draining = self.machine.draining_pids();
-        let open = self.open_connections(&draining);
-        for w in &mut status.workers {
-            w.open_connections = open.get(&w.pid).copied();
+        if draining.is_empty() {
+            return;
         }
-        self.drain_sample = DrainSample { open, at: Some(Instant::now()) };
+        let now = Instant::now();
+        let sample = &self.drain_sample;
+        let recent = sample.at.is_some_and(|at| now.saturating_duration_since(at) < STATUS_SAMPLE_REUSE)
+            && draining.iter().all(|pid| sample.open.contains_key(pid));
+        if !recent {
+            self.drain_sample = DrainSample { open: self.open_connections(&draining), at: Some(now) };
+        }
+        let draining: std::collections::HashSet<machine::Pid> = draining.into_iter().collect();
+        for w in status.workers.iter_mut().filter(|w| draining.contains(&w.pid)) {
+            w.open_connections = self.drain_sample.open.get(&w.pid).copied();
+        }
     }
 
     /// Sets the metrics' `handover_draining_connections` before they are rendered: the sum
