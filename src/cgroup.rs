@@ -274,13 +274,20 @@ impl Tree {
         if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
             return;
         }
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        for p in self.procs(pid).unwrap_or_default() {
             // SAFETY: kill(2) has no memory-safety preconditions; a pid listed in the
             // worker's own cgroup (a race with its exit at worst hits nobody: the cgroup
             // is ours and nothing else is started in it).
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
+    }
+
+    /// Every process in the worker `pid`'s cgroup (its `cgroup.procs`): the worker, what it
+    /// forked, and what left its process group (setsid()). None if it has no cgroup here or
+    /// the file cannot be read.
+    pub fn procs(&self, pid: i32) -> Option<Vec<i32>> {
+        let text = std::fs::read_to_string(self.workers.get(&pid)?.join("cgroup.procs")).ok()?;
+        Some(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
     /// How the worker `pid` ended, from its cgroup's `memory.events`: `Some(n)` when the
@@ -403,6 +410,19 @@ mod tests {
         std::fs::write(dir.path().join("cgroup.subtree_control"), "").expect("write");
         std::fs::write(dir.path().join("cgroup.procs"), "").expect("write");
         assert!(!is_delegated(dir.path()), "writable but not marked by systemd");
+    }
+
+    #[test]
+    fn a_workers_processes_are_its_cgroup_procs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let worker = dir.path().join("worker-2-0-7");
+        std::fs::create_dir(&worker).expect("mkdir");
+        std::fs::write(worker.join("cgroup.procs"), "123\n130\n").expect("write");
+        let mut t =
+            Tree { own: dir.path().into(), memory: false, cpu: false, workers: BTreeMap::new(), doomed: vec![] };
+        assert_eq!(t.procs(123), None, "not a worker of this tree");
+        t.adopt(123, worker);
+        assert_eq!(t.procs(123), Some(vec![123, 130]));
     }
 
     #[test]

@@ -47,7 +47,8 @@
 //! - [`config`]: the TOML file → validated [`config::Config`], errors with file:line:col.
 //! - [`systemd`]: the protocol boundary with PID 1 (sd_listen_fds, sd_notify, fd store).
 //! - [`sockets`]: which listening sockets workers get, and where they came from.
-//! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals.
+//! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals, the
+//!   client connections a worker still holds.
 //! - [`machine`]: the sans-io state machine (events in, effects out), its vocabulary
 //!   ([`machine::events`]), its timing rules ([`machine::policy`]), what it reports
 //!   (replies, status) and its snapshot for `handover upgrade`.

@@ -146,6 +146,9 @@ pub struct Metrics {
     written: Option<(PathBuf, String)>,
     /// Writes the file off the event loop (started at the first write).
     writer: Option<Writer>,
+    /// `handover_draining_connections`: the open client connections of the draining
+    /// workers, as the executor last sampled them ([`Metrics::set_draining_connections`]).
+    draining_connections: usize,
 }
 
 impl Metrics {
@@ -168,6 +171,7 @@ impl Metrics {
             failed_slots: HashSet::new(),
             written: None,
             writer: None,
+            draining_connections: 0,
         }
     }
 
@@ -331,7 +335,23 @@ impl Metrics {
              handover_metrics_write_failures_total{{name=\"{}\"}} {streaks}",
             escape(&self.name)
         );
+        let _ = writeln!(
+            out,
+            "# HELP handover_draining_connections Client connections the draining workers (told to stop, \
+             not exited) still hold, over every generation.\n\
+             # TYPE handover_draining_connections gauge\n\
+             handover_draining_connections{{name=\"{}\"}} {}",
+            escape(&self.name),
+            self.draining_connections
+        );
         out
+    }
+
+    /// Sets `handover_draining_connections`: the client connections the draining workers
+    /// still hold, over every generation (a gauge; the executor samples it while workers
+    /// drain, see `supervisor::draining`).
+    pub fn set_draining_connections(&mut self, open: usize) {
+        self.draining_connections = open;
     }
 
     /// Why the metrics file cannot be written, while writes fail (for `handover status`).

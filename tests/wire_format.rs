@@ -182,6 +182,10 @@ fn status_and_reload_replies_are_unchanged() {
     let mut status = m.status(now);
     status.pid = 4242;
     status.version = "0.1.0".into();
+    // Filled in by the executor for the draining workers (their open client connections).
+    if let Some(w) = status.workers.iter_mut().find(|w| w.state == "draining") {
+        w.open_connections = Some(3);
+    }
     let status = Reply::Done(Outcome { ok: true, status: Some(status), ..Outcome::default() });
     let mut text = String::new();
     for line in replies.iter().chain([&status]) {

@@ -48,16 +48,19 @@ pub fn render_status(s: &Status) -> String {
     }
     // Memory and CPU per worker where each has a cgroup (cgroup per worker mode).
     let usage = s.workers.iter().any(|w| w.cpu_usec.is_some() || w.memory_bytes.is_some());
+    // The open client connections of draining workers, while some drain.
+    let conns = s.workers.iter().any(|w| w.open_connections.is_some());
     let _ = writeln!(
         out,
-        "\n{:<5} {:<5} {:>8} {:<9} {:>9} {:>8}{}  STATUS",
+        "\n{:<5} {:<5} {:>8} {:<9} {:>9} {:>8}{}{}  STATUS",
         "GEN",
         "SLOT",
         "PID",
         "STATE",
         "SINCE",
         "RESTARTS",
-        if usage { format!(" {:>10} {:>9}", "MEMORY", "CPU") } else { String::new() }
+        if usage { format!(" {:>10} {:>9}", "MEMORY", "CPU") } else { String::new() },
+        if conns { format!(" {:>5}", "CONNS") } else { String::new() }
     );
     for w in &s.workers {
         let columns = if usage {
@@ -68,9 +71,14 @@ pub fn render_status(s: &Status) -> String {
             String::new()
         };
         let low = if w.low_priority { "[low CPU priority] " } else { "" };
+        let open = match (conns, w.open_connections) {
+            (false, _) => String::new(),
+            (true, Some(n)) => format!(" {n:>5}"),
+            (true, None) => format!(" {:>5}", "-"),
+        };
         let _ = writeln!(
             out,
-            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}  {low}{}",
+            "{:<5} {:<5} {:>8} {:<9} {:>8.1}s {:>8}{columns}{open}  {low}{}",
             w.generation,
             w.slot,
             w.pid,
@@ -110,4 +118,42 @@ pub fn render_status(s: &Status) -> String {
         let _ = writeln!(out, "\nlast reload: {}", clean(last));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::WorkerStatus;
+
+    fn worker(generation: u64, state: &str, open_connections: Option<usize>) -> WorkerStatus {
+        WorkerStatus {
+            slot: 0,
+            pid: 100 + generation as i32,
+            generation,
+            state: state.into(),
+            since_secs: 1.0,
+            restarts: 0,
+            status: None,
+            memory_bytes: None,
+            cpu_usec: None,
+            open_connections,
+        }
+    }
+
+    /// The CONNS column appears while some worker drains, with its count; `-` for the others.
+    #[test]
+    fn draining_workers_show_their_open_connections() {
+        let mut s = Status { workers: vec![worker(2, "ready", None)], ..Status::default() };
+        assert!(!render_status(&s).contains("CONNS"), "nothing drains: no column");
+        s.workers.push(worker(1, "draining", Some(3)));
+        let text = render_status(&s);
+        let header = text.lines().find(|l| l.starts_with("GEN   SLOT")).expect("worker header");
+        let column = header.split_whitespace().position(|c| c == "CONNS").expect("CONNS column");
+        let cell = |pid: &str| {
+            let row = text.lines().find(|l| l.split_whitespace().nth(2) == Some(pid)).expect("the worker's row");
+            row.split_whitespace().nth(column).map(str::to_owned)
+        };
+        assert_eq!(cell("101").as_deref(), Some("3"), "{text}");
+        assert_eq!(cell("102").as_deref(), Some("-"), "{text}");
+    }
 }

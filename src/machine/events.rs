@@ -103,6 +103,16 @@ pub enum Event {
     },
     /// Time passed: deadlines may have been reached.
     Tick,
+    /// How many client connections workers that are due to be SIGKILLed at their
+    /// graceful_timeout still hold, sampled by the executor right before the step that kills
+    /// them (see [`crate::machine::Machine::kills_due`]): the kill's log line names the
+    /// count. Plain data, valid for the step it arrives in only; also a tick (every step
+    /// checks the deadlines).
+    OpenConnections {
+        /// (worker pid, open client connections), for the workers about to be killed whose
+        /// connections could be read.
+        counts: Vec<(Pid, usize)>,
+    },
     /// The event loop ran again after a stall (SIGSTOP, a frozen cgroup, a host that
     /// paused): it woke `stalled` later than its earliest deadline. What workers sent in
     /// the meantime is still queued unread, so verdicts on their messages (boot_timeout,

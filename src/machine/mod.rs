@@ -283,6 +283,9 @@ pub struct Machine {
     /// Some worker has been ready since the daemon started (a start that got this far is
     /// not hopeless: see `give_up_a_hopeless_start`). True for a restored machine.
     ever_ready: bool,
+    /// The open client connections of workers about to be killed at graceful_timeout, by
+    /// pid ([`Event::OpenConnections`]): read by the kill's log line, cleared after the step.
+    open_connections: BTreeMap<Pid, usize>,
     /// Why the start was given up (`give_up_a_hopeless_start`): shown in `STATUS=`, and the
     /// daemon exits with [`policy::START_FAILED_EXIT`] once every worker is gone.
     start_given_up: Option<String>,
@@ -326,6 +329,7 @@ impl Machine {
             ever_ready: false,
             start_given_up: None,
             boot_lowering: false,
+            open_connections: BTreeMap::new(),
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -448,6 +452,7 @@ impl Machine {
             Event::ScaleRequested { to, requester } => self.on_scale(to, requester, now, &mut fx),
             Event::StopRequested { fast } => self.on_stop(fast, now, &mut fx),
             Event::Tick => {}
+            Event::OpenConnections { counts } => self.open_connections = counts.into_iter().collect(),
             Event::Resumed { stalled } => {
                 let hold = policy::stall_hold(stalled);
                 let until = policy::deadline(now, hold);
@@ -465,6 +470,7 @@ impl Machine {
             self.verdicts_held_until = None;
         }
         self.check_deadlines(now, &mut fx);
+        self.open_connections.clear();
         self.reconcile(now, &mut fx);
         // Only a counted failure can make the daemon degraded, and only while it is can a
         // step end it: the scan of the slots is skipped otherwise.

@@ -361,6 +361,7 @@ impl Machine {
             ever_ready: true,
             start_given_up: None,
             boot_lowering: false,
+            open_connections: BTreeMap::new(),
         })
     }
 }

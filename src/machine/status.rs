@@ -124,6 +124,7 @@ impl Machine {
                 memory_bytes: None, // filled in by the executor (cgroup per worker)
                 cpu_usec: None,
                 low_priority: w.low_priority && w.state == WorkerState::Booting,
+                open_connections: None, // filled in by the executor (draining workers)
             })
             .collect();
         workers.sort_by_key(|w| (std::cmp::Reverse(w.generation), w.slot, w.pid));
@@ -275,6 +276,11 @@ pub struct WorkerStatus {
     /// Booting at the low CPU priority (`reload.boot_priority`); absent once raised.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub low_priority: bool,
+    /// A draining worker's open client connections: sockets its processes hold that were
+    /// accepted from handover's listening sockets, read when the status was asked for.
+    /// Absent for the other states, and where they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub open_connections: Option<usize>,
 }
 
 /// One listening socket in [`Status`].

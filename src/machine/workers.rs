@@ -225,7 +225,17 @@ impl Machine {
                 }
                 WorkerState::Stopping { kill_at } => {
                     if now >= kill_at {
-                        let msg = format!("{} did not exit in time; SIGKILL to its process group", describe(w));
+                        // The executor's sample, taken right before this step (see
+                        // `kills_due`); none where it could not read them.
+                        let open = match w.pid.and_then(|pid| self.open_connections.get(&pid)) {
+                            Some(&n) => format!(" with {}", count(n, "open connection", "open connections")),
+                            None => String::new(),
+                        };
+                        let msg = format!(
+                            "{} killed after graceful_timeout {}{open}: SIGKILL to its process group",
+                            describe(w),
+                            human(kill_at.saturating_duration_since(w.since))
+                        );
                         fx.push(log(Level::Warn, "worker-killed", msg, Some(w.generation), Some(w.slot), w.pid));
                         self.kill_worker(id, fx);
                     }
@@ -233,6 +243,32 @@ impl Machine {
                 WorkerState::Killed => {}
             }
         }
+    }
+
+    /// Pids of the workers that a step at `now` SIGKILLs because their graceful_timeout
+    /// has passed (what `check_deadlines` does with them): the executor samples their open
+    /// connections first and feeds them as [`Event::OpenConnections`]. Looks at the due
+    /// deadlines only, as `check_deadlines` does.
+    pub fn kills_due(&self, now: Instant) -> Vec<Pid> {
+        self.workers
+            .due(now)
+            .iter()
+            .filter_map(|id| self.workers.get(id))
+            .filter_map(|w| match w.state {
+                WorkerState::Stopping { kill_at } if now >= kill_at => w.pid,
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Pids of the draining workers: told to stop (or stopping by themselves), not exited
+    /// and not SIGKILLed yet. The ones whose open connections status and metrics show.
+    pub fn draining_pids(&self) -> Vec<Pid> {
+        self.workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Stopping { .. }))
+            .filter_map(|w| w.pid)
+            .collect()
     }
 
     pub(super) fn boot_timed_out(&mut self, id: WorkerId, now: Instant, fx: &mut Vec<Effect>) {

@@ -203,6 +203,17 @@ fn upgrades_start_at_zero_and_are_counted() {
     assert_eq!(sample(&t, "handover_upgrades_total{name=\"app\",result=\"failed\"}"), Some(1.0), "{t}");
 }
 
+#[test]
+fn the_draining_connections_gauge_is_what_the_executor_sampled() {
+    let mut sim = Sim::new(config(1));
+    let series = "handover_draining_connections{name=\"app\"}";
+    let t = sim.text();
+    assert_eq!(sample(&t, series), Some(0.0), "present at 0 before anything drains: {t}");
+    assert!(t.contains("# TYPE handover_draining_connections gauge\n"), "{t}");
+    sim.metrics.set_draining_connections(7);
+    assert_eq!(sample(&sim.text(), series), Some(7.0));
+}
+
 /// Every family has HELP and TYPE before its samples; counters end in `_total`; units are
 /// base units in the name; label values are quoted; every line is a comment or a sample.
 #[test]

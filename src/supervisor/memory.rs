@@ -4,7 +4,8 @@
 //!
 //! [`MemorySource`] is the seam: [`ProcScan`] reads `/proc/<pid>/stat` of every process once
 //! and adds up the RSS by process group; a cgroup-per-worker mode would implement the same
-//! trait by reading each worker's `memory.current`.
+//! trait by reading each worker's `memory.current`. The same pass lists the processes of
+//! each group ([`ProcScan::group_members`]) for the draining workers' open connections.
 use std::collections::HashMap;
 use std::io::Read;
 
@@ -41,7 +42,33 @@ impl Default for ProcScan {
 impl MemorySource for ProcScan {
     fn group_rss(&mut self, groups: &[Pid]) -> HashMap<Pid, u64> {
         let mut totals: HashMap<Pid, u64> = groups.iter().map(|&g| (g, 0)).collect();
-        let Ok(dir) = std::fs::read_dir("/proc") else { return totals };
+        let page_size = self.page_size;
+        self.each_process(|_, pgrp, rss_pages| {
+            if let Some(total) = totals.get_mut(&pgrp) {
+                *total += rss_pages * page_size;
+            }
+        });
+        totals
+    }
+}
+
+impl ProcScan {
+    /// The processes of each process group in `groups` (a worker's pid is its group's id),
+    /// in the same one pass over /proc: whose open connections a draining worker holds
+    /// without a cgroup per worker. A group with no process left maps to an empty list.
+    pub fn group_members(&mut self, groups: &[Pid]) -> HashMap<Pid, Vec<Pid>> {
+        let mut members: HashMap<Pid, Vec<Pid>> = groups.iter().map(|&g| (g, Vec::new())).collect();
+        self.each_process(|pid, pgrp, _| {
+            if let Some(list) = members.get_mut(&pgrp) {
+                list.push(pid);
+            }
+        });
+        members
+    }
+
+    /// Calls `each(pid, pgrp, rss_pages)` for every process, reading its `/proc/<pid>/stat`.
+    fn each_process(&mut self, mut each: impl FnMut(Pid, Pid, u64)) {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
@@ -55,11 +82,9 @@ impl MemorySource for ProcScan {
             // would add a statx and a read for EOF.
             let Ok(n) = f.read(&mut self.buf) else { continue };
             let Some((pgrp, rss_pages)) = parse_stat(&self.buf[..n]) else { continue };
-            if let Some(total) = totals.get_mut(&pgrp) {
-                *total += rss_pages * self.page_size;
-            }
+            let Ok(pid) = pid.parse() else { continue };
+            each(pid, pgrp, rss_pages);
         }
-        totals
     }
 }
 
@@ -105,6 +130,14 @@ mod tests {
             each * 1e3,
             each * 1e6 / processes as f64
         );
+    }
+
+    #[test]
+    fn group_members_lists_this_process_in_its_group() {
+        let me = nix::unistd::getpgrp().as_raw();
+        let members = ProcScan::default().group_members(&[me, -5]);
+        assert!(members[&me].contains(&(std::process::id() as Pid)), "{members:?}");
+        assert!(members[&-5].is_empty(), "a group that does not exist");
     }
 
     #[test]

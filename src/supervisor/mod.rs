@@ -15,11 +15,13 @@
 //!
 //! This file holds the setup and the event loop; `workers.rs` what workers report (exits,
 //! notify datagrams, memory), `commands.rs` the control socket's commands, `notifying.rs`
-//! what is told to systemd, `spawning.rs` and `upgrading.rs` the spawns and the upgrade.
+//! what is told to systemd, `spawning.rs` and `upgrading.rs` the spawns and the upgrade,
+//! `draining.rs` the draining workers' open connections (read only when asked).
 //!
 //! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
 //! naming the functions that do each step.
 mod commands;
+mod draining;
 pub mod memory;
 mod notifying;
 pub mod rejects;
@@ -249,6 +251,7 @@ pub async fn run(setup: Setup) -> Result<i32, RunError> {
         status_pacer: policy::Pacer::new(STATUS_BURST, STATUS_EVERY),
         exit: None,
         memory: memory::ProcScan::default(),
+        drain_sample: draining::DrainSample::default(),
         identity,
         systemd,
         control_fd,
@@ -418,8 +421,11 @@ struct Daemon {
     /// Paces `STATUS=` lines (see `STATUS_BURST`).
     status_pacer: policy::Pacer,
     exit: Option<i32>,
-    /// Where worker memory is read from (`max_memory`) without a cgroup per worker.
+    /// Where worker memory is read from (`max_memory`) without a cgroup per worker; also
+    /// who is in a worker's process group (its open connections).
     memory: memory::ProcScan,
+    /// The draining workers' open connections as last read, for the metrics.
+    drain_sample: draining::DrainSample,
     identity: Identity,
     systemd: upgrade::SystemdRecord,
     /// The control socket's listening descriptor (owned by the control server's task).
@@ -462,6 +468,7 @@ impl Daemon {
             // At most one write of the metrics file per turn, whatever the turn fed the
             // machine (a turn may read a burst of datagrams, see below), and STATUS= lines
             // as `status_pacer` allows (the newest one; `status_timer` below).
+            self.refresh_draining_connections();
             self.metrics.flush(&self.machine);
             let status_wait = if self.status_due { self.status_pacer.wait(Instant::now()) } else { None };
             if self.status_due && status_wait.is_none() {
@@ -628,8 +635,17 @@ impl Daemon {
                     None => break,
                 },
             };
-            let exited = exited_pid(&ev);
             let now = Instant::now();
+            // A step that kills workers at their graceful_timeout is first told how many
+            // connections they still hold (read now, right before the kill), for its log line.
+            let ev = match self.connections_before_kills(now) {
+                Some(sample) => {
+                    queue.push_front(ev);
+                    sample
+                }
+                None => ev,
+            };
+            let exited = exited_pid(&ev);
             let effects = self.machine.step(ev, now);
             self.metrics.observe(exited, &effects, now);
             queue.extend(self.execute(effects));

@@ -605,6 +605,39 @@ fn configs_in_use_include_a_queued_reload() {
 
 // ------------------------------------------------------------------ issue 9: readiness that cannot be fooled
 
+#[test]
+fn a_kill_at_graceful_timeout_names_the_open_connections_sampled_right_before() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let old = sim.pids_of(1);
+    sim.reload(config(2, Strategy::AllAtOnce, 1), None);
+    sim.ready_all(2);
+    assert_eq!(sim.m.draining_pids(), old, "told to stop at the commit");
+    sim.advance(Duration::from_secs(29));
+    assert!(sim.m.kills_due(sim.now).is_empty());
+    // A sample for a step that kills nobody is forgotten after that step.
+    sim.feed(Event::OpenConnections { counts: vec![(old[1], 5)] });
+    let kill_at = sim.m.next_deadline().expect("the kill deadline");
+    assert_eq!(sim.m.kills_due(kill_at), old);
+    sim.now = kill_at;
+    let mark = sim.log.len();
+    // The executor read the first worker's connections; the second's could not be read.
+    sim.feed(Event::OpenConnections { counts: vec![(old[0], 3)] });
+    assert_eq!(sim.kills_since(mark), old, "the sample is also a tick");
+    let tail = "SIGKILL to its process group";
+    assert_eq!(
+        logged(&sim, mark, "worker-killed"),
+        [
+            format!(
+                "worker gen 1 slot 0 pid {} killed after graceful_timeout 30s with 3 open connections: {tail}",
+                old[0]
+            ),
+            format!("worker gen 1 slot 1 pid {} killed after graceful_timeout 30s: {tail}", old[1]),
+        ]
+    );
+    assert!(sim.m.kills_due(sim.now).is_empty());
+    assert!(sim.m.draining_pids().is_empty(), "SIGKILLed workers no longer count as draining");
+}
+
 fn with_min_healthy(mut cfg: Config, window: Duration) -> Config {
     cfg.reload.min_healthy_time = window;
     cfg

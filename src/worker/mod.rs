@@ -4,9 +4,11 @@
 //! - [`spawn`]: the fenced fork/exec (the only `unsafe` process code).
 //! - [`readiness`]: handover's NOTIFY_SOCKET for workers.
 //! - [`priority`]: the CPU priority of workers that boot beside serving ones.
+//! - [`connections`]: the client connections a worker still holds (draining, visible).
 //! - [`WorkerProcess`]: a spawned worker's pidfd, through which it is signalled.
 //! - [`Launcher`]: turns a [`SpawnRequest`] into a [`spawn::SpawnSpec`] (environment,
 //!   sockets, working directory).
+pub mod connections;
 pub mod priority;
 pub mod readiness;
 pub mod spawn;

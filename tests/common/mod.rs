@@ -480,6 +480,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until `f` returns Some (what it reads: a file, /proc), failing with `what` after
+/// `timeout`; polls every 20 ms.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a command, failing the test if it takes longer than `timeout`.
 pub fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
