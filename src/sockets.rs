@@ -15,6 +15,8 @@ use std::path::Path;
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage};
 
+pub mod queue;
+
 use crate::config::{Config, Listen, ListenAddress};
 use crate::machine::SocketStatus;
 use crate::systemd::{fdstore, NamedFd, Notifier};
