@@ -32,7 +32,7 @@ impl Daemon {
                     }
                     None => "process group per worker".to_owned(),
                 };
-                status.sockets = self.sockets.status();
+                status.sockets = self.read_sockets();
                 status.metrics_error = self.metrics.write_error();
                 status.version = crate::VERSION.to_string();
                 status.version_since_unix = self.identity.version_since_unix;
