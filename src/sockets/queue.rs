@@ -43,31 +43,27 @@ pub fn read(fd: BorrowedFd<'_>) -> io::Result<AcceptQueue> {
     }
 }
 
-/// `TCP_INFO` of a TCP listener.
+/// `TCP_INFO` of a TCP listener. Only the head of `struct tcp_info` is asked for (the
+/// kernel copies as much as the caller's buffer holds): eight `__u8` (`tcpi_state` first),
+/// then `__u32` `tcpi_rto`, `tcpi_ato`, `tcpi_snd_mss`, `tcpi_rcv_mss`, `tcpi_unacked`
+/// (byte 24) and `tcpi_sacked` (byte 28), include/uapi/linux/tcp.h, a stable ABI.
 fn tcp_listen_queue(fd: BorrowedFd<'_>) -> io::Result<AcceptQueue> {
-    // SAFETY: tcp_info is a plain C struct of integers, for which all-zero bytes are a
-    // valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let mut info = [0u8; 32];
+    let mut len = info.len() as libc::socklen_t;
     // SAFETY: `fd` is an open descriptor borrowed for this call; `info` and `len` are
     // valid for writes, and `len` is the size of `info`, so the kernel writes at most that
-    // many bytes (it shortens `len` when its struct is smaller).
+    // many bytes (and shortens `len` if it wrote fewer).
     let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast::<libc::c_void>(),
-            &mut len,
-        )
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if info.tcpi_state != TCP_LISTEN {
+    if len < 32 || info[0] != TCP_LISTEN {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "not a listening socket"));
     }
-    Ok(AcceptQueue { length: info.tcpi_unacked, limit: info.tcpi_sacked })
+    let u32_at = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    Ok(AcceptQueue { length: u32_at(24), limit: u32_at(28) })
 }
 
 // sock_diag(7) for AF_UNIX: linux/sock_diag.h, linux/unix_diag.h, linux/netlink.h.
