@@ -15,7 +15,7 @@
 //! (created exclusively, so a symlink planted there is never followed; mode 0644), then
 //! renamed over `NAME.prom`. node_exporter reads only `*.prom` files, so it never sees the
 //! temporary one.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::logging;
-use crate::machine::{Effect, Level, Machine, Phase, Pid};
+use crate::machine::{Effect, Level, Machine, Phase, Pid, SocketStatus};
 
 /// The upper bounds (seconds) of the reload duration histogram's buckets: from a small app's
 /// sub-second reload to a rolling reload of thousands of workers with a health window.
@@ -149,6 +149,9 @@ pub struct Metrics {
     /// `handover_draining_connections`: the open client connections of the draining
     /// workers, as the executor last sampled them ([`Metrics::set_draining_connections`]).
     draining_connections: usize,
+    /// The listening sockets' accept queues as last read (during a reload, or for a status
+    /// request: see [`Metrics::note_sockets`]), by name: (length, limit).
+    accept_queues: BTreeMap<String, (u32, u32)>,
 }
 
 impl Metrics {
@@ -172,6 +175,22 @@ impl Metrics {
             written: None,
             writer: None,
             draining_connections: 0,
+            accept_queues: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in the listening sockets' accept queues as just read (sockets whose queue the
+    /// kernel does not tell are left out). Read only during reloads and for status
+    /// requests, so that an idle daemon does not wake up for them. Two sockets of one name
+    /// (a `[[listen]]` address moved at a reload, the old one still draining) count as one,
+    /// the longer queue.
+    pub fn note_sockets(&mut self, sockets: &[SocketStatus]) {
+        self.accept_queues.clear();
+        for s in sockets {
+            if let (Some(length), Some(limit)) = (s.accept_queue, s.accept_queue_limit) {
+                let q = self.accept_queues.entry(s.name.clone()).or_insert((length, limit));
+                *q = (q.0.max(length), q.1.max(limit));
+            }
         }
     }
 
@@ -324,6 +343,7 @@ impl Metrics {
         let reloading = matches!(machine.phase(), Phase::Reloading(_));
         let mut out =
             render(&self.name, &self.state, machine.active_generation(), &machine.workers_by_state(), reloading);
+        render_accept_queues(&mut out, &self.name, &self.accept_queues, machine.reload_queue_peak());
         // Counted once per streak (not per write): the text changes once when writes start
         // failing, so a failing file is not retried at every turn of the loop.
         let streaks = self.writer.as_ref().map_or(0, |w| w.shared.streaks.load(Ordering::Relaxed));
@@ -608,6 +628,45 @@ pub fn render(
         let _ = writeln!(out, "handover_upgrades_total{{{l},result=\"{result}\"}} {n}");
     }
     out
+}
+
+/// The accept queue gauges: the last reading of each listening socket, its limit, and the
+/// peak of the last (or running) reload.
+fn render_accept_queues(
+    out: &mut String,
+    name: &str,
+    queues: &BTreeMap<String, (u32, u32)>,
+    reload_peak: &BTreeMap<String, u32>,
+) {
+    let l = format!("name=\"{}\"", escape(name));
+    if !queues.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP handover_listen_queue Connections waiting to be accepted on a listening socket, \
+             as last read (during a reload, or for handover status).\n# TYPE handover_listen_queue gauge"
+        );
+        for (socket, (length, _)) in queues {
+            let _ = writeln!(out, "handover_listen_queue{{{l},socket=\"{}\"}} {length}", escape(socket));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP handover_listen_queue_limit The most connections a listening socket queues (its backlog).\n\
+             # TYPE handover_listen_queue_limit gauge"
+        );
+        for (socket, (_, limit)) in queues {
+            let _ = writeln!(out, "handover_listen_queue_limit{{{l},socket=\"{}\"}} {limit}", escape(socket));
+        }
+    }
+    if !reload_peak.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP handover_reload_peak_listen_queue The longest accept queue of a listening socket \
+             during the last reload.\n# TYPE handover_reload_peak_listen_queue gauge"
+        );
+        for (socket, peak) in reload_peak {
+            let _ = writeln!(out, "handover_reload_peak_listen_queue{{{l},socket=\"{}\"}} {peak}", escape(socket));
+        }
+    }
 }
 
 /// A label value in the text format: backslash, double quote and newline escaped.

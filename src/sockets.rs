@@ -15,6 +15,8 @@ use std::path::Path;
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage};
 
+pub mod queue;
+
 use crate::config::{Config, Listen, ListenAddress};
 use crate::machine::SocketStatus;
 use crate::systemd::{fdstore, NamedFd, Notifier};
@@ -369,20 +371,33 @@ impl Sockets {
         log
     }
 
-    /// The sockets for `handover status`.
+    /// The sockets for `handover status`, with their accept queues read now (the peak of
+    /// the last reload is the machine's, filled in by the executor).
     pub fn status(&self) -> Vec<SocketStatus> {
         self.list
             .iter()
-            .map(|s| SocketStatus {
-                name: s.name.clone(),
-                address: s.address.clone(),
-                origin: match s.origin {
-                    Origin::Systemd => "systemd",
-                    Origin::Bound => "bound",
+            .map(|s| {
+                let queue = queue::read(s.fd.as_fd()).ok();
+                SocketStatus {
+                    name: s.name.clone(),
+                    address: s.address.clone(),
+                    origin: match s.origin {
+                        Origin::Systemd => "systemd",
+                        Origin::Bound => "bound",
+                    }
+                    .into(),
+                    accept_queue: queue.map(|q| q.length),
+                    accept_queue_limit: queue.map(|q| q.limit),
+                    reload_peak_accept_queue: None,
                 }
-                .into(),
             })
             .collect()
+    }
+
+    /// The accept queue of every socket, read now, by name: `None` where it cannot be read
+    /// (see [`queue::read`]).
+    pub fn accept_queues(&self) -> Vec<(&str, Option<queue::AcceptQueue>)> {
+        self.list.iter().map(|s| (s.name.as_str(), queue::read(s.fd.as_fd()).ok())).collect()
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use handover::config::{self, LoadEnv};
 use handover::control::proto::{Outcome, Reply, Request};
 use handover::machine::snapshot::TimeBase;
-use handover::machine::{Effect, Event, Machine, WorkerMessage};
+use handover::machine::{Effect, Event, Machine, QueueSample, SocketStatus, WorkerMessage};
 use handover::sockets::SocketRecord;
 use handover::upgrade::{ConnectionRecord, HandOff, SystemdRecord, Waits};
 
@@ -101,6 +101,7 @@ fn driven() -> (Machine, Instant, Vec<Reply>) {
     sim.ready_all(1);
     sim.feed(Event::Message { sender: 100, sender_pgid: Some(100), message: WorkerMessage::Status("serving".into()) });
     sim.feed(Event::ReloadRequested { config: Ok(config()), requester: Some(7) });
+    sim.feed(Event::AcceptQueues { samples: vec![QueueSample { socket: "http".into(), length: 3 }] });
     for _ in 0..10 {
         sim.ready_all(2);
         sim.now += Duration::from_secs(3);
@@ -186,6 +187,14 @@ fn status_and_reload_replies_are_unchanged() {
     if let Some(w) = status.workers.iter_mut().find(|w| w.state == "draining") {
         w.open_connections = Some(3);
     }
+    status.sockets = vec![SocketStatus {
+        name: "http".into(),
+        address: "127.0.0.1:8000".into(),
+        origin: "systemd".into(),
+        accept_queue: Some(1),
+        accept_queue_limit: Some(4096),
+        reload_peak_accept_queue: m.reload_queue_peak().get("http").copied(),
+    }];
     let status = Reply::Done(Outcome { ok: true, status: Some(status), ..Outcome::default() });
     let mut text = String::new();
     for line in replies.iter().chain([&status]) {
@@ -194,4 +203,13 @@ fn status_and_reload_replies_are_unchanged() {
         assert_eq!(&serde_json::from_str::<Reply>(text.lines().last().unwrap_or_default()).unwrap(), line);
     }
     golden("replies.jsonl", &text);
+}
+
+/// A status from a binary before the accept queue was shown reads as "not known": the new
+/// socket fields are additive.
+#[test]
+fn a_socket_status_without_accept_queue_fields_still_reads() {
+    let old = r#"{"name":"http","address":"127.0.0.1:8000","origin":"systemd"}"#;
+    let s: SocketStatus = serde_json::from_str(old).unwrap();
+    assert_eq!((s.accept_queue, s.accept_queue_limit, s.reload_peak_accept_queue), (None, None, None));
 }

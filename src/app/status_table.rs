@@ -107,9 +107,24 @@ pub fn render_status(s: &Status) -> String {
             );
         }
     }
-    let _ = writeln!(out, "\n{:<16} {:<8} ADDRESS", "SOCKET", "ORIGIN");
+    // The accept queue now (of its limit) and its peak during the last reload: "n/a" where
+    // the kernel does not tell, "-" before the first reload.
+    let _ = writeln!(out, "\n{:<16} {:<8} {:>11} {:>11}  ADDRESS", "SOCKET", "ORIGIN", "QUEUE", "RELOAD PEAK");
     for k in &s.sockets {
-        let _ = writeln!(out, "{:<16} {:<8} {}", clean(&k.name), clean(&k.origin), clean(&k.address));
+        let (queue, peak) = match k.accept_queue {
+            None => ("n/a".to_owned(), "n/a".to_owned()),
+            Some(n) => (
+                k.accept_queue_limit.map_or(n.to_string(), |limit| format!("{n}/{limit}")),
+                k.reload_peak_accept_queue.map_or("-".to_owned(), |p| p.to_string()),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {queue:>11} {peak:>11}  {}",
+            clean(&k.name),
+            clean(&k.origin),
+            clean(&k.address)
+        );
     }
     if let Some(e) = &s.metrics_error {
         let _ = writeln!(out, "\nmetrics: {} (retried at the next change; nothing waits on it)", clean(e));
@@ -137,6 +152,7 @@ mod tests {
             memory_bytes: None,
             cpu_usec: None,
             open_connections,
+            low_priority: false,
         }
     }
 

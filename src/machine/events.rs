@@ -121,6 +121,21 @@ pub enum Event {
         /// How much later than its deadline the loop woke.
         stalled: Duration,
     },
+    /// The listening sockets' accept queues, read by the executor while a reload runs: the
+    /// reload's peak goes into its result line and `handover status`.
+    AcceptQueues {
+        /// One reading per socket whose queue the kernel tells.
+        samples: Vec<QueueSample>,
+    },
+}
+
+/// The accept queue of one listening socket at one moment (see [`Event::AcceptQueues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSample {
+    /// The socket's name (LISTEN_FDNAMES).
+    pub socket: String,
+    /// Connections waiting to be accepted.
+    pub length: u32,
 }
 
 /// A message for systemd's NOTIFY_SOCKET.

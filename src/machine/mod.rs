@@ -85,6 +85,9 @@ pub struct Reloading {
     pub previous: u64,
     /// Control requests waiting for the result.
     pub waiters: Vec<RequestId>,
+    /// The longest accept queue of each listening socket (by name) seen so far during this
+    /// reload ([`Event::AcceptQueues`]).
+    pub queue_peak: BTreeMap<String, u32>,
 }
 
 /// A reload asked for while another one runs: it starts when that one ends.
@@ -261,6 +264,9 @@ pub struct Machine {
     last_reload: Option<String>,
     /// Why the last reload failed, shown in `STATUS=` until a reload succeeds.
     last_reload_failure: Option<String>,
+    /// The longest accept queue of each listening socket during the last reload that ran
+    /// (empty before the first, or when none could be read).
+    last_reload_queue_peak: BTreeMap<String, u32>,
     /// Check the invariants after every step (debug and test builds; the scaling test turns
     /// it off, the checks being a pass over everything by design).
     #[cfg(any(debug_assertions, test))]
@@ -319,6 +325,7 @@ impl Machine {
             pending_reload: None,
             last_reload: None,
             last_reload_failure: None,
+            last_reload_queue_peak: BTreeMap::new(),
             degraded: false,
             failure_counted: false,
             worker_output: WorkerOutput::default(),
@@ -465,6 +472,7 @@ impl Machine {
                 fx.push(log(Level::Warn, "stalled", msg, None, None, None));
                 self.verdicts_held_until = Some(self.verdicts_held_until.map_or(until, |held| held.max(until)));
             }
+            Event::AcceptQueues { samples } => self.note_accept_queues(samples),
         }
         if self.verdicts_held_until.is_some_and(|until| now >= until) {
             self.verdicts_held_until = None;

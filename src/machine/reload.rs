@@ -56,6 +56,8 @@ impl Machine {
                 fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(self.active), None, None));
                 self.last_reload = Some(msg);
                 self.last_reload_failure = Some(reason.clone());
+                // No reload ran: no peak to show beside this result.
+                self.last_reload_queue_peak.clear();
                 fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
                 for r in waiters {
                     fx.push(done(r, Outcome { generation: Some(self.active), ..Outcome::error(reason.clone()) }));
@@ -83,7 +85,7 @@ impl Machine {
             None,
             None,
         ));
-        self.phase = Phase::Reloading(Reloading { candidate, previous, waiters });
+        self.phase = Phase::Reloading(Reloading { candidate, previous, waiters, queue_peak: BTreeMap::new() });
     }
 
     /// Tells the clients waiting on a reload how far its generation has come.
@@ -126,8 +128,12 @@ impl Machine {
         // Rolling: slots of the previous generation retired during this reload are wanted
         // again; its ready candidate workers serve until they are replaced.
         self.gen_mut(r.previous).slots.set_all_wanted(true);
-        let msg =
-            format!("reload to generation {candidate} failed, rolled back; generation {} serves: {reason}", r.previous);
+        let msg = format!(
+            "reload to generation {candidate} failed, rolled back; generation {} serves: {reason}{}",
+            r.previous,
+            peak_clause(&r.queue_peak)
+        );
+        self.last_reload_queue_peak = r.queue_peak;
         fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(candidate), None, None));
         self.last_reload = Some(msg);
         self.last_reload_failure = Some(format!("gen {candidate} rolled back: {reason}"));
@@ -160,9 +166,11 @@ impl Machine {
         }
         let n = self.gen(candidate).slots.len();
         let msg = format!(
-            "reload succeeded: generation {candidate} serves with {n}/{n} workers ready; generation {} drains",
-            r.previous
+            "reload succeeded: generation {candidate} serves with {n}/{n} workers ready; generation {} drains{}",
+            r.previous,
+            peak_clause(&r.queue_peak)
         );
+        self.last_reload_queue_peak = r.queue_peak;
         fx.push(log(Level::Info, "reload-succeeded", msg.clone(), Some(candidate), None, None));
         self.last_reload = Some(msg.clone());
         self.last_reload_failure = None;
@@ -183,5 +191,37 @@ impl Machine {
         }
     }
 
+    /// Keeps the longest accept queue of each socket seen during the running reload (the
+    /// executor reads them only then; a reading outside a reload is ignored).
+    pub(super) fn note_accept_queues(&mut self, samples: Vec<QueueSample>) {
+        let Phase::Reloading(r) = &mut self.phase else { return };
+        for QueueSample { socket, length } in samples {
+            let peak = r.queue_peak.entry(socket).or_insert(0);
+            *peak = (*peak).max(length);
+        }
+    }
+
     // ----------------------------------------------------------------- queries
+
+    /// The longest accept queue of each listening socket (by name) during the reload that
+    /// runs, or else the last one that ran; empty when there is none or no queue was read.
+    pub fn reload_queue_peak(&self) -> &BTreeMap<String, u32> {
+        match &self.phase {
+            Phase::Reloading(r) => &r.queue_peak,
+            _ => &self.last_reload_queue_peak,
+        }
+    }
+}
+
+/// The end of a reload's result line: `; peak accept queue 3` (one socket), `; peak accept
+/// queue: http 3, admin 0` (several), nothing when no queue could be read.
+fn peak_clause(peak: &BTreeMap<String, u32>) -> String {
+    match peak.len() {
+        0 => String::new(),
+        1 => format!("; peak accept queue {}", peak.values().next().copied().unwrap_or(0)),
+        _ => {
+            let each: Vec<String> = peak.iter().map(|(name, n)| format!("{name} {n}")).collect();
+            format!("; peak accept queue: {}", each.join(", "))
+        }
+    }
 }

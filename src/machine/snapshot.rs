@@ -69,6 +69,10 @@ pub struct MachineState {
     pub last_reload: Option<String>,
     /// Why the last reload failed, while no reload has succeeded since.
     pub last_reload_failure: Option<String>,
+    /// The longest accept queue of each listening socket during the last reload (absent
+    /// from a hand-off written before it was shown).
+    #[serde(default)]
+    pub last_reload_queue_peak: BTreeMap<String, u32>,
     /// Some slot of the active generation was failing.
     pub degraded: bool,
     /// The workers' output goes to the journal (else to handover's stderr).
@@ -228,6 +232,7 @@ impl Machine {
             workers,
             last_reload: self.last_reload.clone(),
             last_reload_failure: self.last_reload_failure.clone(),
+            last_reload_queue_peak: self.last_reload_queue_peak.clone(),
             degraded: self.degraded,
             output_to_journal: self.worker_output == WorkerOutput::Journal,
         })
@@ -351,6 +356,7 @@ impl Machine {
             pending_reload: None,
             last_reload: state.last_reload,
             last_reload_failure: state.last_reload_failure,
+            last_reload_queue_peak: state.last_reload_queue_peak,
             #[cfg(any(debug_assertions, test))]
             invariant_checks: true,
             degraded: state.degraded,

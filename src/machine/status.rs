@@ -292,4 +292,15 @@ pub struct SocketStatus {
     pub address: String,
     /// `systemd` (socket activation), `fdstore` or `bound` (by handover).
     pub origin: String,
+    /// Connections waiting to be accepted, read for this status; `None` where the kernel
+    /// does not tell (the sockets module says where it can).
+    #[serde(default)]
+    pub accept_queue: Option<u32>,
+    /// The most connections the kernel queues on it (the listen backlog); `None` as above.
+    #[serde(default)]
+    pub accept_queue_limit: Option<u32>,
+    /// The longest accept queue seen during the last reload (the one running, if any);
+    /// `None` before the first reload, or where the queue cannot be read.
+    #[serde(default)]
+    pub reload_peak_accept_queue: Option<u32>,
 }

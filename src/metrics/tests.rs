@@ -400,3 +400,29 @@ fn a_burst_of_changes_costs_the_loop_no_write_and_ends_with_the_newest_text() {
         per_flush.as_secs_f64() / sync_write.as_secs_f64().max(1e-9)
     );
 }
+
+#[test]
+fn accept_queues_as_last_read_and_the_reloads_peak_are_gauges_per_socket() {
+    let mut sim = Sim::new(config(1));
+    sim.ready_all(1);
+    let t = sim.metrics.render(&sim.m);
+    assert!(!t.contains("handover_listen_queue"), "nothing read yet: {t}");
+    let socket = |name: &str, queue: Option<u32>| SocketStatus {
+        name: name.into(),
+        address: "127.0.0.1:8000".into(),
+        origin: "bound".into(),
+        accept_queue: queue,
+        accept_queue_limit: queue.map(|_| 128),
+        reload_peak_accept_queue: None,
+    };
+    // A moved address keeps its name on two sockets for a while: one series, the longer.
+    sim.metrics.note_sockets(&[socket("http", Some(2)), socket("http", Some(7)), socket("unix", None)]);
+    sim.feed(Event::ReloadRequested { config: Ok(Arc::new(config(1))), requester: None });
+    sim.feed(Event::AcceptQueues { samples: vec![crate::machine::QueueSample { socket: "http".into(), length: 7 }] });
+    sim.ready_all(2);
+    let t = sim.metrics.render(&sim.m);
+    assert_eq!(sample(&t, "handover_listen_queue{name=\"app\",socket=\"http\"}"), Some(7.0), "{t}");
+    assert_eq!(sample(&t, "handover_listen_queue_limit{name=\"app\",socket=\"http\"}"), Some(128.0), "{t}");
+    assert_eq!(sample(&t, "handover_reload_peak_listen_queue{name=\"app\",socket=\"http\"}"), Some(7.0), "{t}");
+    assert_eq!(t.matches("handover_listen_queue{").count(), 1, "one series per name; none where unknown: {t}");
+}

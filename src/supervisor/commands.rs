@@ -35,7 +35,7 @@ impl Daemon {
                 let low = self.machine.active_config().reload.boot_priority == crate::config::BootPriority::Low;
                 status.boot_priority = self.lowering.describe(low);
                 self.fill_open_connections(&mut status);
-                status.sockets = self.sockets.status();
+                status.sockets = self.read_sockets();
                 status.metrics_error = self.metrics.write_error();
                 status.version = crate::VERSION.to_string();
                 status.version_since_unix = self.identity.version_since_unix;

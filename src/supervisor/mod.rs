@@ -11,12 +11,13 @@
 //! Events produced by effects (a spawn's pid) are fed back before the loop waits again, so
 //! the machine never sees the world out of order. The timer is the machine's own
 //! [`machine::Machine::next_deadline`]: no periodic wake-up happens unless systemd's
-//! watchdog or `max_memory` asks for one.
+//! watchdog or `max_memory` asks for one, or a reload runs (its accept queues are read).
 //!
 //! This file holds the setup and the event loop; `workers.rs` what workers report (exits,
 //! notify datagrams, memory), `commands.rs` the control socket's commands, `notifying.rs`
-//! what is told to systemd, `spawning.rs` and `upgrading.rs` the spawns and the upgrade,
-//! `draining.rs` the draining workers' open connections (read only when asked).
+//! what is told to systemd, `queues.rs` the listening sockets' accept queues, `spawning.rs`
+//! and `upgrading.rs` the spawns and the upgrade, `draining.rs` the draining workers' open
+//! connections (read only when asked).
 //!
 //! `LIFECYCLE.md` in this directory walks through boot → ready → reload → rollback → stop,
 //! naming the functions that do each step.
@@ -24,6 +25,7 @@ mod commands;
 mod draining;
 pub mod memory;
 mod notifying;
+mod queues;
 pub mod rejects;
 mod spawning;
 mod upgrading;
@@ -304,6 +306,7 @@ fn empty_state() -> machine::snapshot::MachineState {
         workers: Vec::new(),
         last_reload: None,
         last_reload_failure: None,
+        last_reload_queue_peak: Default::default(),
         degraded: false,
         output_to_journal: false,
     }
@@ -464,7 +467,16 @@ impl Daemon {
         let mut watchdog_tick =
             watchdog.map(|w| tokio::time::interval((w / 2).clamp(Duration::from_millis(1), policy::MAX_TIMER_SLEEP)));
         let mut memory_tick: Option<tokio::time::Interval> = None;
+        let mut queue_tick: Option<tokio::time::Interval> = None;
         loop {
+            // The accept queues are read only while a reload runs (see `queues`).
+            let reloading = matches!(self.machine.phase(), machine::Phase::Reloading(_));
+            if reloading {
+                self.sample_accept_queues();
+                queue_tick.get_or_insert_with(|| tokio::time::interval(queues::QUEUE_SAMPLE_INTERVAL));
+            } else {
+                queue_tick = None;
+            }
             // At most one write of the metrics file per turn, whatever the turn fed the
             // machine (a turn may read a burst of datagrams, see below), and STATUS= lines
             // as `status_pacer` allows (the newest one; `status_timer` below).
@@ -564,6 +576,7 @@ impl Daemon {
                     }
                 }
                 _ = tick(&mut memory_tick) => self.sample_memory(),
+                _ = tick(&mut queue_tick) => {} // read at the top of the next turn
             }
         }
     }

@@ -965,3 +965,62 @@ fn when_nothing_serves_any_more_the_booting_workers_get_the_whole_cpu() {
     let respawns = low_spawns_since(&sim, respawn_mark);
     assert!(!respawns.is_empty() && respawns.iter().all(|&(g, _, low)| g == 1 && !low), "{respawns:?}");
 }
+
+fn queues(samples: &[(&str, u32)]) -> Event {
+    Event::AcceptQueues {
+        samples: samples.iter().map(|&(socket, length)| QueueSample { socket: socket.into(), length }).collect(),
+    }
+}
+
+#[test]
+fn a_reloads_peak_accept_queue_ends_its_result_line_and_stays_for_status() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    sim.feed(queues(&[("http", 9)]));
+    assert!(sim.m.reload_queue_peak().is_empty(), "read outside a reload: ignored");
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(7));
+    sim.feed(queues(&[("http", 2)]));
+    sim.feed(queues(&[("http", 5)]));
+    sim.feed(queues(&[("http", 1)]));
+    assert_eq!(sim.m.reload_queue_peak().get("http"), Some(&5), "the running reload's peak so far");
+    let mark = sim.log.len();
+    sim.ready_all(2);
+    let message = sim.final_reply(7).and_then(|o| o.message).unwrap_or_default();
+    assert!(message.ends_with("generation 1 drains; peak accept queue 5"), "{message}");
+    assert_eq!(logged(&sim, mark, "reload-succeeded"), vec![message.clone()]);
+    assert_eq!(sim.m.status(sim.now).last_reload, Some(message));
+    assert_eq!(sim.m.reload_queue_peak().get("http"), Some(&5), "kept after the reload");
+
+    // A rolled-back reload with two sockets names each; the next reload starts from zero.
+    sim.reload(config(2, Strategy::AllAtOnce, 1), Some(8));
+    assert!(sim.m.reload_queue_peak().is_empty(), "a new reload, a new peak");
+    sim.feed(queues(&[("http", 0), ("admin", 3)]));
+    let pid = sim.pids_of(3)[0];
+    sim.exit(pid);
+    let last = sim.m.status(sim.now).last_reload.unwrap_or_default();
+    assert!(last.contains("rolled back") && last.ends_with("; peak accept queue: admin 3, http 0"), "{last}");
+
+    // A refused reload ran nothing: no peak beside it.
+    sim.feed(Event::ReloadRequested { config: Err("bad".into()), requester: None });
+    assert!(sim.m.reload_queue_peak().is_empty());
+}
+
+#[test]
+fn without_readings_a_reload_result_names_no_queue() {
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.reload(config(1, Strategy::AllAtOnce, 1), Some(7));
+    sim.ready_all(2);
+    let message = sim.final_reply(7).and_then(|o| o.message).unwrap_or_default();
+    assert!(message.ends_with("generation 1 drains"), "{message}");
+}
+
+#[test]
+fn the_last_reloads_peak_crosses_an_upgrade() {
+    let mut sim = Sim::started(1, Strategy::AllAtOnce, 1);
+    sim.reload(config(1, Strategy::AllAtOnce, 1), None);
+    sim.feed(queues(&[("http", 4)]));
+    sim.ready_all(2);
+    let base = snapshot::TimeBase { instant: sim.now, monotonic_ns: 1_000_000_000 };
+    let state = sim.m.snapshot(&base).expect("snapshot");
+    let restored = Machine::restore(state, &base, sim.now).expect("restore");
+    assert_eq!(restored.reload_queue_peak().get("http"), Some(&4));
+}
