@@ -425,6 +425,23 @@ mod tests {
         assert_eq!(t.procs(123), Some(vec![123, 130]));
     }
 
+    /// A booting worker's cgroup is made with the low cpu.weight before the worker is
+    /// cloned into it, and set back when it is raised; without the cpu controller, no
+    /// weight is written (the file would not exist in a real cgroup).
+    #[test]
+    fn a_low_priority_worker_cgroup_gets_its_cpu_weight_and_is_raised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = Tree { own: dir.path().into(), memory: false, cpu: true, workers: BTreeMap::new(), doomed: vec![] };
+        let (worker, _fd) = t.create_worker(3, 1, 9, None, Some(10)).expect("create");
+        assert_eq!(std::fs::read_to_string(worker.join("cpu.weight")).expect("cpu.weight"), "10");
+        t.adopt(77, worker.clone());
+        t.set_cpu_weight(77, 100).expect("raise");
+        assert_eq!(std::fs::read_to_string(worker.join("cpu.weight")).expect("cpu.weight"), "100");
+        t.cpu = false;
+        let (plain, _fd) = t.create_worker(3, 2, 10, None, Some(10)).expect("create");
+        assert!(!plain.join("cpu.weight").exists(), "no cpu controller: no weight");
+    }
+
     #[test]
     fn describe_names_the_mode_and_controllers() {
         let t = Tree {
