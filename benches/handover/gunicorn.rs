@@ -69,7 +69,7 @@ impl Python {
     /// gunicorn's arguments for `cpu_app.py` with `workers` sync workers, no `--preload`
     /// (each worker imports the app itself), and a worker timeout far above any boot here:
     /// gunicorn's arbiter kills a worker that has not checked in within `--timeout`, and the
-    /// import of a worker booting at nice 19 beside a saturated CPU may take tens of seconds.
+    /// import of a worker booting at low priority beside a saturated CPU may take tens of seconds.
     pub fn cpu_app_args(&self, workers: usize) -> Vec<String> {
         let w = workers.to_string();
         ["-w", w.as_str(), "--timeout", "300", "-c", &self.conf(), "cpu_app:app"].map(str::to_owned).to_vec()

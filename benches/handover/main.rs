@@ -44,7 +44,7 @@
 //! 9 a reload under CPU saturation (issue 23): an app whose import burns 2 s of CPU
 //! (benches/wsgi/cpu_app.py; 1 ms per request), 4 workers, clients keeping both cores busy;
 //! gunicorn's HUP, handover with `boot_priority = "normal"` and handover's default ("low",
-//! nice 19 here) side by side, alternating, 2 rounds: serving p50/p99/max and throughput
+//! nice 10 here) side by side, alternating, 2 rounds: serving p50/p99/max and throughput
 //! during the reload vs steady state, and the reload's duration (about 6 minutes; its own
 //! section of docs/benchmarks.md, which `--only 9 --publish` rewrites alone).
 //!

@@ -1103,10 +1103,10 @@ reloaded by `kill -HUP`; done when its 4 new workers said READY=1 (`post_worker_
 **handover**: `handover run` with 4 workers of `gunicorn -w 1` each (same app, same `gunicorn.conf.py`), \
 `boot_timeout = \"60s\"`, all-at-once, reloaded by `handover reload`, done when it returns (the new generation \
 serves); once with `boot_priority = \"normal\"`, once with the default (`\"low\"`). The benchmark runs as root \
-outside systemd, without a delegated cgroup, so the default lowers the booting generation to nice 19 (what \
-`handover status` says is quoted above) and raises it to the master's nice value once ready, or at half its \
+outside systemd, without a delegated cgroup, so the default lowers the booting generation to nice 10, a tenth of a serving worker's CPU weight (what \
+`handover status` says is quoted above), and raises it to the master's nice value once ready, or at 3/4 of its \
 boot_timeout. gunicorn runs with `--timeout 300` everywhere, because its arbiter kills a worker that has not \
-checked in within `--timeout`, which a slow import at nice 19 could reach. Load: `handover::demo::loadgen`, \
+checked in within `--timeout`, which a slow import at low priority could reach. Load: `handover::demo::loadgen`, \
 blocking clients on loopback, a new connection per request (gunicorn's sync worker closes it anyway), started 2 s \
 before the 5 s steady window; latencies are those of requests *started* in a window, throughput counts the \
 requests *completed* in it; the load runs 2 s past the reload so that the requests started in it complete; a \
@@ -1301,7 +1301,7 @@ fn readme_section(r: &Results) -> String {
             let _ = writeln!(
                 s,
                 "| reload under CPU saturation (import burns 2 s of CPU), p99 / throughput vs steady state, reload time | \
-                 {:.0}× / {:.2}×, {:.0} s | **{:.2}× / {:.2}×**, {:.0} s (default, nice 19 while booting); {:.2}× / {:.2}×, \
+                 {:.0}× / {:.2}×, {:.0} s | **{:.2}× / {:.2}×**, {:.0} s (default, nice 10 while booting); {:.2}× / {:.2}×, \
                  {:.0} s (`boot_priority = \"normal\"`) |",
                 g.p99_ratio,
                 g.throughput_ratio,

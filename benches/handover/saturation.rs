@@ -1,7 +1,7 @@
 //! Scenario 9 (issue 23): a reload under CPU saturation. The app's import burns 2 s of CPU
 //! (`benches/wsgi/cpu_app.py`), each request 1 ms; 4 workers; clients keep both cores busy.
 //! Side by side in one run: gunicorn's `kill -HUP`, handover with `boot_priority = "normal"`
-//! and handover's default (`"low"`: the new generation boots at nice 19 here, where the
+//! and handover's default (`"low"`: the new generation boots at nice 10 here, where the
 //! benchmark runs as root outside systemd, without a delegated cgroup). Each set-up does the
 //! same import work on reload: 4 new interpreters each import the app once.
 //!
@@ -129,7 +129,7 @@ pub struct SaturationRun {
     /// New workers `handover status` showed booting at low CPU priority 1.5 s after the
     /// trigger (handover only).
     pub low_workers_seen: Option<usize>,
-    /// Workers raised to normal priority before they were ready (at half their boot_timeout),
+    /// Workers raised to normal priority before they were ready (at 3/4 of their boot_timeout),
     /// counted in handover's log (handover only).
     pub raised_early: Option<usize>,
 }
