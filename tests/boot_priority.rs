@@ -35,6 +35,14 @@ fn wait_status(
     }
 }
 
+/// Waits until both workers of `generation` were spawned and boot; the status then.
+fn wait_booting(d: &Daemon, generation: u64) -> serde_json::Value {
+    wait_status(d, &format!("generation {generation} booting"), Duration::from_secs(10), |st| {
+        let w = workers_of(st, generation);
+        w.len() == 2 && w.iter().all(|w| w["state"] == "booting" && w["pid"].as_i64().unwrap_or(0) > 0)
+    })
+}
+
 fn workers_of(st: &serde_json::Value, generation: u64) -> Vec<serde_json::Value> {
     st["workers"].as_array().into_iter().flatten().filter(|w| w["generation"] == generation).cloned().collect()
 }
@@ -78,10 +86,7 @@ fn a_reload_boots_at_nice_10_beside_the_serving_workers_and_is_raised_once_ready
     d.rewrite_config(&opts(None, "3s"));
     let reload = std::thread::scope(|s| {
         let reload = s.spawn(|| d.cli(&["reload"]));
-        let booting = wait_status(&d, "generation 2 booting", Duration::from_secs(10), |st| {
-            let w = workers_of(st, 2);
-            w.len() == 2 && w.iter().all(|w| w["state"] == "booting" && w["pid"].as_i64().unwrap_or(0) > 0)
-        });
+        let booting = wait_booting(&d, 2);
         for w in workers_of(&booting, 2) {
             let pid = w["pid"].as_i64().unwrap() as i32;
             assert_eq!(w["low_priority"], true, "{w}");
@@ -114,10 +119,7 @@ fn boot_priority_normal_boots_a_reload_at_the_serving_workers_priority() {
     d.rewrite_config(&opts(Some("normal"), "2s"));
     let reload = std::thread::scope(|s| {
         let reload = s.spawn(|| d.cli(&["reload"]));
-        let booting = wait_status(&d, "generation 2 booting", Duration::from_secs(10), |st| {
-            let w = workers_of(st, 2);
-            w.len() == 2 && w.iter().all(|w| w["state"] == "booting" && w["pid"].as_i64().unwrap_or(0) > 0)
-        });
+        let booting = wait_booting(&d, 2);
         for w in workers_of(&booting, 2) {
             assert!(w.get("low_priority").is_none(), "{w}");
             assert_eq!(nice_of(w["pid"].as_i64().unwrap() as i32), Some(own));

@@ -454,22 +454,28 @@ impl RawWorkers {
     }
 }
 
+/// The value of a key that takes one of a few words; the first is the default.
+fn one_of<T: Copy>(
+    src: &Source<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let Some(value) = value else { return Ok(choices[0].1) };
+    match choices.iter().find(|(word, _)| *word == value.get_ref().as_str()) {
+        Some(&(_, v)) => Ok(v),
+        None => {
+            let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+            let message = format!("expected {}, not \"{}\"", words.join(" or "), value.get_ref());
+            Err(src.at(value.span(), key, message))
+        }
+    }
+}
+
 impl RawReload {
     fn validate(&self, src: &Source<'_>, workers: &Workers) -> Result<Reload, ConfigError> {
-        let strategy = match &self.strategy {
-            None => Strategy::AllAtOnce,
-            Some(s) => match s.get_ref().as_str() {
-                "all-at-once" => Strategy::AllAtOnce,
-                "rolling" => Strategy::Rolling,
-                other => {
-                    return Err(src.at(
-                        s.span(),
-                        "reload.strategy",
-                        format!("expected \"all-at-once\" or \"rolling\", not \"{other}\""),
-                    ))
-                }
-            },
-        };
+        let strategies = [("all-at-once", Strategy::AllAtOnce), ("rolling", Strategy::Rolling)];
+        let strategy = one_of(src, self.strategy.as_ref(), "reload.strategy", &strategies)?;
         // Above workers.count is allowed: it means the whole generation at once.
         let max_surge = src.int_in(self.max_surge.as_ref(), "reload.max_surge", DEFAULT_MAX_SURGE, 1, i64::MAX)?;
         let key = "reload.min_healthy_time";
@@ -480,20 +486,8 @@ impl RawReload {
                 ReadyMode::Spawn | ReadyMode::Delay(_) => DEFAULT_MIN_HEALTHY_TIME_GUESSED,
             },
         };
-        let boot_priority = match &self.boot_priority {
-            None => BootPriority::Low,
-            Some(s) => match s.get_ref().as_str() {
-                "low" => BootPriority::Low,
-                "normal" => BootPriority::Normal,
-                other => {
-                    return Err(src.at(
-                        s.span(),
-                        "reload.boot_priority",
-                        format!("expected \"low\" or \"normal\", not \"{other}\""),
-                    ))
-                }
-            },
-        };
+        let priorities = [("low", BootPriority::Low), ("normal", BootPriority::Normal)];
+        let boot_priority = one_of(src, self.boot_priority.as_ref(), "reload.boot_priority", &priorities)?;
         Ok(Reload {
             strategy,
             max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX),
