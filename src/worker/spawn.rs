@@ -859,29 +859,34 @@ mod tests {
         }
     }
 
-    /// A spawn with the per-batch list resets an ignored signal as one without it does: the
-    /// child of `/bin/sh` reports SIGPIPE (ignored here) with its default disposition.
-    #[test]
-    fn a_spawn_with_the_batch_list_still_gives_default_dispositions() {
+    /// Runs `sh -c SCRIPT OUT` through [`spawn`] with `resets` and `nice`, waits for a
+    /// clean exit, and returns what the script wrote to the file OUT (its `$0`).
+    fn sh_report(script: &str, resets: Option<&SignalResets>, nice: Option<i32>) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
-        let out = dir.path().join("sigign");
-        let script = format!("grep SigIgn /proc/self/status > {}", out.display());
-        let resets = SignalResets::query();
+        let out = dir.path().join("report").display().to_string();
         let spec = SpawnSpec {
             program: Path::new("/bin/sh"),
-            argv: &["sh".into(), "-c".into(), script],
+            argv: &["sh".into(), "-c".into(), script.into(), out.clone()],
             env: vec![],
             fds: vec![],
             cwd: None,
             credentials: None,
             cgroup: None,
-            resets: Some(&resets),
-            nice: None,
+            resets,
+            nice,
         };
         let spawned = spawn(&spec).expect("spawn");
         let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
         assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
-        let line = std::fs::read_to_string(&out).expect("the child's report");
+        std::fs::read_to_string(&out).expect("the child's report")
+    }
+
+    /// A spawn with the per-batch list resets an ignored signal as one without it does: the
+    /// child of `/bin/sh` reports SIGPIPE (ignored here) with its default disposition.
+    #[test]
+    fn a_spawn_with_the_batch_list_still_gives_default_dispositions() {
+        let resets = SignalResets::query();
+        let line = sh_report("grep SigIgn /proc/self/status > \"$0\"", Some(&resets), None);
         let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).expect("hex mask");
         assert_eq!(mask & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE still ignored in the child: {line}");
     }
@@ -889,25 +894,7 @@ mod tests {
     /// A worker that boots at low priority runs its program at the nice value asked for.
     #[test]
     fn the_child_sets_the_nice_value_it_was_given_before_exec() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let out = dir.path().join("nice");
-        let script = format!("nice > {}", out.display());
-        let spec = SpawnSpec {
-            program: Path::new("/bin/sh"),
-            argv: &["sh".into(), "-c".into(), script],
-            env: vec![],
-            fds: vec![],
-            cwd: None,
-            credentials: None,
-            cgroup: None,
-            resets: None,
-            nice: Some(10),
-        };
-        let spawned = spawn(&spec).expect("spawn");
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None).expect("wait");
-        assert!(matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)), "{status:?}");
-        let nice = std::fs::read_to_string(&out).expect("the child's report");
-        assert_eq!(nice.trim(), "10");
+        assert_eq!(sh_report("nice > \"$0\"", None, Some(10)).trim(), "10");
     }
 
     #[test]
