@@ -31,6 +31,10 @@ pub enum Command {
     /// Ask the running daemon to reload; wait until the new generation serves (exit 0) or
     /// was rolled back (exit 1). Usable as ExecReload=.
     Reload(ReloadArgs),
+    /// Reload back to the release of the last generation that served before the serving
+    /// one (its program, working directory, environment and config as they were, even where
+    /// a `current` symlink now points elsewhere); waits and exits as `reload` does.
+    Rollback(RollbackArgs),
     /// Show generations, workers and sockets.
     Status(StatusArgs),
     /// Change the worker count of the serving generation at runtime.
@@ -173,6 +177,25 @@ pub struct ReloadArgs {
     /// Give up waiting after this long (e.g. "90s", at most 30d); the reload itself goes
     /// on. Exit 1. Default: wait for the result. Either way a daemon that does not answer
     /// within 5s (stopped, wedged) gets no reload: exit 3.
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+    /// Return as soon as the daemon has the request.
+    #[arg(long, conflicts_with = "watch")]
+    pub no_wait: bool,
+    /// After the reload succeeded, wait out the new generation's watch (`reload.watch`):
+    /// exit 0 if it is still serving at the end, 1 if it was rolled back automatically.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `handover rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    /// Which daemon.
+    pub target: Target,
+    /// Give up waiting after this long (e.g. "90s", at most 30d); the rollback itself goes
+    /// on. Exit 1. Default: wait for the result.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
     /// Return as soon as the daemon has the request.

@@ -86,6 +86,21 @@ pub struct Reloads {
     pub refused: u64,
 }
 
+/// Rollbacks by reason (`handover_rollbacks_total{reason}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rollbacks {
+    /// A reload's new worker failed before it was healthy (exit, boot_timeout, watchdog):
+    /// the reload rolled back.
+    pub not_ready: u64,
+    /// A reload's canary failed (an exit, a watchdog, max_memory, or errors over budget).
+    pub canary: u64,
+    /// `handover rollback`.
+    pub manual: u64,
+    /// `reload.watch` rolled a generation back by itself.
+    pub watch: u64,
+}
+
 /// Worker exits by reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -128,6 +143,8 @@ pub struct MetricsState {
     pub restarts: u64,
     /// `handover_upgrades_total`.
     pub upgrades: Upgrades,
+    /// `handover_rollbacks_total`.
+    pub rollbacks: Rollbacks,
 }
 
 /// The metrics of one daemon: the counters, what is needed to derive them, and the file.
@@ -138,6 +155,8 @@ pub struct Metrics {
     state: MetricsState,
     /// When the reload in progress began (none: no reload runs).
     reload_started: Option<Instant>,
+    /// The running reload's canary failed: its `reload-failed` is a canary rollback.
+    canary_failed: bool,
     /// Workers already condemned, with the reason their exit will count under.
     doomed: HashMap<Pid, &'static str>,
     /// Slots (generation, slot) whose worker failed: their next spawn is a restart.
@@ -170,6 +189,7 @@ impl Metrics {
             name: name.to_string(),
             state,
             reload_started: None,
+            canary_failed: false,
             doomed: HashMap::new(),
             failed_slots: HashSet::new(),
             written: None,
@@ -234,7 +254,13 @@ impl Metrics {
     ) {
         let at_exit = pid.is_some() && pid == exited;
         match event {
-            "reload-started" => self.reload_started = Some(now),
+            "reload-started" => {
+                self.reload_started = Some(now);
+                self.canary_failed = false;
+            }
+            "canary-failed" => self.canary_failed = true,
+            "rollback-started" => self.state.rollbacks.manual += 1,
+            "auto-rollback" => self.state.rollbacks.watch += 1,
             "reload-succeeded" => {
                 self.state.reloads.ok += 1;
                 self.reload_ended(now);
@@ -243,6 +269,10 @@ impl Metrics {
             // rolled back.
             "reload-failed" if self.reload_started.is_some() => {
                 self.state.reloads.rolled_back += 1;
+                match std::mem::take(&mut self.canary_failed) {
+                    true => self.state.rollbacks.canary += 1,
+                    false => self.state.rollbacks.not_ready += 1,
+                }
                 self.reload_ended(now);
             }
             "reload-failed" => self.state.reloads.refused += 1,
@@ -344,6 +374,7 @@ impl Metrics {
         let mut out =
             render(&self.name, &self.state, machine.active_generation(), &machine.workers_by_state(), reloading);
         render_accept_queues(&mut out, &self.name, &self.accept_queues, machine.reload_queue_peak());
+        render_outcomes(&mut out, &self.name, &machine.generation_outcomes());
         // Counted once per streak (not per write): the text changes once when writes start
         // failing, so a failing file is not retried at every turn of the loop.
         let streaks = self.writer.as_ref().map_or(0, |w| w.shared.streaks.load(Ordering::Relaxed));
@@ -627,7 +658,45 @@ pub fn render(
     for (result, n) in [("ok", s.upgrades.ok), ("failed", s.upgrades.failed)] {
         let _ = writeln!(out, "handover_upgrades_total{{{l},result=\"{result}\"}} {n}");
     }
+    head(
+        &mut out,
+        "handover_rollbacks_total",
+        "counter",
+        "Rollbacks by reason: not_ready (a reload's new worker failed before it was healthy), canary \
+         (a canary failed or broke the error budget), manual (handover rollback), watch (reload.watch \
+         rolled a generation back by itself).",
+    );
+    let rb = &s.rollbacks;
+    for (reason, n) in [("not_ready", rb.not_ready), ("canary", rb.canary), ("manual", rb.manual), ("watch", rb.watch)]
+    {
+        let _ = writeln!(out, "handover_rollbacks_total{{{l},reason=\"{reason}\"}} {n}");
+    }
     out
+}
+
+/// The request outcomes each generation's workers reported (`X_HANDOVER_REQUESTS=`,
+/// `X_HANDOVER_ERRORS=`), for the generations that still exist.
+fn render_outcomes(out: &mut String, name: &str, outcomes: &[(u64, crate::machine::Tally)]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let l = format!("name=\"{}\"", escape(name));
+    let _ = writeln!(
+        out,
+        "# HELP handover_generation_requests_total Requests the workers of a generation reported answering.\n\
+         # TYPE handover_generation_requests_total counter"
+    );
+    for (generation, t) in outcomes {
+        let _ = writeln!(out, "handover_generation_requests_total{{{l},generation=\"{generation}\"}} {}", t.requests);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP handover_generation_errors_total Of those, the requests they reported as failed.\n\
+         # TYPE handover_generation_errors_total counter"
+    );
+    for (generation, t) in outcomes {
+        let _ = writeln!(out, "handover_generation_errors_total{{{l},generation=\"{generation}\"}} {}", t.errors);
+    }
 }
 
 /// The accept queue gauges: the last reading of each listening socket, its limit, and the

@@ -24,6 +24,23 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+/// A time of day for humans, in UTC: `2026-12-07 12:34:56 UTC` for `unix` seconds since the
+/// epoch (civil date from the day count, Hinnant's algorithm: no time-zone database).
+pub fn utc_time(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
 /// `text` without control characters (C0 including ESC, CR, LF and TAB; DEL; C1), so that
 /// text a worker chose cannot move a terminal's cursor, recolour it, or forge a line when it
 /// is shown by `handover status`, logged, or passed on to systemd's `STATUS=`.
@@ -35,5 +52,19 @@ pub fn strip_control_chars(text: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(text.chars().filter(|c| !c.is_control()).collect())
     } else {
         std::borrow::Cow::Borrowed(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_read_as_calendars_do() {
+        assert_eq!(utc_time(0.0), "1970-01-01 00:00:00 UTC");
+        // 2026-12-07 12:34:56 UTC; a leap day; the last second of a year.
+        assert_eq!(utc_time(1_796_646_896.0), "2026-12-07 12:34:56 UTC");
+        assert_eq!(utc_time(951_782_400.0), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_767_225_599.9), "2025-12-31 23:59:59 UTC");
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::print_out;
-use crate::cli::{ReloadArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
+use crate::cli::{ReloadArgs, RollbackArgs, ScaleArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{self, LoadEnv};
 use crate::control::client::{self, ClientError, Limits, ANSWER_TIMEOUT};
 use crate::control::proto::{Outcome, Progress, Request};
@@ -113,12 +113,87 @@ fn answer_within(timeout: Option<Duration>) -> Limits {
 
 /// `handover reload`.
 pub fn reload(a: ReloadArgs) -> i32 {
+    let result = roll(&a.target, &Request::Reload {}, a.timeout.as_deref(), a.no_wait);
+    match result {
+        Ok(Some(outcome)) if outcome.ok && a.watch => {
+            let code = report(&outcome);
+            match outcome.generation {
+                Some(generation) if code == EXIT_OK => watch(&a.target, generation),
+                _ => code,
+            }
+        }
+        Ok(Some(outcome)) => report(&outcome),
+        Ok(None) => print_out("reload requested\n"),
+        Err(code) => code,
+    }
+}
+
+/// `handover rollback`: a reload to the previous release, waited for as `reload` is.
+pub fn rollback(a: RollbackArgs) -> i32 {
+    match roll(&a.target, &Request::Rollback {}, a.timeout.as_deref(), a.no_wait) {
+        Ok(Some(outcome)) => report(&outcome),
+        Ok(None) => print_out("rollback requested\n"),
+        Err(code) => code,
+    }
+}
+
+/// `handover reload --watch`, once the reload succeeded: asks for the status every second
+/// until the watch of `generation` is over; exit 0 if it still serves then, 1 if it was
+/// rolled back automatically (the reason on stderr).
+fn watch(target: &Target, generation: u64) -> i32 {
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let status = match call_daemon(target, &Request::Status {}, None, answer_within, true, |_| {}) {
+            Ok(Some(o)) => match o.status {
+                Some(s) => s,
+                None => return report(&o),
+            },
+            Ok(None) => return EXIT_FAILED,
+            Err(code) => return code,
+        };
+        match &status.watch {
+            Some(w) if w.generation == generation => {
+                if tty {
+                    let mut err = std::io::stderr().lock();
+                    let left = crate::text::human(Duration::from_secs_f64(w.secs_left.max(0.0)));
+                    let _ =
+                        write!(err, "\rwatching generation {generation}: {left} left\x1b[K").and_then(|()| err.flush());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            _ => {
+                if tty {
+                    let _ = writeln!(std::io::stderr());
+                }
+                return watch_result(&status, generation);
+            }
+        }
+    }
+}
+
+/// What `reload --watch` says once the watch of `generation` is over.
+fn watch_result(status: &crate::control::proto::Status, generation: u64) -> i32 {
+    let rolled_back = status.active_generation != generation && status.candidate_generation != Some(generation);
+    if !rolled_back {
+        let verdict = status.verdict.as_deref().unwrap_or("not watched (reload.watch is 0)");
+        return print_out(&format!("generation {generation} serves after its watch: {verdict}\n"));
+    }
+    let why = match &status.auto_rollback {
+        Some(a) => a.message.clone(),
+        None => format!("generation {generation} no longer serves (generation {} does)", status.active_generation),
+    };
+    eprintln!("handover: {why}");
+    EXIT_FAILED
+}
+
+/// A reload or a rollback, waited for with progress on a terminal.
+fn roll(target: &Target, request: &Request, timeout: Option<&str>, no_wait: bool) -> Result<Option<Outcome>, i32> {
     let tty = std::io::stderr().is_terminal();
     let mut shown = false;
     // The daemon must answer a status first (within ANSWER_TIMEOUT): a stopped or wedged
     // one is told apart (exit 3) from a reload that takes long, and gets no request.
     let limits = |timeout| Limits { answer: ANSWER_TIMEOUT, total: timeout, probe: true };
-    let result = call_daemon(&a.target, &Request::Reload {}, a.timeout.as_deref(), limits, !a.no_wait, |p| {
+    let result = call_daemon(target, request, timeout, limits, !no_wait, |p| {
         if tty {
             // Clear to the end of the line: the text can get shorter. A failing stderr is
             // no reason to abandon the wait.
@@ -130,11 +205,7 @@ pub fn reload(a: ReloadArgs) -> i32 {
     if shown {
         let _ = writeln!(std::io::stderr());
     }
-    match result {
-        Ok(Some(outcome)) => report(&outcome),
-        Ok(None) => print_out("reload requested\n"),
-        Err(code) => code,
-    }
+    result
 }
 
 /// `handover upgrade`: exit 0 once the new binary runs the daemon.

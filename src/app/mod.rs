@@ -9,7 +9,7 @@ mod client;
 mod daemon;
 mod status_table;
 
-pub use client::{reload, scale, status, upgrade, MAX_CLIENT_TIMEOUT};
+pub use client::{reload, rollback, scale, status, upgrade, MAX_CLIENT_TIMEOUT};
 pub use daemon::{check, run_daemon};
 pub use status_table::render_status;
 
@@ -24,6 +24,7 @@ pub fn main(cli: Cli) -> i32 {
         Command::Run(c) => run_daemon(c.path()),
         Command::Check(c) => check(c.path()),
         Command::Reload(a) => reload(a),
+        Command::Rollback(a) => rollback(a),
         Command::Status(a) => status(a),
         Command::Scale(a) => scale(a),
         Command::Upgrade(a) => upgrade(a),

@@ -25,20 +25,52 @@ pub fn render_status(s: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
-        "GEN", "ROLE", "WANTED", "READY", "BOOTING", "DRAINING"
+        "\n{:<5} {:<10} {:>6} {:>6} {:>8} {:>9} {:>10} {:>8}",
+        "GEN", "ROLE", "WANTED", "READY", "BOOTING", "DRAINING", "REQUESTS", "ERRORS"
     );
     for g in &s.generations {
+        // The error share where workers report their requests (SPEC §4), else "-".
+        let errors = match g.requests {
+            0 => "-".to_string(),
+            n => crate::machine::budget::percent(g.errors as f64 / n as f64),
+        };
         let _ = writeln!(
             out,
-            "{:<5} {:<10} {:>6} {:>6} {:>8} {:>9}",
+            "{:<5} {:<10} {:>6} {:>6} {:>8} {:>9} {:>10} {:>8}",
             g.generation,
             clean(&g.role),
             g.wanted,
             g.ready,
             g.booting,
-            g.draining
+            g.draining,
+            g.requests,
+            errors
         );
+    }
+    if let Some(c) = &s.canary {
+        let when = match c.secs_left {
+            Some(left) => format!("judged for {} more", crate::text::human(Duration::from_secs_f64(left.max(0.0)))),
+            None => "booting".to_string(),
+        };
+        let _ = writeln!(out, "canary: generation {}, {} beside the old generation, {when}", c.generation, c.canaries);
+    }
+    if let Some(w) = &s.watch {
+        let left = crate::text::human(Duration::from_secs_f64(w.secs_left.max(0.0)));
+        let _ = writeln!(
+            out,
+            "watch: generation {} for {left} more (a crash loop or errors over budget roll it back)",
+            w.generation
+        );
+    }
+    if let Some(a) = &s.auto_rollback {
+        let at = crate::unix::unix_now() - a.secs_ago;
+        let _ = writeln!(out, "rolled back automatically at {}: {}", crate::text::utc_time(at), clean(&a.message));
+    }
+    if let Some(v) = &s.verdict {
+        let _ = writeln!(out, "last verdict: {}", clean(v));
+    }
+    if let Some(g) = s.rollback_to {
+        let _ = writeln!(out, "handover rollback goes back to the release of generation {g}");
     }
     if !s.worker_isolation.is_empty() {
         let _ = writeln!(out, "\nworkers: {}", clean(&s.worker_isolation));

@@ -128,6 +128,54 @@ pub struct Workers {
     /// `user`/`group`, resolved at load time (the NSS lookups happen here, never after the
     /// clone): the identity a root master switches its workers to. `None`: handover's own.
     pub credentials: Option<Credentials>,
+    /// The release this config runs, pinned when the file was read (absent from the
+    /// hand-off of a version before rollback records: the configured paths).
+    #[serde(default)]
+    pub release: Option<Release>,
+}
+
+/// The release a generation runs: its program and working directory with every symlink in
+/// their directories resolved when the config was read. Workers are spawned from these, so
+/// a generation keeps running the release it started with (respawns included) after a
+/// deploy moves a `current` symlink on, and `handover rollback` finds it again.
+///
+/// The program's own name is not resolved: a virtualenv's `bin/python` is a symlink to the
+/// system's interpreter, and Python finds its virtualenv from the path it was started by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// `workers.command[0]`, its directory resolved.
+    pub program: PathBuf,
+    /// `workers.working_directory`, resolved; None when not set.
+    pub working_directory: Option<PathBuf>,
+}
+
+impl Workers {
+    /// The program a worker runs: the pinned release's, else the configured one.
+    pub fn program(&self) -> &Path {
+        self.release.as_ref().map_or(&self.program, |r| &r.program)
+    }
+
+    /// The directory a worker starts in: the pinned release's, else the configured one.
+    pub fn working_directory(&self) -> Option<&Path> {
+        match &self.release {
+            Some(r) => r.working_directory.as_deref(),
+            None => self.working_directory.as_deref(),
+        }
+    }
+}
+
+impl Release {
+    /// Why this release cannot run any more (its program or directory was removed since),
+    /// or None. For `handover rollback`, which must refuse clearly rather than fail at spawn.
+    pub fn gone(&self) -> Option<String> {
+        if !paths::is_executable(&self.program) {
+            return Some(format!("{} is no longer an executable file", self.program.display()));
+        }
+        match &self.working_directory {
+            Some(wd) if !wd.is_dir() => Some(format!("{} is no longer a directory", wd.display())),
+            _ => None,
+        }
+    }
 }
 
 /// When a spawned worker counts as ready (`workers.ready`).
@@ -142,7 +190,7 @@ pub enum ReadyMode {
 }
 
 /// The `[reload]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Reload {
     /// How a new generation replaces the old one.
     pub strategy: Strategy,
@@ -157,6 +205,65 @@ pub struct Reload {
     /// hand-off of a version before it: the default).
     #[serde(default)]
     pub boot_priority: BootPriority,
+    /// How many new workers start first, beside the whole old generation, and must pass
+    /// `canary_time` before the rest start; 0: no canary. (Absent from the hand-off of a
+    /// version before canaries, as are the keys below: their defaults.)
+    #[serde(default)]
+    pub canary: usize,
+    /// How long the canaries must stay healthy and inside the error budget.
+    #[serde(default = "default_canary_time")]
+    pub canary_time: Duration,
+    /// The error budget: how much a canary's (or a watched generation's) share of failed
+    /// requests may exceed the old generation's over the same window (0.01 = one point).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// The budget is judged only once the judged workers served this many requests.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// After a successful reload, for this long, a crash loop or an error share over budget
+    /// in the new generation rolls it back by itself; zero: not watched.
+    #[serde(default)]
+    pub watch: Duration,
+}
+
+/// `reload.canary_time` when the file does not say.
+pub const DEFAULT_CANARY_TIME: Duration = Duration::from_secs(30);
+/// Upper bound for `reload.canary_time`.
+pub const MAX_CANARY_TIME: Duration = Duration::from_secs(3600);
+/// `reload.max_error_rate` when the file does not say.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
+/// `reload.min_requests` when the file does not say.
+pub const DEFAULT_MIN_REQUESTS: u64 = 50;
+/// Upper bound for `reload.watch`.
+pub const MAX_WATCH: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for Reload {
+    /// What a config without a `[reload]` table gets (with `ready = "notify"`).
+    fn default() -> Reload {
+        Reload {
+            strategy: Strategy::AllAtOnce,
+            max_surge: 1,
+            min_healthy_time: Duration::ZERO,
+            boot_priority: BootPriority::default(),
+            canary: 0,
+            canary_time: DEFAULT_CANARY_TIME,
+            max_error_rate: DEFAULT_MAX_ERROR_RATE,
+            min_requests: DEFAULT_MIN_REQUESTS,
+            watch: Duration::ZERO,
+        }
+    }
+}
+
+fn default_canary_time() -> Duration {
+    DEFAULT_CANARY_TIME
+}
+
+fn default_max_error_rate() -> f64 {
+    DEFAULT_MAX_ERROR_RATE
+}
+
+fn default_min_requests() -> u64 {
+    DEFAULT_MIN_REQUESTS
 }
 
 /// `reload.boot_priority`: the CPU priority of workers that boot while others serve.

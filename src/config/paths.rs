@@ -163,6 +163,18 @@ pub(super) fn resolve_program(
 }
 
 /// access(2) rather than mode bits: it answers for our uid (and for root, "any x bit").
+/// Pins the release a config runs (see [`super::Release`]): the program's directory and the
+/// working directory with their symlinks resolved. A path that cannot be resolved (removed
+/// meanwhile) stays as configured: the spawn then says what is missing.
+pub(super) fn pin_release(program: &Path, working_directory: Option<&Path>) -> super::Release {
+    let program = match (program.parent(), program.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or_else(|_| program.to_path_buf(), |d| d.join(name)),
+        _ => program.to_path_buf(),
+    };
+    let working_directory = working_directory.map(|wd| std::fs::canonicalize(wd).unwrap_or_else(|_| wd.to_path_buf()));
+    super::Release { program, working_directory }
+}
+
 pub(super) fn is_executable(p: &Path) -> bool {
     nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }

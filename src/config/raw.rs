@@ -13,7 +13,8 @@
 use super::{checks::*, paths::*, source::*, users::*};
 use super::{
     units, BootPriority, Config, ConfigError, Listen, LoadEnv, Metrics, ReadyMode, Reload, Strategy, Workers,
-    MAX_LIFETIME, MAX_TIMEOUT,
+    DEFAULT_CANARY_TIME, DEFAULT_MAX_ERROR_RATE, DEFAULT_MIN_REQUESTS, MAX_CANARY_TIME, MAX_LIFETIME, MAX_TIMEOUT,
+    MAX_WATCH,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +124,11 @@ struct RawReload {
     max_surge: Option<Spanned<i64>>,
     min_healthy_time: Option<Spanned<DurationText>>,
     boot_priority: Option<Spanned<String>>,
+    canary: Option<Spanned<i64>>,
+    canary_time: Option<Spanned<DurationText>>,
+    max_error_rate: Option<Spanned<f64>>,
+    min_requests: Option<Spanned<i64>>,
+    watch: Option<Spanned<DurationText>>,
 }
 
 /// Reads the config file; shared by `load` and `control_socket_of` so both report an
@@ -434,6 +440,7 @@ impl RawWorkers {
 
         let credentials = resolve_credentials(self.user.as_ref(), self.group.as_ref(), src, env)?;
 
+        let release = Some(pin_release(&program, working_directory.as_deref()));
         Ok(Workers {
             command,
             program,
@@ -450,6 +457,7 @@ impl RawWorkers {
             max_memory,
             memory_limit,
             credentials,
+            release,
         })
     }
 }
@@ -488,11 +496,35 @@ impl RawReload {
         };
         let priorities = [("low", BootPriority::Low), ("normal", BootPriority::Normal)];
         let boot_priority = one_of(src, self.boot_priority.as_ref(), "reload.boot_priority", &priorities)?;
+        // Up to the whole generation: canaries as many as the workers judge the whole new
+        // generation beside the whole old one before the reload commits.
+        let canary = src.int_in(self.canary.as_ref(), "reload.canary", 0, 0, MAX_COUNT)?;
+        let canary_time = match src.duration(self.canary_time.as_ref(), "reload.canary_time", MAX_CANARY_TIME)? {
+            Some(d) => d,
+            None => DEFAULT_CANARY_TIME,
+        };
+        let max_error_rate = match &self.max_error_rate {
+            None => DEFAULT_MAX_ERROR_RATE,
+            Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                let why = format!("must be a share between 0 and 1 (0.01 = one point), not {}", r.get_ref());
+                return Err(src.at(r.span(), "reload.max_error_rate", why));
+            }
+        };
+        let min_requests =
+            src.int_in(self.min_requests.as_ref(), "reload.min_requests", DEFAULT_MIN_REQUESTS as i64, 1, 1 << 40)?;
+        let watch = src.duration(self.watch.as_ref(), "reload.watch", MAX_WATCH)?.unwrap_or_default();
         Ok(Reload {
             strategy,
             max_surge: usize::try_from(max_surge).unwrap_or(usize::MAX),
             min_healthy_time,
             boot_priority,
+            // In range by the checks above.
+            canary: usize::try_from(canary).unwrap_or(0),
+            canary_time,
+            max_error_rate,
+            min_requests: u64::try_from(min_requests).unwrap_or(DEFAULT_MIN_REQUESTS),
+            watch,
         })
     }
 }
@@ -628,12 +660,14 @@ mod tests {
                     max_memory: None,
                     memory_limit: None,
                     credentials: None,
+                    release: Some(crate::config::Release { program: fx.bin("app"), working_directory: None }),
                 },
                 reload: Reload {
                     strategy: Strategy::AllAtOnce,
                     max_surge: 1,
                     min_healthy_time: Duration::ZERO,
                     boot_priority: BootPriority::Low,
+                    ..Reload::default()
                 },
                 metrics: Metrics { textfile: None },
             }
@@ -738,6 +772,7 @@ max_surge = 2
                 max_surge: 2,
                 min_healthy_time: Duration::from_secs(5),
                 boot_priority: BootPriority::Low,
+                ..Reload::default()
             }
         );
     }
@@ -1244,7 +1279,8 @@ max_surge = 2
                 strategy: Strategy::Rolling,
                 max_surge: 8,
                 min_healthy_time: Duration::ZERO,
-                boot_priority: BootPriority::Low
+                boot_priority: BootPriority::Low,
+                ..Reload::default()
             }
         );
         let c = fx.ok(&format!("{MIN}[reload]\nboot_priority = \"normal\"\n"));

@@ -32,6 +32,9 @@ pub enum Request {
     },
     /// Re-execute the handover binary in place (the file at the path it started from).
     Upgrade {},
+    /// Reload back to the release of the last generation that served before the active one;
+    /// replies as `reload` does.
+    Rollback {},
 }
 
 #[cfg(test)]
@@ -44,6 +47,8 @@ mod tests {
         assert_eq!(r, Request::Scale { count: 3 });
         let r: Request = serde_json::from_str(r#"{"cmd":"reload"}"#).expect("reload");
         assert_eq!(r, Request::Reload {});
+        let r: Request = serde_json::from_str(r#"{"cmd":"rollback"}"#).expect("rollback");
+        assert_eq!(r, Request::Rollback {});
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
     }

@@ -30,6 +30,15 @@ pub enum WorkerMessage {
     Watchdog,
     /// `WATCHDOG=trigger`: it asks to be treated as hung.
     WatchdogTrigger,
+    /// `X_HANDOVER_REQUESTS=` / `X_HANDOVER_ERRORS=`: the requests it answered and how many
+    /// of them failed, each cumulative since it started (SPEC §4); a count the datagram
+    /// left out keeps its last value.
+    Outcomes {
+        /// Requests answered.
+        requests: Option<u64>,
+        /// Of those, failed (what the app counts as an error; by default a 5xx answer).
+        errors: Option<u64>,
+    },
 }
 
 /// What `handover scale` / SIGTTIN / SIGTTOU ask for.
@@ -120,6 +129,18 @@ pub enum Event {
     Resumed {
         /// How much later than its deadline the loop woke.
         stalled: Duration,
+    },
+    /// `handover rollback` (control request): a reload to the release of the last
+    /// generation that served before the active one ([`crate::machine::Machine::rollback_target`]).
+    RollbackRequested {
+        /// The control request to answer, if any.
+        requester: Option<RequestId>,
+        /// Why the target's release cannot run any more (its program or directory was
+        /// removed), as the executor found when it checked; None: it is there.
+        release_gone: Option<String>,
+        /// Asked by the machine itself ([`Effect::RollbackDue`]): why the watched
+        /// generation failed its watch.
+        automatic: Option<String>,
     },
     /// The listening sockets' accept queues, read by the executor while a reload runs: the
     /// reload's peak goes into its result line and `handover status`.
@@ -242,6 +263,21 @@ pub enum Effect {
     Forgotten {
         /// The generations forgotten.
         generations: Vec<u64>,
+    },
+    /// The watched generation failed its watch (`reload.watch`): the executor checks the
+    /// rollback target's release and prepares its sockets, as for `handover rollback`, and
+    /// answers with [`Event::RollbackRequested`] (with `automatic` set to `reason`).
+    RollbackDue {
+        /// Why, for the log and status.
+        reason: String,
+    },
+    /// A worker's request counters were refused (they went backwards or jumped): counted
+    /// like a bad notify datagram, not logged one by one.
+    BadReport {
+        /// The worker's pid, when known.
+        pid: Option<Pid>,
+        /// Why, in words.
+        reason: String,
     },
     /// Every worker is gone after a stop: exit with this code.
     Exit {

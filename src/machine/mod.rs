@@ -44,16 +44,25 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, ReadyMode, Strategy};
 use crate::text::{count, human};
 
+pub use budget::Tally;
 pub use events::*;
+pub use judging::CanaryStage;
+pub use records::ReloadKind;
 pub use replies::{Outcome, Progress, Reply};
-pub use status::{FailingSlotStatus, GenerationStatus, SocketStatus, Status, WorkerStatus};
+pub use status::{
+    AutoRollbackStatus, CanaryStatus, FailingSlotStatus, GenerationStatus, SocketStatus, Status, WatchStatus,
+    WorkerStatus,
+};
 
+pub mod budget;
 pub mod events;
 mod index;
 #[cfg(any(debug_assertions, test))]
 mod invariants;
+mod judging;
 pub mod policy;
 mod reconcile;
+mod records;
 mod reload;
 mod replies;
 pub mod snapshot;
@@ -88,6 +97,13 @@ pub struct Reloading {
     /// The longest accept queue of each listening socket (by name) seen so far during this
     /// reload ([`Event::AcceptQueues`]).
     pub queue_peak: BTreeMap<String, u32>,
+    /// How the reload came about (a reload, or a rollback to a record).
+    pub kind: ReloadKind,
+    /// The canary stage, while it runs (`reload.canary`).
+    pub canary: Option<CanaryStage>,
+    /// The previous generation's request outcomes when the reload began: the canary is
+    /// judged against what it served since.
+    pub previous_at_begin: Tally,
 }
 
 /// A reload asked for while another one runs: it starts when that one ends.
@@ -140,6 +156,9 @@ struct Generation {
     config: Arc<Config>,
     role: Role,
     slots: index::Slots,
+    /// The request outcomes its workers reported, added up over their lives (a worker
+    /// that is gone still counts).
+    served: Tally,
 }
 
 /// A worker's lifecycle state.
@@ -179,6 +198,9 @@ struct Worker {
     /// Spawned at the low boot priority (`reload.boot_priority`) and not raised yet: raised
     /// once ready, when 3/4 of its boot_timeout have passed, or when nothing serves any more.
     low_priority: bool,
+    /// Its last accepted `X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=` (cumulative), and when.
+    outcomes: Tally,
+    outcomes_at: Option<Instant>,
 }
 
 /// The config durations a worker's deadlines are computed from (copied at spawn, so that
@@ -298,6 +320,14 @@ pub struct Machine {
     /// The executor can lower a booting worker's CPU priority and raise it again
     /// ([`Machine::set_boot_lowering`]); without it every worker boots at normal priority.
     boot_lowering: bool,
+    /// What every generation that served ran, oldest first (`records.rs`).
+    records: Vec<records::ReleaseRecord>,
+    /// The generation watched after its reload (`reload.watch`), while the watch runs.
+    watch: Option<judging::Watch>,
+    /// The last verdict on a canary or a watched generation, for status.
+    last_verdict: Option<String>,
+    /// The last rollback that `watch` did by itself, for status.
+    last_auto_rollback: Option<judging::AutoRollback>,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -337,6 +367,10 @@ impl Machine {
             start_given_up: None,
             boot_lowering: false,
             open_connections: BTreeMap::new(),
+            records: Vec::new(),
+            watch: None,
+            last_verdict: None,
+            last_auto_rollback: None,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -419,6 +453,12 @@ impl Machine {
         if let Some(until) = self.verdicts_held_until.filter(|&until| until > self.last_now) {
             next = Some(next.map_or(until, |n| n.min(until)));
         }
+        // The end of a canary stage or of a watch.
+        for t in [self.canary_deadline(), self.watch_deadline()].into_iter().flatten() {
+            if t > self.last_now {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         if !matches!(self.phase, Phase::Stopping { .. }) {
             for g in self.generations.values() {
                 if let Some(t) = g.slots.next_backoff_after(self.last_now) {
@@ -456,6 +496,9 @@ impl Machine {
             }
             Event::MemoryUsage { pid, rss_bytes } => self.on_memory(pid, rss_bytes, now, &mut fx),
             Event::ReloadRequested { config, requester } => self.on_reload_requested(config, requester, &mut fx),
+            Event::RollbackRequested { requester, release_gone, automatic } => {
+                self.on_rollback_requested(requester, release_gone, automatic, now, &mut fx)
+            }
             Event::ScaleRequested { to, requester } => self.on_scale(to, requester, now, &mut fx),
             Event::StopRequested { fast } => self.on_stop(fast, now, &mut fx),
             Event::Tick => {}
@@ -542,6 +585,7 @@ impl Machine {
                 return; // already stopping at least this hard
             }
         }
+        self.watch = None;
         if let Phase::Reloading(r) = &mut self.phase {
             let candidate = r.candidate;
             for w in std::mem::take(&mut r.waiters) {
@@ -580,7 +624,7 @@ impl Machine {
 
     fn add_generation(&mut self, number: u64, config: Arc<Config>, role: Role) {
         let slots = index::Slots::wanted(config.workers.count);
-        self.generations.insert(number, Generation { number, config, role, slots });
+        self.generations.insert(number, Generation { number, config, role, slots, served: Tally::default() });
     }
 
     fn gen(&self, n: u64) -> &Generation {

@@ -19,6 +19,30 @@ pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// How long a worker that missed its watchdog gets between SIGABRT and SIGKILL.
 pub const WATCHDOG_KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// The most requests a second a worker's `X_HANDOVER_REQUESTS=` may grow by: far above
+/// what one process answers, so that only a counter that jumps (garbage, a restarted count
+/// added to an old one) is refused.
+pub const MAX_REQUESTS_PER_SECOND: u64 = 1_000_000;
+
+/// Whether a worker answering `requests` more requests in `elapsed` is plausible (at most
+/// [`MAX_REQUESTS_PER_SECOND`], over at least one second).
+pub fn plausible_requests(requests: u64, elapsed: Duration) -> bool {
+    let seconds = elapsed.as_secs_f64().max(1.0);
+    (requests as f64) <= MAX_REQUESTS_PER_SECOND as f64 * seconds
+}
+
+/// A watched generation (`reload.watch`) is rolled back when a slot of it failed this many
+/// times in a row (a crash loop: with the backoff, three crashes within about a second).
+pub const WATCH_CRASH_LOOP: u32 = 3;
+
+/// A watched generation's error budget is judged over windows of at least this long (and
+/// at least `min_requests`): a release that starts failing late is judged on what it does
+/// now, not hidden behind the requests it served well before.
+pub const WATCH_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many release records (`handover rollback`'s targets) are kept.
+pub const MAX_RECORDS: usize = 16;
+
 /// How long after its spawn a worker booting at the low priority (`reload.boot_priority`)
 /// is raised to normal if it is not ready by then: 3/4 of its boot_timeout, so that a boot
 /// slowed down by a saturated CPU still has the last quarter at full priority and a reload

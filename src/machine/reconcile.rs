@@ -38,6 +38,8 @@ impl Machine {
             }
         }
 
+        self.judge_watch(now, fx);
+
         // Forget generations that have nothing left.
         let active = self.active;
         let candidate = match &self.phase {
@@ -67,6 +69,7 @@ impl Machine {
                     return false;
                 }
                 self.phase = Phase::Running;
+                self.record_release(self.active, super::ReloadKind::Reload, None);
                 let msg = format!("generation {} serves: {n}/{n} workers ready", self.active);
                 fx.push(log(Level::Info, "ready", msg, Some(self.active), None, None));
                 fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
@@ -75,6 +78,11 @@ impl Machine {
             }
             Phase::Reloading(r) => {
                 let c = r.candidate;
+                if r.canary.is_some() {
+                    // The canary stage holds the commit; it may pass (the rest is wanted
+                    // now) or fail (the phase is Running again).
+                    return self.advance_canary(now, fx);
+                }
                 if self.healthy_count(c) < self.gen(c).slots.len() {
                     return false;
                 }
@@ -121,7 +129,11 @@ impl Machine {
     /// of the generation that replaces them (the capacity rule).
     fn retire_surplus(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let (incoming, others_include_active) = match &self.phase {
-            Phase::Reloading(r) if self.gen(r.candidate).config.reload.strategy == Strategy::Rolling => {
+            // Canaries start beside the whole old generation: nothing retires while they
+            // are judged.
+            Phase::Reloading(r)
+                if r.canary.is_none() && self.gen(r.candidate).config.reload.strategy == Strategy::Rolling =>
+            {
                 (r.candidate, true)
             }
             _ => (self.active, false),
@@ -240,6 +252,8 @@ impl Machine {
                 ready_at: None,
                 healthy: false,
                 low_priority,
+                outcomes: super::Tally::default(),
+                outcomes_at: None,
             },
         );
         let config = self.gen(generation).config.clone();

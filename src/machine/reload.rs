@@ -37,7 +37,7 @@ impl Machine {
                     None,
                 ));
             }
-            Phase::Running => self.begin_reload(config, requester.into_iter().collect(), fx),
+            Phase::Running => self.begin_reload(config, requester.into_iter().collect(), ReloadKind::Reload, fx),
         }
     }
 
@@ -45,9 +45,12 @@ impl Machine {
         &mut self,
         config: Result<Arc<Config>, String>,
         waiters: Vec<RequestId>,
+        kind: ReloadKind,
         fx: &mut Vec<Effect>,
     ) {
         fx.push(Effect::Systemd(vec![SystemdMessage::Reloading]));
+        // A new reload ends the watch of the last one: what it judged is being replaced.
+        self.watch = None;
         let config = match config {
             Ok(c) => c,
             Err(e) => {
@@ -85,7 +88,17 @@ impl Machine {
             None,
             None,
         ));
-        self.phase = Phase::Reloading(Reloading { candidate, previous, waiters, queue_peak: BTreeMap::new() });
+        let previous_at_begin = self.gen(previous).served;
+        self.phase = Phase::Reloading(Reloading {
+            candidate,
+            previous,
+            waiters,
+            queue_peak: BTreeMap::new(),
+            kind,
+            canary: None,
+            previous_at_begin,
+        });
+        self.begin_canary(candidate, previous, fx);
     }
 
     /// Tells the clients waiting on a reload how far its generation has come.
@@ -172,6 +185,19 @@ impl Machine {
         );
         self.last_reload_queue_peak = r.queue_peak;
         fx.push(log(Level::Info, "reload-succeeded", msg.clone(), Some(candidate), None, None));
+        if matches!(r.kind, ReloadKind::Rollback { .. } | ReloadKind::AutoRollback { .. }) {
+            let msg = format!(
+                "rolled back: generation {candidate} runs the release it went back to; generation {} drains",
+                r.previous
+            );
+            fx.push(log(Level::Info, "rolled-back", msg, Some(candidate), None, None));
+        }
+        self.record_release(candidate, r.kind, Some(r.previous));
+        if r.kind == ReloadKind::Reload {
+            // A new release serves: an earlier automatic rollback is history.
+            self.last_auto_rollback = None;
+            self.begin_watch(candidate, r.previous, now, fx);
+        }
         self.last_reload = Some(msg.clone());
         self.last_reload_failure = None;
         fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
@@ -187,7 +213,7 @@ impl Machine {
             return;
         }
         if let Some(p) = self.pending_reload.take() {
-            self.begin_reload(p.config, p.waiters, fx);
+            self.begin_reload(p.config, p.waiters, ReloadKind::Reload, fx);
         }
     }
 

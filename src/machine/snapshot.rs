@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
-use super::{index, Generation, Machine, Phase, Role, Slot, Timing, Worker, WorkerId, WorkerOutput, WorkerState};
+use super::judging::{AutoRollback, Watch};
+use super::records::ReleaseRecord;
+use super::{
+    index, Generation, Machine, Phase, Role, Slot, Tally, Timing, Worker, WorkerId, WorkerOutput, WorkerState,
+};
 
 /// One reading of both clocks at the same moment: converts [`Instant`]s to and from
 /// `CLOCK_MONOTONIC` nanoseconds.
@@ -77,6 +81,49 @@ pub struct MachineState {
     pub degraded: bool,
     /// The workers' output goes to the journal (else to handover's stderr).
     pub output_to_journal: bool,
+    /// What every generation that served ran, oldest first (absent from a hand-off written
+    /// before rollback records: none).
+    #[serde(default)]
+    pub records: Vec<RecordState>,
+    /// The watch of the last reload, while it runs.
+    #[serde(default)]
+    pub watch: Option<WatchState>,
+    /// The last verdict on a canary or a watched generation.
+    #[serde(default)]
+    pub last_verdict: Option<String>,
+    /// The last automatic rollback: when (monotonic ns) and what was said.
+    #[serde(default)]
+    pub last_auto_rollback: Option<(u64, String)>,
+}
+
+/// One release record in a [`MachineState`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordState {
+    /// The generation that ran it.
+    pub generation: u64,
+    /// Its config, release pinned.
+    pub config: Config,
+    /// The generation whose release it is.
+    pub release_of: u64,
+    /// A rollback went away from it.
+    pub rolled_back: bool,
+}
+
+/// A running watch in a [`MachineState`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchState {
+    /// The watched generation.
+    pub generation: u64,
+    /// The generation it replaced.
+    pub previous: u64,
+    /// The previous generation's outcomes when the watch began.
+    pub baseline: Tally,
+    /// When the watch ends (monotonic ns).
+    pub until_ns: u64,
+    /// The watched generation's outcomes at the start of the current window.
+    pub window_from: Tally,
+    /// When the current window started (monotonic ns).
+    pub window_started_ns: u64,
 }
 
 /// One generation in a [`MachineState`].
@@ -90,6 +137,9 @@ pub struct GenerationState {
     pub config: Config,
     /// Its slots, by index.
     pub slots: Vec<SlotState>,
+    /// The request outcomes its workers reported.
+    #[serde(default)]
+    pub served: Tally,
 }
 
 /// One slot in a [`GenerationState`].
@@ -153,6 +203,12 @@ pub struct WorkerRecord {
     /// Booting at the low CPU priority, not raised yet (absent: normal).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub low_priority: bool,
+    /// Its last accepted request counters.
+    #[serde(default)]
+    pub outcomes: Tally,
+    /// When they came (monotonic ns).
+    #[serde(default)]
+    pub outcomes_at_ns: Option<u64>,
 }
 
 impl Machine {
@@ -189,6 +245,7 @@ impl Machine {
                         last_failure: s.last_failure.clone(),
                     })
                     .collect(),
+                served: g.served,
             })
             .collect();
         let workers = self
@@ -221,6 +278,8 @@ impl Machine {
                     ready_at_ns: w.ready_at.map(ns),
                     healthy: w.healthy,
                     low_priority: w.low_priority,
+                    outcomes: w.outcomes,
+                    outcomes_at_ns: w.outcomes_at.map(ns),
                 }
             })
             .collect();
@@ -235,6 +294,26 @@ impl Machine {
             last_reload_queue_peak: self.last_reload_queue_peak.clone(),
             degraded: self.degraded,
             output_to_journal: self.worker_output == WorkerOutput::Journal,
+            records: self
+                .records
+                .iter()
+                .map(|r| RecordState {
+                    generation: r.generation,
+                    config: r.config.as_ref().clone(),
+                    release_of: r.release_of,
+                    rolled_back: r.rolled_back,
+                })
+                .collect(),
+            watch: self.watch.as_ref().map(|w| WatchState {
+                generation: w.generation,
+                previous: w.previous,
+                baseline: w.baseline,
+                until_ns: ns(w.until),
+                window_from: w.window_from,
+                window_started_ns: ns(w.window_started),
+            }),
+            last_verdict: self.last_verdict.clone(),
+            last_auto_rollback: self.last_auto_rollback.as_ref().map(|a| (ns(a.at), a.message.clone())),
         })
     }
 
@@ -266,7 +345,7 @@ impl Machine {
                 }
             }
             let number = g.number;
-            let generation = Generation { number, config: Arc::new(g.config), role, slots };
+            let generation = Generation { number, config: Arc::new(g.config), role, slots, served: g.served };
             if generations.insert(number, generation).is_some() {
                 return Err(format!("generation {number} appears twice"));
             }
@@ -326,6 +405,8 @@ impl Machine {
                 ready_at: w.ready_at_ns.map(at),
                 healthy: w.healthy,
                 low_priority: w.low_priority,
+                outcomes: w.outcomes,
+                outcomes_at: w.outcomes_at_ns.map(at),
             };
             if workers.get(&WorkerId(w.id)).is_some() {
                 return Err(format!("worker id {} appears twice", w.id));
@@ -346,6 +427,20 @@ impl Machine {
                 }
             }
         }
+        // A record's config is shared with its generation's where both exist.
+        let records = state
+            .records
+            .into_iter()
+            .map(|r| ReleaseRecord {
+                generation: r.generation,
+                config: generations
+                    .get(&r.generation)
+                    .filter(|g| *g.config == r.config)
+                    .map_or_else(|| Arc::new(r.config), |g| g.config.clone()),
+                release_of: r.release_of,
+                rolled_back: r.rolled_back,
+            })
+            .collect();
         Ok(Machine {
             phase: Phase::Running,
             generations,
@@ -368,6 +463,17 @@ impl Machine {
             start_given_up: None,
             boot_lowering: false,
             open_connections: BTreeMap::new(),
+            records,
+            watch: state.watch.map(|w| Watch {
+                generation: w.generation,
+                previous: w.previous,
+                baseline: w.baseline,
+                until: at(w.until_ns),
+                window_from: w.window_from,
+                window_started: at(w.window_started_ns),
+            }),
+            last_verdict: state.last_verdict,
+            last_auto_rollback: state.last_auto_rollback.map(|(t, message)| AutoRollback { at: at(t), message }),
         })
     }
 }

@@ -28,6 +28,9 @@ impl Machine {
                     g.slots.len(),
                     self.healthy_count(g.number)
                 ),
+                Role::Candidate if self.canary_on() => {
+                    format!("gen {}: canary {ready}/{} ready", g.number, g.slots.wanted_count())
+                }
                 Role::Candidate => format!("gen {}: reloading {ready}/{} ready", g.number, g.slots.len()),
                 Role::Active => format!("gen {}: {ready}/{} ready", g.number, g.slots.len()),
                 Role::Outgoing if wanted > 0 => format!("gen {}: {ready} serving until replaced", g.number),
@@ -54,11 +57,23 @@ impl Machine {
             line.push_str("; ");
             line.push_str(why);
         }
+        if let Some(a) = &self.last_auto_rollback {
+            line.push_str("; ");
+            line.push_str(&a.message);
+        }
+        if let Some(w) = &self.watch {
+            line.push_str(&format!("; watching gen {}", w.generation));
+        }
         if let Some(why) = &self.last_reload_failure {
             line.push_str("; last reload failed: ");
             line.push_str(why);
         }
         line
+    }
+
+    /// The request outcomes each generation's workers reported, oldest first.
+    pub fn generation_outcomes(&self) -> Vec<(u64, super::Tally)> {
+        self.generations.values().map(|g| (g.number, g.served)).collect()
     }
 
     /// The workers of every generation by state (`booting`, `ready`, `draining`: told to
@@ -97,6 +112,8 @@ impl Machine {
                     ready: counts.ready,
                     booting: counts.booting,
                     draining: counts.draining,
+                    requests: g.served.requests,
+                    errors: g.served.errors,
                 }
             })
             .collect();
@@ -153,6 +170,24 @@ impl Machine {
                     next_attempt_secs: f.next_attempt.map(|t| t.saturating_duration_since(now).as_secs_f64()),
                 })
                 .collect(),
+            canary: match &self.phase {
+                Phase::Reloading(r) => r.canary.as_ref().map(|c| CanaryStatus {
+                    generation: r.candidate,
+                    canaries: c.canaries,
+                    secs_left: self.canary_deadline().map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                }),
+                _ => None,
+            },
+            watch: self.watch.as_ref().map(|w| WatchStatus {
+                generation: w.generation,
+                secs_left: w.until.saturating_duration_since(now).as_secs_f64(),
+            }),
+            verdict: self.last_verdict.clone(),
+            auto_rollback: self.last_auto_rollback.as_ref().map(|a| AutoRollbackStatus {
+                secs_ago: now.saturating_duration_since(a.at).as_secs_f64(),
+                message: a.message.clone(),
+            }),
+            rollback_to: self.rollback_target().ok().map(|(g, _)| g),
             // The executor's to fill in (the machine knows no binary, nor the wall clock).
             ..Status::default()
         }
@@ -215,6 +250,21 @@ pub struct Status {
     /// while that lasts: metrics are optional, so this is reported and nothing waits on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_error: Option<String>,
+    /// The running reload's canary stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+    /// The running watch of the last reload (`reload.watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchStatus>,
+    /// The last verdict on a canary or a watched generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The last rollback that `watch` did by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<AutoRollbackStatus>,
+    /// The generation whose release `handover rollback` would go back to; None: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<u64>,
 }
 
 /// A slot in crash-loop backoff, in [`Status`].
@@ -247,6 +297,41 @@ pub struct GenerationStatus {
     pub booting: usize,
     /// Workers told to stop and not gone yet.
     pub draining: usize,
+    /// Requests its workers reported answering (`X_HANDOVER_REQUESTS=`), over their lives.
+    #[serde(default)]
+    pub requests: u64,
+    /// Of those, the ones they reported as failed (`X_HANDOVER_ERRORS=`).
+    #[serde(default)]
+    pub errors: u64,
+}
+
+/// A reload's canary stage in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    /// The candidate generation.
+    pub generation: u64,
+    /// How many canaries.
+    pub canaries: usize,
+    /// Seconds left of `canary_time`; None until every canary is ready.
+    pub secs_left: Option<f64>,
+}
+
+/// A running watch in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// The watched generation.
+    pub generation: u64,
+    /// Seconds until the watch ends.
+    pub secs_left: f64,
+}
+
+/// The last automatic rollback in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoRollbackStatus {
+    /// Seconds since it happened (a client turns it into a time of day).
+    pub secs_ago: f64,
+    /// What was said.
+    pub message: String,
 }
 
 /// One worker process in [`Status`].

@@ -32,6 +32,8 @@ impl Machine {
         let (generation, slot) = (w.generation, w.slot);
         let who = describe(&w);
         let output = self.output_hint(w.pid);
+        // A canary is on trial until its stage passes: any failure of it fails the reload.
+        let on_trial = !w.healthy || self.canary_on();
         let Some(g) = self.generations.get_mut(&generation) else { return };
         let role = g.role;
         let s = g.slots.get(slot);
@@ -73,7 +75,7 @@ impl Machine {
                         s.successor = None;
                     }
                 }
-                if role == Role::Candidate && !w.healthy {
+                if role == Role::Candidate && on_trial {
                     fx.push(log(Level::Error, "worker-failed", reason.clone(), Some(generation), Some(slot), w.pid));
                     self.fail_reload(reason, now, fx);
                 } else if role == Role::Outgoing {
@@ -137,6 +139,7 @@ impl Machine {
                 }
             }
             WorkerMessage::WatchdogTrigger => self.watchdog_expired(id, "asked for it (WATCHDOG=trigger)", now, fx),
+            WorkerMessage::Outcomes { requests, errors } => self.on_outcomes(id, requests, errors, now, fx),
             WorkerMessage::Stopping => {
                 let Some(w) = self.workers.get(&id) else { return };
                 if matches!(w.state, WorkerState::Booting | WorkerState::Ready) {
@@ -174,8 +177,19 @@ impl Machine {
 
     pub(super) fn on_memory(&mut self, pid: Pid, rss: u64, now: Instant, fx: &mut Vec<Effect>) {
         let Some(id) = self.worker_by_pid(pid) else { return };
+        let canary_on = self.canary_on();
         let Some(mut w) = self.workers.get_mut(&id) else { return };
         let Some(limit) = self.generations.get(&w.generation).and_then(|g| g.config.workers.max_memory) else { return };
+        let canary = self.generations.get(&w.generation).is_some_and(|g| g.role == Role::Candidate) && canary_on;
+        if rss > limit && w.state == WorkerState::Ready && canary {
+            let reason = format!("{} uses {} MiB > max_memory {} MiB", describe(&w), rss >> 20, limit >> 20);
+            let generation = w.generation;
+            drop(w);
+            let reason = format!("gen {generation} canary failed: {reason}");
+            fx.push(log(Level::Error, "canary-failed", reason.clone(), Some(generation), None, Some(pid)));
+            self.last_verdict = Some(reason.clone());
+            return self.fail_reload(reason, now, fx);
+        }
         if rss > limit && w.state == WorkerState::Ready && w.recycle_at.is_none_or(|t| t > now) {
             w.recycle_at = Some(now);
             let msg = format!("{} uses {} MiB > max_memory {} MiB; recycling", describe(&w), rss >> 20, limit >> 20);
@@ -314,7 +328,7 @@ impl Machine {
             }
         }
         match self.gen(generation).role {
-            Role::Candidate if !healthy => self.fail_reload(msg, now, fx),
+            Role::Candidate if !healthy || self.canary_on() => self.fail_reload(msg, now, fx),
             Role::Outgoing => {}
             _ => {
                 self.count_failure(generation, slot, uptime, &msg, now);

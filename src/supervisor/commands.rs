@@ -5,8 +5,12 @@ use super::*;
 
 impl Daemon {
     pub(super) fn on_command(&mut self, cmd: Command) {
-        if self.upgrading() && matches!(cmd.request, Request::Reload {}) {
-            logging::event(Level::Info, "reload-requested", "reload requested; held until the upgrade is done");
+        if self.upgrading() && matches!(cmd.request, Request::Reload {} | Request::Rollback {}) {
+            logging::event(
+                Level::Info,
+                "reload-requested",
+                "reload or rollback requested; held until the upgrade is done",
+            );
             self.upgrade.held.push(cmd);
             return;
         }
@@ -54,6 +58,12 @@ impl Daemon {
                 let config = self.load_config();
                 self.dispatch(Event::ReloadRequested { config, requester: Some(id) });
             }
+            Request::Rollback {} => {
+                let id = self.register(replies);
+                logging::event(Level::Info, "rollback-requested", "rollback requested on the control socket");
+                let release_gone = self.check_rollback_release();
+                self.dispatch(Event::RollbackRequested { requester: Some(id), release_gone, automatic: None });
+            }
             Request::Scale { count } => {
                 let id = self.register(replies);
                 self.dispatch(Event::ScaleRequested { to: ScaleTo::Count(count), requester: Some(id) });
@@ -70,6 +80,26 @@ impl Daemon {
         self.next_request += 1;
         self.waiters.insert(id, replies);
         id
+    }
+
+    /// Whether the release a rollback would go to can still run (its program and working
+    /// directory are there, its sockets can be had); why not, if not. Nothing to check when
+    /// there is no target: the machine says so.
+    pub(super) fn check_rollback_release(&mut self) -> Option<String> {
+        let (_, config) = self.machine.rollback_target().ok()?;
+        let release = self.machine.rollback_release()?;
+        if let Some(gone) = release.gone() {
+            return Some(gone);
+        }
+        match self.sockets.prepare(&config.listen) {
+            Ok(warnings) => {
+                for w in warnings {
+                    logging::event(Level::Warn, "sockets", w);
+                }
+                None
+            }
+            Err(e) => Some(format!("its sockets: {e}")),
+        }
     }
 
     /// Re-reads the config file and prepares its sockets; an error changes nothing.

@@ -309,6 +309,10 @@ fn empty_state() -> machine::snapshot::MachineState {
         last_reload_queue_peak: Default::default(),
         degraded: false,
         output_to_journal: false,
+        records: Vec::new(),
+        watch: None,
+        last_verdict: None,
+        last_auto_rollback: None,
     }
 }
 
@@ -711,6 +715,14 @@ impl Daemon {
                     }
                 }
                 Effect::Log(record) => logging::record(&record),
+                Effect::RollbackDue { reason } => {
+                    let release_gone = self.check_rollback_release();
+                    produced.push(Event::RollbackRequested { requester: None, release_gone, automatic: Some(reason) });
+                }
+                Effect::BadReport { pid, reason } => {
+                    let kind = worker::readiness::RejectKind::BadCounters;
+                    self.on_rejected(&worker::readiness::Rejected { pid, kind, reason });
+                }
                 Effect::Committed { .. } | Effect::Forgotten { .. } => {
                     let in_use: Vec<Arc<Config>> = self.machine.configs().cloned().collect();
                     for line in self.sockets.retain_used(in_use.iter().map(|c| c.as_ref())) {

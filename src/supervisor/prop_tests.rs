@@ -4,7 +4,9 @@
 //! as TOML through the real parser; a simulated executor (as in `tests.rs`, with the real
 //! executor's event order) feeds random event sequences: spawns that succeed or fail,
 //! exits, READY/STATUS/STOPPING/WATCHDOG messages from workers, their children and
-//! strangers, memory samples, reloads with valid and invalid configs, scales, stops and
+//! strangers, request outcome reports (sane, backwards and jumping), memory samples,
+//! reloads with valid and invalid configs (canaries and watches included), rollbacks
+//! (asked for, their release gone, and the watch's own), scales, stops and
 //! fast stops, and time jumps up to the longest lifetime. After every step: no panic, the
 //! documented invariants hold (`step` checks them itself in test builds), the machine's
 //! views answer, and no deadline is left in the past (the executor's timer would spin).
@@ -43,6 +45,12 @@ struct Spec {
     max_memory: Option<u64>,
     rolling: bool,
     max_surge: i64,
+    /// `reload.canary`, `canary_time`, `max_error_rate`, `min_requests`, `watch`.
+    canary: i64,
+    canary_time: Duration,
+    max_error_rate: f64,
+    min_requests: i64,
+    watch: Duration,
 }
 
 impl Spec {
@@ -65,6 +73,14 @@ impl Spec {
         );
         let strategy = if self.rolling { "rolling" } else { "all-at-once" };
         t.push_str(&format!("[reload]\nstrategy = \"{strategy}\"\nmax_surge = {}\n", self.max_surge));
+        t.push_str(&format!(
+            "canary = {}\ncanary_time = \"{}\"\nmax_error_rate = {:?}\nmin_requests = {}\nwatch = \"{}\"\n",
+            self.canary,
+            d(self.canary_time),
+            self.max_error_rate,
+            self.min_requests,
+            d(self.watch)
+        ));
         t
     }
 
@@ -113,9 +129,21 @@ fn spec() -> impl Strategy<Value = Spec> {
         proptest::option::of(prop_oneof![Just(1u64), Just(1 << 20), Just(u64::MAX >> 1)]),
         any::<bool>(),
         prop_oneof![Just(1i64), 2i64..=8, Just(i64::MAX)],
+        judging(),
     )
         .prop_map(
-            |(count, ready, boot_timeout, graceful_timeout, watchdog, max_lifetime, max_memory, rolling, max_surge)| {
+            |(
+                count,
+                ready,
+                boot_timeout,
+                graceful_timeout,
+                watchdog,
+                max_lifetime,
+                max_memory,
+                rolling,
+                max_surge,
+                (canary, canary_time, max_error_rate, min_requests, watch),
+            )| {
                 Spec {
                     count,
                     ready,
@@ -126,9 +154,27 @@ fn spec() -> impl Strategy<Value = Spec> {
                     max_memory,
                     rolling,
                     max_surge,
+                    canary,
+                    canary_time,
+                    max_error_rate,
+                    min_requests,
+                    watch,
                 }
             },
         )
+}
+
+/// The canary and watch keys over their valid range: no canary (often), a few, more than
+/// the workers; budgets from 0 to 1; watches from none to the longest.
+#[allow(clippy::type_complexity)]
+fn judging() -> impl Strategy<Value = (i64, Duration, f64, i64, Duration)> {
+    (
+        prop_oneof![2 => Just(0i64), 2 => 1i64..=3, 1 => Just(4096i64)],
+        prop_oneof![Just(Duration::ZERO), duration_upto(config::MAX_CANARY_TIME)],
+        prop_oneof![Just(0.0f64), Just(0.01), Just(1.0), 0.0f64..=1.0],
+        prop_oneof![Just(1i64), Just(50), Just(1i64 << 40)],
+        prop_oneof![2 => Just(Duration::ZERO), 1 => duration_upto(config::MAX_WATCH)],
+    )
 }
 
 /// What a worker (or a stranger) says.
@@ -174,6 +220,10 @@ enum Op {
     Say { worker: usize, from_child: bool, said: Said },
     /// A process that is no worker says something.
     StrangerSays(Said),
+    /// The n-th live worker reports cumulative request counts (sane, backwards, or huge).
+    Outcomes(usize, Option<u64>, Option<u64>),
+    /// `handover rollback`: its release there or gone; from a client or not.
+    Rollback(bool, bool),
     /// A memory sample of the n-th live worker.
     Memory(usize, u64),
     /// A reload: a valid config, or one that failed to load; from a client or SIGHUP.
@@ -208,6 +258,11 @@ fn jump() -> impl Strategy<Value = Jump> {
     ]
 }
 
+/// A cumulative request count: small and growing most of the time, with the edges.
+fn count() -> impl Strategy<Value = u64> {
+    prop_oneof![8 => 0u64..5_000, 1 => Just(u64::MAX), 1 => any::<u64>()]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let scale = prop_oneof![
         // Out of range (refused) or small: thousands of workers would make a case take
@@ -227,6 +282,9 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         1 => said().prop_map(Op::StrangerSays),
         1 => (any::<usize>(), prop_oneof![Just(0u64), Just(2u64 << 20), Just(u64::MAX)]).prop_map(|(w, r)| Op::Memory(w, r)),
+        4 => (any::<usize>(), proptest::option::weighted(0.9, count()), proptest::option::weighted(0.9, count()))
+            .prop_map(|(w, r, e)| Op::Outcomes(w, r, e)),
+        1 => (any::<bool>(), any::<bool>()).prop_map(|(gone, client)| Op::Rollback(gone, client)),
         2 => (proptest::option::weighted(0.8, spec()), any::<bool>()).prop_map(|(s, r)| Op::Reload(s, r)),
         1 => (scale, any::<bool>()).prop_map(|(s, r)| Op::Scale(s, r)),
         1 => any::<bool>().prop_map(Op::Stop),
@@ -274,6 +332,12 @@ impl Sim {
                     produced.push(Event::Spawned { worker: req.worker, pid });
                 }
                 Effect::Exit { .. } => self.exited = true,
+                // As the executor does: the release is there.
+                Effect::RollbackDue { reason } => produced.push(Event::RollbackRequested {
+                    requester: None,
+                    release_gone: None,
+                    automatic: Some(reason),
+                }),
                 _ => {}
             }
         }
@@ -343,6 +407,17 @@ impl Sim {
             }
             Op::StrangerSays(said) => {
                 self.feed(Event::Message { sender: 9, sender_pgid: None, message: said.message() })?
+            }
+            Op::Outcomes(n, requests, errors) => {
+                if let Some(pid) = self.pick(*n) {
+                    let message = WorkerMessage::Outcomes { requests: *requests, errors: *errors };
+                    self.feed(Event::Message { sender: pid, sender_pgid: Some(pid), message })?;
+                }
+            }
+            Op::Rollback(gone, client) => {
+                let requester = self.request(*client);
+                let release_gone = gone.then(|| "/srv/app/releases/1 is no longer a directory".to_string());
+                self.feed(Event::RollbackRequested { requester, release_gone, automatic: None })?;
             }
             Op::Memory(n, rss_bytes) => {
                 if let Some(pid) = self.pick(*n) {

@@ -32,8 +32,9 @@ pub(crate) fn config(count: usize, strategy: Strategy, max_surge: usize) -> Conf
             max_memory: None,
             memory_limit: None,
             credentials: None,
+            release: None,
         },
-        reload: Reload { strategy, max_surge, min_healthy_time: Duration::ZERO, boot_priority: Default::default() },
+        reload: Reload { strategy, max_surge, ..Reload::default() },
         metrics: Default::default(),
     }
 }
@@ -65,6 +66,12 @@ impl Sim {
                 Effect::Spawn(req) if self.fail_spawns => {
                     Some(Event::SpawnFailed { worker: req.worker, error: "fork: EAGAIN".into() })
                 }
+                // As the executor: the release is there, the rollback goes ahead.
+                Effect::RollbackDue { reason } => Some(Event::RollbackRequested {
+                    requester: None,
+                    release_gone: None,
+                    automatic: Some(reason.clone()),
+                }),
                 Effect::Spawn(req) => {
                     let pid = self.next_pid;
                     self.next_pid += 1;
@@ -1024,3 +1031,5 @@ fn the_last_reloads_peak_crosses_an_upgrade() {
     let restored = Machine::restore(state, &base, sim.now).expect("restore");
     assert_eq!(restored.reload_queue_peak().get("http"), Some(&4));
 }
+
+mod judging;

@@ -61,11 +61,11 @@ impl Launcher {
         ];
         let wc = &req.config.workers;
         let spec = spawn::SpawnSpec {
-            program: &wc.program,
+            program: wc.program(),
             argv: &wc.command,
             env: spawn::worker_env(&self.base_env, &wc.env, &protocol),
             fds: fds.iter().map(|(_, fd)| *fd).collect(),
-            cwd: wc.working_directory.as_deref(),
+            cwd: wc.working_directory(),
             credentials: wc.credentials.as_ref(),
             cgroup,
             resets,

@@ -65,6 +65,9 @@ pub enum RejectKind {
     Malformed,
     /// From a process that is not a worker nor in a worker's process group.
     UnknownSender,
+    /// Request counters (`X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=`) that went backwards
+    /// or jumped: refused by the machine, counted here.
+    BadCounters,
 }
 
 impl RejectKind {
@@ -75,6 +78,7 @@ impl RejectKind {
             RejectKind::Oversize => "oversized",
             RejectKind::Malformed => "malformed",
             RejectKind::UnknownSender => "from processes that are not workers",
+            RejectKind::BadCounters => "with request counters that went backwards or jumped",
         }
     }
 }
@@ -372,11 +376,14 @@ fn attached(msg: &libc::msghdr) -> Attached {
 pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "datagram is not UTF-8".to_string())?;
     let mut out = Vec::new();
+    let (mut requests, mut errors) = (None, None);
     for line in text.split('\n').filter(|l| !l.is_empty()) {
         let Some((key, value)) = line.split_once('=') else {
             return Err(format!("malformed line {:?} (expected KEY=VALUE)", truncate(line)));
         };
         match (key, value) {
+            ("X_HANDOVER_REQUESTS", n) => requests = Some(counter(key, n)?),
+            ("X_HANDOVER_ERRORS", n) => errors = Some(counter(key, n)?),
             ("READY", "1") => out.push(WorkerMessage::Ready),
             ("STOPPING", "1") => out.push(WorkerMessage::Stopping),
             ("WATCHDOG", "1") => out.push(WorkerMessage::Watchdog),
@@ -387,7 +394,20 @@ pub fn parse(payload: &[u8]) -> Result<Vec<WorkerMessage>, String> {
             _ => {} // MAINPID=, ERRNO=, X_*: meaningful to systemd only, or unknown.
         }
     }
+    if requests.is_some() || errors.is_some() {
+        out.push(WorkerMessage::Outcomes { requests, errors });
+    }
     Ok(out)
+}
+
+/// A request counter's value: decimal digits only (no sign, no spaces), at most what a u64
+/// holds. Bounded: at most 20 digits are looked at.
+fn counter(key: &str, value: &str) -> Result<u64, String> {
+    let digits = !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<u64>() {
+        Ok(n) if digits => Ok(n),
+        _ => Err(format!("{key}={:?} is not a count (decimal digits, at most 2^64-1)", truncate(value))),
+    }
 }
 
 fn truncate(s: &str) -> String {
@@ -408,6 +428,24 @@ mod tests {
         assert_eq!(parse(b"WATCHDOG=trigger").expect("p"), vec![WorkerMessage::WatchdogTrigger]);
         assert_eq!(parse(b"STOPPING=1").expect("p"), vec![WorkerMessage::Stopping]);
         assert_eq!(parse(b"READY=0").expect("p"), vec![], "only READY=1 means ready");
+    }
+
+    #[test]
+    fn request_outcomes_are_counts() {
+        let both = parse(b"X_HANDOVER_REQUESTS=212\nX_HANDOVER_ERRORS=30\n").expect("parse");
+        assert_eq!(both, vec![WorkerMessage::Outcomes { requests: Some(212), errors: Some(30) }]);
+        let one = parse(b"READY=1\nX_HANDOVER_ERRORS=0").expect("parse");
+        assert_eq!(one, vec![WorkerMessage::Ready, WorkerMessage::Outcomes { requests: None, errors: Some(0) }]);
+        let max = format!("X_HANDOVER_REQUESTS={}", u64::MAX);
+        assert_eq!(
+            parse(max.as_bytes()).expect("max"),
+            vec![WorkerMessage::Outcomes { requests: Some(u64::MAX), errors: None }]
+        );
+        for bad in ["-1", "+5", " 5", "5 ", "0x10", "1e3", "", "18446744073709551616", "99999999999999999999999"] {
+            let line = format!("X_HANDOVER_REQUESTS={bad}");
+            let e = parse(line.as_bytes()).expect_err(bad);
+            assert!(e.contains("X_HANDOVER_REQUESTS") && e.contains("not a count"), "{bad}: {e}");
+        }
     }
 
     #[test]
