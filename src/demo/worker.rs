@@ -266,10 +266,13 @@ pub fn run(args: DemoWorkerArgs) -> anyhow::Result<()> {
 async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: ListenFd) -> anyhow::Result<()> {
     let prefix = format!("demo-worker {}", state.label());
     let notify = !args.no_notify;
-    // Request outcomes go where READY=1 goes (the master's socket for workers).
+    // Request outcomes go where READY=1 goes (the master's socket for workers). Like a
+    // failed READY=1, a failure here is logged, not fatal: the worker still serves.
     let outcomes = Arc::new(match (notify, state.notify_socket.as_deref()) {
-        (true, Some(socket)) => Outcomes::reported_to(socket, &prefix)
-            .with_context(|| format!("setting up the request outcome reports to NOTIFY_SOCKET={socket}"))?,
+        (true, Some(socket)) => Outcomes::reported_to(socket, &prefix).unwrap_or_else(|e| {
+            eprintln!("{prefix} cannot report request outcomes to NOTIFY_SOCKET={socket}: {e}");
+            Outcomes::unreported()
+        }),
         _ => Outcomes::unreported(),
     });
 
