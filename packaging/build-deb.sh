@@ -14,7 +14,8 @@
 #   /usr/share/man/man1/handover.1.gz, /usr/share/man/man5/handover.toml.5.gz
 #   /usr/share/doc/handover/examples/app.toml (and systemd/: app.service, app.socket,
 #     notify-reload.conf; the recipes for real servers, each with its app.toml: gunicorn/
-#     gunicorn.conf.py, uvicorn/uvicorn_drain.py, node/server.js), copyright, changelog.Debian.gz
+#     gunicorn.conf.py, uvicorn/uvicorn_drain.py, uvicorn/handover_outcomes.py, node/server.js),
+#     copyright, changelog.Debian.gz
 #   /usr/share/lintian/overrides/handover (packaging/lintian-overrides: each one justified)
 #   /usr/share/bash-completion/completions/handover, /usr/share/zsh/vendor-completions/_handover,
 #     /usr/share/fish/vendor_completions.d/handover.fish (from `handover completions SHELL`)
@@ -78,7 +79,7 @@ install -m 0644 systemd/app.service systemd/app.socket systemd/notify-reload.con
 install -m 0644 packaging/examples/app.toml "$PKG/usr/share/doc/handover/examples/"
 # The recipes for real servers (README "Running a real app"; tests/real_apps.rs runs them).
 for f in gunicorn/app.toml gunicorn/gunicorn.conf.py uvicorn/app.toml uvicorn/uvicorn_drain.py \
-  node/app.toml node/server.js; do
+  uvicorn/handover_outcomes.py node/app.toml node/server.js; do
   install -m 0644 "packaging/examples/$f" "$PKG/usr/share/doc/handover/examples/$f"
 done
 install -m 0644 packaging/copyright "$PKG/usr/share/doc/handover/copyright"

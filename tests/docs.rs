@@ -272,8 +272,8 @@ fn the_readme_quotes_the_shipped_recipes_and_their_configs_are_valid() {
         .collect();
     assert_eq!(
         files.len(),
-        6,
-        "an app.toml and one file per recipe: {:?}",
+        7,
+        "an app.toml and one file per recipe (two for uvicorn: the drain and the outcomes): {:?}",
         files.iter().map(|f| &f.0).collect::<Vec<_>>()
     );
     let mut blocks = 0;

@@ -84,11 +84,12 @@ fn run_ok(secs: u32, cmd: &mut Command) -> String {
 
 /// The recipes for real servers under `packaging/examples/`, shipped in
 /// `/usr/share/doc/handover/examples/`.
-const RECIPES: [&str; 6] = [
+const RECIPES: [&str; 7] = [
     "gunicorn/app.toml",
     "gunicorn/gunicorn.conf.py",
     "uvicorn/app.toml",
     "uvicorn/uvicorn_drain.py",
+    "uvicorn/handover_outcomes.py",
     "node/app.toml",
     "node/server.js",
 ];

@@ -39,8 +39,18 @@ fn the_benchmark_and_the_package_run_the_readme_gunicorn_recipe() {
         let conf = read(file);
         assert!(conf.contains(recipe.trim()), "{file} must contain the README's recipe verbatim:\n{recipe}");
     }
-    // The shipped file is the recipe and nothing else: its code is the README's block.
+    // The shipped file is this recipe, then the request outcome reports, whose hook the
+    // README quotes too.
     let shipped = read("packaging/examples/gunicorn/gunicorn.conf.py");
     let code = shipped.rsplit_once("\"\"\"\n").map_or(shipped.as_str(), |(_, code)| code);
-    assert_eq!(code.trim(), recipe.trim(), "the shipped gunicorn.conf.py's code is the README's recipe");
+    assert!(
+        code.trim_start().starts_with(recipe.trim()),
+        "the shipped gunicorn.conf.py begins with the README's recipe"
+    );
+    let outcomes = python_block_after(&read("README.md"), "- **Request outcomes**");
+    assert!(outcomes.contains("def post_request(worker, req, environ, resp):"), "{outcomes}");
+    assert!(
+        code.contains(outcomes.trim()),
+        "the shipped gunicorn.conf.py has the README's post_request hook:\n{outcomes}"
+    );
 }

@@ -651,7 +651,7 @@ fn the_readme_shows_what_these_tests_run() {
     ] {
         assert!(flat.contains(needle), "README \"Running a real app\" must show {needle:?}");
     }
-    let files: Vec<String> = ["gunicorn.conf.py", "uvicorn_drain.py", "server.js"]
+    let files: Vec<String> = ["gunicorn.conf.py", "uvicorn_drain.py", "handover_outcomes.py", "server.js"]
         .iter()
         .map(|f| std::fs::read_to_string(apps_dir().join(f)).unwrap())
         .collect();

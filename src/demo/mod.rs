@@ -8,7 +8,9 @@
 //! (the `listenfd` crate, from `LISTEN_FDS`), serves a tiny HTTP/1.1 app on all of them from
 //! one thread, reports `READY=1` on `NOTIFY_SOCKET`, and drains gracefully on SIGTERM. Flags
 //! turn it into the misbehaving workers the tests need (slow boot, broken boot, never ready,
-//! hung watchdog, ignoring the stop signal); see [`worker::DemoWorkerArgs`].
+//! hung watchdog, ignoring the stop signal, failing a share of its answers); see
+//! [`worker::DemoWorkerArgs`]. It reports its request outcomes to the master, as the README's
+//! recipes for real servers do ([`outcomes`]).
 //!
 //! Its `/info` endpoint reports what the worker inherited (fds, signal mask, ignored signals,
 //! process group, environment) so tests can check the spawn contract from the outside.
@@ -16,5 +18,6 @@
 mod http;
 pub mod loadgen;
 pub mod measure;
+pub mod outcomes;
 pub mod tour;
 pub mod worker;

@@ -20,6 +20,11 @@
 //!    with `Connection: close` (an idle connection is closed only after [`DRAIN_IDLE_GRACE`]),
 //!    exit 0 once no connection is left. SIGQUIT exits at once.
 //!
+//! Throughout, it counts its answers and reports them to the master
+//! (`X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=`, throttled; see [`super::outcomes`]), and
+//! `--error-rate`/`--errors-after` make it answer a share of its requests with 500: a new
+//! release that boots fine but fails, for the canary tests and benchmarks.
+//!
 //! # References
 //! `sd_listen_fds(3)`, `sd_notify(3)`, RFC 9112 §9.6 (tear-down).
 
@@ -40,6 +45,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use super::http::{self, Parsed, Persistence, Request};
+use super::outcomes::{ErrorRate, Faults, Outcomes};
 
 /// Flags of `handover demo-worker`, for tests and benchmarks. All optional: without any, the
 /// worker is a well-behaved notify-type app.
@@ -77,6 +83,18 @@ pub struct DemoWorkerArgs {
     /// SIGQUIT still exits at once.
     #[arg(long)]
     pub ignore_stop: bool,
+
+    /// Answer `500 Internal Server Error` to this share of requests (0.0 to 1.0), spread
+    /// evenly and the same on every run: 0.3 fails exactly 3 of every 10. `/info` and
+    /// `/exit` are never failed. Without it, nothing fails.
+    #[arg(long, value_name = "F", value_parser = ErrorRate::parse)]
+    pub error_rate: Option<ErrorRate>,
+
+    /// Apply `--error-rate` only from this long after `READY=1` is (or would be) sent: a
+    /// release that starts failing later. An integer with a unit, like `--boot-delay`.
+    /// Without it, from the start.
+    #[arg(long, value_name = "DUR", value_parser = parse_boot_delay)]
+    pub errors_after: Option<Duration>,
 
     /// Replaces "hello from handover demo" in the answer to `GET /`.
     #[arg(long, value_name = "TEXT")]
@@ -247,14 +265,26 @@ pub fn run(args: DemoWorkerArgs) -> anyhow::Result<()> {
 /// The async part of [`run`].
 async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: ListenFd) -> anyhow::Result<()> {
     let prefix = format!("demo-worker {}", state.label());
+    let notify = !args.no_notify;
+    // Request outcomes go where READY=1 goes (the master's socket for workers). Like a
+    // failed READY=1, a failure here is logged, not fatal: the worker still serves.
+    let outcomes = Arc::new(match (notify, state.notify_socket.as_deref()) {
+        (true, Some(socket)) => Outcomes::reported_to(socket, &prefix).unwrap_or_else(|e| {
+            eprintln!("{prefix} cannot report request outcomes to NOTIFY_SOCKET={socket}: {e}");
+            Outcomes::unreported()
+        }),
+        _ => Outcomes::unreported(),
+    });
 
     // SIGQUIT means "now", during boot and drain alike, so it gets a task of its own that
     // lives as long as the process.
     let mut quit = signal(SignalKind::quit()).context("installing the SIGQUIT handler")?;
     let quit_prefix = prefix.clone();
+    let quit_outcomes = outcomes.clone();
     tokio::spawn(async move {
         if quit.recv().await.is_some() {
             eprintln!("{quit_prefix} SIGQUIT, exiting immediately");
+            quit_outcomes.flush();
             std::process::exit(0);
         }
     });
@@ -290,10 +320,13 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
     let message = args.message.as_deref().unwrap_or(DEFAULT_MESSAGE);
     let mut app = App::new(message, &state);
     app.mark_dir = args.mark_dir.clone();
+    app.outcomes = outcomes.clone();
+    // READY=1 follows at once (below): `--errors-after` counts from here.
+    let errors_from = std::time::Instant::now() + args.errors_after.unwrap_or_default();
+    app.faults = Faults::new(args.error_rate.unwrap_or_default(), errors_from);
     let app = Arc::new(app);
     eprintln!("{prefix} serving {} socket(s)", listeners.len());
 
-    let notify = !args.no_notify;
     let generation = state.generation.as_deref().unwrap_or("-");
     if notify && !args.never_ready {
         let status = format!("serving gen={generation}");
@@ -301,12 +334,17 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
     }
     if let Some(after) = args.exit_after_ready {
         let prefix = prefix.clone();
+        let outcomes = outcomes.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             eprintln!("{prefix} exiting with code 3 after being ready (--exit-after-ready)");
+            outcomes.flush();
             std::process::exit(3);
         });
     }
+    // Lives as long as the runtime: idle (no wake-up) while nothing is answered.
+    let reporter = outcomes.clone();
+    tokio::spawn(async move { reporter.run().await });
     if let (true, Some(pings)) = (notify, args.watchdog_pings) {
         let prefix = prefix.clone();
         tokio::spawn(async move {
@@ -328,6 +366,8 @@ async fn run_worker(args: DemoWorkerArgs, state: InheritedState, mut fds: Listen
         }
     })
     .await;
+    // The last answers may still be within the report interval: say them before exiting.
+    outcomes.flush();
     eprintln!("{prefix} drained, exiting");
     Ok(())
 }
@@ -446,6 +486,10 @@ pub struct App {
     drain_idle_grace: Duration,
     /// `--mark-dir`: where `/sleep` marks its start.
     mark_dir: Option<std::path::PathBuf>,
+    /// Every answer is counted here and reported to the master.
+    outcomes: Arc<Outcomes>,
+    /// `--error-rate`/`--errors-after`: which requests get a 500 instead.
+    faults: Faults,
     /// Test hook: told about each request as it starts, so tests wait on events rather than
     /// on sleeps. `None` outside tests.
     observer: Option<mpsc::UnboundedSender<ServerEvent>>,
@@ -477,6 +521,8 @@ impl App {
             info,
             drain_idle_grace: DRAIN_IDLE_GRACE,
             mark_dir: None,
+            outcomes: Arc::new(Outcomes::unreported()),
+            faults: Faults::none(),
             observer: None,
         }
     }
@@ -587,6 +633,17 @@ enum Action {
     BadQuery(&'static str),
     /// `Transfer-Encoding`: we cannot find the end of the body, so 501 and close.
     NotImplemented,
+    /// `--error-rate`: this request fails on purpose.
+    InjectedError,
+}
+
+impl Action {
+    /// Whether `--error-rate` may fail this request: not the test hooks (`/info` must keep
+    /// telling tests what the worker inherited, `/exit` must exit), nor a request whose
+    /// body cannot be framed (its 501 also closes the connection).
+    fn may_fail(&self) -> bool {
+        !matches!(self, Action::Info | Action::Exit(_) | Action::NotImplemented)
+    }
 }
 
 /// Maps a request to what the app does for it.
@@ -659,6 +716,7 @@ async fn perform(action: Action, app: &App) -> Reply<'_> {
         Action::NotImplemented => {
             Reply { close: true, ..Reply::text(501, "Not Implemented", &b"Transfer-Encoding is not supported\n"[..]) }
         }
+        Action::InjectedError => Reply::text(500, "Internal Server Error", &b"failed on purpose (--error-rate)\n"[..]),
     }
 }
 
@@ -731,7 +789,10 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                 );
                 return match stream.write_all(&out).await {
                     // The rest of the oversized or garbled request may still be coming.
-                    Ok(()) => End::Linger,
+                    Ok(()) => {
+                        app.outcomes.record(status);
+                        End::Linger
+                    }
                     Err(_) => End::Close,
                 };
             }
@@ -745,7 +806,12 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
                     Err(_) => return End::Close,
                 }
             }
-            let reply = perform(head.action, app).await;
+            let action = if head.action.may_fail() && app.faults.next_fails(std::time::Instant::now()) {
+                Action::InjectedError
+            } else {
+                head.action
+            };
+            let reply = perform(action, app).await;
             // Checked after the work is done: a request that was in flight when the drain
             // began is answered, and told that the connection ends.
             let close = !head.keep_alive || reply.close || *drain.borrow();
@@ -764,9 +830,12 @@ async fn connection_loop<S: Peer>(stream: &mut S, app: &App, drain: &mut watch::
             if stream.write_all(&out).await.is_err() {
                 return End::Close;
             }
+            // Counted once written: the counts are what the clients received.
+            app.outcomes.record(reply.status);
             if let Some(code) = reply.exit {
                 let _ = stream.flush().await;
                 eprintln!("{} /exit: exiting with code {code}", app.prefix);
+                app.outcomes.flush();
                 std::process::exit(i32::from(code));
             }
             if close {
@@ -1094,6 +1163,37 @@ mod tests {
         timeout(DEADLINE, server).await.expect("serve returns once drained").expect("serve task");
         // The listener was dropped: nothing accepts any more.
         assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    /// `--error-rate 0.5`: every other request fails with 500 (`/info` never does, and does
+    /// not count as one of them), and every answer is counted, 500s as errors.
+    #[tokio::test]
+    async fn error_rate_fails_its_share_and_every_answer_is_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut app = App::new(DEFAULT_MESSAGE, &test_state());
+        app.faults = Faults::new(ErrorRate::parse("0.5").expect("a rate"), std::time::Instant::now());
+        let app = Arc::new(app);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(vec![Listener::Tcp(listener)], app.clone(), async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        conn.write_all(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET /info HTTP/1.1\r\n\r\n").await.expect("write");
+        conn.write_all(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = read_response(&mut conn, &mut buf).await;
+            assert!(!r.closes(), "a failed answer keeps the connection: {}", r.head);
+            statuses.push(r.status().to_owned());
+        }
+        assert_eq!(statuses, ["200", "500", "200", "200", "500", "404"]);
+        drop(conn);
+        stop_tx.send(()).expect("server still running");
+        timeout(DEADLINE, server).await.expect("serve returns once drained").expect("serve task");
+        assert_eq!(app.outcomes.counts(), crate::demo::outcomes::Counts { requests: 6, errors: 2 });
     }
 
     /// Over a unix socket: a connection that has sent part of a request when the stop begins

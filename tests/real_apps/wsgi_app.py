@@ -3,7 +3,8 @@
 Environment: APP_IMPORT_SECONDS (import time, default 1), APP_BROKEN=1 (the import fails
 after that time: a bad deploy), APP_BALLAST_MB (data built at import, for the memory
 comparison), APP_MARK_DIR (a file is created there when a /sleep request starts, so the test
-knows the request is in flight without sleeping).
+knows the request is in flight without sleeping). GET /error answers 500, GET /raise raises
+(gunicorn answers 500): what the request outcomes count as errors.
 """
 import os
 import time
@@ -22,6 +23,11 @@ GEN = os.environ.get("HANDOVER_GENERATION", "-")
 
 
 def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/error":
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain"), ("Content-Length", "18")])
+        return [b"failed on purpose\n"]
+    if environ.get("PATH_INFO") == "/raise":
+        raise RuntimeError("/raise: an exception in the app")
     if environ.get("PATH_INFO") == "/sleep":
         ms = int(parse_qs(environ.get("QUERY_STRING", "")).get("ms", ["0"])[0])
         mark = os.environ.get("APP_MARK_DIR")

@@ -7,6 +7,8 @@
 // any process of the worker's process group). SIGTERM: stop accepting, answer every request
 // that still arrives on an open connection with `Connection: close`, close connections that
 // stay idle 5 s, exit when none is left: no request is lost, keep-alive clients included.
+// Request outcomes, for handover's canaries: requests and 5xx answers, reported through
+// systemd-notify too, at most once a second.
 'use strict';
 const http = require('node:http');
 const net = require('node:net');
@@ -16,7 +18,52 @@ const { execFile } = require('node:child_process');
 const DRAIN_IDLE_GRACE_MS = 5000;
 let draining = false;
 
+// Request outcomes (README "Request outcomes"): answered requests and 5xx answers since
+// start, sent as X_HANDOVER_REQUESTS= and X_HANDOVER_ERRORS=. Each report is a process
+// (systemd-notify), so: at most one a second, never two at once (their order is the
+// counts' order), none while idle, and the last counts before exit.
+const OUTCOMES_INTERVAL_MS = 1000;
+const outcomes = { requests: 0, errors: 0, sent: '', sentAt: -Infinity, inFlight: null, timer: null, closing: false };
+
+function countOutcome(res) {
+  outcomes.requests++;
+  if (res.statusCode >= 500) outcomes.errors++;
+  reportOutcomes();
+}
+
+function outcomesText() {
+  return `X_HANDOVER_REQUESTS=${outcomes.requests}\nX_HANDOVER_ERRORS=${outcomes.errors}`;
+}
+
+function sendOutcomes(text) {
+  outcomes.sent = text;
+  outcomes.sentAt = performance.now();
+  outcomes.inFlight = new Promise((resolve) => execFile('systemd-notify', text.split('\n'), () => resolve()))
+    .finally(() => { outcomes.inFlight = null; });
+  return outcomes.inFlight;
+}
+
+function reportOutcomes() {
+  if (!process.env.NOTIFY_SOCKET || outcomes.closing || outcomes.inFlight || outcomes.timer) return;
+  if (outcomesText() === outcomes.sent) return;
+  const wait = outcomes.sentAt + OUTCOMES_INTERVAL_MS - performance.now();
+  if (wait > 0) {
+    outcomes.timer = setTimeout(() => { outcomes.timer = null; reportOutcomes(); }, wait);
+  } else {
+    // A failed report is dropped (it never fails a request): the next one says it all.
+    sendOutcomes(outcomesText()).then(reportOutcomes);
+  }
+}
+
+async function flushOutcomes() {
+  outcomes.closing = true;
+  clearTimeout(outcomes.timer);
+  while (outcomes.inFlight) await outcomes.inFlight;
+  if (process.env.NOTIFY_SOCKET && outcomesText() !== outcomes.sent) await sendOutcomes(outcomesText());
+}
+
 function handler(req, res) {
+  res.on('finish', () => countOutcome(res));
   if (draining) res.setHeader('Connection', 'close');
   // Your app here. A response written later (after a callback) sets the header again.
   res.setHeader('Content-Type', 'text/plain');
@@ -33,7 +80,7 @@ function main() {
     // net.Server's close stops accepting and calls back once every connection is gone;
     // http.Server's close would also close idle keep-alive connections at once, racing
     // with a client that is sending its next request on one.
-    net.Server.prototype.close.call(server, () => process.exit(0));
+    net.Server.prototype.close.call(server, () => flushOutcomes().then(() => process.exit(0)));
     setTimeout(() => server.closeIdleConnections(), DRAIN_IDLE_GRACE_MS).unref();
   });
 }

@@ -1,0 +1,1 @@
+../../packaging/examples/uvicorn/handover_outcomes.py
