@@ -50,8 +50,10 @@
 //! - [`worker`]: spawning per the worker contract, the workers' NOTIFY_SOCKET, signals, the
 //!   client connections a worker still holds.
 //! - [`machine`]: the sans-io state machine (events in, effects out), its vocabulary
-//!   ([`machine::events`]), its timing rules ([`machine::policy`]), what it reports
-//!   (replies, status) and its snapshot for `handover upgrade`.
+//!   ([`machine::events`]), its timing rules ([`machine::policy`]), the error budget that
+//!   judges canaries and watched generations ([`machine::budget`]), the release records a
+//!   rollback goes back to, what it reports (replies, status) and its snapshot for
+//!   `handover upgrade`.
 //! - [`supervisor`]: the machine's executor, the one event loop.
 //! - [`cgroup`]: a cgroup per worker where handover's cgroup is delegated (else process
 //!   groups only).

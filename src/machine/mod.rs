@@ -34,6 +34,8 @@
 //! failures); `reload.rs` reloads (begin, progress, commit, rollback); `reconcile.rs` the
 //! rule applied after every event; `status.rs` the read-only views (`STATUS=`, `handover
 //! status`) and the status types; `replies.rs` what control requests are answered with;
+//! `judging.rs` request outcomes, canaries and the watch after a reload; `budget.rs` the
+//! error budget's arithmetic; `records.rs` release records and rollback;
 //! `events.rs` the vocabulary; `policy.rs` the timing rules; `snapshot.rs` the state as
 //! plain data for `handover upgrade`; `index.rs` the indexes beside the tables;
 //! `invariants.rs` the checks above.
