@@ -16,7 +16,14 @@
 //!
 //! Two more tests compare against the servers run alone: memory (PSS of every process) of
 //! the gunicorn recipe vs `gunicorn --preload -w 4`, and uvicorn's keep-alive latency behind
-//! a socket handover binds vs `uvicorn --port`. Each test prints `numbers:` lines.
+//! a socket handover binds vs `uvicorn --port`.
+//!
+//! Request outcomes (SPEC §4; README "Request outcomes"): each worker kind, run alone with the
+//! handover side emulated ([`Alone`]: the socket as fd 3, `NOTIFY_SOCKET` a socket the test
+//! reads), reports `X_HANDOVER_REQUESTS`/`X_HANDOVER_ERRORS` equal to what its client
+//! received, throttled, and once more at exit; the demo worker's `--errors-after` starts its
+//! failures on time; and the recipes' senders cost microseconds per request (a process per
+//! report for Node, at most one a second). Each test prints `numbers:` lines.
 //!
 //! The servers come from PyPI (a venv under target/, created once) and wrk from Debian:
 //! `tests/real_apps/setup.sh` installs them (`.ci/run` runs it first). When it cannot (no
@@ -474,6 +481,359 @@ fn uvicorn_recipe_reloads_rolls_back_and_drains() {
 #[test]
 fn node_recipe_reloads_rolls_back_and_drains() {
     reload_rollback_and_stop(node());
+}
+
+/// A server run alone, as handover would spawn it but with the handover side emulated: its
+/// listening socket as fd 3 (`LISTEN_FDS=1`, `LISTEN_FDNAMES=http`, `LISTEN_PID` its own pid:
+/// a shell sets it to `$$` and execs the server), `NOTIFY_SOCKET` a datagram socket the test
+/// reads, in a process group of its own that is killed when the test ends.
+struct Alone {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    notify: common::NotifyLog,
+    child: Option<Child>,
+    /// The server's process group (its pid).
+    pgid: i32,
+}
+
+impl Alone {
+    /// Starts `argv` in `cwd` with `env` and waits for its first `READY=1`.
+    fn start(argv: &[String], env: &[(&str, &str)], cwd: &std::path::Path) -> Alone {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = common::NotifyLog::start(&notify_path);
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+            .args(argv)
+            .current_dir(cwd)
+            .env("LISTEN_FDS", "1")
+            .env("LISTEN_FDNAMES", "http")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        let fd = listener.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the child (the
+        // listener outlives the spawn).
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd != 3 && libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn the server");
+        drop(listener);
+        let pgid = child.id() as i32;
+        let mut alone = Alone { dir, addr, notify, child: Some(child), pgid };
+        let deadline = Instant::now() + START_DEADLINE;
+        while !alone.notify.lifecycle().iter().any(|l| l == "READY=1") {
+            let exited = alone.child.as_mut().and_then(|c| c.try_wait().unwrap());
+            assert!(exited.is_none(), "{argv:?} exited ({exited:?}) before READY=1; log:\n{}", alone.log());
+            assert!(Instant::now() < deadline, "{argv:?}: no READY=1 within {START_DEADLINE:?}; log:\n{}", alone.log());
+            std::thread::sleep(Duration::from_millis(20)); // polling the notify log and the child, with a deadline
+        }
+        alone
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Every request outcome report so far: (when received, requests, errors).
+    fn reports(&self) -> Vec<(Instant, u64, u64)> {
+        self.notify
+            .all()
+            .iter()
+            .filter_map(|n| {
+                let requests = n.get("X_HANDOVER_REQUESTS")?.parse().ok()?;
+                let errors = n.get("X_HANDOVER_ERRORS").and_then(|e| e.parse().ok());
+                Some((n.at, requests, errors.unwrap_or_else(|| panic!("a report without its errors: {:?}", n.text))))
+            })
+            .collect()
+    }
+
+    /// Waits until a report says `requests`.
+    fn wait_report(&self, requests: u64, within: Duration) {
+        self.notify.wait_until(&format!("a report of {requests} requests"), within, |all| {
+            all.iter().any(|n| n.get("X_HANDOVER_REQUESTS") == Some(&requests.to_string()))
+        });
+    }
+
+    /// SIGTERM to the server (a graceful stop) and how it ended: `exit 0`, or `SIGTERM` for
+    /// a server that re-raises the stop signal once it has shut down gracefully (uvicorn
+    /// does, so that its parent sees why it stopped).
+    fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                return match (st.code(), st.signal()) {
+                    (Some(code), _) => format!("exit {code}"),
+                    (None, Some(libc::SIGTERM)) => "SIGTERM".to_owned(),
+                    _ => format!("{st}"),
+                };
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not stop within 20 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20)); // polling our child's exit, with a deadline
+        }
+    }
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // SAFETY: the process group of the server this test started (pgid == its pid): what
+        // it forked (gunicorn's workers, systemd-notify) goes with it.
+        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+    }
+}
+
+/// GETs `paths` in order on fresh connections, `pace` apart: how many got an answer of 500
+/// or more, and the `pid=` of every process that answered `/`.
+fn client_errors(addr: SocketAddr, paths: &[&str], pace: Duration) -> (u64, std::collections::BTreeSet<String>) {
+    let mut errors = 0;
+    let mut pids = std::collections::BTreeSet::new();
+    for (i, path) in paths.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pace); // the client's pace: requests spread over several report intervals
+        }
+        let (code, body) = http_get(addr, path);
+        assert!(code != 0, "no answer to {path}: {body:?}");
+        errors += u64::from(code >= 500);
+        pids.extend(body.split_whitespace().find_map(|w| w.strip_prefix("pid=")).map(str::to_owned));
+    }
+    (errors, pids)
+}
+
+/// SPEC §4 "Request outcomes", for one server run alone (`argv`; `interval`: its shortest time
+/// between reports): 20 requests paced over ~1.3 s, some failing (`error_paths`, or the
+/// demo worker's `--error-rate`), are reported with the counts the client saw, once the
+/// last interval ends and with the server still running; the reports never go back, come
+/// at most once per interval (plus a little jitter) and stop when the requests stop; then a
+/// burst just before SIGTERM is still reported (the final send at exit), and READY=1 came.
+/// At least `processes` distinct processes answer (gunicorn's workers: one count for all).
+fn outcomes_match_the_client(name: &str, argv: &[String], error_paths: &[&str], interval: Duration, processes: usize) {
+    let _x = exclusive();
+    let env = [("APP_IMPORT_SECONDS", "0")];
+    let mut server = Alone::start(argv, &env, &apps_dir());
+    assert!(server.reports().is_empty(), "{name}: a report before any request: {:?}", server.notify.all());
+
+    // Every 4th request fails on purpose, at a path of `error_paths` in turn.
+    let plan = |n: usize| -> Vec<&str> {
+        (0..n)
+            .map(|i| if i % 4 == 1 && !error_paths.is_empty() { error_paths[i / 4 % error_paths.len()] } else { "/" })
+            .collect()
+    };
+    let first = plan(20);
+    let started = Instant::now();
+    let (errors, pids) = client_errors(server.addr, &first, Duration::from_millis(70));
+    let requests_took = started.elapsed();
+    server.wait_report(20, interval + Duration::from_secs(10));
+    let reports = server.reports();
+    // Idle now: two intervals without a report (no periodic wake-up, no repeat).
+    std::thread::sleep(2 * interval); // watching for reports that must not come
+    let idle = server.reports().len() - reports.len();
+
+    // The burst, then the stop: the burst's counts leave at exit if not before.
+    let burst = plan(6);
+    let (burst_errors, _) = client_errors(server.addr, &burst, Duration::ZERO);
+    let exit = server.stop();
+    // The final report may still be on its way to the log's reader thread.
+    server.wait_report(26, Duration::from_secs(5));
+    let after_stop = server.reports();
+    let log = server.log();
+    let last = after_stop.last().map(|r| (r.1, r.2));
+    let windows = |reports: &[(Instant, u64, u64)]| {
+        // The most reports received within any window of one second.
+        reports
+            .iter()
+            .map(|(at, ..)| reports.iter().filter(|(b, ..)| *b >= *at && *b < *at + Duration::from_secs(1)).count())
+            .max()
+            .unwrap_or(0)
+    };
+    println!(
+        "numbers: {name} request outcomes: 20 requests over {requests_took:?}, {errors} errors seen by the client; \
+         {} reports until the counts were complete ({:?}), at most {} in one second (interval {interval:?}); \
+         after a burst of 6 and SIGTERM: last report {last:?}, {} reports in all; {exit}; {} processes answered",
+        reports.len(),
+        reports.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(),
+        windows(&after_stop),
+        after_stop.len(),
+        pids.len(),
+    );
+
+    let (_, requests, reported_errors) = *reports.last().unwrap();
+    assert_eq!(
+        (requests, reported_errors),
+        (20, errors),
+        "{name}: the last report is what the client saw; log:\n{log}"
+    );
+    assert!(errors >= 5, "{name}: the plan fails every 4th request (or 3 in 10): {errors} errors");
+    assert!(pids.len() >= processes, "{name}: {} processes answered, {processes} expected: {pids:?}", pids.len());
+    for pair in after_stop.windows(2) {
+        assert!(pair[1].1 >= pair[0].1 && pair[1].2 >= pair[0].2, "{name}: a count went back: {after_stop:?}");
+    }
+    // At most one report per interval: in any second, 1 s / interval of them, plus one for
+    // arrival jitter; and more than one during the ~1.3 s of requests (the reports do not wait
+    // for the requests to stop).
+    let per_second = (Duration::from_secs(1).as_millis() / interval.as_millis()) as usize + 1;
+    assert!(windows(&after_stop) <= per_second, "{name}: more than {per_second} reports in a second: {after_stop:?}");
+    assert!(reports.len() >= 2, "{name}: one report for 20 requests over {requests_took:?}: {reports:?}");
+    assert!(reports.len() <= 20, "{name}: a report per request: {reports:?}");
+    assert_eq!(last, Some((26, errors + burst_errors)), "{name}: the burst before SIGTERM was reported; log:\n{log}");
+    assert!(after_stop.len() > reports.len(), "{name}: the burst was reported");
+    assert_eq!(idle, 0, "{name}: reports while idle: {after_stop:?}");
+    assert!(exit == "exit 0" || exit == "SIGTERM", "{name}: not a graceful stop: {exit}; log:\n{log}");
+    assert!(server.notify.lifecycle().contains(&"READY=1".to_string()), "{name}: READY=1 still comes");
+}
+
+/// The demo worker reports what its clients received, including the 500s of `--error-rate`
+/// (0.3: exactly 3 of every 10).
+#[test]
+fn demo_worker_reports_request_outcomes() {
+    let argv = s(&[&bin().display().to_string(), "demo-worker", "--error-rate", "0.3"]);
+    outcomes_match_the_client("demo", &argv, &[], handover::demo::outcomes::REPORT_INTERVAL, 1);
+}
+
+/// The gunicorn recipe's `post_request` hook, with 4 gunicorn workers adding to one count
+/// (to handover they are one worker): 5xx answers and exceptions are errors.
+#[test]
+fn gunicorn_recipe_reports_request_outcomes() {
+    if !setup() {
+        return;
+    }
+    // Fresh connections wake every gunicorn worker polling the socket; whichever accepts
+    // first serves: several do in 15 requests.
+    outcomes_match_the_client("gunicorn", &gunicorn_command("4"), &["/error", "/raise"], Duration::from_millis(250), 2);
+}
+
+/// The uvicorn recipe's `HandoverOutcomes` middleware: 5xx answers and exceptions are errors.
+#[test]
+fn uvicorn_recipe_reports_request_outcomes() {
+    if !setup() {
+        return;
+    }
+    outcomes_match_the_client("uvicorn", &uvicorn_command(), &["/error", "/raise"], Duration::from_millis(250), 1);
+}
+
+/// The Node recipe's counters, sent through systemd-notify at most once a second.
+#[test]
+fn node_recipe_reports_request_outcomes() {
+    if !setup() {
+        return;
+    }
+    outcomes_match_the_client("node", &recipe_command("node"), &["/error"], Duration::from_secs(1), 1);
+}
+
+/// `--errors-after`: the demo worker answers every request until that long after READY=1,
+/// then fails them all (`--error-rate 1`), and reports both.
+#[test]
+fn demo_worker_errors_start_after_the_delay() {
+    let _x = exclusive();
+    let argv = s(&[&bin().display().to_string(), "demo-worker", "--error-rate", "1", "--errors-after", "1s"]);
+    let mut server = Alone::start(&argv, &[], &apps_dir());
+    let ready_at = server.notify.all().iter().find(|n| n.text.lines().any(|l| l == "READY=1")).expect("READY=1").at;
+    let mut ok = 0u64;
+    let first_error = loop {
+        let (code, _) = http_get(server.addr, "/");
+        match code {
+            200 => ok += 1,
+            500 => break ready_at.elapsed(),
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(ready_at.elapsed() < Duration::from_secs(10), "no 500 within 10 s of READY=1; log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50)); // the client's pace
+    };
+    // From then on, every request fails.
+    let after: Vec<u16> = (0..5).map(|_| http_get(server.addr, "/").0).collect();
+    // /info is never failed: it tells tests what the worker inherited.
+    assert_eq!(http_get(server.addr, "/info").0, 200, "/info answers despite --error-rate 1");
+    assert_eq!(server.stop(), "exit 0");
+    println!("numbers: --errors-after 1s: {ok} answers, first 500 {first_error:?} after READY=1 was received");
+    // READY=1 left right after the delay began and arrived a little later: a margin for that.
+    assert!(first_error >= Duration::from_millis(900), "the first 500 came {first_error:?} after READY=1");
+    assert!(first_error < Duration::from_secs(3), "the first 500 came {first_error:?} after READY=1");
+    assert!(ok >= 10, "requests before the delay ended were answered: {ok}");
+    assert_eq!(after, [500; 5]);
+    server.wait_report(ok + 7, Duration::from_secs(5));
+    let last = server.reports().last().map(|r| (r.1, r.2));
+    assert_eq!(last, Some((ok + 7, 6)), "the reports count the 200s and the 500s");
+}
+
+/// What the recipes' reports cost (README "Request outcomes"): `tests/real_apps/outcomes_cost.py`
+/// calls gunicorn.conf.py's `post_request` hook and awaits an ASGI app behind
+/// `HandoverOutcomes` in loops of 200,000; `outcomes_cost.js` runs `systemd-notify` 50 times
+/// as the Node recipe does and times the 'finish' listener. Both report to a socket the test
+/// reads, which the hot loops must not flood.
+#[test]
+fn the_outcome_reports_cost_little() {
+    if !setup() {
+        return;
+    }
+    let _x = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let notify = common::NotifyLog::start(&path);
+    let run = |program: PathBuf, script: &str| -> serde_json::Value {
+        let mut cmd = Command::new(program);
+        cmd.arg(script).current_dir(apps_dir()).env("NOTIFY_SOCKET", &path);
+        let out = run_with_deadline(cmd, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{script}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed {stdout:?}: {e}"))
+    };
+    let started = Instant::now();
+    let py = run(venv().join("bin/python"), "outcomes_cost.py");
+    let py_took = started.elapsed();
+    let py_reports = notify.all().len();
+    let js = run(PathBuf::from("node"), "outcomes_cost.js");
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    println!(
+        "numbers: request outcome reports: gunicorn post_request hook {:.2} us per request, uvicorn HandoverOutcomes \
+         {:.2} us per request ({} reports for 2 x {} requests in {py_took:?}); Node: one systemd-notify report \
+         {:.1} ms wall, {:.1} ms CPU (at most one a second: {:.2}% of a core), the 'finish' listener and count {:.3} us \
+         per request",
+        f(&py, "gunicorn_hook_us"),
+        f(&py, "uvicorn_middleware_us"),
+        py_reports,
+        py["requests"],
+        f(&js, "report_wall_ms"),
+        f(&js, "report_cpu_ms"),
+        f(&js, "report_cpu_ms") / 10.0,
+        f(&js, "counting_us"),
+    );
+    // Bounds far above what a 2-core machine measures (a few µs, 10 ms), far below what a
+    // report per request (a datagram: tens of µs; a process: milliseconds) would cost.
+    assert!(f(&py, "gunicorn_hook_us") < 50.0, "{py}");
+    assert!(f(&py, "uvicorn_middleware_us") < 50.0, "{py}");
+    assert!(f(&js, "report_cpu_ms") < 100.0, "{js}");
+    assert!(f(&js, "counting_us") < 5.0, "{js}");
+    // Throttled: 400,000 requests in a hot loop, at most one report per 0.25 s (and the
+    // final one of each) reached the socket.
+    let most = (py_took.as_secs_f64() / 0.25) as usize + 3;
+    assert!((1..=most).contains(&py_reports), "{py_reports} reports in {py_took:?}: {:?}", notify.all());
 }
 
 /// Waits until the tree under `pid` has `n` processes and serves, then returns its total PSS

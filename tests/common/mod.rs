@@ -120,7 +120,8 @@ pub struct NotifyLog {
 }
 
 impl NotifyLog {
-    fn start(path: &Path) -> NotifyLog {
+    /// Binds a datagram socket at `path` and collects what is sent to it, in a thread.
+    pub fn start(path: &Path) -> NotifyLog {
         let sock = UnixDatagram::bind(path).expect("bind notify socket");
         let log = NotifyLog { inner: Arc::new((Mutex::new(Vec::new()), Condvar::new())) };
         let writer = log.clone();
