@@ -108,6 +108,16 @@ pub struct Reloading {
     pub previous_at_begin: Tally,
 }
 
+/// The answer of a reload whose canaries failed, held until they are gone (see
+/// `Machine::fail_reload`).
+#[derive(Debug, Clone)]
+struct HeldAnswer {
+    /// The failed canaries, told to stop.
+    workers: Vec<WorkerId>,
+    /// The waiting clients' answers.
+    replies: Vec<(RequestId, Outcome)>,
+}
+
 /// A reload asked for while another one runs: it starts when that one ends.
 #[derive(Debug, Clone)]
 struct PendingReload {
@@ -330,6 +340,8 @@ pub struct Machine {
     last_verdict: Option<String>,
     /// The last rollback that `watch` did by itself, for status.
     last_auto_rollback: Option<judging::AutoRollback>,
+    /// A failed canary reload's answer, until its canaries are gone.
+    held_answer: Option<HeldAnswer>,
 }
 
 /// Where the workers' stdout and stderr end up, so that a message about a failed worker can
@@ -373,6 +385,7 @@ impl Machine {
             watch: None,
             last_verdict: None,
             last_auto_rollback: None,
+            held_answer: None,
         };
         m.add_generation(1, config, Role::Active);
         let mut fx = vec![log(
@@ -535,6 +548,7 @@ impl Machine {
             self.give_up_a_hopeless_start(now, &mut fx);
         }
         self.raise_when_nothing_serves(&mut fx);
+        self.release_held_answer(false, &mut fx);
         #[cfg(any(debug_assertions, test))]
         if self.invariant_checks {
             self.check_invariants();
@@ -588,6 +602,7 @@ impl Machine {
             }
         }
         self.watch = None;
+        self.release_held_answer(true, fx);
         if let Phase::Reloading(r) = &mut self.phase {
             let candidate = r.candidate;
             for w in std::mem::take(&mut r.waiters) {

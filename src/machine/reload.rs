@@ -48,6 +48,9 @@ impl Machine {
         kind: ReloadKind,
         fx: &mut Vec<Effect>,
     ) {
+        // The answer of a failed canary reload comes first, whether its canaries are gone yet
+        // or not: `READY=1` follows every `RELOADING=1`.
+        self.release_held_answer(true, fx);
         fx.push(Effect::Systemd(vec![SystemdMessage::Reloading]));
         // A new reload ends the watch of the last one: what it judged is being replaced.
         self.watch = None;
@@ -127,14 +130,18 @@ impl Machine {
         let candidate = r.candidate;
         self.gen_mut(candidate).role = Role::Outgoing;
         // Booting candidate workers are useless: stop them (gracefully: a worker that never
-        // said READY=1 may still be serving requests it accepted).
+        // said READY=1 may still be serving requests it accepted). Failed canaries too, ready
+        // or not: they ran beside the whole old generation, so no capacity goes with them,
+        // and they are the release that failed.
+        let canary = r.canary.is_some();
         let ids: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.generation == candidate && w.state == WorkerState::Booting)
+            .filter(|(_, w)| w.generation == candidate)
+            .filter(|(_, w)| w.state == WorkerState::Booting || (canary && w.state == WorkerState::Ready))
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
+        for &id in &ids {
             self.stop_worker(id, now, fx);
         }
         self.gen_mut(candidate).slots.unwant_vacant();
@@ -150,9 +157,23 @@ impl Machine {
         fx.push(log(Level::Error, "reload-failed", msg.clone(), Some(candidate), None, None));
         self.last_reload = Some(msg);
         self.last_reload_failure = Some(format!("gen {candidate} rolled back: {reason}"));
-        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
-        for w in r.waiters {
-            fx.push(done(w, Outcome { generation: Some(r.previous), ..Outcome::error(reason.clone()) }));
+        let replies: Vec<(RequestId, Outcome)> = r
+            .waiters
+            .into_iter()
+            .map(|w| (w, Outcome { generation: Some(r.previous), ..Outcome::error(reason.clone()) }))
+            .collect();
+        // A failed canary may still be answering requests it accepted (with the errors it was
+        // failed for): the reload is answered, and systemd told READY=1, once those workers
+        // are gone, so that nothing of the release answers after `systemctl reload` returned
+        // (at most graceful_timeout later: then they are SIGKILLed).
+        let draining: Vec<WorkerId> = ids.into_iter().filter(|id| self.workers.get(id).is_some()).collect();
+        if canary && !draining.is_empty() {
+            self.held_answer = Some(HeldAnswer { workers: draining, replies });
+        } else {
+            fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+            for (w, outcome) in replies {
+                fx.push(done(w, outcome));
+            }
         }
         self.start_pending_reload(fx);
     }
@@ -224,6 +245,20 @@ impl Machine {
         for QueueSample { socket, length } in samples {
             let peak = r.queue_peak.entry(socket).or_insert(0);
             *peak = (*peak).max(length);
+        }
+    }
+
+    /// Answers a failed canary reload (READY=1 to systemd, its waiters) once its canaries are
+    /// gone, or at once with `now`.
+    pub(super) fn release_held_answer(&mut self, now: bool, fx: &mut Vec<Effect>) {
+        let Some(held) = &self.held_answer else { return };
+        if !now && held.workers.iter().any(|id| self.workers.get(id).is_some()) {
+            return;
+        }
+        let Some(held) = self.held_answer.take() else { return };
+        fx.push(Effect::Systemd(vec![SystemdMessage::Ready]));
+        for (w, outcome) in held.replies {
+            fx.push(done(w, outcome));
         }
     }
 

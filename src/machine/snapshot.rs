@@ -215,7 +215,7 @@ impl Machine {
     /// Whether nothing is in flight that a hand-off could not carry: the daemon runs (gen 1
     /// is ready, no reload runs, none is queued). `handover upgrade` waits for this.
     pub fn is_quiet(&self) -> bool {
-        self.phase == Phase::Running && self.pending_reload.is_none()
+        self.phase == Phase::Running && self.pending_reload.is_none() && self.held_answer.is_none()
     }
 
     /// The state as plain data. Only a quiet machine ([`Machine::is_quiet`]) is taken: its
@@ -474,6 +474,7 @@ impl Machine {
             }),
             last_verdict: state.last_verdict,
             last_auto_rollback: state.last_auto_rollback.map(|(t, message)| AutoRollback { at: at(t), message }),
+            held_answer: None,
         })
     }
 }

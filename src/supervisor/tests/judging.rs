@@ -156,11 +156,17 @@ fn a_canary_over_the_error_budget_fails_the_reload_with_the_numbers() {
     assert!(matches!(sim.m.phase(), Phase::Reloading(_)), "fewer than min_requests: not judged yet");
     sim.report(sim.pids_of(1)[0], 501, 2); // old: 2 errors in 2001
     sim.traffic(2, &mut totals, 10, 3); // canary: 50 requests, 15 errors
+    assert_eq!(logged(&sim, mark, "reload-failed").len(), 1, "failed at once");
+    assert_eq!(sim.state_of(canary), "draining", "the canary is told to stop");
+    // Answered once the canary is gone: nothing of the release answers after the reload
+    // returned.
+    assert!(sim.final_reply(5).is_none(), "no answer while the failed canary drains");
+    assert_eq!(sim.systemd_since(mark), vec![SystemdMessage::Reloading]);
+    sim.exit(canary);
     let reply = sim.final_reply(5).expect("the reload ended");
     let error = reply.error.unwrap_or_default();
     assert_eq!(error, "gen 2 canary: 30% of 50 requests failed, gen 1: 0.1% (max_error_rate 1%)");
     assert_eq!(sim.m.active_generation(), 1);
-    assert_eq!(sim.state_of(canary), "draining", "the canary is stopped");
     assert_eq!(sim.spawns_since(mark), vec![(2, 0)], "no other new worker ever started");
     assert!(sim.m.status_line().contains("last reload failed: gen 2 rolled back: gen 2 canary: 30%"));
     assert_eq!(sim.systemd_since(mark), vec![SystemdMessage::Reloading, SystemdMessage::Ready]);
@@ -380,4 +386,37 @@ fn upgrade_carries_records_counters_and_the_watch() {
     );
     assert!(!fx.iter().any(|e| matches!(e, Effect::BadReport { .. })));
     assert_eq!(m.status(sim.now).generations.iter().find(|g| g.generation == 2).map(|g| g.requests), Some(45));
+}
+
+#[test]
+fn a_failed_canary_that_will_not_exit_is_answered_at_its_kill_and_a_new_reload_answers_it_first() {
+    let mut sim = Sim::started(2, Strategy::AllAtOnce, 1);
+    let mut c = with_canary(config(2, Strategy::AllAtOnce, 1), 1, Duration::from_secs(30));
+    c.workers.graceful_timeout = Duration::from_secs(5);
+    sim.reload(c.clone(), Some(5));
+    let canary = sim.pids_of(2)[0];
+    sim.ready(canary);
+    let mut totals = BTreeMap::new();
+    sim.traffic(2, &mut totals, 60, 30);
+    assert!(sim.final_reply(5).is_none());
+    sim.run_timer(); // graceful_timeout: SIGKILL of its group
+    assert!(sim.final_reply(5).is_none(), "still not reaped");
+    sim.exit(canary);
+    assert!(sim.final_reply(5).is_some_and(|o| !o.ok));
+
+    // A reload that begins while a failed canary drains answers the failed one first.
+    let mark = sim.log.len();
+    sim.reload(c.clone(), Some(6));
+    let canary = sim.pids_of(3)[0];
+    sim.ready(canary);
+    sim.traffic(3, &mut totals, 60, 30);
+    assert!(sim.final_reply(6).is_none());
+    sim.reload(c, Some(7));
+    assert!(sim.final_reply(6).is_some_and(|o| !o.ok), "answered before the next reload began");
+    let systemd = sim.systemd_since(mark);
+    assert_eq!(
+        systemd,
+        vec![SystemdMessage::Reloading, SystemdMessage::Ready, SystemdMessage::Reloading],
+        "READY=1 follows every RELOADING=1"
+    );
 }
