@@ -527,6 +527,9 @@ fn release_checks(x: &BadRelease, check: &mut impl FnMut(String, bool, String)) 
         c.exit == 1,
         format!("exit {} after {:.2} s: {}", c.exit, c.returned_s, c.reason),
     );
+    let last = c.last_500_s.map_or("none".to_owned(), |t| {
+        format!("{t:.3} s after the deploy, {:+.1} ms from the return", (t - c.returned_s) * 1000.0)
+    });
     check(
         format!(
             "a release that boots but fails, handover with `canary = {CANARY}`: 0 errors (500s, connection errors) \
@@ -535,16 +538,23 @@ fn release_checks(x: &BadRelease, check: &mut impl FnMut(String, bool, String)) 
         c.after_return.errors() == 0,
         format!(
             "{} requests came from the return to the end of the window: {} answered 500, {} other errors, {} \
-             connection errors ({} 500s to requests sent after the return); last 500 {}",
-            c.after_return.requests,
-            c.after_return.status_500,
-            c.after_return.other_status,
-            c.after_return.conn_errors,
+             connection errors; last 500 {last}",
+            c.after_return.requests, c.after_return.status_500, c.after_return.other_status, c.after_return.conn_errors,
+        ),
+    );
+    check(
+        format!(
+            "a release that boots but fails, handover with `canary = {CANARY}`: 0 errors (500s, connection errors) \
+             to the requests sent after the reload returned"
+        ),
+        c.sent_after_return.errors() == 0,
+        format!(
+            "{} requests sent from the return to the end of the window: {} answered 500, {} other errors, {} \
+             connection errors",
+            c.sent_after_return.requests,
             c.sent_after_return.status_500,
-            c.last_500_s.map_or("none".to_owned(), |s| format!(
-                "{s:.3} s after the deploy, {:+.3} s from the return",
-                s - c.returned_s
-            ))
+            c.sent_after_return.other_status,
+            c.sent_after_return.conn_errors,
         ),
     );
 }
@@ -1251,6 +1261,14 @@ pub fn release_table(r: &Results, x: &BadRelease) -> String {
             thousands(y.before.conn_errors)
         );
     }
+    for y in x.runs.iter().filter(|y| !y.first_conn_errors.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n{}: the first connection errors (seconds after the deploy): {}.",
+            y.setup,
+            y.first_conn_errors.join("; ")
+        );
+    }
     for y in &x.runs {
         if let Some(t) = y.new_workers_ready_s {
             let _ = writeln!(s, "\n{}: all {} new workers had said READY=1 {t:.1} s after the HUP.", y.setup, WORKERS);
@@ -1344,9 +1362,13 @@ fn release_row(r: &Results, x: &BadRelease, alone: bool) -> Option<String> {
     };
     let hup: Vec<String> =
         [other("gunicorn-hup", ""), other("uvicorn-hup", "uvicorn's HUP: ")].into_iter().flatten().collect();
+    let canary = match (c.first_bad_s, c.last_bad_s) {
+        (Some(a), Some(b)) => format!(" (`canary = {CANARY}`, which answered for {:.2} s once booted)", b - a),
+        _ => format!(" (`canary = {CANARY}`)"),
+    };
     Some(format!(
-        "{RELEASE_ROW} {:.0} % of requests: 500s and how long bad code served in the {} s after the deploy{} | {} | \
-         **{} 500s, {}; `handover reload` exits {}** (`canary = {CANARY}`){} |",
+        "{RELEASE_ROW} {:.0} % of requests: 500s and how long bad code served (deploy to last 500) in the {} s after \
+         the deploy{} | {} | **{} 500s, {}; `handover reload` exits {}**{canary}{} |",
         BAD_SHARE * 100.0,
         WINDOW.as_secs(),
         if alone { format!(" (`benches/run.sh --only 10`, {})", r.date) } else { String::new() },
