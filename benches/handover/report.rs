@@ -1362,10 +1362,17 @@ fn release_row(r: &Results, x: &BadRelease, alone: bool) -> Option<String> {
     };
     let hup: Vec<String> =
         [other("gunicorn-hup", ""), other("uvicorn-hup", "uvicorn's HUP: ")].into_iter().flatten().collect();
-    let canary = match (c.first_bad_s, c.last_bad_s) {
+    let mut canary = match (c.first_bad_s, c.last_bad_s) {
         (Some(a), Some(b)) => format!(" (`canary = {CANARY}`, which answered for {:.2} s once booted)", b - a),
         _ => format!(" (`canary = {CANARY}`)"),
     };
+    if c.after_return.errors() > 0 {
+        canary.push_str(&format!(
+            ", {} of the 500s and {} connection errors after it returned",
+            thousands(c.after_return.status_500),
+            thousands(c.after_return.conn_errors)
+        ));
+    }
     Some(format!(
         "{RELEASE_ROW} {:.0} % of requests: 500s and how long bad code served (deploy to last 500) in the {} s after \
          the deploy{} | {} | **{} 500s, {}; `handover reload` exits {}**{canary}{} |",
