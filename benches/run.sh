@@ -6,7 +6,7 @@
 # Prepares what the scenarios need, then runs `cargo bench --bench handover -- ARGS`
 # (the program is benches/handover/main.rs; its header lists every option):
 #   - gunicorn and uvicorn in a venv of their own, target/bench-venv (python3 -m venv + pip,
-#     pinned below);
+#     pinned below): gunicorn for scenarios 1, 2, 4, 7, 9 and 10, uvicorn for 7 and 10;
 #   - wrk, from Debian's packages (apt-get, when run as root and it is missing): scenarios 1, 2
 #     and 6 are counted a second time by wrk (keep-alive, never retries); 4 measures with it.
 # --quick needs neither: it runs scenario 1 for handover with the built-in demo worker and
@@ -15,9 +15,11 @@
 # Writes target/bench/results.json (everything, machine-readable), results.md (the tables)
 # and reload.svg; --publish also rewrites docs/benchmarks.md, docs/benchmark-reload.svg and
 # the README's Benchmarks section from this run. Loopback only; the whole run bounds itself
-# (22 minutes at most; about 13 in practice on 2 cores, 5 of them scenario 9's reloads under
-# CPU saturation) and kills only what it started. `--only 9 --publish` rewrites only scenario
-# 9's section of docs/benchmarks.md.
+# (30 minutes at most; about 17 in practice on 2 cores, 5 of them scenario 9's reloads under
+# CPU saturation, 4 scenario 10's deploys of a release that boots but fails) and kills only
+# what it started. `--only 9 --publish` rewrites only scenario 9's section of
+# docs/benchmarks.md; `--only 10 --publish` only scenario 10's, and its row of the README's
+# Benchmarks table.
 # Scenario 3 (systemd) needs root and the e2e harness (tests/e2e/sandbox.sh,
 # packaging/build-deb.sh); without it, it is skipped and says why.
 set -euo pipefail

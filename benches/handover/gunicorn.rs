@@ -96,6 +96,7 @@ impl Python {
             max_surge: 1,
             max_memory: None,
             boot_priority: None,
+            reload_extra: Vec::new(),
         }
     }
 
@@ -170,6 +171,11 @@ impl Gunicorn {
         let g = Gunicorn { proc, notify, workers, _dir: dir };
         let ready = g.notify.wait_count("READY=1", workers, timeout)?;
         Ok((g, ready - started))
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
     }
 
     /// `kill -HUP`: gunicorn starts a new set of workers and stops the old ones at once.

@@ -136,6 +136,18 @@ impl Proc {
         self.status
     }
 
+    /// Waits for the exit, blocking, without polling: for a command bounded by a deadline
+    /// of its own (and by the run's overall deadline), whose exit must be timed exactly.
+    pub fn wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(st) = self.child.wait() {
+                self.status = Some(st);
+                unregister(self.pid());
+            }
+        }
+        self.status
+    }
+
     /// Waits for the exit until `deadline`.
     pub fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
         loop {
@@ -312,6 +324,8 @@ pub struct WorkerSetup {
     pub max_memory: Option<String>,
     /// `reload.boot_priority`, if set (the default is "low").
     pub boot_priority: Option<String>,
+    /// More `[reload]` keys, as (key, TOML value): `("canary", "1")`.
+    pub reload_extra: Vec<(String, String)>,
 }
 
 impl WorkerSetup {
@@ -330,6 +344,7 @@ impl WorkerSetup {
             max_surge: 1,
             max_memory: None,
             boot_priority: None,
+            reload_extra: Vec::new(),
         }
     }
 
@@ -392,6 +407,9 @@ impl WorkerSetup {
         ));
         if let Some(p) = &self.boot_priority {
             t.push_str(&format!("boot_priority = {}\n", q(p)));
+        }
+        for (key, value) in &self.reload_extra {
+            t.push_str(&format!("{key} = {value}\n"));
         }
         t
     }

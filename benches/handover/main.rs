@@ -5,7 +5,7 @@
 //! --quick            scenario 1 for handover only, with the built-in demo worker (no Python,
 //!                    no wrk); exits 1 if a request failed or a reload did not succeed (the
 //!                    timing checks are reported, not enforced). About a minute.
-//! --only 1,2,4       run only these scenarios (1-7 and 9; 8 is --soak)
+//! --only 1,2,4       run only these scenarios (1-7, 9 and 10; 8 is --soak)
 //! --venv DIR         the venv with gunicorn (default target/bench-venv)
 //! --out DIR          where results.json, results.md and reload.svg go (default target/bench)
 //! --publish          also write docs/benchmarks.md, docs/benchmark-reload.svg and the README's
@@ -47,11 +47,19 @@
 //! nice 10 here) side by side, alternating, 2 rounds: serving p50/p99/max and throughput
 //! during the reload vs steady state, and the reload's duration (about 6 minutes; its own
 //! section of docs/benchmarks.md, which `--only 9 --publish` rewrites alone).
+//! 10 a release that boots but fails (SPEC §8, canaries): the good release of
+//! benches/wsgi/release_app.py serves on 4 workers under 4 clients that never retry, then a
+//! release that answers 500 to 30 % of its requests is deployed by gunicorn's HUP, uvicorn's
+//! HUP (`--workers 4`), `handover reload` without a canary and with `canary = 1`; 500s,
+//! connection errors and how long bad code served in the 45 s after the deploy command, and
+//! its exit status (about 4 minutes; its own section of docs/benchmarks.md, which
+//! `--only 10 --publish` rewrites alone, with its row of the README's table).
 //!
 //! Everything runs on loopback, is bounded in time, and kills only what it started, by pid.
 //! Performance is reported as ratios to a baseline measured in the same run.
 #![allow(clippy::unwrap_used)]
 
+mod badrelease;
 mod gunicorn;
 mod harness;
 mod master;
@@ -62,6 +70,7 @@ mod saturation;
 mod scale;
 mod soak;
 mod stats;
+mod statusload;
 mod systemd;
 mod throughput;
 
@@ -70,8 +79,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The whole run must end by itself well within 15 minutes (scenario 9 adds its own budget,
-/// `saturation::BUDGET`).
+/// The whole run must end by itself well within 15 minutes (scenarios 9 and 10 add their own
+/// budgets, `saturation::BUDGET` and `badrelease::BUDGET`).
 const FULL_DEADLINE: Duration = Duration::from_secs(13 * 60);
 /// Quick mode's bound.
 const QUICK_DEADLINE: Duration = Duration::from_secs(4 * 60);
@@ -122,7 +131,7 @@ fn parse_args() -> Result<Option<Options>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Options {
         quick: false,
-        only: vec![1, 2, 3, 4, 5, 6, 7, 9],
+        only: vec![1, 2, 3, 4, 5, 6, 7, 9, 10],
         venv: root.join("target/bench-venv"),
         out: root.join("target/bench"),
         publish: false,
@@ -156,8 +165,8 @@ fn parse_args() -> Result<Option<Options>> {
                         s.trim()
                             .parse::<u8>()
                             .ok()
-                            .filter(|n| (1..=7).contains(n) || *n == 9)
-                            .context("--only takes 1-7 and 9 (8, the soak, is --soak MINUTES)")
+                            .filter(|n| (1..=7).contains(n) || *n == 9 || *n == 10)
+                            .context("--only takes 1-7, 9 and 10 (8, the soak, is --soak MINUTES)")
                     })
                     .collect::<Result<_>>()?;
             }
@@ -243,7 +252,8 @@ fn main() {
     } else {
         FULL_DEADLINE
     } + opts.soak.unwrap_or_default()
-        + if opts.only.contains(&9) { saturation::BUDGET } else { Duration::ZERO };
+        + if opts.only.contains(&9) { saturation::BUDGET } else { Duration::ZERO }
+        + if opts.only.contains(&10) { badrelease::BUDGET } else { Duration::ZERO };
     std::thread::spawn(move || {
         std::thread::sleep(limit); // a deadline, not a synchronisation
         eprintln!("bench: overall deadline of {limit:?} passed: stopping everything it started");
@@ -318,7 +328,7 @@ fn run(opts: &Options) -> Result<i32> {
     let started = Instant::now();
     let mut results = report::Results::begin(opts)?;
     let wants = |n: u8| opts.only.contains(&n);
-    let python = if !opts.quick && (wants(1) || wants(2) || wants(4) || wants(9)) {
+    let python = if !opts.quick && (wants(1) || wants(2) || wants(4) || wants(9) || wants(10)) {
         Some(gunicorn::Python::find(&opts.venv)?)
     } else {
         None
@@ -424,6 +434,10 @@ fn run(opts: &Options) -> Result<i32> {
         section("9: reload under CPU saturation: gunicorn HUP, handover boot_priority normal and low");
         results.saturation = Some(saturation::run(py, opts.clients)?);
     }
+    if let (true, Some(py)) = (wants(10) && !opts.quick, &python) {
+        section("10: a release that boots but fails: gunicorn HUP, uvicorn HUP, handover without and with a canary");
+        results.release = Some(badrelease::run(py)?);
+    }
     let soaked = match opts.soak {
         Some(d) => {
             section("8: soak with faults");
@@ -446,11 +460,14 @@ fn run(opts: &Options) -> Result<i32> {
     }
     // --quick gates on failed requests only; a full run on every check.
     let failed_checks = results.checks.iter().filter(|c| !c.ok && (c.failures || !opts.quick)).count();
-    // A soak, or scenario 9, alone publishes only its own section, not an empty results page.
+    // A soak, or scenario 9 or 10, alone publishes only its own section, not an empty results page.
     let page_opts = Options { publish: opts.publish && opts.only.iter().any(|n| (1..=7).contains(n)), ..opts.clone() };
     report::write(&results, &page_opts)?;
     if let (true, Some(s)) = (opts.publish, &results.saturation) {
         report::publish_saturation(&results, s)?;
+    }
+    if let (true, Some(x)) = (opts.publish, &results.release) {
+        report::publish_release(&results, x, !page_opts.publish)?;
     }
     for c in &results.checks {
         eprintln!("check {}: {} ({})", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
