@@ -173,12 +173,15 @@ fn watch(target: &Target, generation: u64) -> i32 {
 
 /// What `reload --watch` says once the watch of `generation` is over.
 fn watch_result(status: &crate::control::proto::Status, generation: u64) -> i32 {
-    let rolled_back = status.active_generation != generation && status.candidate_generation != Some(generation);
+    // Rolled back: the watch said so (its rollback may still be booting, with `generation`
+    // still active meanwhile), or another generation serves now.
+    let auto = status.auto_rollback.as_ref().filter(|a| a.generation == generation);
+    let rolled_back = auto.is_some() || status.active_generation != generation;
     if !rolled_back {
         let verdict = status.verdict.as_deref().unwrap_or("not watched (reload.watch is 0)");
         return print_out(&format!("generation {generation} serves after its watch: {verdict}\n"));
     }
-    let why = match &status.auto_rollback {
+    let why = match auto {
         Some(a) => a.message.clone(),
         None => format!("generation {generation} no longer serves (generation {} does)", status.active_generation),
     };
@@ -250,5 +253,31 @@ pub fn status(a: StatusArgs) -> i32 {
         }
     } else {
         print_out(&super::status_table::render_status(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::Status;
+    use crate::machine::AutoRollbackStatus;
+
+    /// `reload --watch`'s verdict from one status: the watch's own rollback counts even while
+    /// its generation boots (the watched generation is still active then, found by e2e 23).
+    #[test]
+    fn a_rollback_that_still_boots_is_a_rollback() {
+        let auto = AutoRollbackStatus { generation: 2, secs_ago: 0.5, message: "gen 2 failed its watch".into() };
+        let booting = Status {
+            active_generation: 2,
+            candidate_generation: Some(3),
+            auto_rollback: Some(auto),
+            ..Status::default()
+        };
+        assert_eq!(watch_result(&booting, 2), EXIT_FAILED);
+        let done = Status { active_generation: 3, ..booting.clone() };
+        assert_eq!(watch_result(&done, 2), EXIT_FAILED);
+        // Another generation's rollback, long ago, says nothing about this one.
+        let kept = Status { active_generation: 5, candidate_generation: None, ..booting };
+        assert_eq!(watch_result(&kept, 5), EXIT_OK);
     }
 }

@@ -43,6 +43,8 @@ pub(super) struct Watch {
 /// A rollback that `watch` did by itself, for status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct AutoRollback {
+    /// The generation rolled back (the watched one).
+    pub(super) from: u64,
     pub(super) at: Instant,
     pub(super) message: String,
 }

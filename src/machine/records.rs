@@ -142,7 +142,7 @@ impl Machine {
                 let msg = format!("{reason}; rolled back automatically to the release of generation {to} ({program})");
                 fx.push(log(Level::Error, "auto-rollback", msg.clone(), Some(active), None, None));
                 self.last_verdict = Some(msg.clone());
-                self.last_auto_rollback = Some(super::judging::AutoRollback { at: now, message: msg });
+                self.last_auto_rollback = Some(super::judging::AutoRollback { from: active, at: now, message: msg });
                 ReloadKind::AutoRollback { to }
             }
             None => {

@@ -94,6 +94,9 @@ pub struct MachineState {
     /// The last automatic rollback: when (monotonic ns) and what was said.
     #[serde(default)]
     pub last_auto_rollback: Option<(u64, String)>,
+    /// The generation the last automatic rollback went away from.
+    #[serde(default)]
+    pub last_auto_rollback_from: u64,
 }
 
 /// One release record in a [`MachineState`].
@@ -314,6 +317,7 @@ impl Machine {
             }),
             last_verdict: self.last_verdict.clone(),
             last_auto_rollback: self.last_auto_rollback.as_ref().map(|a| (ns(a.at), a.message.clone())),
+            last_auto_rollback_from: self.last_auto_rollback.as_ref().map_or(0, |a| a.from),
         })
     }
 
@@ -473,7 +477,11 @@ impl Machine {
                 window_started: at(w.window_started_ns),
             }),
             last_verdict: state.last_verdict,
-            last_auto_rollback: state.last_auto_rollback.map(|(t, message)| AutoRollback { at: at(t), message }),
+            last_auto_rollback: state.last_auto_rollback.map(|(t, message)| AutoRollback {
+                from: state.last_auto_rollback_from,
+                at: at(t),
+                message,
+            }),
             held_answer: None,
         })
     }

@@ -184,6 +184,7 @@ impl Machine {
             }),
             verdict: self.last_verdict.clone(),
             auto_rollback: self.last_auto_rollback.as_ref().map(|a| AutoRollbackStatus {
+                generation: a.from,
                 secs_ago: now.saturating_duration_since(a.at).as_secs_f64(),
                 message: a.message.clone(),
             }),
@@ -328,6 +329,9 @@ pub struct WatchStatus {
 /// The last automatic rollback in [`Status`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AutoRollbackStatus {
+    /// The generation it rolled back (the watched one).
+    #[serde(default)]
+    pub generation: u64,
     /// Seconds since it happened (a client turns it into a time of day).
     pub secs_ago: f64,
     /// What was said.

@@ -313,6 +313,7 @@ fn empty_state() -> machine::snapshot::MachineState {
         watch: None,
         last_verdict: None,
         last_auto_rollback: None,
+        last_auto_rollback_from: 0,
     }
 }
 
