@@ -71,7 +71,7 @@ fn systemd_e2e() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // A container left over by a crashed run is ours (same name) and may hold the ports.
     let _ = Command::new(root.join("tests/e2e/sandbox.sh")).arg("down").stdout(Stdio::null()).status();
-    for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT, B_PORT, ODD_PORT] {
+    for port in [HTTP_PORT, ADMIN_PORT, PLAIN_PORT, B_PORT, ODD_PORT, REL_PORT] {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             panic!("port 127.0.0.1:{port} is in use on this host ({e}); the e2e suite needs it free");
         }
@@ -96,7 +96,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 19] = [
+        let scenarios: [(&str, Scenario); 20] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -145,6 +145,10 @@ fn systemd_e2e() {
             (
                 "19 boot priority: a reload boots at a low CPU priority, normal once ready (unprivileged master)",
                 Box::new(s19_boot_priority),
+            ),
+            (
+                "20 canary: a release that boots but fails 30% of its answers; reload exits 1, its 500s bounded by the canary's share",
+                Box::new(s20_canary),
             ),
         ];
         for (name, f) in scenarios {
@@ -1484,6 +1488,354 @@ fn boot_priority_reload(sb: &mut Sandbox, line: &str) -> R<Vec<String>> {
     result
 }
 
+// ------------------------------------------------------------------------------ releases judged on their answers
+
+/// App "rel" of the scenarios from 20 on (issue 22: canaries, `handover rollback`, `watch`): an
+/// instance of its own, `handover@rel`, started afresh by each scenario (so its generations
+/// count from 1 and it keeps no release record from an earlier one), 4 demo workers on a port
+/// handover binds itself (fd store).
+const REL_PORT: u16 = 18478;
+const REL_UNIT: &str = "handover@rel.service";
+const REL_CONFIG: &str = "/etc/handover/rel.toml";
+const REL_WORKERS: usize = 4;
+/// rel's metrics textfile, writable through the Ansible role's drop-in (as b's in scenario 17).
+const REL_METRICS: &str = "/var/lib/e2e-metrics/rel.prom";
+/// The share of its answers a bad release fails (`--error-rate 0.3`): 3 of every 10, exactly.
+const BAD_RATE: f64 = 0.3;
+
+/// Issue 22, SPEC §8: "a release that boots but fails requests reaches at most the canaries'
+/// share of traffic for at most canary_time, and systemctl reload exits 1". rel serves with 4
+/// good workers and `canary = 1`; the new release boots fine and answers 500 to 30% of its
+/// requests. Load that never retries (a new connection per request, so the canary gets its
+/// share of them) counts every 500 the clients got, and when.
+fn s20_canary(sb: &mut Sandbox) -> R<Vec<String>> {
+    const CANARY_TIME: Duration = Duration::from_secs(20);
+    let reload = "canary = 1\ncanary_time = \"20s\"\n";
+    let result = (|| -> R<Vec<String>> {
+        let before = rel_restart(sb, &rel_config(&demo(&[]), "", reload))?;
+        let (old_gen, old_pids) = (active_gen(&before)?, pids(&before));
+        let new_gen = old_gen + 1;
+        sb.write(REL_CONFIG, &rel_config(&demo(&["--error-rate", "0.3"]), "", reload))?;
+        let cursor = sb.journal_cursor_of(REL_UNIT)?;
+        let load = CountedLoad::start(REL_PORT, 2 * CLIENTS, "/")?;
+        let during = (|| -> R<(Output, Duration, u64, u64)> {
+            load.wait_ok(400)?;
+            let called = handover::systemd::monotonic_usec();
+            let t0 = Instant::now();
+            let out = sb.run_status(&["systemctl", "reload", REL_UNIT])?;
+            let took = t0.elapsed();
+            let returned = handover::systemd::monotonic_usec();
+            // The load goes on while the canary drains and the old generation serves alone.
+            rel_wait_serving(sb, old_gen)?;
+            load.wait_more_ok(400)?;
+            Ok((out, took, called, returned))
+        })();
+        let seen = load.stop();
+        let (out, took, called, returned) = during?;
+        let seen = seen?;
+        ensure!(
+            !out.status.success(),
+            "systemctl reload to a release that fails 30% of its answers returned 0 after {}",
+            ms(took)
+        );
+        ensure!(took < CANARY_TIME, "systemctl reload failed only after {}, not within canary_time", ms(took));
+
+        let entries = sb.journal_entries(REL_UNIT, &cursor)?;
+        let started = message(last_event(&entries, "canary-started")?);
+        ensure!(
+            started.contains(&format!("1 canary beside the {REL_WORKERS} workers of generation {old_gen}")),
+            "canary-started says {started:?}"
+        );
+        let ready_at = mono(last_event(&entries, "canary-ready")?)?;
+        let failed = last_event(&entries, "canary-failed")?;
+        let (verdict, verdict_at) = (message(failed), mono(failed)?);
+        ensure!(
+            verdict.starts_with(&format!("gen {new_gen} canary: "))
+                && verdict.contains(" requests failed, ")
+                && verdict.contains(&format!("gen {old_gen}: "))
+                && verdict.ends_with("(max_error_rate 1%)"),
+            "the canary's verdict lacks its numbers: {verdict:?}"
+        );
+        let judged = judged_requests(&verdict).ok_or_else(|| format!("no request count in {verdict:?}"))?;
+        let rolled_back = message(last_event(&entries, "reload-failed")?);
+        ensure!(
+            rolled_back.contains("rolled back") && rolled_back.contains(&verdict),
+            "reload-failed does not give the verdict: {rolled_back:?}"
+        );
+        let gen_text = new_gen.to_string();
+        let new_ready = events_named(&entries, "worker-ready")
+            .filter(|e| e["HANDOVER_GENERATION"].as_str() == Some(gen_text.as_str()))
+            .count();
+        ensure!(new_ready == 1, "{new_ready} workers of generation {new_gen} became ready, expected the canary alone");
+        let status_text = sb.prop(REL_UNIT, "StatusText")?;
+        ensure!(
+            status_text.contains("last reload failed") && status_text.contains(&verdict),
+            "StatusText lacks the canary's verdict: {status_text:?}"
+        );
+        let after = sb.status_of(REL_CONFIG)?;
+        ensure!(
+            active_gen(&after)? == old_gen && pids(&after) == old_pids,
+            "the old generation does not serve unchanged: gen {old_gen} {old_pids:?} -> {}",
+            after["summary"]
+        );
+        ensure!(after["verdict"].as_str() == Some(verdict.as_str()), "status' verdict is {}", after["verdict"]);
+        let body = http_get(REL_PORT, "/", Duration::from_secs(5))?;
+        ensure!(body.contains(&format!("gen={old_gen} ")), "answer not from generation {old_gen}: {body:?}");
+        wait_rel_metric(sb, "handover_rollbacks_total{name=\"rel\",reason=\"canary\"}", 1.0)?;
+
+        // What the clients got.
+        ensure!(
+            seen.other.is_empty(),
+            "{} requests failed otherwise than with a 500 (expected none): {:?}",
+            seen.other.len(),
+            seen.other.iter().take(5).collect::<Vec<_>>()
+        );
+        let errors = seen.errors.len() as u64;
+        let late = seen.errors_within(returned, u64::MAX);
+        ensure!(late == 0, "{late} answers of 500 after systemctl reload returned");
+        let early = seen.errors_within(0, called);
+        ensure!(early == 0, "{early} answers of 500 before the reload was called");
+        // The canary told the master of `judged` answers, floor(0.3 × judged) of them 500s
+        // (--error-rate spreads them exactly): the clients got each of those.
+        let reported = judged * 3 / 10;
+        ensure!(
+            errors >= reported,
+            "the clients got {errors} answers of 500, fewer than the {reported} the canary reported: the load did not see the canary"
+        );
+        // The canary is 1 of 5 workers beside the old generation: ~1/5 of the requests while it
+        // served, 30% of those 500s. Twice that is the bound: all 4 new workers serving the
+        // release (beside the old ones: 1/2 of the traffic) would break it.
+        let window = seen.requests_within(ready_at, returned);
+        let expected = window as f64 / 5.0 * BAD_RATE;
+        let bound = (2.0 * expected).floor() as u64;
+        ensure!(
+            errors <= bound,
+            "the clients got {errors} answers of 500 of {window} requests while the canary served: more than twice its share (1/5 × 30% = {expected:.0})"
+        );
+        let span = |from: u64, to: u64| ms(Duration::from_micros(to.saturating_sub(from)));
+        Ok(vec![
+            format!(
+                "systemctl reload rc {} after {} (canary_time 20s): canary ready {} after the call, verdict {} after it was ready",
+                out.status.code().unwrap_or(-1),
+                ms(took),
+                span(called, ready_at),
+                span(ready_at, verdict_at)
+            ),
+            format!("verdict: {verdict}; StatusText {status_text:?}"),
+            format!(
+                "load ({} clients, new connection per request, never retried): {}; 500s: {errors}, other failures: 0, 500s after systemctl returned: 0",
+                2 * CLIENTS,
+                seen.summary()
+            ),
+            format!(
+                "canary window (ready -> systemctl returned) {}: {window} requests, {errors} of them 500 ({:.2}%); bound 2 × 1/5 × 30% × {window} = {bound}",
+                span(ready_at, returned),
+                errors as f64 * 100.0 / window.max(1) as f64,
+            ),
+            format!(
+                "the canary answered about {} requests (its 500s are 3 in every 10, exactly): {:.1}% of the window's (1 worker of 5 = 20%); {judged} of them reported at its verdict, {} before systemctl returned",
+                errors * 10 / 3,
+                (errors * 10 / 3) as f64 * 100.0 / window.max(1) as f64,
+                span(verdict_at, returned)
+            ),
+        ])
+    })();
+    let _ = sb.run(&["systemctl", "stop", REL_UNIT]);
+    result
+}
+
+/// rel's config: `command`, more `[workers]` lines, the `[reload]` lines; its metrics file.
+fn rel_config(command: &[&str], workers: &str, reload: &str) -> String {
+    let command = command.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "name = \"rel\"\n\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{REL_PORT}\"\n\n\
+         [workers]\ncommand = [{command}]\ncount = {REL_WORKERS}\ngraceful_timeout = \"10s\"\n{workers}\n\
+         [reload]\n{reload}\n[metrics]\ntextfile = \"{REL_METRICS}\"\n"
+    )
+}
+
+/// The demo worker with a 1 s boot and `flags`.
+fn demo(flags: &[&'static str]) -> Vec<&'static str> {
+    let mut argv = vec!["/usr/bin/handover", "demo-worker", "--boot-delay", "1s"];
+    argv.extend_from_slice(flags);
+    argv
+}
+
+/// Starts rel afresh with `config` (a new daemon: generation 1, no release records, metrics
+/// from 0) and waits until its workers serve; its status then.
+fn rel_restart(sb: &Sandbox, config: &str) -> R<Value> {
+    // What the Ansible role sets up for a metrics textfile (scenario 17 does the same for b).
+    sb.sh("getent group handover-metrics >/dev/null || groupadd --system handover-metrics")?;
+    sb.sh(&format!("install -d -g handover-metrics -m 02775 /var/lib/e2e-metrics && rm -f {REL_METRICS}"))?;
+    let dropin = "/etc/systemd/system/handover@rel.service.d/metrics.conf";
+    if !sb.run_status(&["test", "-f", dropin])?.status.success() {
+        sb.write(dropin, "[Service]\nSupplementaryGroups=handover-metrics\nReadWritePaths=/var/lib/e2e-metrics\n")?;
+        sb.systemctl(&["daemon-reload"])?;
+    }
+    sb.write(REL_CONFIG, config)?;
+    sb.run(&["handover", "check", "-c", REL_CONFIG])?;
+    let _ = sb.run(&["systemctl", "reset-failed", REL_UNIT]);
+    sb.systemctl(&["restart", REL_UNIT])?;
+    rel_wait_serving(sb, 1)
+}
+
+/// Waits until rel's generation `generation` serves alone: active, running, its workers all
+/// ready, every other generation's gone; its status then.
+fn rel_wait_serving(sb: &Sandbox, generation: u64) -> R<Value> {
+    let mut last = Value::Null;
+    let what = format!("rel's generation {generation} to serve alone with {REL_WORKERS} ready workers");
+    wait_for(&what, Duration::from_secs(30), || {
+        last = sb.status_of(REL_CONFIG)?;
+        let w = workers(&last);
+        Ok(last["phase"] == "running"
+            && active_gen(&last)? == generation
+            && w.len() == REL_WORKERS
+            && w.iter().all(|w| w.generation == generation && w.state == "ready"))
+    })
+    .map_err(|e| format!("{e}; last status: {}", last["summary"]))?;
+    Ok(last)
+}
+
+/// Waits until rel's metrics file has `series` at `value` (it is rewritten on each change).
+fn wait_rel_metric(sb: &Sandbox, series: &str, value: f64) -> R {
+    let mut last = None;
+    wait_for(&format!("{series} {value} in {REL_METRICS}"), Duration::from_secs(10), || {
+        let out = sb.run_status(&["cat", REL_METRICS])?;
+        last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
+        Ok(last == Some(value))
+    })
+    .map_err(|e| format!("{e}: it reads {last:?}"))
+}
+
+/// "… 30% of 212 requests failed …": 212.
+fn judged_requests(verdict: &str) -> Option<u64> {
+    verdict.split_once("% of ")?.1.split_whitespace().next()?.parse().ok()
+}
+
+/// Load for releases that fail answers on purpose: `n` generators of one client each, a new
+/// connection per request, never retried (a kept-alive connection would stay with the worker
+/// that accepted it, and a canary gets its share of the traffic only from new ones). One
+/// client each because a generator keeps only its first 100 failures with their reasons, and
+/// every failure must be told apart: a 500 of a bad release, or anything else.
+///
+/// `path` can slow the clients down where a release fails for longer (`/sleep?ms=N`: at most
+/// 1000/N requests a second each), so that no client gets more than 100 failures.
+struct CountedLoad {
+    handles: Vec<LoadHandle>,
+}
+
+impl CountedLoad {
+    fn start(port: u16, n: usize, path: &str) -> R<CountedLoad> {
+        let mut handles = vec![];
+        for _ in 0..n {
+            let mut spec = LoadSpec::new(Target::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+            spec.path = path.to_owned();
+            spec.clients = 1;
+            spec.keep_alive = false;
+            spec.request_timeout = Duration::from_secs(20);
+            spec.max_duration = Duration::from_secs(90);
+            handles.push(loadgen::start(spec).map_err(|e| format!("load on :{port}: {e}"))?);
+        }
+        Ok(CountedLoad { handles })
+    }
+
+    fn ok(&self) -> u64 {
+        self.handles.iter().map(|h| h.snapshot().1).sum()
+    }
+
+    /// Waits until the clients together have `n` successful requests.
+    fn wait_ok(&self, n: u64) -> R {
+        wait_for(&format!("{n} successful requests"), Duration::from_secs(30), || Ok(self.ok() >= n))
+    }
+
+    /// Waits for `n` successful requests more than now.
+    fn wait_more_ok(&self, n: u64) -> R {
+        let base = self.ok();
+        wait_for(&format!("{n} more successful requests"), Duration::from_secs(30), || Ok(self.ok() >= base + n))
+    }
+
+    /// Stops the clients; what they saw, on CLOCK_MONOTONIC.
+    fn stop(self) -> R<Seen> {
+        let mut seen = Seen::default();
+        let mut partial = vec![];
+        for h in self.handles {
+            let origin = mono_of(h.started_at());
+            let r = h.stop();
+            seen.sent += r.sent;
+            seen.ok += r.ok;
+            if r.failures.len() as u64 != r.failed {
+                partial.push(format!("{} of {}", r.failures.len(), r.failed));
+            }
+            let at = |d: Duration| origin + d.as_micros() as u64;
+            seen.completed.extend(r.completions.iter().map(|&c| at(c)));
+            for f in &r.failures {
+                if f.reason == "HTTP status 500" {
+                    seen.errors.push(at(f.at));
+                } else {
+                    seen.other.push((at(f.at), f.reason.clone()));
+                }
+            }
+        }
+        ensure!(
+            partial.is_empty(),
+            "a client kept only the first of its failures ({}): they cannot all be told apart",
+            partial.join(", ")
+        );
+        seen.completed.sort_unstable();
+        seen.errors.sort_unstable();
+        seen.other.sort();
+        Ok(seen)
+    }
+}
+
+/// What a [`CountedLoad`] saw. Times are CLOCK_MONOTONIC in µs, the journal's
+/// `__MONOTONIC_TIMESTAMP` (the container shares the host's kernel and has no time namespace).
+#[derive(Default)]
+struct Seen {
+    sent: u64,
+    ok: u64,
+    /// When each successful request completed, sorted.
+    completed: Vec<u64>,
+    /// When each answer of 500 came, sorted.
+    errors: Vec<u64>,
+    /// Every other failure: when, and why.
+    other: Vec<(u64, String)>,
+}
+
+impl Seen {
+    /// Requests that ended (well or not) in `[from, to]`.
+    fn requests_within(&self, from: u64, to: u64) -> u64 {
+        let within = |t: &u64| (from..=to).contains(t);
+        (self.completed.iter().filter(|t| within(t)).count()
+            + self.errors.iter().filter(|t| within(t)).count()
+            + self.other.iter().filter(|(t, _)| within(t)).count()) as u64
+    }
+
+    /// Answers of 500 in `[from, to]`.
+    fn errors_within(&self, from: u64, to: u64) -> u64 {
+        self.errors.iter().filter(|t| (from..=to).contains(*t)).count() as u64
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "sent {} ok {} failed {} ({} with 500, {} otherwise)",
+            self.sent,
+            self.ok,
+            self.errors.len() + self.other.len(),
+            self.errors.len(),
+            self.other.len()
+        )
+    }
+}
+
+/// `at` on CLOCK_MONOTONIC (µs), which `Instant` is on Linux.
+fn mono_of(at: Instant) -> u64 {
+    let (now, mono) = (Instant::now(), handover::systemd::monotonic_usec());
+    mono.saturating_sub(now.saturating_duration_since(at).as_micros() as u64)
+}
+
 fn wait_until_tree(sb: &Sandbox, tree: &dyn Fn(&Sandbox) -> R<String>, done: impl Fn(&str) -> bool) -> R<String> {
     let mut last = String::new();
     let found = wait_for("the cgroup tree", Duration::from_secs(20), || {
@@ -1658,6 +2010,34 @@ fn check_no_failures(reports: &[(u16, LoadReport)], notes: &mut Vec<String>) -> 
         ensure!(r.ok > 0, ":{port}: no request succeeded");
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------------------ journal
+
+/// The entries of `entries` whose `HANDOVER_EVENT` is `event`.
+fn events_named<'a>(entries: &'a [Value], event: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    entries.iter().filter(move |e| e["HANDOVER_EVENT"].as_str() == Some(event))
+}
+
+/// The last entry of `event` among `entries`, or Err naming the events there were.
+fn last_event<'a>(entries: &'a [Value], event: &str) -> R<&'a Value> {
+    entries.iter().rfind(|e| e["HANDOVER_EVENT"].as_str() == Some(event)).ok_or_else(|| {
+        let seen: BTreeSet<&str> = entries.iter().filter_map(|e| e["HANDOVER_EVENT"].as_str()).collect();
+        format!("no HANDOVER_EVENT={event} in the journal (events there: {seen:?})")
+    })
+}
+
+/// An entry's MESSAGE.
+fn message(entry: &Value) -> String {
+    entry["MESSAGE"].as_str().unwrap_or("").to_owned()
+}
+
+/// An entry's `__MONOTONIC_TIMESTAMP` (µs).
+fn mono(entry: &Value) -> R<u64> {
+    entry["__MONOTONIC_TIMESTAMP"]
+        .as_str()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| format!("no __MONOTONIC_TIMESTAMP in {entry}"))
 }
 
 // ------------------------------------------------------------------------------ host side
@@ -1855,12 +2235,22 @@ impl Sandbox {
 
     /// `handover status --json` of the app.
     fn status(&self) -> R<Value> {
-        let out = self.run(&["handover", "status", "--json", "-c", CONFIG])?;
-        serde_json::from_str(&out).map_err(|e| format!("handover status --json: {e}: {out}"))
+        self.status_of(CONFIG)
+    }
+
+    /// `handover status --json -c config`.
+    fn status_of(&self, config: &str) -> R<Value> {
+        let out = self.run(&["handover", "status", "--json", "-c", config])?;
+        serde_json::from_str(&out).map_err(|e| format!("handover status --json -c {config}: {e}: {out}"))
     }
 
     fn journal_cursor(&self) -> R<String> {
-        let out = self.run(&["journalctl", "-u", UNIT, "-n", "1", "--show-cursor", "-o", "cat", "--no-pager"])?;
+        self.journal_cursor_of(UNIT)
+    }
+
+    /// The cursor of `unit`'s last journal entry (it must have one).
+    fn journal_cursor_of(&self, unit: &str) -> R<String> {
+        let out = self.run(&["journalctl", "-u", unit, "-n", "1", "--show-cursor", "-o", "cat", "--no-pager"])?;
         out.lines()
             .find_map(|l| l.strip_prefix("-- cursor: "))
             .map(str::to_owned)
@@ -1872,15 +2262,17 @@ impl Sandbox {
     /// `journalctl --after-cursor C FIELD=value` returns nothing when the cursor's own entry
     /// does not match the filter.
     fn event_messages(&self, cursor: &str, event: &str) -> R<String> {
-        let out = self.run(&["journalctl", "-u", UNIT, "--after-cursor", cursor, "-o", "json", "--no-pager"])?;
-        let mut messages = vec![];
-        for line in out.lines().filter(|l| !l.trim().is_empty()) {
-            let entry: Value = serde_json::from_str(line).map_err(|e| format!("journal json: {e}: {line}"))?;
-            if entry["HANDOVER_EVENT"].as_str() == Some(event) {
-                messages.push(entry["MESSAGE"].as_str().unwrap_or("").to_owned());
-            }
-        }
-        Ok(messages.join("\n"))
+        let entries = self.journal_entries(UNIT, cursor)?;
+        Ok(events_named(&entries, event).map(message).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Every journal entry of `unit` after `cursor` (taken with `-u unit`), as JSON objects.
+    fn journal_entries(&self, unit: &str, cursor: &str) -> R<Vec<Value>> {
+        let out = self.run(&["journalctl", "-u", unit, "--after-cursor", cursor, "-o", "json", "--no-pager"])?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| serde_json::from_str(line).map_err(|e| format!("journal json: {e}: {line}")))
+            .collect()
     }
 
     /// The journal's monotonic time (µs) of the last entry of each kind for the app's unit
@@ -1958,7 +2350,7 @@ impl Sandbox {
     }
 
     fn dump_journal(&self) {
-        if let Ok(j) = self.run(&["journalctl", "-u", UNIT, "-u", SOCKET, "-n", "40", "--no-pager"]) {
+        if let Ok(j) = self.run(&["journalctl", "-u", UNIT, "-u", SOCKET, "-u", REL_UNIT, "-n", "40", "--no-pager"]) {
             eprintln!("--- last journal lines:\n{j}");
         }
     }
