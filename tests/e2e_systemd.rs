@@ -96,7 +96,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 20] = [
+        let scenarios: [(&str, Scenario); 21] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -149,6 +149,10 @@ fn systemd_e2e() {
             (
                 "20 canary: a release that boots but fails 30% of its answers; reload exits 1, its 500s bounded by the canary's share",
                 Box::new(s20_canary),
+            ),
+            (
+                "21 handover rollback to the release current moved away from, under load; refused when gone or none left",
+                Box::new(s21_rollback),
             ),
         ];
         for (name, f) in scenarios {
@@ -1498,6 +1502,8 @@ const REL_PORT: u16 = 18478;
 const REL_UNIT: &str = "handover@rel.service";
 const REL_CONFIG: &str = "/etc/handover/rel.toml";
 const REL_WORKERS: usize = 4;
+/// Where scenario 21 keeps its releases (`releases/N/run`, and `current`).
+const REL_ROOT: &str = "/srv/rel";
 /// rel's metrics textfile, writable through the Ansible role's drop-in (as b's in scenario 17).
 const REL_METRICS: &str = "/var/lib/e2e-metrics/rel.prom";
 /// The share of its answers a bad release fails (`--error-rate 0.3`): 3 of every 10, exactly.
@@ -1644,6 +1650,147 @@ fn s20_canary(sb: &mut Sandbox) -> R<Vec<String>> {
     result
 }
 
+/// Issue 22: `handover rollback` after a good-but-wrong deploy. Releases are directories
+/// (`/srv/rel/releases/1`, `/2`, each with a `run` script that starts the demo worker naming
+/// its release) run through the `current` symlink (command and working directory). Release 2
+/// serves and `current` has moved on to it; `handover rollback rel` goes back to release 1
+/// under load although `current` still points at 2. With release 1's directory moved away a
+/// rollback is refused ("gone"); back on release 1, there is nothing left to roll back to.
+fn s21_rollback(sb: &mut Sandbox) -> R<Vec<String>> {
+    let result = (|| -> R<Vec<String>> {
+        sb.sh(&format!("rm -rf {REL_ROOT} && mkdir -p {REL_ROOT}/releases"))?;
+        for n in [1, 2] {
+            let run = format!("{REL_ROOT}/releases/{n}/run");
+            sb.write(
+                &run,
+                &format!("#!/bin/sh\nexec /usr/bin/handover demo-worker --boot-delay 1s --message release-{n}\n"),
+            )?;
+            sb.sh(&format!("chmod 755 {run}"))?;
+        }
+        // As deploy/ansible's rollout does it: a new link renamed over the old one.
+        let point_current_at = |n: u32| {
+            sb.sh(&format!(
+                "ln -sfn {REL_ROOT}/releases/{n} {REL_ROOT}/current.new && mv -Tf {REL_ROOT}/current.new {REL_ROOT}/current"
+            ))
+        };
+        point_current_at(1)?;
+        let command = format!("{REL_ROOT}/current/run");
+        let config = rel_config(&[&command], &format!("working_directory = \"{REL_ROOT}/current\"\n"), "");
+        let mut notes = vec![];
+
+        let st = rel_restart(sb, &config)?;
+        let first = rel_release_served(sb, &st, 1)?;
+        ensure!(
+            st.get("rollback_to").is_none_or(Value::is_null),
+            "rollback_to at the first generation: {}",
+            st["rollback_to"]
+        );
+        let out = sb.run_status(&["handover", "rollback", "rel"])?;
+        ensure!(
+            out.status.code() == Some(1) && text(&out).contains("no earlier release to roll back to"),
+            "handover rollback at the first generation: {}",
+            text(&out)
+        );
+        notes.push(format!(
+            "generation 1 serves {first}; handover rollback: exit 1, {:?}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+
+        // Release 2 is deployed: `current` moves on, and a reload.
+        point_current_at(2)?;
+        sb.systemctl(&["reload", REL_UNIT])?;
+        let st = rel_wait_serving(sb, 2)?;
+        let second = rel_release_served(sb, &st, 2)?;
+        ensure!(st["rollback_to"] == 1, "rollback_to is {} with release 2 serving, expected 1", st["rollback_to"]);
+        let pids_2 = pids(&st);
+        notes.push(format!(
+            "release 2 deployed (current -> releases/2, systemctl reload): generation 2 serves {second}"
+        ));
+
+        // Release 1's directory gone: refused, nothing changes.
+        sb.sh(&format!("mv {REL_ROOT}/releases/1 {REL_ROOT}/releases/1.away"))?;
+        let gone = sb.run_status(&["handover", "rollback", "-c", REL_CONFIG]);
+        sb.sh(&format!("mv {REL_ROOT}/releases/1.away {REL_ROOT}/releases/1"))?;
+        let gone = gone?;
+        let why = String::from_utf8_lossy(&gone.stderr).trim().to_owned();
+        ensure!(
+            gone.status.code() == Some(1) && why.contains("gone") && why.contains("generation 1"),
+            "handover rollback with releases/1 moved away: {}",
+            text(&gone)
+        );
+        let st = sb.status_of(REL_CONFIG)?;
+        ensure!(
+            active_gen(&st)? == 2 && pids(&st) == pids_2 && st["phase"] == "running",
+            "a refused rollback changed something: {}",
+            st["summary"]
+        );
+        notes.push(format!(
+            "releases/1 moved away: handover rollback -c {REL_CONFIG}: exit 1, {why:?}; generation 2 serves on"
+        ));
+
+        // The rollback, under load.
+        let cursor = sb.journal_cursor_of(REL_UNIT)?;
+        let load = Loads::start(&[(REL_PORT, false), (REL_PORT, true)])?;
+        let during = (|| -> R<(Output, Duration, Value)> {
+            load.wait_ok(100)?;
+            let t0 = Instant::now();
+            let out = sb.run_status(&["handover", "rollback", "rel"])?;
+            let took = t0.elapsed();
+            let st = rel_wait_serving(sb, 3)?;
+            load.wait_more_ok(100)?;
+            Ok((out, took, st))
+        })();
+        let reports = load.stop();
+        let (out, took, st) = during?;
+        ensure!(out.status.success(), "handover rollback: {}", text(&out));
+        let back = rel_release_served(sb, &st, 1)?;
+        let current = sb.run(&["readlink", &format!("{REL_ROOT}/current")])?;
+        ensure!(
+            current == format!("{REL_ROOT}/releases/2"),
+            "current points at {current:?}, expected releases/2 still"
+        );
+        let entries = sb.journal_entries(REL_UNIT, &cursor)?;
+        let started = message(last_event(&entries, "rollback-started")?);
+        ensure!(
+            started.contains("from generation 2 to the release of generation 1")
+                && started.contains(&format!("{REL_ROOT}/releases/1/run")),
+            "rollback-started says {started:?}"
+        );
+        last_event(&entries, "rolled-back")?;
+        notes.push(format!(
+            "handover rollback under load: exit 0 in {} ({:?}); generation 3 serves {back} while current -> releases/2",
+            ms(took),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        notes.push(format!("journal: {started}"));
+        check_no_failures(&reports, &mut notes)?;
+
+        // Nothing left to roll back to.
+        let pids_3 = pids(&st);
+        let out = sb.run_status(&["handover", "rollback", "rel"])?;
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        ensure!(
+            out.status.code() == Some(1) && why.contains("no earlier release to roll back to"),
+            "a second rollback: {}",
+            text(&out)
+        );
+        let st = sb.status_of(REL_CONFIG)?;
+        ensure!(
+            active_gen(&st)? == 3 && pids(&st) == pids_3 && st.get("rollback_to").is_none_or(Value::is_null),
+            "after a refused second rollback: {} (rollback_to {})",
+            st["summary"],
+            st["rollback_to"]
+        );
+        wait_rel_metric(sb, "handover_rollbacks_total{name=\"rel\",reason=\"manual\"}", 1.0)?;
+        notes.push(format!(
+            "a second rollback: exit 1, {why:?}; metrics: handover_rollbacks_total{{reason=\"manual\"}} 1"
+        ));
+        Ok(notes)
+    })();
+    let _ = sb.run(&["systemctl", "stop", REL_UNIT]);
+    result
+}
+
 /// rel's config: `command`, more `[workers]` lines, the `[reload]` lines; its metrics file.
 fn rel_config(command: &[&str], workers: &str, reload: &str) -> String {
     let command = command.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
@@ -1694,6 +1841,20 @@ fn rel_wait_serving(sb: &Sandbox, generation: u64) -> R<Value> {
     })
     .map_err(|e| format!("{e}; last status: {}", last["summary"]))?;
     Ok(last)
+}
+
+/// Checks that the workers of `status` run release `n` of scenario 21 (each one's working
+/// directory, and an answer); "release-N from DIR" for the notes.
+fn rel_release_served(sb: &Sandbox, status: &Value, n: u32) -> R<String> {
+    let dir = format!("{REL_ROOT}/releases/{n}");
+    let pids = pids(status);
+    for pid in &pids {
+        let cwd = sb.run(&["readlink", &format!("/proc/{pid}/cwd")])?;
+        ensure!(cwd == dir, "worker {pid} runs in {cwd:?}, expected {dir}");
+    }
+    let body = http_get(REL_PORT, "/", Duration::from_secs(5))?;
+    ensure!(body.starts_with(&format!("release-{n}: ")), "expected release {n}, the answer is {body:?}");
+    Ok(format!("release-{n} (answer {:?}; cwd of its {} workers {dir})", body.trim(), pids.len()))
 }
 
 /// Waits until rel's metrics file has `series` at `value` (it is rewritten on each change).
