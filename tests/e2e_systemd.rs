@@ -96,7 +96,7 @@ fn systemd_e2e() {
     if !failed_setup {
         type Scenario<'a> = Box<dyn Fn(&mut Sandbox) -> R<Vec<String>> + 'a>;
         let package_upgrade = |sb: &mut Sandbox| s13_package_upgrade(sb, &deb, &deb_b);
-        let scenarios: [(&str, Scenario); 21] = [
+        let scenarios: [(&str, Scenario); 22] = [
             ("1 socket activation; start returns once workers serve", Box::new(s1_activation_and_start)),
             ("2 reload under load: synchronous, new pids and generation, 0 failed", Box::new(s2_reload)),
             ("3 broken reload under load: non-zero, reason shown, old gen serves, 0 failed", Box::new(s3_rollback)),
@@ -153,6 +153,10 @@ fn systemd_e2e() {
             (
                 "21 handover rollback to the release current moved away from, under load; refused when gone or none left",
                 Box::new(s21_rollback),
+            ),
+            (
+                "22 watch: a release that fails later is rolled back by itself; a fine one stays (reload --watch exits 0)",
+                Box::new(s22_watch),
             ),
         ];
         for (name, f) in scenarios {
@@ -1791,6 +1795,208 @@ fn s21_rollback(sb: &mut Sandbox) -> R<Vec<String>> {
     result
 }
 
+/// Issue 22: `reload.watch`. A release that serves well for 10 s and then fails 30% of its
+/// answers passes its reload (exit 0) and is rolled back by the watch by itself
+/// (`HANDOVER_EVENT=auto-rollback`), the previous release serving again; a fine release under
+/// a 15 s watch is left alone until the watch ends (`handover reload --watch` exits 0).
+fn s22_watch(sb: &mut Sandbox) -> R<Vec<String>> {
+    let (good, bad) = (watch_good(), watch_bad);
+    let fine = rel_config(&demo(&["--message", "release-fine"]), "", "watch = \"15s\"\n");
+    let span = |from: u64, to: u64| ms(Duration::from_micros(to.saturating_sub(from)));
+    let result = (|| -> R<Vec<String>> {
+        let mut notes = vec![];
+        rel_restart(sb, &good)?;
+
+        // systemctl reload to a release that fails from 10 s after it is ready.
+        let cursor = sb.journal_cursor_of(REL_UNIT)?;
+        sb.write(REL_CONFIG, &bad("10s"))?;
+        let load = CountedLoad::start(REL_PORT, 2 * CLIENTS, SLOWED)?;
+        let during = (|| -> R<(Duration, u64, Value, u64, u64)> {
+            load.wait_ok(200)?;
+            let t0 = Instant::now();
+            let out = sb.run_status(&["systemctl", "reload", REL_UNIT])?;
+            let took = t0.elapsed();
+            let returned = handover::systemd::monotonic_usec();
+            ensure!(out.status.success(), "systemctl reload to the release that fails later: {}", text(&out));
+            let watched = sb.status_of(REL_CONFIG)?;
+            wait_for("HANDOVER_EVENT=auto-rollback in rel's journal", Duration::from_secs(40), || {
+                Ok(events_named(&sb.journal_entries(REL_UNIT, &cursor)?, "auto-rollback").next().is_some())
+            })?;
+            rel_wait_serving(sb, 3)?;
+            let served_again = handover::systemd::monotonic_usec();
+            let failed_then = load.failed();
+            load.wait_more_ok(400)?;
+            Ok((took, returned, watched, served_again, failed_then))
+        })();
+        let seen = load.stop();
+        let (took, returned, watched, served_again, failed_then) = during?;
+        let seen = seen?;
+        ensure!(
+            seen.failed == failed_then,
+            "{} requests failed once the previous release served again",
+            seen.failed - failed_then
+        );
+        ensure!(
+            active_gen(&watched)? == 2 && watched["watch"]["generation"] == 2,
+            "right after the reload: generation {} active, watch {}",
+            watched["active_generation"],
+            watched["watch"]
+        );
+        let entries = sb.journal_entries(REL_UNIT, &cursor)?;
+        let ok_at = mono(
+            events_named(&entries, "reload-succeeded")
+                .find(|e| e["HANDOVER_GENERATION"] == "2")
+                .ok_or("no reload-succeeded of generation 2 in the journal")?,
+        )?;
+        let auto = last_event(&entries, "auto-rollback")?;
+        let (auto_msg, auto_at) = (message(auto), mono(auto)?);
+        ensure!(
+            auto_msg.starts_with("gen 2 failed its watch: ")
+                && auto_msg.contains(" requests failed, gen 1: ")
+                && auto_msg.contains("rolled back automatically to the release of generation 1"),
+            "auto-rollback says {auto_msg:?}"
+        );
+        ensure!(
+            auto_at.saturating_sub(returned) <= 20_000_000,
+            "the watch rolled back {} after systemctl reload returned, expected within ~20 s",
+            span(returned, auto_at)
+        );
+        last_event(&entries, "rolled-back")?;
+        let body = http_get(REL_PORT, "/", Duration::from_secs(5))?;
+        ensure!(body.starts_with("release-good: gen=3 "), "after the automatic rollback: {body:?}");
+        let st = sb.status_of(REL_CONFIG)?;
+        ensure!(
+            st["auto_rollback"]["message"].as_str() == Some(auto_msg.as_str())
+                && st["summary"].as_str().is_some_and(|s| s.contains(&auto_msg)),
+            "status does not show the automatic rollback: auto_rollback {}, summary {}",
+            st["auto_rollback"],
+            st["summary"]
+        );
+        wait_rel_metric(sb, "handover_rollbacks_total{name=\"rel\",reason=\"watch\"}", 1.0)?;
+        ensure!(
+            seen.other.is_empty(),
+            "{} requests failed otherwise than with a 500: {:?}",
+            seen.other.len(),
+            seen.other.iter().take(5).collect::<Vec<_>>()
+        );
+        let errors = seen.errors.len();
+        let first_error = seen.errors.first().copied().ok_or("the clients got no 500: the release never failed")?;
+        ensure!(
+            first_error >= ok_at + 9_000_000,
+            "a 500 came {} after the reload succeeded, before --errors-after 10s",
+            span(ok_at, first_error)
+        );
+        let late = seen.errors_within(served_again, u64::MAX);
+        ensure!(late == 0, "{late} answers of 500 once the previous release served again");
+        notes.push(format!(
+            "systemctl reload rc 0 in {} (watch 60s); first 500 {} after the reload succeeded; auto-rollback {} after the first 500 ({} after systemctl returned); previous release serving again {} later",
+            ms(took),
+            span(ok_at, first_error),
+            span(first_error, auto_at),
+            span(returned, auto_at),
+            span(auto_at, served_again)
+        ));
+        notes.push(format!("journal: {auto_msg}"));
+        notes.push(format!(
+            "load: {}; 500s: {errors} ({} requests from the first 500 to the previous release serving again), other failures 0, 500s after: 0",
+            seen.summary(),
+            seen.requests_within(first_error, served_again)
+        ));
+
+        // A fine release under a 15 s watch: left alone.
+        let cursor = sb.journal_cursor_of(REL_UNIT)?;
+        sb.write(REL_CONFIG, &fine)?;
+        let load = CountedLoad::start(REL_PORT, 2 * CLIENTS, SLOWED)?;
+        let during = (|| -> R<(Output, Duration, u64, u64)> {
+            load.wait_ok(200)?;
+            let called = handover::systemd::monotonic_usec();
+            let t0 = Instant::now();
+            let out = sb.run_status(&["handover", "reload", "--watch", "rel"])?;
+            let took = t0.elapsed();
+            let returned = handover::systemd::monotonic_usec();
+            load.wait_more_ok(200)?;
+            Ok((out, took, called, returned))
+        })();
+        let seen = load.stop();
+        let (out, took, called, returned) = during?;
+        let seen = seen?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(
+            out.status.success()
+                && said.lines().any(|l| l.starts_with("generation 4 serves after its watch: watch of generation 4 over: it stays")),
+            "handover reload --watch of a fine release: {}",
+            text(&out)
+        );
+        ensure!(
+            seen.errors.is_empty() && seen.other.is_empty(),
+            "requests failed under the fine release: {}",
+            seen.summary()
+        );
+        let entries = sb.journal_entries(REL_UNIT, &cursor)?;
+        ensure!(events_named(&entries, "auto-rollback").next().is_none(), "the fine release was rolled back");
+        // The watch ran its 15 s, and the client waited for its end (it asks every second).
+        // journald stamps an entry when it gets it, and handover logs through a queue: the
+        // two entries can be a few ms nearer than the events.
+        let requested_at = mono(last_event(&entries, "reload-requested")?)?;
+        let watch_from = mono(last_event(&entries, "watch-started")?)?;
+        let passed = last_event(&entries, "watch-passed")?;
+        let passed_at = mono(passed)?;
+        let watched = Duration::from_micros(passed_at.saturating_sub(watch_from));
+        ensure!(
+            watched >= Duration::from_millis(14_500) && watched < Duration::from_secs(20),
+            "the watch of the fine release passed {} after it started, expected its 15 s",
+            ms(watched)
+        );
+        ensure!(
+            returned >= passed_at && returned - passed_at < 5_000_000,
+            "handover reload --watch returned {} the watch passed",
+            if returned >= passed_at {
+                format!("{} after", span(passed_at, returned))
+            } else {
+                format!("{} before", span(returned, passed_at))
+            }
+        );
+        let st = rel_wait_serving(sb, 4)?;
+        ensure!(
+            st.get("auto_rollback").is_none_or(Value::is_null),
+            "status still shows an automatic rollback: {}",
+            st["auto_rollback"]
+        );
+        let body = http_get(REL_PORT, "/", Duration::from_secs(5))?;
+        ensure!(body.starts_with("release-fine: gen=4 "), "after the watch: {body:?}");
+        notes.push(format!(
+            "fine release, watch 15s: handover reload --watch exit 0 after {} (reload requested {} after the call, watched {}, the client returned {} after the watch passed): {said:?}",
+            ms(took),
+            span(called, requested_at),
+            ms(watched),
+            span(passed_at, returned)
+        ));
+        notes.push(format!("journal: {}; load: {}", message(passed), seen.summary()));
+        Ok(notes)
+    })();
+    let _ = sb.run(&["systemctl", "stop", REL_UNIT]);
+    result
+}
+
+/// The release scenario 22 goes back to.
+fn watch_good() -> String {
+    rel_config(&demo(&["--message", "release-good"]), "", "")
+}
+
+/// A release that fails 30% of its answers from `after` after it is ready, watched for 60 s.
+fn watch_bad(after: &'static str) -> String {
+    rel_config(
+        &demo(&["--message", "release-bad", "--error-rate", "0.3", "--errors-after", after]),
+        "",
+        "watch = \"60s\"\n",
+    )
+}
+
+/// The load of scenario 22. All 4 workers fail 30% of their answers from the first 500
+/// until the previous release is back (the watch's verdict, then its boot): at most 20
+/// requests a second per client, so that none gets 100 failures even if that takes 15 s.
+const SLOWED: &str = "/sleep?ms=50";
+
 /// rel's config: `command`, more `[workers]` lines, the `[reload]` lines; its metrics file.
 fn rel_config(command: &[&str], workers: &str, reload: &str) -> String {
     let command = command.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
@@ -1906,6 +2112,11 @@ impl CountedLoad {
         self.handles.iter().map(|h| h.snapshot().1).sum()
     }
 
+    /// Failed requests so far (exact, whatever was kept of them).
+    fn failed(&self) -> u64 {
+        self.handles.iter().map(|h| h.snapshot().2).sum()
+    }
+
     /// Waits until the clients together have `n` successful requests.
     fn wait_ok(&self, n: u64) -> R {
         wait_for(&format!("{n} successful requests"), Duration::from_secs(30), || Ok(self.ok() >= n))
@@ -1926,6 +2137,7 @@ impl CountedLoad {
             let r = h.stop();
             seen.sent += r.sent;
             seen.ok += r.ok;
+            seen.failed += r.failed;
             if r.failures.len() as u64 != r.failed {
                 partial.push(format!("{} of {}", r.failures.len(), r.failed));
             }
@@ -1957,6 +2169,7 @@ impl CountedLoad {
 struct Seen {
     sent: u64,
     ok: u64,
+    failed: u64,
     /// When each successful request completed, sorted.
     completed: Vec<u64>,
     /// When each answer of 500 came, sorted.
