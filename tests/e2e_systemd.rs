@@ -235,13 +235,7 @@ fn systemd_e2e() {
 /// Scenarios that fail because of a bug in handover itself, not in the test, until it is
 /// fixed: their failure is reported as KNOWN BUG (with the bug) instead of failing the suite,
 /// and their passing fails it, so that the entry goes once the bug is fixed.
-const KNOWN_BUGS: &[(&str, &str)] = &[(
-    "23",
-    "src/app/client.rs watch_result: `handover reload --watch` exits 0 (\"generation N serves after its watch: \
-     gen N failed its watch: ...; rolled back automatically ...\") when it asks for the status while the \
-     automatic rollback's generation boots: the watch is over, the candidate is the rollback's and \
-     active_generation is still N, which it takes for \"still serves\"",
-)];
+const KNOWN_BUGS: &[(&str, &str)] = &[];
 
 /// The known bug scenario `name` (by its leading number) fails by, if any.
 fn known_bug(name: &str) -> Option<&'static str> {
