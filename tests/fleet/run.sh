@@ -19,9 +19,21 @@
 #      takes v4 and keeps it, fleet1 is back on its own previous release (v3), and
 #      max_fail_percentage 0 ends the play after the batch: fleet3 (v2) never receives v4
 #      (without it, Ansible would go on to fleet3: this scenario is what catches that).
+#   D. release v5, which boots everywhere but answers 500 to 30% of its requests, with
+#      `canary = 1` (install.yml again with handover_canary=1, canary_time 10s), serial 1:
+#      fleet1's canary fails the reload (exit 2, the canary's numbers named), fleet1 still
+#      serves v3, fleet2 and fleet3 never receive v5. Its load goes through a second HAProxy
+#      frontend, made for canaries: it opens a server connection per request (`option
+#      http-server-close`), so that the canary gets its share of the host's requests (with
+#      HAProxy's default reuse of its server connections, a run saw the canaries answer fewer
+#      than min_requests in canary_time on every host: they passed unjudged and v5 went out
+#      everywhere), and it retries a 500 once on another host (and nothing else). wrk sees 0
+#      failed requests; HAProxy retried the canary's 500s (about 30% of the answers it had
+#      reported at its verdict) and at most 1% of the requests.
 # In each, 0 failed requests, and the playbook's ROLLOUT SUMMARY (read from the hosts) is
 # checked line by line against what each host serves over HTTP and holds on disk.
-# Ports: 18580-18582 sshd, 18583-18585 the app, 18586 HAProxy (nothing else uses 1858x).
+# Ports: 18580-18582 sshd, 18583-18585 the app, 18586 HAProxy, 18587 its frontend for D
+# (nothing else uses 1858x).
 # Prints `numbers:` lines; exit status 0 only if every check passed.
 set -Eeuo pipefail
 # Whatever else fails (a command under set -e, a pipeline under pipefail) says where and what.
@@ -36,6 +48,7 @@ N=3
 SSH_PORT0=18580
 APP_PORT0=18583
 LB_PORT=18586
+LBC_PORT=18587
 W=$ROOT/target/fleet
 VENV=$ROOT/target/fleet-venv
 ANSIBLE_CORE='ansible-core>=2.15,<2.18'
@@ -124,14 +137,15 @@ export ANSIBLE_LOCAL_TEMP=$W/ansible-tmp ANSIBLE_SSH_CONTROL_PATH_DIR=$W/cp ANSI
 playbook() { "$VENV/bin/ansible-playbook" -i "$W/inventory" "$@"; }
 
 # Releases: a run script each. A release given BAD_ON=HOST exits at boot (code 3) on that
-# host only (as a release would that needs something one host lacks), and serves elsewhere.
-release() {  # release NAME [BAD_ON]
-  local name=$1 bad=${2:-}
+# host only (as a release would that needs something one host lacks), and serves elsewhere;
+# one given ERROR_RATE boots everywhere and answers 500 to that share of its requests.
+release() {  # release NAME [BAD_ON [ERROR_RATE]]
+  local name=$1 bad=${2:-} rate=${3:-}
   mkdir -p "$W/releases/$name"
   {
     echo '#!/bin/sh'
     [[ -n $bad ]] && echo "[ \"\$(uname -n)\" = handover-e2e-$bad ] && exec /usr/bin/handover demo-worker --boot-delay 1s --message release-$name --exit-at-boot 3"
-    echo "exec /usr/bin/handover demo-worker --boot-delay 1s --message release-$name"
+    echo "exec /usr/bin/handover demo-worker --boot-delay 1s --message release-$name${rate:+ --error-rate $rate}"
   } > "$W/releases/$name/run"
   chmod 755 "$W/releases/$name/run"
 }
@@ -139,6 +153,7 @@ release v1
 release v2
 release v3 fleet2   # B: bad on the second host only (serial 1)
 release v4 fleet1   # C: bad on the first host of a batch of two (serial 2)
+release v5 "" 0.3   # D: boots everywhere, fails 30% of its answers (caught by the canary)
 
 t=$SECONDS
 playbook deploy/ansible/install.yml -e "handover_deb=$DEB" > "$W/install.log" 2>&1 ||
@@ -183,9 +198,25 @@ EOF2
   echo "  default_backend fleet"
   echo "backend fleet"
   echo "  balance roundrobin"
-  echo "  option httpchk GET /"
+  # /info: the demo worker's --error-rate never fails it (D's release answers 500 to 30% of
+  # the rest); a health check sees whether a host serves, handover judges what it serves.
+  echo "  option httpchk GET /info"
   for ((i = 1; i <= N; i++)); do
     echo "  server $(host "$i") 127.0.0.1:$((APP_PORT0 + i - 1)) check inter 200ms fall 2 rise 2"
+  done
+  # D's way in (see the header): a server connection per request, a 500 retried once on
+  # another host (nothing else is); the same servers, their health from the checks above.
+  echo "frontend lbc"
+  echo "  bind 127.0.0.1:$LBC_PORT"
+  echo "  default_backend fleetc"
+  echo "backend fleetc"
+  echo "  balance roundrobin"
+  echo "  option http-server-close"
+  echo "  retry-on 500"
+  echo "  retries 1"
+  echo "  option redispatch 1"
+  for ((i = 1; i <= N; i++)); do
+    echo "  server $(host "$i") 127.0.0.1:$((APP_PORT0 + i - 1)) track fleet/$(host "$i")"
   done
 } > "$W/haproxy.backend"
 sed -i "/^backend_placeholder$/{r $W/haproxy.backend
@@ -199,21 +230,27 @@ until curl -fsS --max-time 2 "http://127.0.0.1:$LB_PORT/" >/dev/null 2>&1; do
   sleep 0.2
 done
 
-# lb_requests: requests the fleet backend has answered so far (HAProxy's req_tot).
-lb_requests() {
+# lb_stat PROXY SERVER FIELD: one of HAProxy's counters (CSV), e.g. lb_stat fleet BACKEND
+# req_tot; "?" if it cannot be read.
+lb_stat() {
   local csv
   csv=$(curl -fsS --max-time 2 "http://127.0.0.1:$LB_PORT/lb-stats;csv") || { echo "?"; return 0; }
-  awk -F, 'NR == 1 {sub(/^# /, ""); for (i = 1; i <= NF; i++) if ($i == "req_tot") c = i; next}
-           $1 == "fleet" && $2 == "BACKEND" && c {print $c; found = 1} END {if (!found) print "?"}' <<< "$csv"
+  awk -F, -v px="$1" -v sv="$2" -v field="$3" \
+    'NR == 1 {sub(/^# /, ""); for (i = 1; i <= NF; i++) if ($i == field) c = i; next}
+     $1 == px && $2 == sv && c {print ($c == "" ? 0 : $c); found = 1} END {if (!found) print "?"}' <<< "$csv"
 }
+# The backend the load goes through: fleet (frontend lb), or fleetc (frontend lbc, for D).
+LOAD_BACKEND=fleet LOAD_PORT=$LB_PORT
+# lb_requests: requests the load's backend has answered so far (HAProxy's req_tot).
+lb_requests() { lb_stat "$LOAD_BACKEND" BACKEND req_tot; }
 await_requests() {  # await_requests N WHAT: until the backend has answered N more requests
   local n=$1 from now deadline=$((SECONDS + 15))
   from=$(lb_requests)
-  [[ $from =~ ^[0-9]+$ ]] || fail "cannot read HAProxy's req_tot for the fleet backend (got '$from')"
+  [[ $from =~ ^[0-9]+$ ]] || fail "cannot read HAProxy's req_tot for the $LOAD_BACKEND backend (got '$from')"
   while :; do
     now=$(lb_requests)
     [[ $now =~ ^[0-9]+$ ]] && ((now - from >= n)) && return 0
-    ((SECONDS < deadline)) || fail "$2: HAProxy's fleet backend did not answer $n requests within 15 s (req_tot $from -> $now)"
+    ((SECONDS < deadline)) || fail "$2: HAProxy's $LOAD_BACKEND backend did not answer $n requests within 15 s (req_tot $from -> $now)"
     sleep 0.05
   done
 }
@@ -234,7 +271,7 @@ got=$(wrk_counts "$W/wrk-selftest.txt")
 [[ $got == "1234 46 5" ]] || fail "the wrk report parser reads '$got' from $W/wrk-selftest.txt, expected '1234 46 5'"
 
 load_start() {  # load_start NAME: wrk through HAProxy until load_stop; returns once it flows
-  wrk -t1 -c4 -d600s "http://127.0.0.1:$LB_PORT/" > "$W/wrk-$1.txt" 2>&1 &
+  wrk -t1 -c4 -d600s "http://127.0.0.1:$LOAD_PORT/" > "$W/wrk-$1.txt" 2>&1 &
   WRK_PID=$!
   await_requests 1000 "$1 (load before the rollout)"
 }
@@ -247,10 +284,16 @@ load_stop() {  # load_stop NAME: stops wrk (SIGINT makes it report); sets REQ SO
   [[ $REQ =~ ^[0-9]+$ ]] || { cat "$W/wrk-$1.txt" >&2; fail "$1: no 'requests in' line in wrk's report $W/wrk-$1.txt"; }
   FAILED=$((SOCK_ERRS + NON2XX))
 }
-# HAProxy's own count of failed requests (only those are logged). Lines for `lb/<NOSRV>`
-# with CR-- are wrk's own connections closed by SIGINT before they sent a request: not counted.
-lb_errors() {
-  grep -c ' lb fleet/' "$W/haproxy.log" || true
+# HAProxy's own count of failed requests (only those are logged, and, through lbc, those it
+# retried on another host: counted by lb_retried when they ended with a 2xx). Lines for
+# `lb/<NOSRV>` with CR-- are wrk's own connections closed by SIGINT before they sent a
+# request: not counted. Fields: client [date] frontend backend/server timers status ...
+lb_error_lines() {
+  awk '$3 == "lb" && $4 ~ /^fleet\// || $3 == "lbc" && $4 ~ /^fleetc\// && $6 !~ /^2/' "$W/haproxy.log"
+}
+lb_errors() { lb_error_lines | wc -l; }
+lb_retried() {  # requests through lbc that HAProxy redispatched (+1) and that ended with a 2xx
+  awk '$3 == "lbc" && $4 ~ /^fleetc\// && $6 ~ /^2/ && $0 ~ / [0-9]+\/[0-9]+\/[0-9]+\/[0-9]+\/\+1 /' "$W/haproxy.log" | wc -l
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -287,8 +330,10 @@ summary() {
 
 # expect SCEN RELEASE HEADER HOST=RELEASE:STATE...: checks every host against STATE (took,
 # mate = took it in the batch that failed, failed, untouched), both on the host (its HTTP
-# answer, its `current`, whether it holds releases/RELEASE) and in the summary's line for it,
-# and the summary's header and counts line.
+# answer, its `current`, whether it holds releases/RELEASE) and in the summary's line for it
+# (a failed host's with handover's reason: $WHY in it), and the summary's header and counts
+# line.
+WHY="exited (exit code 3) before it was ready"
 expect() {
   local scen=$1 rel=$2 header=$3; shift 3
   local f=$W/summary-$scen.txt spec h i want state got cur line kind on=() failed=() unreached=()
@@ -316,8 +361,8 @@ expect() {
     [[ $(grep -c "^$h: " "$f" || true) == 1 ]] || fail "$scen: the summary has $(grep -c "^$h: " "$f" || true) lines for $h, expected 1"
     [[ $line == "$h: serves $want - $kind"* ]] || fail "$scen: the summary says '$line', expected '$h: serves $want - $kind...'"
     if [[ $state == failed ]]; then
-      [[ $line == *"exited (exit code 3) before it was ready"* ]] ||
-        fail "$scen: the summary's reason for $h is not handover's ('... exited (exit code 3) before it was ready'): '$line'"
+      [[ $line == *"$WHY"* ]] ||
+        fail "$scen: the summary's reason for $h is not handover's ('...$WHY...'): '$line'"
       failed+=("$h")
     fi
     [[ $state == untouched ]] && unreached+=("$h")
@@ -333,13 +378,13 @@ metrics_of() {  # metrics_of SCEN I: host I's metrics file in $W/SCEN-fleetI.pro
   sandbox "$2" exec cat "$METRICS" > "$W/$1-$(host "$2").prom" || fail "$1: cannot read $METRICS on $(host "$2")"
 }
 metric() { awk -v s="$2" '$1 == s {print $2}' "$1"; }
-check_rolled_back() {  # check_rolled_back SCEN I OK: host I counts one rolled-back reload and OK good ones
-  local f rb ok
+check_rolled_back() {  # check_rolled_back SCEN I OK [RB]: host I counts RB (1) rolled-back reloads and OK good ones
+  local f rb ok want_rb=${4:-1}
   metrics_of "$1" "$2"; f=$W/$1-$(host "$2").prom
   rb=$(metric "$f" 'handover_reloads_total{name="app",result="rolled_back"}')
   ok=$(metric "$f" 'handover_reloads_total{name="app",result="ok"}')
   echo "numbers: fleet $1 $(host "$2") metrics: reloads ok ${ok:-?} rolled_back ${rb:-?}; active generation $(metric "$f" 'handover_active_generation{name="app"}'); last reload $(metric "$f" 'handover_last_reload_duration_seconds{name="app"}') s; failed worker exits $(metric "$f" 'handover_worker_exits_total{name="app",reason="failed"}')"
-  [[ $rb == 1 ]] || { cat "$f" >&2; fail "$1: $(host "$2")'s metrics show '${rb}' rolled-back reloads, expected 1"; }
+  [[ $rb == "$want_rb" ]] || { cat "$f" >&2; fail "$1: $(host "$2")'s metrics show '${rb}' rolled-back reloads, expected $want_rb"; }
   [[ $ok == "$3" ]] || { cat "$f" >&2; fail "$1: $(host "$2")'s metrics show '${ok}' good reloads, expected $3"; }
 }
 check_stopped_at() {  # check_stopped_at SCEN HOST: the play failed (exit 2) at HOST and only there
@@ -399,9 +444,51 @@ expect C v4 "ROLLOUT OF v4 STOPPED: it did not come up on fleet1; the play ends 
   fleet1=v3:failed fleet2=v4:mate fleet3=v2:untouched
 check_rolled_back C 1 2
 
+# D: a release that boots everywhere but fails 30% of its answers, with a canary. The role
+# writes canary = 1 and canary_time = 10s; the changed config reloads each running app (its
+# canary passes: nothing but health checks reach it, fewer than min_requests).
+t=$SECONDS
+playbook deploy/ansible/install.yml -e "handover_deb=$DEB" -e handover_canary=1 -e handover_canary_time=10s > "$W/install-canary.log" 2>&1 ||
+  { tail -n 40 "$W/install-canary.log" >&2; fail "D: install.yml with handover_canary=1 failed (log: $W/install-canary.log)"; }
+for ((i = 1; i <= N; i++)); do
+  sandbox "$i" exec grep -qx 'canary = 1' /etc/handover/app.toml || fail "D: $(host "$i")'s config has no 'canary = 1' after install.yml"
+done
+say "D: canary = 1 on 3 hosts (install.yml, config reloaded) in $((SECONDS - t)) s"
+before=$(masters)
+LOAD_BACKEND=fleetc LOAD_PORT=$LBC_PORT
+retried0=$(lb_stat fleetc BACKEND wretr)
+rollout D v5 1
+retried=$(( $(lb_stat fleetc BACKEND wretr) - retried0 ))
+LOAD_BACKEND=fleet LOAD_PORT=$LB_PORT
+for ((i = 1; i <= N; i++)); do  # what each host's canary was told, if it ran
+  verdicts=$(sandbox "$i" exec journalctl -u handover@app.service -o cat --no-pager \
+    HANDOVER_EVENT=canary-failed HANDOVER_EVENT=canary-passed | tail -n 1) || verdicts="(journal not read)"
+  echo "numbers: fleet D $(host "$i")'s last canary verdict: ${verdicts:-none}"
+done
+[[ $(masters) == "$before" ]] || fail "D: the handover masters changed ($before -> $(masters)), expected the same PIDs"
+check_stopped_at D fleet1
+summary D
+WHY=" canary: " expect D v5 "ROLLOUT OF v5 STOPPED: it did not come up on fleet1; the play ends after this batch (fleet1)" \
+  fleet1=v3:failed fleet2=v4:untouched fleet3=v2:untouched
+# fleet1: v2 and v3 good, v4 rolled back (C), the config reload of install.yml, v5 rolled back.
+check_rolled_back D 1 3 2
+canary_rb=$(metric "$W/D-fleet1.prom" 'handover_rollbacks_total{name="app",reason="canary"}')
+[[ $canary_rb == 1 ]] || fail "D: fleet1's metrics show '$canary_rb' canary rollbacks, expected 1"
+# The canary's verdict names the answers it had reported: 3 in 10 of them were 500s, each
+# retried by HAProxy (the only retries: nothing else failed), except that some of them were
+# health checks (GET /info, never failed: at most 5 a second, for at most canary_time 10 s).
+judged=$(grep '^fleet1: ' "$W/summary-D.txt" | sed -n 's/.* canary: [0-9.]*% of \([0-9]*\) requests failed, gen [0-9]*: 0% (max_error_rate 1%).*/\1/p')
+[[ $judged =~ ^[0-9]+$ ]] || fail "D: no 'canary: P% of N requests failed, gen G: 0% (max_error_rate 1%)' in fleet1's summary line"
+least=$(( judged > 50 ? (judged - 50) * 3 / 10 : 1 ))
+logged=$(lb_retried)
+echo "numbers: fleet D: HAProxy retried $retried of $REQ requests on another host (logged: $logged, each answered 2xx in the end); fleet1's canary had reported $judged answers at its verdict (30% of those that were no health check failed); wrk saw $FAILED failed"
+((retried >= least && retried >= 1)) || fail "D: HAProxy retried $retried requests, fewer than the $least 500s fleet1's canary reported at least"
+((retried * 100 <= REQ)) || fail "D: HAProxy retried $retried of $REQ requests, more than 1%: more than a canary's share failed"
+((logged == retried)) || fail "D: HAProxy logged $logged retried requests that ended well, its counter says $retried"
+
 n_lb_errors=$(lb_errors)
-((n_lb_errors == 0)) || { grep ' lb fleet/' "$W/haproxy.log" | head >&2; fail "HAProxy logged $n_lb_errors failed requests, expected 0"; }
+((n_lb_errors == 0)) || { lb_error_lines | head >&2; fail "HAProxy logged $n_lb_errors failed requests, expected 0"; }
 if grep -q 'is DOWN' "$W/haproxy.log"; then grep 'is DOWN' "$W/haproxy.log" >&2; fail "a host failed HAProxy's health check, expected none to"; fi
 
-echo "numbers: fleet total $((SECONDS - t_start)) s (3 containers, install, 4 rollouts)"
+echo "numbers: fleet total $((SECONDS - t_start)) s (3 containers, install, 5 rollouts)"
 echo "fleet: ok"
