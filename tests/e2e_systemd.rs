@@ -919,6 +919,7 @@ fn s12_python_and_node(sb: &mut Sandbox) -> R<Vec<String>> {
     sb.reset()?;
     sb.write(&format!("{APP_DIR}/python_app.py"), include_str!("e2e/python_app.py"))?;
     sb.write(&format!("{APP_DIR}/server.js"), include_str!("real_apps/server.js"))?;
+    sb.write(&format!("{APP_DIR}/node_skeleton.js"), include_str!("../packaging/examples/node/server.js"))?;
     let python = sb.sh("python3 --version")?;
     let node = sb.sh("node --version")?;
     let main = sb.prop(UNIT, "MainPID")?;

@@ -154,7 +154,7 @@ fn uvicorn() -> Kind {
     Kind { name: "uvicorn", count: 2, command: uvicorn_command(), broken_args: Vec::new() }
 }
 
-/// The shipped Node recipe (the test's server.js is the skeleton around a test app).
+/// The shipped Node recipe (the test's server.js is a test app on the shipped skeleton).
 fn node() -> Kind {
     Kind { name: "node", count: 2, command: recipe_command("node"), broken_args: Vec::new() }
 }
@@ -1011,7 +1011,7 @@ fn the_readme_shows_what_these_tests_run() {
     ] {
         assert!(flat.contains(needle), "README \"Running a real app\" must show {needle:?}");
     }
-    let files: Vec<String> = ["gunicorn.conf.py", "uvicorn_drain.py", "handover_outcomes.py", "server.js"]
+    let files: Vec<String> = ["gunicorn.conf.py", "uvicorn_drain.py", "handover_outcomes.py", "node_skeleton.js"]
         .iter()
         .map(|f| std::fs::read_to_string(apps_dir().join(f)).unwrap())
         .collect();
@@ -1019,7 +1019,7 @@ fn the_readme_shows_what_these_tests_run() {
     assert!(gunicorn_command("4").join(" ").ends_with(
         "-c gunicorn.conf.py --preload -w 4 --worker-class gthread --threads 2 --no-control-socket --graceful-timeout 10 wsgi_app:app"
     ));
-    // The Node code the README quotes is the shipped skeleton's and the test app's alike.
+    // The Node code the README quotes is the shipped skeleton's, which the test app runs on.
     let skeleton = std::fs::read_to_string(root().join("packaging/examples/node/server.js")).unwrap();
     let js = code_blocks(section, "js");
     assert!(!js.is_empty(), "README shows the Node code");

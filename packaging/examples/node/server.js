@@ -1,6 +1,7 @@
 // A Node (>= 18) HTTP server under handover, no npm package needed: the skeleton to build
-// your app on (app.toml next to this file runs it). tests/real_apps/server.js is the same
-// code around a test app, run under handover in CI.
+// your app on (app.toml next to this file runs it). Write your app in `app` below, or keep
+// this file as it is and call it from yours: `require('./server.js').serve(yourApp)`, as
+// tests/real_apps/server.js does (the test app CI runs under handover).
 //
 // Sockets: listen({ fd: 3 }), the socket handover passes. Readiness: `systemd-notify
 // --ready` from a child (Node cannot send a unix datagram; handover takes a message from
@@ -62,16 +63,20 @@ async function flushOutcomes() {
   if (process.env.NOTIFY_SOCKET && outcomesText() !== outcomes.sent) await sendOutcomes(outcomesText());
 }
 
-function handler(req, res) {
-  res.on('finish', () => countOutcome(res));
-  if (draining) res.setHeader('Connection', 'close');
-  // Your app here. A response written later (after a callback) sets the header again.
+// Your app here. A response written later (after a callback) sets `Connection: close`
+// again if `draining()` by then.
+function app(req, res) {
   res.setHeader('Content-Type', 'text/plain');
   res.end(`hello from generation ${process.env.HANDOVER_GENERATION || '-'}\n`);
 }
 
-function main() {
-  const server = http.createServer(handler);
+// Serves `app` on the socket handover passes, says ready, drains on SIGTERM.
+function serve(app) {
+  const server = http.createServer((req, res) => {
+    res.on('finish', () => countOutcome(res));
+    if (draining) res.setHeader('Connection', 'close');
+    app(req, res);
+  });
   server.listen({ fd: 3 }, () => {
     if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', ['--ready']);
   });
@@ -85,4 +90,5 @@ function main() {
   });
 }
 
-main();
+module.exports = { serve, draining: () => draining };
+if (require.main === module) serve(app);

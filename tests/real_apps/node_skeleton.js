@@ -1,0 +1,1 @@
+../../packaging/examples/node/server.js
