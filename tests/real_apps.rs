@@ -40,7 +40,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{bin, exclusive, generation_of, http_get, run_with_deadline};
+use common::{bin, exclusive, generation_of, http_get, pass_fd_as_3, run_with_deadline};
 
 /// The app import time: the window in which a HUP-style reload would leave a hole.
 const IMPORT_SECONDS: &str = "1";
@@ -520,19 +520,7 @@ impl Alone {
             .stderr(log)
             .process_group(0);
         let fd = listener.as_raw_fd();
-        // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the child (the
-        // listener outlives the spawn).
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd != 3 && libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_fd_as_3(&mut cmd, fd);
         let child = cmd.spawn().expect("spawn the server");
         drop(listener);
         let pgid = child.id() as i32;

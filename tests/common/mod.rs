@@ -351,18 +351,7 @@ impl Daemon {
         if let Some(l) = &self.listener {
             let fd = l.as_raw_fd();
             cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "http");
-            // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is valid in the child.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if fd != 3 && libc::dup2(fd, 3) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            pass_fd_as_3(&mut cmd, fd);
         }
         self.child = Some(cmd.spawn().expect("spawn handover"));
     }
@@ -478,6 +467,24 @@ impl Drop for Daemon {
             // SAFETY: worker process groups this test started (pgid == worker pid).
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// Makes `cmd`'s child get `fd` as its fd 3, inherited across exec (as systemd passes a
+/// socket). `fd` must stay open until the child is spawned.
+pub fn pass_fd_as_3(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; `fd` is open in the child (the caller
+    // keeps it open until the spawn).
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 && libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
