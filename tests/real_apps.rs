@@ -705,6 +705,27 @@ fn demo_worker_reports_request_outcomes() {
     outcomes_match_the_client("demo", &argv, &[], handover::demo::outcomes::REPORT_INTERVAL, 1);
 }
 
+/// The gunicorn recipe says READY=1 once every gunicorn worker of the arbiter runs, not when
+/// the first does: gunicorn starts them up to 0.1 s apart, and handover retires the old
+/// generation as soon as this one says ready. Each worker logs "Booting worker" before its
+/// `post_worker_init`; when READY=1 comes, all 4 have, and it comes once.
+#[test]
+fn gunicorn_recipe_says_ready_once_every_worker_runs() {
+    if !setup() {
+        return;
+    }
+    let _x = exclusive();
+    let mut server = Alone::start(&gunicorn_command("4"), &[("APP_IMPORT_SECONDS", "0")], &apps_dir());
+    // Alone::start returned right after READY=1 (it polls every 20 ms).
+    let booted = server.log().matches("Booting worker with pid").count();
+    assert_eq!(booted, 4, "READY=1 came when {booted} of 4 gunicorn workers had booted; log:\n{}", server.log());
+    let (code, body) = http_get(server.addr, "/");
+    assert_eq!(code, 200, "{body}");
+    server.stop();
+    let readies = server.notify.lifecycle().iter().filter(|l| *l == "READY=1").count();
+    assert_eq!(readies, 1, "the recipe sent READY=1 {readies} times, expected once (by the last worker to start)");
+}
+
 /// The gunicorn recipe's `post_request` hook, with 4 gunicorn workers adding to one count
 /// (to handover they are one worker): 5xx answers and exceptions are errors.
 #[test]

@@ -12,10 +12,11 @@
 //! - `handover reload`, without a canary (4 × `gunicorn --preload -w 1`);
 //! - `handover reload` with `canary = 1`, `canary_time = "30s"` (same workers).
 //!
-//! The gunicorn workers, alone or under handover, use the README's recipe file
-//! (`packaging/examples/gunicorn/gunicorn.conf.py`): READY=1 from each worker, and the request
-//! outcomes (`X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=`) from its post_request hook, which
-//! is what handover judges a canary on. For each set-up: requests, connection errors and 500s
+//! The gunicorn workers under handover use the README's recipe file
+//! (`packaging/examples/gunicorn/gunicorn.conf.py`): READY=1 once the arbiter's workers run,
+//! and the request outcomes (`X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=`) from its
+//! post_request hook, which is what handover judges a canary on; gunicorn alone uses the
+//! benchmark's (`benches/wsgi/gunicorn.conf.py`: READY=1 from each worker, to time its HUP). For each set-up: requests, connection errors and 500s
 //! in the [`WINDOW`] after the deploy command; how long bad code served (deploy command to the
 //! last 500); the command's exit status; what came after it returned.
 use std::net::SocketAddr;
@@ -281,8 +282,8 @@ fn recipe_conf() -> PathBuf {
 
 /// gunicorn's arguments: `workers` sync workers (each closes its connection after the
 /// answer, so every request is accepted anew, by whichever process is free: a canary gets its
-/// share of requests, not of long-lived connections), the recipe's file.
-fn gunicorn_args(workers: usize, preload: bool) -> Vec<String> {
+/// share of requests, not of long-lived connections), the config file `conf`.
+fn gunicorn_args(workers: usize, preload: bool, conf: &Path) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     if preload {
         args.push("--preload".into());
@@ -292,7 +293,7 @@ fn gunicorn_args(workers: usize, preload: bool) -> Vec<String> {
             "-w",
             &workers.to_string(),
             "-c",
-            &recipe_conf().display().to_string(),
+            &conf.display().to_string(),
             "--worker-class",
             "sync",
             "--log-level",
@@ -327,7 +328,15 @@ fn start(py: &Python, setup: Setup, uvicorn: &Path, version_file: &Path) -> Resu
         Setup::GunicornHup => {
             let listener = listen_loopback(1024)?;
             let addr = listener.local_addr()?;
-            let g = Gunicorn::start_with(py, WORKERS, &gunicorn_args(WORKERS, false), &env, listener, boot)?.0;
+            let g = Gunicorn::start_with(
+                py,
+                WORKERS,
+                &gunicorn_args(WORKERS, false, Path::new(&py.conf())),
+                &env,
+                listener,
+                boot,
+            )?
+            .0;
             Ok((Running::Gunicorn(g), addr))
         }
         Setup::UvicornHup => {
@@ -368,7 +377,9 @@ fn start(py: &Python, setup: Setup, uvicorn: &Path, version_file: &Path) -> Resu
             let listener = listen_loopback(1024)?;
             let addr = listener.local_addr()?;
             let mut w = py.handover_workers(WORKERS, version_file);
-            w.command = std::iter::once(py.gunicorn.display().to_string()).chain(gunicorn_args(1, true)).collect();
+            w.command = std::iter::once(py.gunicorn.display().to_string())
+                .chain(gunicorn_args(1, true, &recipe_conf()))
+                .collect();
             w.env = env;
             if setup == Setup::HandoverCanary {
                 w.reload_extra =

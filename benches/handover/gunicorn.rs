@@ -43,7 +43,8 @@ impl Python {
         Ok(Python { gunicorn, app_dir })
     }
 
-    fn conf(&self) -> String {
+    /// The benchmark's `gunicorn.conf.py` (READY=1 from every worker).
+    pub fn conf(&self) -> String {
         self.app_dir.join("gunicorn.conf.py").display().to_string()
     }
 

@@ -5,21 +5,31 @@ its 4 workers share that memory.
 Copy it next to your app (/srv/app/gunicorn.conf.py; the command in app.toml names it
 relative to the working directory). Readiness: the arbiter never sees NOTIFY_SOCKET (it
 would say READY=1 as soon as it has its sockets, before the app is imported, and handover
-would retire the old generation too early); each gunicorn worker sends READY=1 once it runs,
-after the arbiter imported the app. Request outcomes, for handover's canaries: the requests
+would retire the old generation too early); the last of the arbiter's workers to start sends
+READY=1 once it runs, after the arbiter imported the app. Request outcomes, for handover's canaries: the requests
 and 5xx answers of all the arbiter's workers, counted in memory they share and sent to
 handover at most every 0.25 s. tests/real_apps.rs runs this very file under handover.
 """
-import os, socket
+import fcntl, os, socket, struct
 
 # gunicorn's arbiter sends READY=1 itself as soon as it has its sockets, before any worker
-# has imported the app: keep NOTIFY_SOCKET away from it, for the worker to use.
+# has imported the app: keep NOTIFY_SOCKET away from it, for the workers to use.
 if "NOTIFY_SOCKET" in os.environ:
     os.environ["HANDOVER_NOTIFY_SOCKET"] = os.environ.pop("NOTIFY_SOCKET")
 
+# READY=1 once every worker runs, not the first: gunicorn starts them up to 0.1 s apart, and
+# handover retires the old generation as soon as this one is ready. The count of workers
+# that ran is in memory the arbiter made and its workers share.
+_workers_up = os.memfd_create("handover-workers-up")
+os.ftruncate(_workers_up, 8)
+
 def post_worker_init(worker):
+    fcntl.lockf(_workers_up, fcntl.LOCK_EX)
+    up = struct.unpack("Q", os.pread(_workers_up, 8, 0))[0] + 1
+    os.pwrite(_workers_up, struct.pack("Q", up), 0)
+    fcntl.lockf(_workers_up, fcntl.LOCK_UN)
     addr = os.environ.get("HANDOVER_NOTIFY_SOCKET")
-    if addr:
+    if addr and up == worker.cfg.workers:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.sendto(b"READY=1", addr)
 
@@ -28,7 +38,7 @@ def post_worker_init(worker):
 # in memory made here, in the arbiter, and shared by fork. A lock the kernel drops when its
 # holder dies (lockf) orders the updates and the sends, so handover never sees a count go
 # back; one timer per worker sends what changed within the interval, none while idle.
-import fcntl, mmap, struct, sys, threading, time
+import mmap, sys, threading, time
 
 OUTCOMES_INTERVAL = 0.25  # seconds between reports, at most
 _outcomes_fd = os.memfd_create("handover-outcomes")
