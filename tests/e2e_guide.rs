@@ -393,12 +393,15 @@ fn the_gunicorn_guide_covers_the_venv_the_recipe_and_a_refused_release() {
     assert!(!steps.iter().any(|s| matches!(s, Step::Skip { .. })), "{GUNICORN_GUIDE}: every block runs");
     // The config is the README's recipe: the same gunicorn.conf.py, byte for byte.
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let conf_start = all.find("import os, socket").expect("the guide's gunicorn.conf.py");
+    let heredoc = "/gunicorn.conf.py <<'EOF'\n";
+    let conf_start = all.find(heredoc).expect("the guide's gunicorn.conf.py") + heredoc.len();
     let conf_end = conf_start + all[conf_start..].find("\nEOF").expect("its end");
     let conf = &all[conf_start..conf_end];
+    let first_line = conf.lines().next().unwrap_or_default();
+    assert!(first_line.starts_with("import ") && first_line.contains("socket"), "{first_line}");
     let readme_conf: String = readme
         .lines()
-        .skip_while(|l| l.trim() != "import os, socket")
+        .skip_while(|l| l.trim() != first_line)
         .take_while(|l| l.trim() != "```")
         .map(|l| l.strip_prefix("  ").unwrap_or(l))
         .collect::<Vec<_>>()
