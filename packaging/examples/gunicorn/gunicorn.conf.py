@@ -5,10 +5,11 @@ its 4 workers share that memory.
 Copy it next to your app (/srv/app/gunicorn.conf.py; the command in app.toml names it
 relative to the working directory). Readiness: the arbiter never sees NOTIFY_SOCKET (it
 would say READY=1 as soon as it has its sockets, before the app is imported, and handover
-would retire the old generation too early); the last of the arbiter's workers to start sends
-READY=1 once it runs, after the arbiter imported the app. Request outcomes, for handover's canaries: the requests
-and 5xx answers of all the arbiter's workers, counted in memory they share and sent to
-handover at most every 0.25 s. tests/real_apps.rs runs this very file under handover.
+would retire the old generation too early); the last of the arbiter's workers to start
+sends READY=1 once it runs, after the arbiter imported the app. Request outcomes, for
+handover's canaries: the requests and 5xx answers of all the arbiter's workers, counted in
+memory they share and sent to handover at most every 0.25 s. tests/real_apps.rs runs this
+very file under handover.
 """
 import fcntl, os, socket, struct
 

@@ -64,18 +64,19 @@ async function flushOutcomes() {
 }
 
 // Your app here. A response written later (after a callback) sets `Connection: close`
-// again if `draining()` by then.
+// itself if `draining` by then (from another file: `draining()`).
 function app(req, res) {
   res.setHeader('Content-Type', 'text/plain');
   res.end(`hello from generation ${process.env.HANDOVER_GENERATION || '-'}\n`);
 }
 
-// Serves `app` on the socket handover passes, says ready, drains on SIGTERM.
-function serve(app) {
+// Serves `handle` (an app like the one above) on the socket handover passes, says ready,
+// drains on SIGTERM.
+function serve(handle) {
   const server = http.createServer((req, res) => {
     res.on('finish', () => countOutcome(res));
     if (draining) res.setHeader('Connection', 'close');
-    app(req, res);
+    handle(req, res);
   });
   server.listen({ fd: 3 }, () => {
     if (process.env.NOTIFY_SOCKET) execFile('systemd-notify', ['--ready']);
