@@ -3,8 +3,11 @@
 //! lines on stderr.
 //!
 //! Fields (journald, uppercased by tracing-journald): `HANDOVER_EVENT`,
-//! `HANDOVER_GENERATION`, `HANDOVER_WORKER_SLOT`, `HANDOVER_WORKER_PID`, `HANDOVER_NAME`.
-//! Query them with `journalctl -u app HANDOVER_EVENT=reload-failed`.
+//! `HANDOVER_GENERATION`, `HANDOVER_WORKER_SLOT`, `HANDOVER_WORKER_PID`, `HANDOVER_NAME`,
+//! `HANDOVER_MONOTONIC_USEC`. Query them with `journalctl -u app HANDOVER_EVENT=reload-failed`.
+//! `HANDOVER_MONOTONIC_USEC` is `CLOCK_MONOTONIC` when the line was logged: the journal's own
+//! timestamps say when the writer thread wrote it, which may come after what the daemon did
+//! next (systemd's "Reloaded" may be stamped before handover's "reload succeeded").
 //!
 //! # Never blocking the event loop
 //! A log line is written at once only where that cannot block (stderr with room for it, and
@@ -29,6 +32,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::machine::{Level, LogRecord};
+use crate::systemd::notify::monotonic_usec;
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +53,8 @@ static WRITER: OnceLock<Writer> = OnceLock::new();
 struct Writer {
     /// Where lines go: on stderr a line may be written at once (see `record`).
     destination: Destination,
-    queue: SyncSender<LogRecord>,
+    /// Records with the `CLOCK_MONOTONIC` µs they were logged at.
+    queue: SyncSender<(LogRecord, u64)>,
     /// Lines dropped because the queue was full, not yet reported.
     dropped: Arc<AtomicU64>,
     /// Lines queued and not yet written; the writer signals `written` as it writes them.
@@ -89,14 +94,14 @@ fn start_writer(destination: Destination) {
     if WRITER.get().is_some() {
         return;
     }
-    let (queue, lines) = sync_channel::<LogRecord>(QUEUE_LINES);
+    let (queue, lines) = sync_channel::<(LogRecord, u64)>(QUEUE_LINES);
     let dropped = Arc::new(AtomicU64::new(0));
     let pending = Arc::new((Mutex::new(0usize), Condvar::new()));
     let (thread_dropped, thread_pending) = (dropped.clone(), pending.clone());
     let spawned = std::thread::Builder::new().name("handover-log".into()).spawn(move || {
-        for line in lines {
+        for (line, logged_at) in lines {
             report_dropped(&thread_dropped);
-            emit(&line);
+            emit(&line, logged_at);
             let (count, written) = &*thread_pending;
             let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             *count = count.saturating_sub(1);
@@ -116,7 +121,9 @@ fn report_dropped(dropped: &AtomicU64) {
     let lost = dropped.swap(0, Ordering::Relaxed);
     if lost > 0 {
         let message = format!("{lost} log lines dropped: stderr or the journal did not keep up");
-        emit(&LogRecord { level: Level::Warn, event: "log-dropped", message, generation: None, slot: None, pid: None });
+        let record =
+            LogRecord { level: Level::Warn, event: "log-dropped", message, generation: None, slot: None, pid: None };
+        emit(&record, monotonic_usec());
     }
 }
 
@@ -158,7 +165,8 @@ pub fn flush(timeout: Duration) -> bool {
 /// Logs one record from the supervisor with its structured fields: queued for the writer
 /// thread (dropped and counted when the queue is full), or written here before [`init`].
 pub fn record(r: &LogRecord) {
-    let Some(writer) = WRITER.get() else { return emit(r) };
+    let logged_at = monotonic_usec();
+    let Some(writer) = WRITER.get() else { return emit(r, logged_at) };
     let (count, _) = &*writer.pending;
     let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // Written here and now when that cannot block: nothing queued before it (the order
@@ -173,22 +181,23 @@ pub fn record(r: &LogRecord) {
         && stderr_has_room()
     {
         report_dropped(&writer.dropped);
-        return emit(r);
+        return emit(r, logged_at);
     }
-    match writer.queue.try_send(r.clone()) {
+    match writer.queue.try_send((r.clone(), logged_at)) {
         Ok(()) => *count += 1,
         Err(TrySendError::Full(_)) => {
             writer.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Err(TrySendError::Disconnected(_)) => {
             drop(count);
-            emit(r);
+            emit(r, logged_at);
         }
     }
 }
 
-/// Writes one record to the installed subscriber (journald or stderr), blocking.
-fn emit(r: &LogRecord) {
+/// Writes one record, logged at `logged_at` (`CLOCK_MONOTONIC` µs), to the installed
+/// subscriber (journald or stderr), blocking.
+fn emit(r: &LogRecord, logged_at: u64) {
     macro_rules! emit {
         ($lvl:expr) => {
             tracing::event!(
@@ -198,6 +207,7 @@ fn emit(r: &LogRecord) {
                 handover_generation = r.generation,
                 handover_worker_slot = r.slot.map(|s| s as u64),
                 handover_worker_pid = r.pid.map(|p| p as i64),
+                handover_monotonic_usec = logged_at,
                 "{}",
                 r.message
             )

@@ -356,13 +356,18 @@ fn s2_reload(sb: &mut Sandbox) -> R<Vec<String>> {
     // Where the latency goes, by the journal's CLOCK_MONOTONIC timestamps (the container
     // shares the host's kernel and has no time namespace): systemd's reload job, and
     // handover's own events from the request reaching the daemon to the new generation serving.
+    // Each entry's time as journald received it, and as handover logged it
+    // (HANDOVER_MONOTONIC_USEC): handover's writer thread may write "reload succeeded" after
+    // the READY=1 that made systemd log "Reloaded". Received times compare where one socket
+    // orders them (systemd logs the job's start before it runs ExecReload=); handover's own
+    // times compare with each other and with what followed them.
     let times = sb.event_times(&cursor)?;
     let at = |key: &str| times.get(key).copied().ok_or_else(|| format!("no {key} in the journal: {times:?}"));
-    let (job_start, requested, succeeded, job_done) =
+    let ((job_start, _), (requested_received, requested), (_, succeeded), (job_done, _)) =
         (at("job:reload")?, at("reload-requested")?, at("reload-succeeded")?, at("job:reload:done")?);
     ensure!(
-        mono_called <= job_start && job_start <= requested && requested <= succeeded && succeeded <= job_done,
-        "journal events out of order: called {mono_called}, job {job_start}, requested {requested}, succeeded {succeeded}, done {job_done}"
+        mono_called <= job_start && job_start <= requested_received && requested <= succeeded && succeeded <= job_done,
+        "journal events out of order: called {mono_called}, job {job_start}, requested {requested} (received {requested_received}), succeeded {succeeded}, done {job_done}"
     );
     let span = |from: u64, to: u64| ms(Duration::from_micros(to.saturating_sub(from)));
     let in_handover = Duration::from_micros(succeeded - requested);
@@ -2731,7 +2736,9 @@ impl Sandbox {
     /// The journal's monotonic time (µs) of the last entry of each kind for the app's unit
     /// after `cursor`: handover's `HANDOVER_EVENT`s by name, systemd's job messages as
     /// `job:TYPE` (started) and `job:TYPE:done` (finished, with a `JOB_RESULT`).
-    fn event_times(&self, cursor: &str) -> R<BTreeMap<String, u64>> {
+    /// Each event's `CLOCK_MONOTONIC` µs: (when journald received it, when it was logged:
+    /// HANDOVER_MONOTONIC_USEC for handover's, the received time for systemd's).
+    fn event_times(&self, cursor: &str) -> R<BTreeMap<String, (u64, u64)>> {
         let out = self.run(&["journalctl", "-u", UNIT, "--after-cursor", cursor, "-o", "json", "--no-pager"])?;
         let mut times = BTreeMap::new();
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
@@ -2744,7 +2751,14 @@ impl Sandbox {
             };
             let Some(mono) = entry["__MONOTONIC_TIMESTAMP"].as_str() else { continue };
             let mono: u64 = mono.parse().map_err(|e| format!("__MONOTONIC_TIMESTAMP {mono:?}: {e}"))?;
-            times.insert(key, mono);
+            let logged = match entry["HANDOVER_MONOTONIC_USEC"].as_str() {
+                Some(t) => t.parse().map_err(|e| format!("HANDOVER_MONOTONIC_USEC {t:?}: {e}"))?,
+                None if entry["HANDOVER_EVENT"].is_string() => {
+                    return Err(format!("a handover entry without HANDOVER_MONOTONIC_USEC: {line}"))
+                }
+                None => mono,
+            };
+            times.insert(key, (mono, logged));
         }
         Ok(times)
     }
