@@ -16,9 +16,10 @@
 //! (`packaging/examples/gunicorn/gunicorn.conf.py`): READY=1 once the arbiter's workers run,
 //! and the request outcomes (`X_HANDOVER_REQUESTS=`/`X_HANDOVER_ERRORS=`) from its
 //! post_request hook, which is what handover judges a canary on; gunicorn alone uses the
-//! benchmark's (`benches/wsgi/gunicorn.conf.py`: READY=1 from each worker, to time its HUP). For each set-up: requests, connection errors and 500s
-//! in the [`WINDOW`] after the deploy command; how long bad code served (deploy command to the
-//! last 500); the command's exit status; what came after it returned.
+//! benchmark's (`benches/wsgi/gunicorn.conf.py`: READY=1 from each worker, to time its HUP).
+//! For each set-up: requests, connection errors and 500s in the [`WINDOW`] after the deploy
+//! command; how long bad code served (deploy command to the last 500); the command's exit
+//! status; what came after it returned.
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -6,8 +6,8 @@ never sees NOTIFY_SOCKET, in the README recipe's words (tests/readme_gunicorn.rs
 them), and each gunicorn *worker* sends READY=1 once the app is imported
 (post_worker_init), so that the benchmark can time plain gunicorn's HUP worker by worker.
 The recipe has only the last worker to start send it; under handover the benchmark runs
-`-w 1`, where the two are the same. This file is executed in the arbiter before it starts, and again on every HUP
-(NOTIFY_SOCKET is gone by then; HANDOVER_NOTIFY_SOCKET stays).
+`-w 1`, where the two are the same. This file is executed in the arbiter before it starts,
+and again on every HUP (NOTIFY_SOCKET is gone by then; HANDOVER_NOTIFY_SOCKET stays).
 """
 import os, socket
 
