@@ -1403,8 +1403,9 @@ requests a second instead of thousands); `kill -HUP` to its supervisor, which re
 each new one once it is ready (READY=1 from the app's lifespan startup tells the benchmark when). **handover**: `handover run` with the socket as fd 3 (an \
 emulated systemd, as in scenarios 1 and 2) and 4 workers of `gunicorn --preload -w 1` each, reloaded by `handover \
 reload` (what `ExecReload=` runs), once without a canary and once with `canary = 1`, `canary_time = \"30s\"`. Every \
-gunicorn, alone or under handover, runs the README's recipe file `packaging/examples/gunicorn/gunicorn.conf.py` \
-(READY=1 from each worker; the request outcomes from its post_request hook, which a canary is judged on) with \
+gunicorn under handover runs the README's recipe file `packaging/examples/gunicorn/gunicorn.conf.py` (READY=1 once \
+its workers run; the request outcomes from its post_request hook, which a canary is judged on), gunicorn alone the \
+benchmark's `benches/wsgi/gunicorn.conf.py` (READY=1 from each worker, to time its HUP), all with \
 `--worker-class sync`: the recipe itself runs one handover worker of `gunicorn -w 4` (gthread), where `canary = 1` \
 would be the whole new generation, half the traffic; here the canary is one process of five, and sync workers \
 close each connection after the answer, so each request goes to whichever process accepts it first and the canary \
