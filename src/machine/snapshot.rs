@@ -91,12 +91,20 @@ pub struct MachineState {
     /// The last verdict on a canary or a watched generation.
     #[serde(default)]
     pub last_verdict: Option<String>,
-    /// The last automatic rollback: when (monotonic ns) and what was said.
+    /// The last automatic rollback.
     #[serde(default)]
-    pub last_auto_rollback: Option<(u64, String)>,
-    /// The generation the last automatic rollback went away from.
-    #[serde(default)]
-    pub last_auto_rollback_from: u64,
+    pub last_auto_rollback: Option<AutoRollbackState>,
+}
+
+/// The last automatic rollback in a [`MachineState`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoRollbackState {
+    /// The generation it went away from (the watched one).
+    pub from: u64,
+    /// When (monotonic ns).
+    pub at_ns: u64,
+    /// What was said.
+    pub message: String,
 }
 
 /// One release record in a [`MachineState`].
@@ -316,8 +324,11 @@ impl Machine {
                 window_started_ns: ns(w.window_started),
             }),
             last_verdict: self.last_verdict.clone(),
-            last_auto_rollback: self.last_auto_rollback.as_ref().map(|a| (ns(a.at), a.message.clone())),
-            last_auto_rollback_from: self.last_auto_rollback.as_ref().map_or(0, |a| a.from),
+            last_auto_rollback: self.last_auto_rollback.as_ref().map(|a| AutoRollbackState {
+                from: a.from,
+                at_ns: ns(a.at),
+                message: a.message.clone(),
+            }),
         })
     }
 
@@ -477,10 +488,10 @@ impl Machine {
                 window_started: at(w.window_started_ns),
             }),
             last_verdict: state.last_verdict,
-            last_auto_rollback: state.last_auto_rollback.map(|(t, message)| AutoRollback {
-                from: state.last_auto_rollback_from,
-                at: at(t),
-                message,
+            last_auto_rollback: state.last_auto_rollback.map(|a| AutoRollback {
+                from: a.from,
+                at: at(a.at_ns),
+                message: a.message,
             }),
             held_answer: None,
         })

@@ -313,7 +313,6 @@ fn empty_state() -> machine::snapshot::MachineState {
         watch: None,
         last_verdict: None,
         last_auto_rollback: None,
-        last_auto_rollback_from: 0,
     }
 }
 

@@ -301,8 +301,17 @@ fn watch_rolls_back_a_release_that_starts_failing_after_its_reload() {
     sim.ready_all(3);
     assert_eq!(sim.m.active_generation(), 3);
     let s = sim.m.status(sim.now);
-    assert!(s.auto_rollback.is_some_and(|a| a.message.contains("rolled back automatically")));
+    assert!(s.auto_rollback.as_ref().is_some_and(|a| a.message.contains("rolled back automatically")));
     assert!(s.watch.is_none(), "a rollback is not watched");
+    // `handover upgrade` carries it: which generation was rolled back, what was said.
+    let base = snapshot::TimeBase { instant: sim.now, monotonic_ns: 1_000_000_000_000 };
+    let state = sim.m.snapshot(&base).expect("quiet");
+    let text = serde_json::to_string(&state).expect("serialise");
+    let back: snapshot::MachineState = serde_json::from_str(&text).expect("parse");
+    let m = Machine::restore(back, &base, sim.now).expect("restore");
+    let carried = m.status(sim.now).auto_rollback.expect("the automatic rollback after the upgrade");
+    let before = s.auto_rollback.expect("before");
+    assert_eq!((carried.generation, &carried.message), (2, &before.message));
 }
 
 #[test]
